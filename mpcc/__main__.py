@@ -1,0 +1,3 @@
+from mpcc.cli import main
+
+raise SystemExit(main())

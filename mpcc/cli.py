@@ -1,0 +1,292 @@
+"""The `mpcc` command: argument parsing only; the work lives in the library modules."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_prepare(sub) -> None:
+    from mpcc.data.masking import FILLS, MASK_MODES, MaskSpec
+    from mpcc.data.options import FORMATS
+    from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig
+
+    m, s = MaskSpec(), SelectionConfig()
+    p = sub.add_parser(
+        "prepare",
+        help="build an MPCC train or eval dataset from COCO-format data",
+        description="Select hidden targets in a COCO-format source, mask them and write an HF "
+        "dataset (save_to_disk) with its build record, statistics and skip report.",
+    )
+    p.add_argument(
+        "split",
+        choices=["train", "eval"],
+        help="train: open-answer rows without the held-out "
+        "categories; eval: multiple-choice and yes/no rows with difficulty levels and an OOD flag",
+    )
+    p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON file")
+    p.add_argument("--images", type=Path, required=True, help="directory holding the images' file_name paths")
+    p.add_argument("--out", type=Path, required=True, help="output dataset directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    p.add_argument(
+        "--num-proc", type=int, default=0, help="render processes; 0 = all cores (output is the same)"
+    )
+    g = p.add_argument_group("masking")
+    g.add_argument(
+        "--mask-mode",
+        choices=MASK_MODES,
+        default=m.mode,
+        help=f"region to hide: the instance mask, the mask grown by a margin, its convex hull, or "
+        f"its box (the authors' setting) (default: {m.mode})",
+    )
+    g.add_argument(
+        "--fill", choices=FILLS, default=m.fill, help=f"what covers the region (default: {m.fill})"
+    )
+    g.add_argument(
+        "--dilate-px",
+        type=int,
+        default=m.dilate_px,
+        help=f"segm_dilated: grow by at least this many pixels (default: {m.dilate_px})",
+    )
+    g.add_argument(
+        "--dilate-frac",
+        type=float,
+        default=m.dilate_frac,
+        help=f"segm_dilated: or by this fraction of the box's longer side (default: {m.dilate_frac})",
+    )
+    g.add_argument(
+        "--feather",
+        type=float,
+        default=m.feather,
+        help="Gaussian radius (px) of a soft edge that fades outward only (default: 0, hard edge)",
+    )
+    g = p.add_argument_group("target selection")
+    g.add_argument(
+        "--min-area-frac",
+        type=float,
+        default=s.min_area_frac,
+        help=f"smallest instance area / image area (default: {s.min_area_frac})",
+    )
+    g.add_argument(
+        "--max-area-frac",
+        type=float,
+        default=s.max_area_frac,
+        help=f"largest instance area / image area (default: {s.max_area_frac})",
+    )
+    g.add_argument(
+        "--min-visible-frac",
+        type=float,
+        default=s.min_visible_frac,
+        help=f"image share that must stay outside the target's box (default: {s.min_visible_frac})",
+    )
+    g.add_argument(
+        "--min-context",
+        type=int,
+        default=s.min_context,
+        help=f"fewest other annotated instances in the image (default: {s.min_context})",
+    )
+    g.add_argument(
+        "--max-crowd-overlap",
+        type=float,
+        default=s.max_crowd_overlap,
+        help=f"largest share of the target covered by crowd regions (default: {s.max_crowd_overlap})",
+    )
+    g.add_argument(
+        "--max-per-image",
+        type=int,
+        default=s.max_per_image,
+        help=f"targets per image at most (default: {s.max_per_image})",
+    )
+    g.add_argument(
+        "--ood-categories",
+        default=",".join(DEFAULT_OOD),
+        help="comma-separated categories held out of training targets and flagged "
+        "in_distribution=false in eval; 'none' for no held-out set (default: one per supercategory)",
+    )
+    g = p.add_argument_group("eval")
+    g.add_argument(
+        "--formats", default=",".join(FORMATS), help=f"comma-separated of {FORMATS} (default: all)"
+    )
+    g.add_argument(
+        "--max-items",
+        type=int,
+        default=MPCC_EVAL_SIZE,
+        help=f"hidden objects to keep, split over the three levels (default: {MPCC_EVAL_SIZE}, "
+        "MPCC-Eval's size)",
+    )
+    g.add_argument(
+        "--no-balance", action="store_true", help="keep what each level has instead of equal counts per level"
+    )
+    g.add_argument(
+        "--stats",
+        type=Path,
+        help="a train build (directory or its mpcc_stats.json): co-occurrence "
+        "statistics and difficulty thresholds, so eval levels match training",
+    )
+    g.add_argument(
+        "--distractors",
+        type=Path,
+        help="JSON/JSONL rows {ann_id, confusable: [..], irrelevant: "
+        "[..]} that replace the computed distractors (e.g. a model's guesses)",
+    )
+    g.add_argument(
+        "--mpcc-eval",
+        type=Path,
+        help="the authors' MPCC-Eval JSON: use its items, levels and "
+        "distractors instead of selecting targets",
+    )
+
+
+def _prepare(args) -> int:
+    from mpcc.data.build import BuildConfig, build
+    from mpcc.data.masking import MaskSpec
+    from mpcc.data.selection import SelectionConfig
+
+    ood = (
+        ()
+        if args.ood_categories.strip().lower() == "none"
+        else tuple(c.strip() for c in args.ood_categories.split(",") if c.strip())
+    )
+    config = BuildConfig(
+        split=args.split,
+        seed=args.seed,
+        mask=MaskSpec(args.mask_mode, args.fill, args.dilate_px, args.dilate_frac, args.feather),
+        selection=SelectionConfig(
+            args.min_area_frac,
+            args.max_area_frac,
+            args.min_visible_frac,
+            args.min_context,
+            args.max_crowd_overlap,
+            args.max_per_image,
+        ),
+        ood_categories=ood,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        max_items=args.max_items if args.split == "eval" else None,
+        balance=not args.no_balance,
+        stats=args.stats,
+        distractors=args.distractors,
+        mpcc_eval=args.mpcc_eval,
+    )
+    result = build(
+        args.annotations, args.images, args.out, config, overwrite=args.overwrite, num_proc=args.num_proc
+    )
+    print(f"wrote {result.num_rows} rows to {result.path}")
+    print(f"  rows per level: {result.rows_per_level}")
+    print(f"  difficulty thresholds: {result.thresholds[0]:.4f} / {result.thresholds[1]:.4f}")
+    print(f"  not selected: {result.rejected}")
+    print(f"  skipped as broken: {result.skipped or 'nothing'} (details: {result.path / 'skipped.jsonl'})")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="write an HTML preview of a dataset's samples",
+        description="An HTML page with thumbnails: original with mask outline, masked image, "
+        "question, options, answer and difficulty, for N samples.",
+    )
+    p.add_argument("dataset", type=Path, help="a dataset written by `mpcc prepare`")
+    p.add_argument("--out", type=Path, required=True, help="directory for index.html and thumbnails")
+    p.add_argument("--num", type=int, default=24, help="samples to show (default: 24)")
+    p.add_argument("--seed", type=int, default=0, help="which samples (default: 0)")
+    p.add_argument(
+        "--images", type=Path, help="original images directory (default: the one recorded at build)"
+    )
+
+
+def _inspect(args) -> int:
+    from mpcc.data.preview import write_preview
+
+    page = write_preview(args.dataset, args.out, num=args.num, seed=args.seed, images_dir=args.images)
+    print(f"preview: {page}")
+    return 0
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic COCO-format scene dataset",
+        description="Procedural scenes whose objects follow learnable context rules, written as "
+        "JPEG images + instances.json (polygons and RLE): the embedded default data.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for images/ and instances.json")
+    p.add_argument("--num-images", type=int, default=200, help="scenes to draw (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+
+
+def _synth(args) -> int:
+    from mpcc.data.synthetic import generate_scenes
+
+    path = generate_scenes(args.out, num_images=args.num_images, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_export_eval(sub) -> None:
+    p = sub.add_parser("export-mpcc-eval", help="write an eval dataset in the authors' MPCC-Eval JSON layout")
+    p.add_argument("dataset", type=Path, help="an eval dataset written by `mpcc prepare eval`")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+
+
+def _export_eval(args) -> int:
+    from mpcc.data.mpcc_eval import export_items
+
+    counts = export_items(args.dataset, args.out)
+    print(f"wrote {sum(counts.values())} items to {args.out} ({counts})")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the main job end to end on the embedded synthetic default",
+        description="Synthetic scenes -> MPCC train + eval datasets -> visual preview.",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work directory (default: runs/demo)")
+    p.add_argument("--num-images", type=int, default=240, help="synthetic scenes (default: 240)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+
+
+def _demo(args) -> int:
+    from mpcc.demo import run_demo
+
+    run_demo(args.out, num_images=args.num_images, seed=args.seed)
+    return 0
+
+
+COMMANDS = {
+    "prepare": (_add_prepare, _prepare),
+    "inspect": (_add_inspect, _inspect),
+    "synth": (_add_synth, _synth),
+    "export-mpcc-eval": (_add_export_eval, _export_eval),
+    "demo": (_add_demo, _demo),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpcc", description="Masked Prediction via Context and Commonsense: data, training, evaluation."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from mpcc.data.build import BuildError
+    from mpcc.data.coco import CocoFormatError
+
+    try:
+        return COMMANDS[args.command][1](args)
+    except (BuildError, CocoFormatError, ValueError, FileNotFoundError) as e:
+        print(f"mpcc {args.command}: error: {e}", file=sys.stderr)
+        return 2

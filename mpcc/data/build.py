@@ -1,0 +1,454 @@
+"""Build MPCC train and eval datasets from a COCO source: select, plan, render, write atomically.
+
+Planning (targets, context, options, difficulty) is cheap and runs in one process over annotation
+records. Rendering (decode image, decode mask, paint, encode PNG) runs in a process pool, one task
+per image, in order, so output bytes do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from datasets import Dataset
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mpcc.data import prompts
+from mpcc.data.coco import CocoSource, SkipReport, check_images, load_coco
+from mpcc.data.cooccurrence import CooccurrenceStats, rank_score, save_stats
+from mpcc.data.difficulty import LEVELS, difficulty_score, level, level_thresholds
+from mpcc.data.masking import MaskSpec, decode, render_masked, segmentation_to_rle
+from mpcc.data.mpcc_eval import EvalItem, read_items
+from mpcc.data.options import FORMATS, Distractors, compute_distractors, make_items, override_distractors
+from mpcc.data.schema import features
+from mpcc.data.selection import DEFAULT_OOD, SelectionConfig, select_targets
+
+logger = logging.getLogger(__name__)
+
+STATS_FILE = "mpcc_stats.json"
+BUILD_FILE = "mpcc_build.json"
+SKIPS_FILE = "skipped.jsonl"
+# Held out of training targets by default: one category per supercategory (person excluded).
+
+
+class BuildError(RuntimeError):
+    """The build as a whole cannot produce a dataset; nothing was written."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    split: str  # "train" or "eval"
+    seed: int = 0
+    mask: MaskSpec = field(default_factory=MaskSpec)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    ood_categories: tuple[str, ...] = DEFAULT_OOD
+    formats: tuple[str, ...] = FORMATS
+    max_items: int | None = None  # eval: items (hidden objects) before format expansion
+    balance: bool = True  # eval: the same number of items per difficulty level
+    stats: Path | None = None  # eval: a train build (dir) or its mpcc_stats.json, for stats + thresholds
+    distractors: Path | None = None  # JSON / JSONL rows {ann_id, confusable: [...], irrelevant: [...]}
+    mpcc_eval: Path | None = None  # eval: take items, levels and distractors from an MPCC-Eval file
+    png_compress_level: int = 1
+
+    def __post_init__(self):
+        if self.split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {self.split!r}")
+        if self.mpcc_eval is not None and self.split != "eval":
+            raise ValueError("an MPCC-Eval file can only define an eval build")
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown or not self.formats:
+            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+
+
+@dataclass
+class Plan:
+    """Everything decided before rendering: one entry per target, its rows, and the bookkeeping."""
+
+    rows: dict[int, list[dict]]  # ann_id -> rows (train: one; eval: one per format item)
+    targets: list[dict]
+    thresholds: tuple[float, float]
+    rejected: Counter
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_stats(path: Path) -> tuple[CooccurrenceStats, tuple[float, float]]:
+    """Co-occurrence statistics and difficulty thresholds saved by a train build."""
+    file = path / STATS_FILE if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return CooccurrenceStats.from_json(data), tuple(data["thresholds"])
+    except (OSError, ValueError, KeyError) as e:
+        raise BuildError(f"{file}: not a readable mpcc stats file ({e})") from e
+
+
+def load_supplied_distractors(path: Path) -> dict[int, dict]:
+    """Rows {ann_id, confusable, irrelevant} from JSON (a list) or JSONL; errors name the line."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = (
+            json.loads(text)
+            if path.suffix == ".json"
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
+    except json.JSONDecodeError as e:
+        raise BuildError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from e
+    supplied = {}
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("ann_id"), int):
+            raise BuildError(f"{path}: row {i} needs an integer 'ann_id'")
+        for key in ("confusable", "irrelevant"):
+            if not isinstance(row.get(key, []), list):
+                raise BuildError(f"{path}: row {i} ({row['ann_id']}): {key!r} must be a list of names")
+        supplied[row["ann_id"]] = row
+    return supplied
+
+
+def _context(coco, ann: dict) -> tuple[list[dict], set[str]]:
+    """Other annotated instances of the image and every category present (target included)."""
+    names = {cid: c["name"] for cid, c in coco.cats.items()}
+    others = [a for a in coco.imgToAnns[ann["image_id"]] if a["id"] != ann["id"]]
+    present = {names[a["category_id"]] for a in coco.imgToAnns[ann["image_id"]]}
+    return others, present
+
+
+def _mask_column(ann: dict, image: dict) -> dict:
+    rle = segmentation_to_rle(ann["segmentation"], image["height"], image["width"])
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _base_row(source: CocoSource, ann: dict, config: BuildConfig) -> dict:
+    coco = source.coco
+    image = coco.imgs[ann["image_id"]]
+    cat = coco.cats[ann["category_id"]]
+    others, _ = _context(coco, ann)
+    return {
+        "image_id": image["id"],
+        "ann_id": ann["id"],
+        "file_name": image["file_name"],
+        "width": image["width"],
+        "height": image["height"],
+        "bbox": [float(v) for v in ann["bbox"]],
+        "mask": _mask_column(ann, image),
+        "area_frac": ann["area"] / (image["width"] * image["height"]),
+        "category": cat["name"],
+        "category_id": cat["id"],
+        "supercategory": cat["supercategory"],
+        "solution": cat["name"],
+        "context": sorted({coco.cats[a["category_id"]]["name"] for a in others}),
+        "context_ann_ids": sorted(a["id"] for a in others),
+    }
+
+
+def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceStats]:
+    """Decide every row's content except its pixels."""
+    coco = source.coco
+    fixed: dict[int, EvalItem] = {}
+    if config.mpcc_eval is not None:
+        fixed = {item.ann["id"]: item for item in read_items(config.mpcc_eval, source)}
+        targets, rejected = (
+            sorted((i.ann for i in fixed.values()), key=lambda a: (a["image_id"], a["id"])),
+            Counter(),
+        )
+    else:
+        selection = config.selection
+        if config.split == "train":
+            selection = replace(selection, exclude_categories=frozenset(config.ood_categories))
+        targets, rejected = select_targets(source, selection, config.seed)
+    good_images = check_images(source, {t["image_id"] for t in targets})
+    targets = [t for t in targets if t["image_id"] in good_images]
+
+    if config.stats is not None:
+        stats, thresholds = load_stats(config.stats)
+        leave_one_out = False
+    else:
+        stats, thresholds, leave_one_out = CooccurrenceStats.from_coco(coco), None, True
+    known = [t for t in targets if coco.cats[t["category_id"]]["name"] in stats.index]
+    rejected["category_not_in_stats"] += len(targets) - len(known)
+    targets = known
+    if not targets:
+        raise BuildError(
+            f"{source.annotations_path}: no usable targets (rejected: {dict(rejected)}; "
+            f"{source.report.summary()})"
+        )
+
+    supplied = load_supplied_distractors(config.distractors) if config.distractors else {}
+    rows: dict[int, list[dict]] = {}
+    distractors: dict[int, Distractors] = {}
+    for ann in targets:
+        row = _base_row(source, ann, config)
+        others, present = _context(coco, ann)
+        probs = stats.conditional(
+            [c for c in row["context"] if c in stats.index], exclude=present if leave_one_out else ()
+        )
+        predictability = rank_score(probs, stats.index[row["category"]], range(len(stats.names)))
+        row["difficulty_score"] = difficulty_score(predictability, len(others), row["area_frac"])
+        rows[ann["id"]] = [row]
+        if config.split == "eval":
+            rng = random.Random(f"{config.seed}:distractors:{ann['id']}")
+            d = compute_distractors(probs, stats.names, stats.supercategories, row["category"], present, rng)
+            given = fixed[ann["id"]].distractors if ann["id"] in fixed else None
+            if ann["id"] in supplied:
+                s = supplied[ann["id"]]
+                given = Distractors(tuple(s.get("confusable", ())), (), tuple(s.get("irrelevant", ())))
+            if given is not None:
+                d = override_distractors(d, row["category"], given.choice + given.judgement, given.irrelevant)
+            distractors[ann["id"]] = d
+
+    if thresholds is None:
+        thresholds = level_thresholds([r["difficulty_score"] for (r,) in rows.values()])
+        if config.split == "eval" and not fixed:
+            logger.warning(
+                "no --stats given: eval difficulty thresholds come from the eval source itself; "
+                "pass the train build to keep levels stable across builds"
+            )
+    for ann_id, (row,) in rows.items():
+        row["difficulty"] = (
+            fixed[ann_id].level if ann_id in fixed else level(row["difficulty_score"], thresholds)
+        )
+
+    if config.split == "train":
+        for (row,) in rows.values():
+            row["prompt"] = prompts.conversation(prompts.open_question(config.mask.fill))
+            row["reasoning"] = None
+    else:
+        if not fixed:
+            targets = _choose_eval_items(targets, rows, config, rejected)
+        rows = {
+            t["id"]: _eval_rows(rows[t["id"]][0], distractors[t["id"]], config, rejected) for t in targets
+        }
+        targets = [t for t in targets if rows[t["id"]]]
+    return Plan(rows, targets, thresholds, rejected), stats
+
+
+def _choose_eval_items(targets: list[dict], rows: dict, config: BuildConfig, rejected: Counter) -> list[dict]:
+    """Up to max_items items, split evenly over levels; with `balance`, every level gets as many as the
+    scarcest one can give."""
+    by_level = defaultdict(list)
+    for t in targets:
+        by_level[rows[t["id"]][0]["difficulty"]].append(t)
+    total = config.max_items if config.max_items is not None else len(targets)
+    quota = {lv: total // 3 + (1 if i < total % 3 else 0) for i, lv in enumerate(LEVELS)}
+    if config.balance:
+        scarcest = min(len(by_level[lv]) for lv in LEVELS)
+        quota = {lv: min(q, scarcest) for lv, q in quota.items()}
+    chosen = []
+    for lv in LEVELS:
+        pool = by_level[lv]
+        keep = random.Random(f"{config.seed}:level:{lv}").sample(pool, min(quota[lv], len(pool)))
+        rejected["eval_quota"] += len(pool) - len(keep)
+        chosen += keep
+    if not chosen:
+        raise BuildError(
+            f"no eval items left after balancing levels (per level: "
+            f"{ {lv: len(by_level[lv]) for lv in LEVELS} }); try --no-balance"
+        )
+    return sorted(chosen, key=lambda t: (t["image_id"], t["id"]))
+
+
+def _eval_rows(row: dict, d: Distractors, config: BuildConfig, rejected: Counter) -> list[dict]:
+    out = []
+    for fmt in config.formats:
+        items = make_items(row["category"], d, fmt, random.Random(f"{config.seed}:{fmt}:{row['ann_id']}"))
+        if not items:
+            rejected[f"too_few_distractors_{fmt}"] += 1
+        for item in items:
+            if fmt == "yesno":
+                question = prompts.yesno_question(config.mask.fill, item["candidate"])
+            else:
+                question = prompts.choice_question(config.mask.fill, item["options"])
+            out.append(
+                {
+                    **row,
+                    **item,
+                    "format": fmt,
+                    "prompt": prompts.conversation(question),
+                    "item_id": f"{row['image_id']}-{row['ann_id']}",
+                    "in_distribution": row["category"] not in config.ood_categories,
+                    "distractors": {
+                        "choice": list(d.choice),
+                        "judgement": list(d.judgement),
+                        "irrelevant": list(d.irrelevant),
+                    },
+                }
+            )
+    return out
+
+
+def _render_image(task: tuple) -> tuple[int, dict[int, bytes] | str]:
+    """Worker: one image file, all its targets. Returns PNG bytes per ann_id, or the error."""
+    image_id, path, targets, spec, seed, level_ = task
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+        out = {}
+        for ann_id, rle, bbox in targets:
+            masked = render_masked(image, decode(rle), bbox, spec, seed=_target_seed(seed, ann_id))
+            buf = io.BytesIO()
+            masked.save(buf, format="PNG", compress_level=level_)
+            out[ann_id] = buf.getvalue()
+        return image_id, out
+    except Exception as e:  # a file that decodes badly must cost one image, not the build
+        return image_id, f"{path}: {type(e).__name__}: {e}"
+
+
+def _target_seed(seed: int, ann_id: int) -> int:
+    return (seed * 1_000_003 + ann_id) % 2**32
+
+
+def _render_tasks(source: CocoSource, plan_: Plan, config: BuildConfig):
+    by_image = defaultdict(list)
+    for t in plan_.targets:
+        mask = plan_.rows[t["id"]][0]["mask"]
+        by_image[t["image_id"]].append(
+            (t["id"], {"size": mask["size"], "counts": mask["counts"].encode()}, t["bbox"])
+        )
+    for image_id in sorted(by_image):
+        yield (
+            image_id,
+            str(source.image_path(image_id)),
+            by_image[image_id],
+            config.mask,
+            config.seed,
+            config.png_compress_level,
+        )
+
+
+def _rows_with_images(
+    source: CocoSource, plan_: Plan, config: BuildConfig, report: SkipReport, counts: Counter, procs: int
+):
+    tasks = list(_render_tasks(source, plan_, config))
+    with get_context("spawn").Pool(procs) if procs > 1 else _InProcess() as pool:
+        results = pool.imap(_render_image, tasks, chunksize=max(1, min(16, len(tasks) // (procs * 8) or 1)))
+        for (image_id, path, targets, *_), (_, result) in tqdm(
+            zip(tasks, results), total=len(tasks), desc=f"render {config.split}", unit="img"
+        ):
+            if isinstance(result, str):
+                report.add(
+                    source.annotations_path,
+                    f"image {image_id} ({Path(path).name})",
+                    "undecodable_image",
+                    result,
+                )
+                continue
+            for ann_id, *_ in targets:
+                for row in plan_.rows[ann_id]:
+                    counts[row.get("difficulty")] += 1
+                    yield {**row, "image": {"bytes": result[ann_id], "path": None}}
+
+
+class _InProcess:
+    """The Pool interface for num_proc=1: same code path, no subprocesses."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap(fn, items, chunksize=1):
+        return map(fn, items)
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    num_rows: int
+    rows_per_level: dict[str, int]
+    rejected: dict[str, int]
+    skipped: dict[str, int]
+    thresholds: tuple[float, float]
+
+
+def build(
+    annotations: str | Path,
+    images_dir: str | Path,
+    out: str | Path,
+    config: BuildConfig,
+    overwrite: bool = False,
+    num_proc: int = 0,
+) -> BuildResult:
+    """Write a `datasets` dataset to `out` (save_to_disk) with its build record, stats and skip report.
+
+    Nothing appears at `out` unless the whole build succeeds. `num_proc` (0 = all cores) changes
+    speed only: the output bytes are the same for any value.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise BuildError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    source = load_coco(annotations, images_dir)
+    the_plan, stats = plan(source, config)
+    report = source.report
+    fingerprint = _fingerprint(asdict(config), _file_digest(source.annotations_path), "v1")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        per_level: Counter = Counter()
+        dataset = Dataset.from_generator(
+            lambda: _rows_with_images(
+                source, the_plan, config, report, per_level, num_proc or os.cpu_count() or 1
+            ),
+            features=features(config.split),
+            cache_dir=str(work / "cache"),
+            fingerprint=fingerprint,
+        )
+        if len(dataset) == 0:
+            raise BuildError(f"no samples could be rendered; {report.summary()}")
+        staged = work / "dataset"
+        dataset.save_to_disk(str(staged))
+        del dataset
+        save_stats(stats, {"thresholds": list(the_plan.thresholds)}, staged / STATS_FILE)
+        report.write_jsonl(staged / SKIPS_FILE)
+        result = BuildResult(
+            out,
+            sum(per_level.values()),
+            dict(sorted(per_level.items())),
+            dict(sorted(the_plan.rejected.items())),
+            report.counts(),
+            the_plan.thresholds,
+        )
+        record = {
+            "config": asdict(config),
+            "annotations": str(source.annotations_path.resolve()),
+            "images_dir": str(Path(images_dir).resolve()),
+            "annotations_sha256": _file_digest(source.annotations_path),
+            "prompt_version": prompts.PROMPT_VERSION,
+            "num_rows": result.num_rows,
+            "rows_per_level": result.rows_per_level,
+            "rejected": result.rejected,
+            "skipped": result.skipped,
+            "thresholds": list(the_plan.thresholds),
+        }
+        (staged / BUILD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("wrote %d rows to %s; %s", result.num_rows, out, report.summary())
+    return result
