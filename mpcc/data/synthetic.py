@@ -16,7 +16,8 @@ Scene model
   (ellipse, rectangle, rounded rectangle, triangle, star, or a two-part "twin" blob), an aspect ratio
   and a typical size. Shape, colour and context are therefore all learnable cues.
 * Objects are painted in order, later ones occluding earlier ones. A placement that would hide more
-  than 60% of an earlier object is redrawn, so every annotated object stays clearly visible.
+  than 60% of an earlier object is redrawn (an object that finds no place in 12 tries is left out), so
+  every annotated object stays clearly visible.
 * About 5% of images are empty, and about 3% (street scenes) contain a crowd of small people that is
   annotated as one ``iscrowd=1`` region.
 
@@ -227,7 +228,7 @@ def generate_annotations(
     """
     _check_args(num_images, seed, image_size)
     if not 0.0 <= empty_fraction < 1.0 or mean_instances < 1.0 - empty_fraction:
-        raise ValueError("need 0 <= empty_fraction < 1 and mean_instances >= 1 - empty_fraction")
+        raise ValueError("empty_fraction must be in [0, 1) and mean_instances >= 1 - empty_fraction")
     with _gc_paused():
         return _annotations_only(num_images, seed, image_size, mean_instances, empty_fraction)
 
@@ -351,7 +352,7 @@ def _place_shapes(
     rx = radius * np.sqrt(_CAT_ASPECT[cats])
     ry = radius / np.sqrt(_CAT_ASPECT[cats])
     angle = rng.uniform(-0.35, 0.35, size=cats.size)
-    where = rng.random((cats.size, 2))
+    spot = rng.random((cats.size, 2))  # where each shape sits within the room its box leaves
     kinds = _CAT_KIND[cats]
     groups = []
     for kind, template in enumerate(_SHAPE_KINDS.values()):
@@ -367,7 +368,7 @@ def _place_shapes(
         high = np.max([p.max(axis=1) for p in parts], axis=0)
         shrink = np.minimum(1.0, ((hi[sel] - lo[sel]) / (high - low)).min(axis=1))[:, None]
         low, high = low * shrink, high * shrink
-        centre = lo[sel] - low + where[sel] * ((hi[sel] - high) - (lo[sel] - low))
+        centre = lo[sel] - low + spot[sel] * ((hi[sel] - high) - (lo[sel] - low))
         groups.append((sel, [np.round(p * shrink[:, :, None] + centre[:, None, :], 2) for p in parts]))
     return groups
 

@@ -1,0 +1,212 @@
+"""End-to-end builds on the real tinycoco subset: columns, hidden pixels, answers, levels, determinism."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+from pycocotools.coco import COCO
+
+from mpcc.data.build import BUILD_FILE, SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
+from mpcc.data.difficulty import LEVELS
+from mpcc.data.masking import MaskSpec
+from mpcc.data.options import LETTERS
+from mpcc.data.schema import COMMON, EVAL, TRAIN
+from mpcc.data.selection import DEFAULT_OOD
+
+
+@pytest.fixture(scope="module")
+def coco(tinycoco):
+    return COCO(str(tinycoco / "instances.json"))
+
+
+def test_columns_match_the_schema(tiny_builds):
+    train, evald = load_from_disk(str(tiny_builds["train"])), load_from_disk(str(tiny_builds["eval"]))
+    assert set(train.column_names) == set(COMMON) | set(TRAIN)
+    assert set(evald.column_names) == set(COMMON) | set(EVAL)
+    for name in ("build", "stats", "skips"):
+        file = {"build": BUILD_FILE, "stats": STATS_FILE, "skips": SKIPS_FILE}[name]
+        assert (tiny_builds["train"] / file).is_file()
+
+
+def test_every_target_pixel_is_hidden(tiny_builds, coco):
+    """The pycocotools mask of every target is exactly the fill (black) in the stored image."""
+    for split in ("train", "eval"):
+        ds = load_from_disk(str(tiny_builds[split]))
+        seen = set()
+        for row in ds:
+            if row["ann_id"] in seen:
+                continue
+            seen.add(row["ann_id"])
+            target = coco.annToMask(coco.anns[row["ann_id"]]).astype(bool)
+            pixels = np.asarray(row["image"].convert("RGB"))
+            assert target.any()
+            assert pixels.shape[:2] == target.shape
+            assert (pixels[target] == 0).all(), f"{split} ann {row['ann_id']}: target pixels visible"
+            # and the rest of the image is still there
+            assert pixels[~target].mean() > 5
+
+
+def test_train_rows(tiny_builds, coco):
+    ds = load_from_disk(str(tiny_builds["train"]))
+    assert len(ds) > 30
+    for row in ds:
+        ann = coco.anns[row["ann_id"]]
+        assert row["image_id"] == ann["image_id"]
+        assert row["solution"] == row["category"] == coco.cats[ann["category_id"]]["name"]
+        assert row["category"] not in DEFAULT_OOD
+        assert row["bbox"] == pytest.approx(ann["bbox"])
+        assert row["reasoning"] is None
+        assert row["difficulty"] in LEVELS
+        system, user = row["prompt"]
+        assert system["role"] == "system" and user["role"] == "user"
+        assert [part["type"] for part in user["content"]] == ["image", "text"]
+        assert "<answer>" in user["content"][1]["text"]
+        others = {a["id"] for a in coco.imgToAnns[ann["image_id"]]} - {ann["id"]}
+        assert set(row["context_ann_ids"]) == others
+
+
+def test_eval_answers_and_options_are_consistent(tiny_builds):
+    ds = load_from_disk(str(tiny_builds["eval"]))
+    formats = Counter(ds["format"])
+    assert set(formats) == {"mc4", "mc7", "yesno"}
+    assert formats["yesno"] == 5 * formats["mc4"]
+    for row in ds:
+        opts, kinds = row["options"], row["option_kinds"]
+        d = row["distractors"]
+        negatives = d["choice"] + d["judgement"] + d["irrelevant"]
+        assert row["solution"] not in negatives and len(set(negatives)) == 6
+        if row["format"] == "yesno":
+            assert opts == ["yes", "no"]
+            assert (row["answer"] == "yes") == (row["candidate"] == row["solution"])
+            assert row["candidate_kind"] in ("answer", "confusable", "irrelevant")
+        else:
+            assert len(opts) == {"mc4": 4, "mc7": 7}[row["format"]] == len(set(opts)) == len(kinds)
+            assert opts[LETTERS.index(row["answer"])] == row["solution"]
+            assert kinds.count("answer") == 1 and kinds[LETTERS.index(row["answer"])] == "answer"
+            assert kinds.count("irrelevant") == {"mc4": 1, "mc7": 2}[row["format"]]
+            question = row["prompt"][1]["content"][1]["text"]
+            assert all(f"{LETTERS[i]}. {o}" in question for i, o in enumerate(opts))
+        assert row["in_distribution"] == (row["category"] not in DEFAULT_OOD)
+
+
+def test_eval_levels_are_balanced_and_use_train_thresholds(tiny_builds):
+    ds = load_from_disk(str(tiny_builds["eval"]))
+    items = {r["item_id"]: r["difficulty"] for r in ds.select_columns(["item_id", "difficulty"])}
+    per_level = Counter(items.values())
+    assert set(per_level) == set(LEVELS) and len(set(per_level.values())) == 1
+    train_stats = json.loads((tiny_builds["train"] / STATS_FILE).read_text())
+    record = json.loads((tiny_builds["eval"] / BUILD_FILE).read_text())
+    assert record["thresholds"] == train_stats["thresholds"]
+    low, high = record["thresholds"]
+    for row in ds.select_columns(["difficulty", "difficulty_score"]):
+        expected = "easy" if row["difficulty_score"] < low else "middle" if row["difficulty_score"] < high else "hard"
+        assert row["difficulty"] == expected
+
+
+def test_same_inputs_and_seed_give_identical_bytes(tinycoco, tmp_path, tiny_builds):
+    ann, images = tinycoco / "instances.json", tinycoco / "images"
+    config = BuildConfig("eval", stats=tiny_builds["train"])
+    build(ann, images, tmp_path / "again", config, num_proc=1)
+    files = sorted(p.name for p in (tiny_builds["eval"]).iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "again").iterdir())
+    for name in files:
+        assert (tmp_path / "again" / name).read_bytes() == (tiny_builds["eval"] / name).read_bytes(), name
+    build(ann, images, tmp_path / "other_seed", BuildConfig("eval", stats=tiny_builds["train"], seed=1), num_proc=1)
+    a = (tiny_builds["eval"] / "data-00000-of-00001.arrow").read_bytes()
+    assert (tmp_path / "other_seed" / "data-00000-of-00001.arrow").read_bytes() != a
+
+
+@pytest.mark.parametrize("mode", ["segm", "hull", "bbox"])
+def test_other_mask_modes_hide_the_target(tinycoco, tmp_path, coco, mode):
+    config = BuildConfig("train", mask=MaskSpec(mode=mode, fill="gray", feather=2.0))
+    build(tinycoco / "instances.json", tinycoco / "images", tmp_path / mode, config, num_proc=1)
+    for row in load_from_disk(str(tmp_path / mode)).select(range(10)):
+        target = coco.annToMask(coco.anns[row["ann_id"]]).astype(bool)
+        assert (np.asarray(row["image"])[target] == 128).all()
+
+
+def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tinycoco, tmp_path, tiny_builds):
+    ann, images = tinycoco / "instances.json", tinycoco / "images"
+    with pytest.raises(BuildError, match="exists"):
+        build(ann, images, tiny_builds["train"], BuildConfig("train"))
+    impossible = BuildConfig("train", selection=BuildConfig("train").selection.__class__(min_context=1000))
+    with pytest.raises(BuildError, match="no usable targets"):
+        build(ann, images, tmp_path / "never", impossible)
+    assert not (tmp_path / "never").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_without_stats_uses_its_own_thresholds(tinycoco, tmp_path, caplog):
+    out = tmp_path / "eval"
+    result = build(tinycoco / "instances.json", tinycoco / "images", out,
+                   BuildConfig("eval", formats=("mc4",), max_items=30), num_proc=1)
+    assert "no --stats" in caplog.text
+    assert result.num_rows == 30 and result.rows_per_level == {lv: 10 for lv in LEVELS}
+
+
+def test_mpcc_eval_file_roundtrip(tinycoco, tmp_path, tiny_builds):
+    from mpcc.data.mpcc_eval import export_items
+
+    exported = tmp_path / "mpcc_eval.json"
+    counts = export_items(tiny_builds["eval"], exported)
+    data = json.loads(exported.read_text())
+    assert counts == {lv: len(data[lv]) for lv in LEVELS} and sum(counts.values()) > 0
+    item = data["hard"][0]
+    assert {"file_name", "bbox", "category_name", "choose_negtive_confusion", "judgement_negtive_confusion",
+            "irrelevant_negtive"} <= set(item)
+    # Their file as the item source: same items, levels and distractors, whatever our thresholds say.
+    data["easy"], data["hard"] = data["hard"], data["easy"]
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps(data))
+    build(tinycoco / "instances.json", tinycoco / "images", tmp_path / "imported",
+          BuildConfig("eval", mpcc_eval=swapped, formats=("mc7",)), num_proc=1)
+    rows = load_from_disk(str(tmp_path / "imported"))
+    assert len(rows) == sum(counts.values())
+    by_ann = {r["ann_id"]: r for r in rows}
+    for lv in LEVELS:
+        for it in data[lv]:
+            row = by_ann[it["ann_id"]]
+            assert row["difficulty"] == lv
+            assert row["distractors"]["choice"] == it["choose_negtive_confusion"]
+            assert sorted(row["options"]) == sorted(
+                [it["category_name"]] + it["choose_negtive_confusion"] + it["judgement_negtive_confusion"]
+                + it["irrelevant_negtive"])
+
+
+def test_supplied_distractors_override_computed(tinycoco, tmp_path, tiny_builds):
+    ds = load_from_disk(str(tiny_builds["eval"]))
+    row = ds[0]
+    supplied = tmp_path / "guesses.jsonl"
+    supplied.write_text(json.dumps({"ann_id": row["ann_id"], "confusable": [row["solution"].upper(), "teapot",
+                                                                             "teapot", "kettle"]}) + "\n")
+    build(tinycoco / "instances.json", tinycoco / "images", tmp_path / "out",
+          BuildConfig("eval", stats=tiny_builds["train"], distractors=supplied, formats=("mc4",)), num_proc=1)
+    out = {r["ann_id"]: r for r in load_from_disk(str(tmp_path / "out"))}
+    d = out[row["ann_id"]]["distractors"]
+    assert d["choice"] == ["teapot", "kettle"]  # answer and duplicate dropped, order kept
+    assert d["irrelevant"] == row["distractors"]["irrelevant"]  # not supplied: computed ones stay
+    assert set(out[row["ann_id"]]["options"]) >= {"teapot", "kettle", row["solution"]}
+
+
+def test_bad_distractor_file_is_named(tinycoco, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ann_id": 1}\n{"ann_id": "x"}\n')
+    with pytest.raises(BuildError, match=r"bad.jsonl: row 2"):
+        build(tinycoco / "instances.json", tinycoco / "images", tmp_path / "out",
+              BuildConfig("eval", distractors=bad))
+    assert not (tmp_path / "out").exists()
+
+
+def test_difficulty_levels_separate_on_predictability(tiny_builds):
+    """Easy targets are the ones their context predicts: the predictability part must differ by level."""
+    from mpcc.data.build import load_stats
+
+    stats, _ = load_stats(Path(tiny_builds["train"]))
+    ds = load_from_disk(str(tiny_builds["train"])).select_columns(["difficulty", "difficulty_score"])
+    means = {lv: np.mean([r["difficulty_score"] for r in ds if r["difficulty"] == lv]) for lv in LEVELS}
+    assert means["easy"] < means["middle"] < means["hard"]
