@@ -189,3 +189,18 @@ def test_not_a_dataset(tmp_path):
         write_preview(junk, tmp_path / "out")
     with pytest.raises(ValueError, match="missing_dir"):
         write_preview(tmp_path / "missing_dir", tmp_path / "out")
+
+
+def test_decodes_only_chosen_rows(builds, tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+    original = datasets.Image.decode_example
+
+    def counting(self, value, token_per_repo_id=None):
+        calls.append(1)
+        return original(self, value, token_per_repo_id=token_per_repo_id)
+
+    monkeypatch.setattr(datasets.Image, "decode_example", counting)
+    write_preview(builds["eval"], tmp_path / "out", num=3)
+    assert len(calls) == 3

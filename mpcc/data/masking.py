@@ -74,25 +74,21 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _hull(mask: np.ndarray) -> np.ndarray:
-    """Filled convex hull of the pixel squares of `mask` (monotone chain over each row's extremes)."""
+    """Filled convex hull of the pixels of `mask` (monotone chain over each row's two extreme pixels)."""
     rows = np.flatnonzero(mask.any(1))
     if rows.size == 0:
         return mask
     left = mask[rows].argmax(1)
-    right = mask.shape[1] - mask[rows, ::-1].argmax(1)
-    points = sorted(
-        {(int(x), int(y)) for y, lx, rx in zip(rows, left, right) for x in (lx, rx) for y in (y, y + 1)}
-    )
+    right = mask.shape[1] - 1 - mask[rows, ::-1].argmax(1)
+    points = sorted({(int(x), int(y)) for y, lx, rx in zip(rows, left, right) for x in (lx, rx)})
 
     def half(pts):
         chain: list[tuple[int, int]] = []
         for p in pts:
             while (
                 len(chain) >= 2
-                and (
-                    (chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1])
-                    - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0])
-                )
+                and (chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1])
+                - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0])
                 <= 0
             ):
                 chain.pop()
@@ -100,9 +96,9 @@ def _hull(mask: np.ndarray) -> np.ndarray:
         return chain[:-1]
 
     polygon = half(points) + half(points[::-1])
-    canvas = Image.new("1", (mask.shape[1] + 1, mask.shape[0] + 1))
-    ImageDraw.Draw(canvas).polygon(polygon, fill=1, outline=1)
-    return np.asarray(canvas)[:-1, :-1] | mask
+    canvas = Image.new("1", (mask.shape[1], mask.shape[0]))
+    ImageDraw.Draw(canvas).polygon(polygon or points, fill=1, outline=1)
+    return np.asarray(canvas) | mask
 
 
 def region_mask(target: np.ndarray, bbox, spec: MaskSpec) -> np.ndarray:
