@@ -104,7 +104,13 @@ def test_eval_levels_are_balanced_and_use_train_thresholds(tiny_builds):
     assert record["thresholds"] == train_stats["thresholds"]
     low, high = record["thresholds"]
     for row in ds.select_columns(["difficulty", "difficulty_score"]):
-        expected = "easy" if row["difficulty_score"] < low else "middle" if row["difficulty_score"] < high else "hard"
+        expected = (
+            "easy"
+            if row["difficulty_score"] < low
+            else "middle"
+            if row["difficulty_score"] < high
+            else "hard"
+        )
         assert row["difficulty"] == expected
 
 
@@ -116,7 +122,13 @@ def test_same_inputs_and_seed_give_identical_bytes(tinycoco, tmp_path, tiny_buil
     assert files == sorted(p.name for p in (tmp_path / "again").iterdir())
     for name in files:
         assert (tmp_path / "again" / name).read_bytes() == (tiny_builds["eval"] / name).read_bytes(), name
-    build(ann, images, tmp_path / "other_seed", BuildConfig("eval", stats=tiny_builds["train"], seed=1), num_proc=1)
+    build(
+        ann,
+        images,
+        tmp_path / "other_seed",
+        BuildConfig("eval", stats=tiny_builds["train"], seed=1),
+        num_proc=1,
+    )
     a = (tiny_builds["eval"] / "data-00000-of-00001.arrow").read_bytes()
     assert (tmp_path / "other_seed" / "data-00000-of-00001.arrow").read_bytes() != a
 
@@ -143,8 +155,13 @@ def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tinycoco, tmp_path, 
 
 def test_eval_without_stats_uses_its_own_thresholds(tinycoco, tmp_path, caplog):
     out = tmp_path / "eval"
-    result = build(tinycoco / "instances.json", tinycoco / "images", out,
-                   BuildConfig("eval", formats=("mc4",), max_items=30), num_proc=1)
+    result = build(
+        tinycoco / "instances.json",
+        tinycoco / "images",
+        out,
+        BuildConfig("eval", formats=("mc4",), max_items=30),
+        num_proc=1,
+    )
     assert "no --stats" in caplog.text
     assert result.num_rows == 30 and result.rows_per_level == {lv: 10 for lv in LEVELS}
 
@@ -157,14 +174,25 @@ def test_mpcc_eval_file_roundtrip(tinycoco, tmp_path, tiny_builds):
     data = json.loads(exported.read_text())
     assert counts == {lv: len(data[lv]) for lv in LEVELS} and sum(counts.values()) > 0
     item = data["hard"][0]
-    assert {"file_name", "bbox", "category_name", "choose_negtive_confusion", "judgement_negtive_confusion",
-            "irrelevant_negtive"} <= set(item)
+    assert {
+        "file_name",
+        "bbox",
+        "category_name",
+        "choose_negtive_confusion",
+        "judgement_negtive_confusion",
+        "irrelevant_negtive",
+    } <= set(item)
     # Their file as the item source: same items, levels and distractors, whatever our thresholds say.
     data["easy"], data["hard"] = data["hard"], data["easy"]
     swapped = tmp_path / "swapped.json"
     swapped.write_text(json.dumps(data))
-    build(tinycoco / "instances.json", tinycoco / "images", tmp_path / "imported",
-          BuildConfig("eval", mpcc_eval=swapped, formats=("mc7",)), num_proc=1)
+    build(
+        tinycoco / "instances.json",
+        tinycoco / "images",
+        tmp_path / "imported",
+        BuildConfig("eval", mpcc_eval=swapped, formats=("mc7",)),
+        num_proc=1,
+    )
     rows = load_from_disk(str(tmp_path / "imported"))
     assert len(rows) == sum(counts.values())
     by_ann = {r["ann_id"]: r for r in rows}
@@ -174,18 +202,30 @@ def test_mpcc_eval_file_roundtrip(tinycoco, tmp_path, tiny_builds):
             assert row["difficulty"] == lv
             assert row["distractors"]["choice"] == it["choose_negtive_confusion"]
             assert sorted(row["options"]) == sorted(
-                [it["category_name"]] + it["choose_negtive_confusion"] + it["judgement_negtive_confusion"]
-                + it["irrelevant_negtive"])
+                [it["category_name"]]
+                + it["choose_negtive_confusion"]
+                + it["judgement_negtive_confusion"]
+                + it["irrelevant_negtive"]
+            )
 
 
 def test_supplied_distractors_override_computed(tinycoco, tmp_path, tiny_builds):
     ds = load_from_disk(str(tiny_builds["eval"]))
     row = ds[0]
     supplied = tmp_path / "guesses.jsonl"
-    supplied.write_text(json.dumps({"ann_id": row["ann_id"], "confusable": [row["solution"].upper(), "teapot",
-                                                                             "teapot", "kettle"]}) + "\n")
-    build(tinycoco / "instances.json", tinycoco / "images", tmp_path / "out",
-          BuildConfig("eval", stats=tiny_builds["train"], distractors=supplied, formats=("mc4",)), num_proc=1)
+    supplied.write_text(
+        json.dumps(
+            {"ann_id": row["ann_id"], "confusable": [row["solution"].upper(), "teapot", "teapot", "kettle"]}
+        )
+        + "\n"
+    )
+    build(
+        tinycoco / "instances.json",
+        tinycoco / "images",
+        tmp_path / "out",
+        BuildConfig("eval", stats=tiny_builds["train"], distractors=supplied, formats=("mc4",)),
+        num_proc=1,
+    )
     out = {r["ann_id"]: r for r in load_from_disk(str(tmp_path / "out"))}
     d = out[row["ann_id"]]["distractors"]
     assert d["choice"] == ["teapot", "kettle"]  # answer and duplicate dropped, order kept
@@ -197,8 +237,12 @@ def test_bad_distractor_file_is_named(tinycoco, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ann_id": 1}\n{"ann_id": "x"}\n')
     with pytest.raises(BuildError, match=r"bad.jsonl: row 2"):
-        build(tinycoco / "instances.json", tinycoco / "images", tmp_path / "out",
-              BuildConfig("eval", distractors=bad))
+        build(
+            tinycoco / "instances.json",
+            tinycoco / "images",
+            tmp_path / "out",
+            BuildConfig("eval", distractors=bad),
+        )
     assert not (tmp_path / "out").exists()
 
 

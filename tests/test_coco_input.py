@@ -1,4 +1,4 @@
-"""Damaged copies of tinycoco: a build keeps what is sound, reports the rest by reason, names file and record."""
+"""Damaged copies of tinycoco: a build keeps what is sound and reports the rest by reason, file and record."""
 
 from __future__ import annotations
 
@@ -93,11 +93,16 @@ def test_build_on_damaged_images_keeps_the_rest(tmp_path, tinycoco, original, ti
     images, ims = _damaged_images(tmp_path, tinycoco, original, with_targets)
     out = tmp_path / "train"
     result = build(tinycoco / "instances.json", images, out, BuildConfig("train"), num_proc=2)
-    assert result.skipped == {"missing_image": 1, "size_mismatch": 1, "undecodable_image": 1,
-                              "unreadable_image": 1}
+    assert result.skipped == {
+        "missing_image": 1,
+        "size_mismatch": 1,
+        "undecodable_image": 1,
+        "unreadable_image": 1,
+    }
     skips = [json.loads(line) for line in (out / SKIPS_FILE).read_text().splitlines()]
     assert [s["record"] for s in skips if s["reason"] == "missing_image"] == [
-        f"image {ims[0]['id']} ({ims[0]['file_name']})"]
+        f"image {ims[0]['id']} ({ims[0]['file_name']})"
+    ]
     for skip in skips:  # every message names the annotation file, the image record and its file
         file_name = skip["record"].split("(")[1].rstrip(")")
         assert skip["file"].endswith("instances.json") and file_name in skip["detail"]
@@ -133,8 +138,18 @@ def test_rle_forms_decode_to_the_polygon_mask(original):
 def test_cli_reports_errors_without_traceback(tmp_path, capsys, tinycoco):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    code = main(["prepare", "train", "--annotations", str(bad), "--images", str(tinycoco / "images"),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "prepare",
+            "train",
+            "--annotations",
+            str(bad),
+            "--images",
+            str(tinycoco / "images"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "bad.json" in err and "malformed JSON" in err

@@ -28,8 +28,13 @@ def scenes(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(scene=scenes(), mode=st.sampled_from(MASK_MODES), fill=st.sampled_from(FILLS),
-       feather=st.sampled_from([0.0, 1.5, 4.0]), dilate=st.integers(0, 6))
+@given(
+    scene=scenes(),
+    mode=st.sampled_from(MASK_MODES),
+    fill=st.sampled_from(FILLS),
+    feather=st.sampled_from([0.0, 1.5, 4.0]),
+    dilate=st.integers(0, 6),
+)
 def test_every_target_pixel_shows_only_the_fill(scene, mode, fill, feather, dilate):
     image, mask, bbox, seed = scene
     spec = MaskSpec(mode=mode, fill=fill, dilate_px=dilate, feather=feather)
@@ -45,7 +50,7 @@ def test_every_target_pixel_shows_only_the_fill(scene, mode, fill, feather, dila
     }.get(fill)
     if fill == "blur":  # the radius follows the hidden region's box
         ys, xs = np.nonzero(region)
-        radius = max(8.0, 0.25 * max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+        radius = max(8.0, 0.25 * int(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)))
         expected = np.asarray(image.filter(ImageFilter.GaussianBlur(radius)))[region]
     assert (out[region] == expected).all()
     # the same call gives the same bytes
@@ -70,7 +75,7 @@ def test_dilation_matches_brute_force():
     for r in (0, 1, 3):
         brute = np.zeros_like(mask)
         for y, x in zip(*np.nonzero(mask)):
-            brute[max(0, y - r): y + r + 1, max(0, x - r): x + r + 1] = True
+            brute[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = True
         assert (_dilate(mask, r) == brute).all()
 
 

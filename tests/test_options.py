@@ -18,8 +18,11 @@ SUPERS = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
 
 
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 10_000), answer=st.sampled_from(NAMES),
-       present=st.sets(st.sampled_from(NAMES), max_size=4))
+@given(
+    seed=st.integers(0, 10_000),
+    answer=st.sampled_from(NAMES),
+    present=st.sets(st.sampled_from(NAMES), max_size=4),
+)
 def test_distractors_never_answer_present_or_duplicated(seed, answer, present):
     scores = np.random.default_rng(seed).random(len(NAMES))
     d = compute_distractors(scores, NAMES, SUPERS, answer, present, random.Random(seed))
@@ -28,9 +31,12 @@ def test_distractors_never_answer_present_or_duplicated(seed, answer, present):
     assert not set(chosen) & (present | {answer})
     confusable = d.choice + d.judgement
     assert [scores[NAMES.index(n)] for n in confusable] == sorted(
-        (scores[NAMES.index(n)] for n in confusable), reverse=True)
+        (scores[NAMES.index(n)] for n in confusable), reverse=True
+    )
     if d.irrelevant:
-        assert max(scores[NAMES.index(n)] for n in d.irrelevant) <= min(scores[NAMES.index(n)] for n in confusable)
+        assert max(scores[NAMES.index(n)] for n in d.irrelevant) <= min(
+            scores[NAMES.index(n)] for n in confusable
+        )
         assert all(SUPERS[NAMES.index(n)] != SUPERS[NAMES.index(answer)] for n in d.irrelevant)
     again = compute_distractors(scores, NAMES, SUPERS, answer, present, random.Random(seed))
     assert again == d
@@ -45,7 +51,12 @@ def test_items_per_format():
     assert len(mc7["options"]) == 7 and mc7["options"][LETTERS.index(mc7["answer"])] == "cup"
     yesno = make_items("cup", d, "yesno", random.Random(0))
     assert [(r["candidate"], r["answer"]) for r in yesno] == [
-        ("cup", "yes"), ("j1", "no"), ("j2", "no"), ("i1", "no"), ("i2", "no")]
+        ("cup", "yes"),
+        ("j1", "no"),
+        ("j2", "no"),
+        ("i1", "no"),
+        ("i2", "no"),
+    ]
     assert make_items("cup", Distractors(("c1",), (), ()), "mc4", random.Random(0)) == []
     with pytest.raises(ValueError, match="unknown format"):
         make_items("cup", d, "mc5", random.Random(0))

@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from datasets import load_from_disk
@@ -192,8 +193,6 @@ def test_not_a_dataset(tmp_path):
 
 
 def test_decodes_only_chosen_rows(builds, tmp_path, monkeypatch):
-    import datasets
-
     calls = []
     original = datasets.Image.decode_example
 
