@@ -11,6 +11,7 @@ from pathlib import Path
 def _add_prepare(sub) -> None:
     from mpcc.data.masking import FILLS, MASK_MODES, MaskSpec
     from mpcc.data.options import FORMATS
+    from mpcc.data.render import IMAGE_FORMATS
     from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig
 
     m, s = MaskSpec(), SelectionConfig()
@@ -33,6 +34,13 @@ def _add_prepare(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     p.add_argument(
         "--num-proc", type=int, default=0, help="render processes; 0 = all cores (output is the same)"
+    )
+    p.add_argument(
+        "--image-format",
+        choices=IMAGE_FORMATS,
+        default="png",
+        help="png / webp: store the masked image losslessly in the dataset; lazy: store no pixels and render "
+        "on access with mpcc.data.render.load_dataset (tiny datasets; needs the original images)",
     )
     g = p.add_argument_group("masking")
     g.add_argument(
@@ -167,6 +175,7 @@ def _prepare(args) -> int:
         max_items=args.max_items if args.split == "eval" else None,
         balance=not args.no_balance,
         stats=args.stats,
+        image_format=args.image_format,
         distractors=args.distractors,
         mpcc_eval=args.mpcc_eval,
     )

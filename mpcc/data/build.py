@@ -1,14 +1,14 @@
 """Build MPCC train and eval datasets from a COCO source: select, plan, render, write atomically.
 
 Planning (targets, context, options, difficulty) is cheap and runs in one process over annotation
-records. Rendering (decode image, decode mask, paint, encode PNG) runs in a process pool, one task
-per image, in order, so output bytes do not depend on the number of processes.
+records. Rendering (decode image, decode mask, paint, encode losslessly) runs in a process pool, one
+task per image, in order, so output bytes do not depend on the number of processes. Lazy builds
+store no pixels: `mpcc.data.render.load_dataset` renders them on access.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -21,23 +21,22 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from datasets import Dataset
-from PIL import Image
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
 from mpcc.data.coco import CocoSource, SkipReport, check_images, load_coco
 from mpcc.data.cooccurrence import CooccurrenceStats, rank_score, save_stats
 from mpcc.data.difficulty import LEVELS, difficulty_score, level, level_thresholds
-from mpcc.data.masking import MaskSpec, decode, render_masked, segmentation_to_rle
+from mpcc.data.masking import MaskSpec, segmentation_to_rle
 from mpcc.data.mpcc_eval import EvalItem, read_items
 from mpcc.data.options import FORMATS, Distractors, compute_distractors, make_items, override_distractors
+from mpcc.data.render import BUILD_FILE, IMAGE_FORMATS, encode, render_targets
 from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, SelectionConfig, select_targets
 
 logger = logging.getLogger(__name__)
 
 STATS_FILE = "mpcc_stats.json"
-BUILD_FILE = "mpcc_build.json"
 SKIPS_FILE = "skipped.jsonl"
 # Held out of training targets by default: one category per supercategory (person excluded).
 
@@ -59,11 +58,13 @@ class BuildConfig:
     stats: Path | None = None  # eval: a train build (dir) or its mpcc_stats.json, for stats + thresholds
     distractors: Path | None = None  # JSON / JSONL rows {ann_id, confusable: [...], irrelevant: [...]}
     mpcc_eval: Path | None = None  # eval: take items, levels and distractors from an MPCC-Eval file
-    png_compress_level: int = 1
+    image_format: str = "png"  # png | webp (lossless pixels stored) | lazy (rendered on access)
 
     def __post_init__(self):
         if self.split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {self.split!r}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
         if self.mpcc_eval is not None and self.split != "eval":
             raise ValueError("an MPCC-Eval file can only define an eval build")
         unknown = set(self.formats) - set(FORMATS)
@@ -206,6 +207,7 @@ def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceSta
             [c for c in row["context"] if c in stats.index], exclude=present if leave_one_out else ()
         )
         predictability = rank_score(probs, stats.index[row["category"]], range(len(stats.names)))
+        row["predictability"] = predictability
         row["difficulty_score"] = difficulty_score(predictability, len(others), row["area_frac"])
         rows[ann["id"]] = [row]
         if config.split == "eval":
@@ -300,33 +302,19 @@ def _eval_rows(row: dict, d: Distractors, config: BuildConfig, rejected: Counter
 
 
 def _render_image(task: tuple) -> tuple[int, dict[int, bytes] | str]:
-    """Worker: one image file, all its targets. Returns PNG bytes per ann_id, or the error."""
-    image_id, path, targets, spec, seed, level_ = task
+    """Worker: one image file, all its targets. Encoded bytes per ann_id, or the error as text."""
+    image_id, path, targets, spec, seed, image_format = task
     try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-        out = {}
-        for ann_id, rle, bbox in targets:
-            masked = render_masked(image, decode(rle), bbox, spec, seed=_target_seed(seed, ann_id))
-            buf = io.BytesIO()
-            masked.save(buf, format="PNG", compress_level=level_)
-            out[ann_id] = buf.getvalue()
-        return image_id, out
+        masked = render_targets(path, targets, spec, seed)
+        return image_id, {ann_id: encode(image, image_format) for ann_id, image in masked.items()}
     except Exception as e:  # a file that decodes badly must cost one image, not the build
         return image_id, f"{path}: {type(e).__name__}: {e}"
-
-
-def _target_seed(seed: int, ann_id: int) -> int:
-    return (seed * 1_000_003 + ann_id) % 2**32
 
 
 def _render_tasks(source: CocoSource, plan_: Plan, config: BuildConfig):
     by_image = defaultdict(list)
     for t in plan_.targets:
-        mask = plan_.rows[t["id"]][0]["mask"]
-        by_image[t["image_id"]].append(
-            (t["id"], {"size": mask["size"], "counts": mask["counts"].encode()}, t["bbox"])
-        )
+        by_image[t["image_id"]].append((t["id"], plan_.rows[t["id"]][0]["mask"], t["bbox"]))
     for image_id in sorted(by_image):
         yield (
             image_id,
@@ -334,13 +322,20 @@ def _render_tasks(source: CocoSource, plan_: Plan, config: BuildConfig):
             by_image[image_id],
             config.mask,
             config.seed,
-            config.png_compress_level,
+            config.image_format,
         )
 
 
 def _rows_with_images(
     source: CocoSource, plan_: Plan, config: BuildConfig, report: SkipReport, counts: Counter, procs: int
 ):
+    """Rows in plan order with their encoded image; lazy builds store none (rendered on access)."""
+    if config.image_format == "lazy":
+        for t in plan_.targets:
+            for row in plan_.rows[t["id"]]:
+                counts[row["difficulty"]] += 1
+                yield {**row, "image": None}
+        return
     tasks = list(_render_tasks(source, plan_, config))
     with get_context("spawn").Pool(procs) if procs > 1 else _InProcess() as pool:
         results = pool.imap(_render_image, tasks, chunksize=max(1, min(16, len(tasks) // (procs * 8) or 1)))
@@ -348,16 +343,12 @@ def _rows_with_images(
             zip(tasks, results), total=len(tasks), desc=f"render {config.split}", unit="img"
         ):
             if isinstance(result, str):
-                report.add(
-                    source.annotations_path,
-                    f"image {image_id} ({Path(path).name})",
-                    "undecodable_image",
-                    result,
-                )
+                name = f"image {image_id} ({Path(path).name})"
+                report.add(source.annotations_path, name, "undecodable_image", result)
                 continue
             for ann_id, *_ in targets:
                 for row in plan_.rows[ann_id]:
-                    counts[row.get("difficulty")] += 1
+                    counts[row["difficulty"]] += 1
                     yield {**row, "image": {"bytes": result[ann_id], "path": None}}
 
 

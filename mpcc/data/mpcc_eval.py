@@ -14,6 +14,7 @@ from pathlib import Path
 from mpcc.data.coco import CocoSource
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.options import Distractors
+from mpcc.data.render import load_dataset
 
 MATCH_IOU = 0.9  # an item's box must overlap its COCO annotation's box this much
 
@@ -70,9 +71,7 @@ def read_items(path: Path, source: CocoSource) -> list[EvalItem]:
 
 def export_items(dataset_dir: str | Path, out: str | Path) -> dict[str, int]:
     """Write an eval build in the authors' layout (plus our ids); returns items per level."""
-    from datasets import load_from_disk
-
-    ds = load_from_disk(str(dataset_dir)).select_columns(
+    ds = load_dataset(dataset_dir).select_columns(
         ["item_id", "image_id", "ann_id", "file_name", "bbox", "category", "difficulty", "distractors"]
     )
     levels: dict[str, list] = {lv: [] for lv in LEVELS}

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from PIL import Image, ImageDraw
 
-from mpcc.data.build import BUILD_FILE
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import decode
 from mpcc.data.options import LETTERS
+from mpcc.data.render import BUILD_FILE, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,19 @@ OUTLINE_WIDTH = 2  # thumbnail pixels; the erosion radius, so the outline stays 
 BBOX_COLOUR = (255, 215, 0)
 THUMBS = "thumbs"
 _THUMB_NAME = re.compile(r"^\d{4}-\d+-(orig|masked)\.png$")
-_REQUIRED = ("image", "file_name", "width", "height", "bbox", "mask", "category", "supercategory",
-             "difficulty", "difficulty_score", "prompt")
+_REQUIRED = (
+    "image",
+    "file_name",
+    "width",
+    "height",
+    "bbox",
+    "mask",
+    "category",
+    "supercategory",
+    "difficulty",
+    "difficulty_score",
+    "prompt",
+)
 
 
 def erode(mask: np.ndarray, radius: int = 1) -> np.ndarray:
@@ -47,7 +58,7 @@ def erode(mask: np.ndarray, radius: int = 1) -> np.ndarray:
     out = np.ones_like(mask, dtype=bool)
     for dy in range(2 * radius + 1):
         for dx in range(2 * radius + 1):
-            out &= padded[dy:dy + h, dx:dx + w]
+            out &= padded[dy : dy + h, dx : dx + w]
     return out
 
 
@@ -93,16 +104,11 @@ def _save_png(image: Image.Image, path: Path) -> None:
 
 
 def load_dataset_dir(dataset_dir: str | Path) -> Dataset:
-    """The dataset saved at dataset_dir, or a ValueError that names the path and what is wrong."""
+    """The build at dataset_dir, or a ValueError that names the path and what is wrong."""
     path = Path(dataset_dir)
     if not path.is_dir():
-        raise ValueError(f"{path}: not a directory (expected a dataset written by save_to_disk)")
-    try:
-        ds = load_from_disk(str(path))
-    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: not a dataset saved by save_to_disk ({type(e).__name__}: {e})") from e
-    if not isinstance(ds, Dataset):
-        raise ValueError(f"{path}: holds a DatasetDict, not one split; pass one split's directory")
+        raise ValueError(f"{path}: not a directory (expected a dataset written by `mpcc prepare`)")
+    ds = load_dataset(path)
     missing = [c for c in _REQUIRED if c not in ds.column_names]
     if missing:
         raise ValueError(f"{path}: not an MPCC dataset (missing columns {missing})")
@@ -143,8 +149,13 @@ def _group_order(key: tuple[str, str]) -> tuple:
 
 def question_text(prompt: list[dict]) -> str:
     """The user's text part(s): what the model is asked, without the system prompt."""
-    parts = [c.get("text") or "" for m in prompt if m.get("role") == "user"
-             for c in m.get("content") or [] if c.get("type") == "text"]
+    parts = [
+        c.get("text") or ""
+        for m in prompt
+        if m.get("role") == "user"
+        for c in m.get("content") or []
+        if c.get("type") == "text"
+    ]
     return "\n".join(p for p in parts if p)
 
 
@@ -170,8 +181,9 @@ def _load_original(images_dir: Path | None, row: dict) -> tuple[Image.Image | No
     except Exception as e:  # a bad file must cost one panel, not the preview
         return None, f"original unreadable: {file} ({type(e).__name__}: {e})"
     if image.size != (row["width"], row["height"]):
-        return None, (f"original {file} is {image.size[0]}x{image.size[1]}, "
-                      f"row says {row['width']}x{row['height']}")
+        return None, (
+            f"original {file} is {image.size[0]}x{image.size[1]}, row says {row['width']}x{row['height']}"
+        )
     return image, ""
 
 
@@ -191,8 +203,9 @@ def _write_thumbs(position: int, index: int, row: dict, images_dir: Path | None,
     original, fallback = _load_original(images_dir, row)
     base = original if original is not None else masked
     if mask.shape != (base.height, base.width):
-        raise ValueError(f"row {index}: mask is {mask.shape[1]}x{mask.shape[0]} but image is "
-                         f"{base.width}x{base.height}")
+        raise ValueError(
+            f"row {index}: mask is {mask.shape[1]}x{mask.shape[0]} but image is {base.width}x{base.height}"
+        )
     size = thumb_size(base.width, base.height)
     stem = f"{position:04d}-{index}"
     orig_name, masked_name = f"{stem}-orig.png", f"{stem}-masked.png"
@@ -219,29 +232,41 @@ def _options_html(row: dict) -> str:
         items.append(f'<li class="{"correct" if correct else "option"}">{text}{kind}</li>')
     asked = ""
     if fmt == "yesno" and row.get("candidate"):
-        asked = (f'<p>candidate: <b>{_e(row["candidate"])}</b>'
-                 f' <span class="kind">{_e(row.get("candidate_kind") or "")}</span></p>')
-    return (f'{asked}<ul class="options">{"".join(items)}</ul>'
-            f'<p class="answer">answer: <b>{_e(row.get("answer"))}</b></p>')
+        asked = (
+            f"<p>candidate: <b>{_e(row['candidate'])}</b>"
+            f' <span class="kind">{_e(row.get("candidate_kind") or "")}</span></p>'
+        )
+    return (
+        f'{asked}<ul class="options">{"".join(items)}</ul>'
+        f'<p class="answer">answer: <b>{_e(row.get("answer"))}</b></p>'
+    )
 
 
 def _card_html(card: _Card) -> str:
     row = card.row
-    tags = [f'<span class="tag level-{_e(row["difficulty"])}">{_e(row["difficulty"])} '
-            f'{float(row["difficulty_score"]):.3f}</span>']
+    tags = [
+        f'<span class="tag level-{_e(row["difficulty"])}">{_e(row["difficulty"])} '
+        f"{float(row['difficulty_score']):.3f}</span>"
+    ]
     if row.get("format"):
         tags.append(f'<span class="tag">{_e(row["format"])}</span>')
     if "in_distribution" in row and row["in_distribution"] is not None:
-        tags.append('<span class="tag">in-distribution</span>' if row["in_distribution"]
-                    else '<span class="tag ood">out-of-distribution</span>')
+        tags.append(
+            '<span class="tag">in-distribution</span>'
+            if row["in_distribution"]
+            else '<span class="tag ood">out-of-distribution</span>'
+        )
     if card.fallback:
-        orig_caption = (f'<figcaption class="fallback">{_e(card.fallback)}; '
-                        "outline drawn on the masked image</figcaption>")
+        orig_caption = (
+            f'<figcaption class="fallback">{_e(card.fallback)}; '
+            "outline drawn on the masked image</figcaption>"
+        )
     else:
         orig_caption = "<figcaption>original + target outline</figcaption>"
     reasoning = row.get("reasoning")
-    reasoning_html = (f"<details><summary>reasoning</summary><pre>{_e(reasoning)}</pre></details>"
-                      if reasoning else "")
+    reasoning_html = (
+        f"<details><summary>reasoning</summary><pre>{_e(reasoning)}</pre></details>" if reasoning else ""
+    )
     return (
         f'<div class="card" id="row-{card.index}">\n'
         f'<div class="meta">row {card.index} &middot; {_e(row["file_name"])} {" ".join(tags)}</div>\n'
@@ -277,11 +302,21 @@ def _counts_html(title: str, counts: Counter, order: tuple[str, ...] = ()) -> st
     return f"<tr><th>{_e(title)}</th>{cells}</tr>"
 
 
-def _page(dataset_dir: Path, num_rows: int, levels: Counter, formats: Counter | None, ood: int | None,
-          images_dir: Path | None, seed: int, cards: list[_Card]) -> str:
-    rows = [f"<tr><th>dataset</th><td>{_e(dataset_dir)}</td></tr>",
-            f"<tr><th>rows</th><td>{num_rows}</td></tr>",
-            _counts_html("difficulty", levels, LEVELS)]
+def _page(
+    dataset_dir: Path,
+    num_rows: int,
+    levels: Counter,
+    formats: Counter | None,
+    ood: int | None,
+    images_dir: Path | None,
+    seed: int,
+    cards: list[_Card],
+) -> str:
+    rows = [
+        f"<tr><th>dataset</th><td>{_e(dataset_dir)}</td></tr>",
+        f"<tr><th>rows</th><td>{num_rows}</td></tr>",
+        _counts_html("difficulty", levels, LEVELS),
+    ]
     if formats is not None:
         rows.append(_counts_html("format", formats, ("mc4", "mc7", "yesno")))
     if ood is not None:
@@ -290,8 +325,10 @@ def _page(dataset_dir: Path, num_rows: int, levels: Counter, formats: Counter | 
     rows.append(f"<tr><th>shown</th><td>{len(cards)} samples (seed {seed})</td></tr>")
     fallbacks = sum(1 for c in cards if c.fallback)
     if fallbacks:
-        rows.append(f'<tr><th>fallbacks</th><td class="fallback">{fallbacks} samples without their original '
-                    "image: outline drawn on the masked image</td></tr>")
+        rows.append(
+            f'<tr><th>fallbacks</th><td class="fallback">{fallbacks} samples without their original '
+            "image: outline drawn on the masked image</td></tr>"
+        )
     body = "\n".join(_card_html(c) for c in cards)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -301,8 +338,13 @@ def _page(dataset_dir: Path, num_rows: int, levels: Counter, formats: Counter | 
     )
 
 
-def write_preview(dataset_dir: str | Path, out_dir: str | Path, num: int = 24, seed: int = 0,
-                  images_dir: str | Path | None = None) -> Path:
+def write_preview(
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    num: int = 24,
+    seed: int = 0,
+    images_dir: str | Path | None = None,
+) -> Path:
     """Write out_dir/index.html and out_dir/thumbs/*.png for `num` rows of the dataset; return the page.
 
     Originals come from `images_dir`, else from the build record's `images_dir`; when one is missing
@@ -324,16 +366,24 @@ def write_preview(dataset_dir: str | Path, out_dir: str | Path, num: int = 24, s
     for stale in thumbs.iterdir():  # only files this module wrote; anything else is left alone
         if stale.is_file() and _THUMB_NAME.match(stale.name):
             stale.unlink()
-    cards = [_write_thumbs(position, index, row, originals, thumbs)
-             for position, (index, row) in enumerate(zip(chosen, ds.select(chosen)))]
+    cards = [
+        _write_thumbs(position, index, row, originals, thumbs)
+        for position, (index, row) in enumerate(zip(chosen, ds.select(chosen)))
+    ]
     for card in cards:
         if card.fallback:
             logger.warning("row %d: %s", card.index, card.fallback)
 
-    page = _page(dataset_dir, len(ds), Counter(light["difficulty"]),
-                 Counter(light["format"]) if is_eval else None,
-                 sum(1 for v in light["in_distribution"] if v is False) if is_eval else None,
-                 originals, seed, cards)
+    page = _page(
+        dataset_dir,
+        len(ds),
+        Counter(light["difficulty"]),
+        Counter(light["format"]) if is_eval else None,
+        sum(1 for v in light["in_distribution"] if v is False) if is_eval else None,
+        originals,
+        seed,
+        cards,
+    )
     index_html = out / "index.html"
     index_html.write_text(page, encoding="utf-8")
     logger.info("wrote preview of %d/%d rows of %s to %s", len(cards), len(ds), dataset_dir, index_html)

@@ -28,6 +28,11 @@ COMMON = {
     "solution": (Value("string"), "ground truth the rewards compare against (the category name)"),
     "context": (List(Value("string")), "categories of the other annotated instances, sorted, unique"),
     "context_ann_ids": (List(Value("int64")), "annotation ids of the other instances in the image"),
+    "predictability": (
+        Value("float32"),
+        "rank of the hidden category under its context's co-occurrence "
+        "scores: 1 = the most expected category, 0 = the least",
+    ),
     "difficulty_score": (Value("float32"), "model-free difficulty in [0, 1] (see mpcc.data.difficulty)"),
     "difficulty": (Value("string"), "easy / middle / hard (thresholds from the training build)"),
     "prompt": (List(_MESSAGE), "chat messages (system + user with an image placeholder), as TRL expects"),
