@@ -143,22 +143,21 @@ def _bbox_of(region: np.ndarray) -> tuple[int, int, int, int]:
 
 def render_masked(image: Image.Image, target: np.ndarray, bbox, spec: MaskSpec, seed: int = 0) -> Image.Image:
     """`image` (RGB) with the target's region replaced by the fill; deterministic in all arguments."""
-    pixels = np.asarray(image.convert("RGB"))
+    pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     if target.shape != pixels.shape[:2]:
         raise ValueError(f"mask shape {target.shape} differs from image shape {pixels.shape[:2]}")
     region = region_mask(target, bbox, spec)
     if not region.any():
-        return Image.fromarray(pixels.copy())
+        return Image.fromarray(pixels)
     region_bbox = _bbox_of(region)
-    margin = math.ceil(3 * spec.feather)
-    win = _window(region_bbox, *region.shape, margin)
-    alpha = region[win].astype(np.float64)
-    if spec.feather > 0:
-        soft = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(spec.feather))
-        alpha = np.maximum(alpha, np.asarray(soft, dtype=np.float64) / 255.0)
     fill = _fill_pixels(pixels, region_bbox, spec, seed)
+    if spec.feather == 0:  # hard edge: a plain assignment, no blending
+        pixels[region] = fill if fill.ndim == 1 else fill[region]
+        return Image.fromarray(pixels)
+    win = _window(region_bbox, *region.shape, math.ceil(3 * spec.feather))
+    alpha = region[win].astype(np.float64)
+    soft = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(spec.feather))
+    a = np.maximum(alpha, np.asarray(soft, dtype=np.float64) / 255.0)[..., None]
     fill_win = fill[win] if fill.ndim == 3 else fill
-    out = pixels.copy()
-    a = alpha[..., None]
-    out[win] = np.rint(pixels[win] * (1.0 - a) + fill_win * a).astype(np.uint8)
-    return Image.fromarray(out)
+    pixels[win] = np.rint(pixels[win] * (1.0 - a) + fill_win * a).astype(np.uint8)
+    return Image.fromarray(pixels)
