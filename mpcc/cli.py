@@ -277,7 +277,8 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mpcc", description="Masked Prediction via Context and Commonsense: data, training, evaluation."
+        prog="mpcc",
+        description="Masked Prediction via Context and Commonsense (MPCC) for vision-language models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)

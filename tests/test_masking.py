@@ -105,3 +105,13 @@ def test_segm_dilated_grows_by_fraction_of_the_box():
 def test_bad_spec_is_refused(bad):
     with pytest.raises(ValueError):
         MaskSpec(**bad)
+
+
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_target_outside_its_box_is_still_hidden(mode):
+    """A box that disagrees with the mask (bad annotation) must not leave target pixels visible."""
+    image = Image.new("RGB", (50, 40), (90, 160, 220))
+    mask = np.zeros((40, 50), bool)
+    mask[5:30, 10:40] = True
+    out = np.asarray(render_masked(image, mask, [12.0, 8.0, 10.0, 10.0], MaskSpec(mode=mode)))
+    assert (out[mask] == 0).all()

@@ -101,24 +101,47 @@ def _hull(mask: np.ndarray) -> np.ndarray:
     return np.asarray(canvas) | mask
 
 
-def region_mask(target: np.ndarray, bbox, spec: MaskSpec) -> np.ndarray:
-    """The pixels to hide: always a superset of `target` (an HxW bool mask)."""
+def _extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """[x, y, w, h] of the True pixels, or None when there are none."""
+    ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if ys.size == 0:
+        return None
+    return int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
+
+
+def _region(target: np.ndarray, bbox, spec: MaskSpec) -> tuple[tuple[slice, slice], np.ndarray]:
+    """The pixels to hide as (window, mask inside it). The window spans the annotated box and every
+    target pixel, so the region covers the target even when box and mask disagree."""
     height, width = target.shape
+    extent = _extent(target)
+    box = bbox
+    if extent is not None:
+        x0, y0 = min(bbox[0], extent[0]), min(bbox[1], extent[1])
+        x1, y1 = max(bbox[0] + bbox[2], extent[0] + extent[2]), max(bbox[1] + bbox[3], extent[1] + extent[3])
+        box = (x0, y0, x1 - x0, y1 - y0)
+    if spec.mode == "segm_dilated":
+        radius = max(spec.dilate_px, round(spec.dilate_frac * max(bbox[2], bbox[3])))
+        win = _window(box, height, width, radius)
+        return win, _dilate(target[win], radius)
+    win = _window(box, height, width, 0)
+    inside = target[win]
     if spec.mode == "segm":
-        return target
-    if spec.mode == "bbox":
-        region = np.zeros_like(target)
-        region[_window(bbox, height, width, 0)] = True
-        return region | target
+        return win, inside
     if spec.mode == "hull":
-        win = _window(bbox, height, width, 1)
-        region = np.zeros_like(target)
-        region[win] = _hull(target[win])
-        return region
-    radius = max(spec.dilate_px, round(spec.dilate_frac * max(bbox[2], bbox[3])))
-    win = _window(bbox, height, width, radius + 1)
+        return win, _hull(inside)
+    region = np.zeros_like(inside)
+    ys, xs = _window(bbox, height, width, 0)
+    region[
+        ys.start - win[0].start : ys.stop - win[0].start, xs.start - win[1].start : xs.stop - win[1].start
+    ] = True
+    return win, region | inside
+
+
+def region_mask(target: np.ndarray, bbox, spec: MaskSpec) -> np.ndarray:
+    """The pixels to hide, as an HxW bool mask: always a superset of `target`."""
+    win, inside = _region(target, bbox, spec)
     region = np.zeros_like(target)
-    region[win] = _dilate(target[win], radius)
+    region[win] = inside
     return region
 
 
@@ -136,28 +159,29 @@ def _fill_pixels(image: np.ndarray, region_bbox, spec: MaskSpec, seed: int) -> n
     return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)), dtype=float)
 
 
-def _bbox_of(region: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
-    return int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
-
-
 def render_masked(image: Image.Image, target: np.ndarray, bbox, spec: MaskSpec, seed: int = 0) -> Image.Image:
-    """`image` (RGB) with the target's region replaced by the fill; deterministic in all arguments."""
+    """`image` (RGB) with the target's region replaced by the fill; deterministic in all arguments.
+
+    Work is confined to the region's window, so cost follows the object's size, not the image's.
+    """
     pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     if target.shape != pixels.shape[:2]:
         raise ValueError(f"mask shape {target.shape} differs from image shape {pixels.shape[:2]}")
-    region = region_mask(target, bbox, spec)
-    if not region.any():
+    win, inside = _region(target, bbox, spec)
+    extent = _extent(inside)
+    if extent is None:
         return Image.fromarray(pixels)
-    region_bbox = _bbox_of(region)
+    region_bbox = (extent[0] + win[1].start, extent[1] + win[0].start, extent[2], extent[3])
     fill = _fill_pixels(pixels, region_bbox, spec, seed)
-    if spec.feather == 0:  # hard edge: a plain assignment, no blending
-        pixels[region] = fill if fill.ndim == 1 else fill[region]
+    if spec.feather == 0:  # hard edge: a plain assignment inside the window, no blending
+        pixels[win][inside] = fill if fill.ndim == 1 else fill[win][inside]
         return Image.fromarray(pixels)
-    win = _window(region_bbox, *region.shape, math.ceil(3 * spec.feather))
-    alpha = region[win].astype(np.float64)
+    region = np.zeros(target.shape, dtype=bool)
+    region[win] = inside
+    soft_win = _window(region_bbox, *target.shape, math.ceil(3 * spec.feather))
+    alpha = region[soft_win].astype(np.float64)
     soft = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(spec.feather))
     a = np.maximum(alpha, np.asarray(soft, dtype=np.float64) / 255.0)[..., None]
-    fill_win = fill[win] if fill.ndim == 3 else fill
-    pixels[win] = np.rint(pixels[win] * (1.0 - a) + fill_win * a).astype(np.uint8)
+    fill_win = fill[soft_win] if fill.ndim == 3 else fill
+    pixels[soft_win] = np.rint(pixels[soft_win] * (1.0 - a) + fill_win * a).astype(np.uint8)
     return Image.fromarray(pixels)

@@ -1,0 +1,118 @@
+"""The command line, the demo pipeline and the README/CI contract."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from mpcc.cli import main
+from mpcc.data.render import load_dataset
+from mpcc.data.schema import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prepare_and_inspect_from_the_command_line(tinycoco, tmp_path, capsys):
+    args = ["--annotations", str(tinycoco / "instances.json"), "--images", str(tinycoco / "images")]
+    assert (
+        main(
+            [
+                "prepare",
+                "train",
+                *args,
+                "--out",
+                str(tmp_path / "train"),
+                "--mask-mode",
+                "bbox",
+                "--max-per-image",
+                "1",
+                "--num-proc",
+                "1",
+                "--image-format",
+                "lazy",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prepare",
+                "eval",
+                *args,
+                "--out",
+                str(tmp_path / "eval"),
+                "--stats",
+                str(tmp_path / "train"),
+                "--formats",
+                "mc4,yesno",
+                "--ood-categories",
+                "none",
+                "--max-items",
+                "12",
+                "--num-proc",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "rows per level" in out and "skipped.jsonl" in out
+    record = json.loads((tmp_path / "train" / "mpcc_build.json").read_text())
+    assert record["config"]["mask"]["mode"] == "bbox" and record["config"]["selection"]["max_per_image"] == 1
+    evald = load_dataset(tmp_path / "eval")
+    assert set(evald["format"]) == {"mc4", "yesno"} and len(set(evald["item_id"])) == 12
+    assert all(evald["in_distribution"])
+    assert main(["inspect", str(tmp_path / "eval"), "--out", str(tmp_path / "preview"), "--num", "3"]) == 0
+    assert (tmp_path / "preview" / "index.html").is_file()
+    assert main(["export-mpcc-eval", str(tmp_path / "eval"), "--out", str(tmp_path / "items.json")]) == 0
+    assert sum(len(v) for v in json.loads((tmp_path / "items.json").read_text()).values()) == 12
+
+
+def test_bad_option_values_exit_with_a_message(tinycoco, tmp_path, capsys):
+    code = main(
+        [
+            "prepare",
+            "train",
+            "--annotations",
+            str(tinycoco / "instances.json"),
+            "--images",
+            str(tinycoco / "images"),
+            "--out",
+            str(tmp_path / "o"),
+            "--min-area-frac",
+            "0.9",
+            "--max-area-frac",
+            "0.1",
+        ]
+    )
+    assert code == 2 and "min_area_frac" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's demo pipeline, smaller: scenes -> train + eval builds -> preview."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mpcc", "demo", "--out", str(tmp_path), "--num-images", "40"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "preview:" in proc.stdout
+    train, evald = load_dataset(tmp_path / "data" / "train"), load_dataset(tmp_path / "data" / "eval")
+    assert len(train) > 20 and len(evald) > 20
+    assert (tmp_path / "preview" / "index.html").is_file()
+
+
+def test_readme_commands_and_ci_agree():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
+    assert re.search(r"^make demo\b", quick, re.M) and re.search(r"^make test\b", quick, re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test:", makefile, re.M) and "mpcc demo" in makefile
+    assert markdown_table() in readme  # the schema is documented once, and the README shows that table
