@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter
 
-from mpcc.data.masking import FILLS, MASK_MODES, MaskSpec, _dilate, _hull, region_mask, render_masked
+from mpcc.data.masking import FILLS, MASK_MODES, MaskSpec, _hull, dilate, region_mask, render_masked
 
 
 @st.composite
@@ -33,11 +33,11 @@ def scenes(draw):
     mode=st.sampled_from(MASK_MODES),
     fill=st.sampled_from(FILLS),
     feather=st.sampled_from([0.0, 1.5, 4.0]),
-    dilate=st.integers(0, 6),
+    dilate_px=st.integers(0, 6),
 )
-def test_every_target_pixel_shows_only_the_fill(scene, mode, fill, feather, dilate):
+def test_every_target_pixel_shows_only_the_fill(scene, mode, fill, feather, dilate_px):
     image, mask, bbox, seed = scene
-    spec = MaskSpec(mode=mode, fill=fill, dilate_px=dilate, feather=feather)
+    spec = MaskSpec(mode=mode, fill=fill, dilate_px=dilate_px, feather=feather)
     out = np.asarray(render_masked(image, mask, bbox, spec, seed=seed))
     pixels = np.asarray(image)
     region = region_mask(mask, bbox, spec)
@@ -76,7 +76,7 @@ def test_dilation_matches_brute_force():
         brute = np.zeros_like(mask)
         for y, x in zip(*np.nonzero(mask)):
             brute[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = True
-        assert (_dilate(mask, r) == brute).all()
+        assert (dilate(mask, r) == brute).all()
 
 
 def test_hull_is_convex_and_covers_the_mask():

@@ -62,7 +62,7 @@ def _window(bbox, height: int, width: int, margin: int) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Square (Chebyshev) dilation via an integral image: O(pixels) whatever the radius."""
     if radius <= 0:
         return mask
@@ -122,7 +122,7 @@ def _region(target: np.ndarray, bbox, spec: MaskSpec) -> tuple[tuple[slice, slic
     if spec.mode == "segm_dilated":
         radius = max(spec.dilate_px, round(spec.dilate_frac * max(bbox[2], bbox[3])))
         win = _window(box, height, width, radius)
-        return win, _dilate(target[win], radius)
+        return win, dilate(target[win], radius)
     win = _window(box, height, width, 0)
     inside = target[win]
     if spec.mode == "segm":

@@ -9,7 +9,6 @@ chosen rows are decoded, so previewing a large build stays cheap.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import random
 import re
@@ -22,9 +21,9 @@ from datasets import Dataset
 from PIL import Image, ImageDraw
 
 from mpcc.data.difficulty import LEVELS
-from mpcc.data.masking import decode
+from mpcc.data.masking import decode, dilate
 from mpcc.data.options import LETTERS
-from mpcc.data.render import BUILD_FILE, load_dataset
+from mpcc.data.render import build_record, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +52,8 @@ def erode(mask: np.ndarray, radius: int = 1) -> np.ndarray:
     """Square (Chebyshev) erosion; outside the image counts as background, so edge pixels are boundary."""
     if radius <= 0:
         return mask.copy()
-    h, w = mask.shape
-    padded = np.pad(mask, radius, constant_values=False)
-    out = np.ones_like(mask, dtype=bool)
-    for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            out &= padded[dy : dy + h, dx : dx + w]
-    return out
+    padded = np.pad(mask.astype(bool), radius, constant_values=False)
+    return ~dilate(~padded, radius)[radius:-radius, radius:-radius]
 
 
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -161,10 +155,11 @@ def question_text(prompt: list[dict]) -> str:
 
 def _build_images_dir(path: Path) -> Path | None:
     try:
-        record = json.loads((path / BUILD_FILE).read_text(encoding="utf-8"))
-        return Path(record["images_dir"]) if record.get("images_dir") else None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.warning("%s: no usable %s (%s); originals cannot be shown", path, BUILD_FILE, e)
+        return Path(build_record(path)["images_dir"])
+    except (ValueError, KeyError, TypeError) as e:
+        logger.warning(
+            "%s: no usable images_dir in the build record (%s); originals cannot be shown", path, e
+        )
         return None
 
 

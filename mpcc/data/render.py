@@ -58,6 +58,15 @@ def encode(image: Image.Image, image_format: str) -> bytes:
 RENDER_INPUTS = ("file_name", "ann_id", "mask", "bbox")
 
 
+def build_record(path: str | Path) -> dict:
+    """A build's `mpcc_build.json` (configuration, input paths, counts)."""
+    file = Path(path) / BUILD_FILE
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{file}: not an mpcc build record ({type(e).__name__}: {e})") from e
+
+
 def load_dataset(path: str | Path, images_dir: str | Path | None = None):
     """Open a build, with a clear error when `path` is not one. For lazy builds the `image` column is
     rendered on access from the original files (in `images_dir`, default: the one recorded at build
@@ -66,8 +75,8 @@ def load_dataset(path: str | Path, images_dir: str | Path | None = None):
     from datasets import Dataset, load_from_disk
 
     path = Path(path)
+    record = build_record(path)
     try:
-        record = json.loads((path / BUILD_FILE).read_text(encoding="utf-8"))
         dataset = load_from_disk(str(path))
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{path}: not an mpcc build ({type(e).__name__}: {e})") from e
