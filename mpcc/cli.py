@@ -114,6 +114,12 @@ def _add_prepare(sub) -> None:
         help="comma-separated categories held out of training targets and flagged "
         "in_distribution=false in eval; 'none' for no held-out set (default: one per supercategory)",
     )
+    p.add_argument(
+        "--template-traces",
+        action="store_true",
+        help="train: fill `reasoning` with a template trace built from the row's context (for SFT and prior "
+        "sampling without a teacher model)",
+    )
     g = p.add_argument_group("eval")
     g.add_argument(
         "--formats", default=",".join(FORMATS), help=f"comma-separated of {FORMATS} (default: all)"
@@ -176,6 +182,7 @@ def _prepare(args) -> int:
         balance=not args.no_balance,
         stats=args.stats,
         image_format=args.image_format,
+        template_traces=args.template_traces,
         distractors=args.distractors,
         mpcc_eval=args.mpcc_eval,
     )

@@ -33,6 +33,7 @@ from mpcc.data.options import FORMATS, Distractors, compute_distractors, make_it
 from mpcc.data.render import BUILD_FILE, IMAGE_FORMATS, encode, render_targets
 from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, SelectionConfig, select_targets
+from mpcc.data.traces import template_trace
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class BuildConfig:
     stats: Path | None = None  # eval: a train build (dir) or its mpcc_stats.json, for stats + thresholds
     distractors: Path | None = None  # JSON / JSONL rows {ann_id, confusable: [...], irrelevant: [...]}
     mpcc_eval: Path | None = None  # eval: take items, levels and distractors from an MPCC-Eval file
+    template_traces: bool = False  # train: fill `reasoning` with mpcc.data.traces.template_trace
     image_format: str = "png"  # png | webp (lossless pixels stored) | lazy (rendered on access)
 
     def __post_init__(self):
@@ -236,7 +238,11 @@ def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceSta
     if config.split == "train":
         for (row,) in rows.values():
             row["prompt"] = prompts.conversation(prompts.open_question(config.mask.fill))
-            row["reasoning"] = None
+            row["reasoning"] = (
+                template_trace(row["context"], row["solution"], seed=config.seed * 1_000_003 + row["ann_id"])
+                if config.template_traces
+                else None
+            )
     else:
         if not fixed:
             targets = _choose_eval_items(targets, rows, config, rejected)

@@ -1,0 +1,69 @@
+"""Train from a recipe: `accelerate launch [--config_file CFG] -m mpcc.train RECIPE.yaml [--key value ...]`.
+
+(`accelerate launch RECIPE.yaml` cannot work: Accelerate needs a program to run; `mpcc train RECIPE`
+launches this module with the Accelerate config the recipe names.)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from trl import GRPOTrainer, SFTTrainer, get_peft_config
+
+from mpcc.rewards import resolve_rewards
+from mpcc.training.config import load_recipe
+from mpcc.training.data import load_train_dataset
+from mpcc.training.models import freeze_vision_tower, resolve_model_path
+from mpcc.training.prior import PriorSamplingGRPOTrainer
+
+logger = logging.getLogger("mpcc.train")
+
+
+def build_trainer(run, train_args, model_args):
+    """The TRL trainer a recipe asks for, with model, processor, data and rewards in place."""
+    from mpcc.models import load_model, load_processor
+
+    path = resolve_model_path(model_args.model_name_or_path)
+    processor = load_processor(path, min_pixels=run.min_pixels, max_pixels=run.max_pixels)
+    model = load_model(
+        path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
+    )
+    peft_config = get_peft_config(model_args)
+    if peft_config is None and run.freeze_vision_tower:
+        freeze_vision_tower(model)
+    dataset = load_train_dataset(run.dataset_path, run.trainer, run.max_train_samples)
+    common = {
+        "model": model,
+        "args": train_args,
+        "train_dataset": dataset,
+        "processing_class": processor,
+        "peft_config": peft_config,
+    }
+    if run.trainer == "sft":
+        return SFTTrainer(**common)
+    funcs, weights = resolve_rewards(train_args.rewards)
+    train_args.reward_weights = weights
+    trainer_class = PriorSamplingGRPOTrainer if run.trainer == "grpo_prior" else GRPOTrainer
+    return trainer_class(reward_funcs=funcs, **common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run, train_args, model_args = load_recipe(argv[0], argv[1:])
+    trainer = build_trainer(run, train_args, model_args)
+    checkpoint = train_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(train_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(train_args.output_dir)
+        print(f"model saved to {train_args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Training data: an `mpcc prepare train` build, or a cached synthetic one, shaped for each trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from datasets import Dataset
+
+from mpcc.data.build import BuildConfig, build
+from mpcc.data.render import load_dataset
+from mpcc.data.synthetic import generate_scenes
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_PREFIX = "synthetic:"
+SYNTHETIC_SIZES = {"demo": 240, "tiny": 60}  # scenes per named synthetic train set
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MPCC_CACHE", Path.home() / ".cache" / "mpcc"))
+
+
+def resolve_dataset(spec: str) -> Path:
+    """A build directory; `synthetic:<name>` is drawn and built once, then reused from the cache."""
+    if not spec.startswith(SYNTHETIC_PREFIX):
+        return Path(spec)
+    name = spec[len(SYNTHETIC_PREFIX) :]
+    if name not in SYNTHETIC_SIZES:
+        raise ValueError(f"unknown synthetic dataset {name!r}; choose from {sorted(SYNTHETIC_SIZES)}")
+    root = cache_dir() / "data" / name
+    train = root / "train"
+    if not train.is_dir():
+        scenes = root / "scenes"
+        if not (scenes / "instances.json").is_file():
+            generate_scenes(scenes, num_images=SYNTHETIC_SIZES[name], seed=0)
+        logger.info("building the synthetic train set %s (once; cached at %s)", name, train)
+        build(
+            scenes / "instances.json",
+            scenes / "images",
+            train,
+            BuildConfig("train", template_traces=True),
+            overwrite=True,
+        )
+    return train
+
+
+REQUIRED = ("image", "prompt", "solution")
+
+
+def load_train_dataset(spec: str, kind: str, max_samples: int | None = None) -> Dataset:
+    """Rows for `kind` (sft, grpo, grpo_prior), with a clear error when a needed column is missing."""
+    path = resolve_dataset(spec)
+    dataset = load_dataset(path)
+    needed = REQUIRED + (("reasoning",) if kind in ("sft", "grpo_prior") else ())
+    missing = [c for c in needed if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{path}: the {kind} trainer needs columns {missing}, which this dataset lacks")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if kind == "grpo_prior" and not any(dataset["reasoning"]):
+        raise ValueError(
+            f"{path}: prior sampling needs reasoning traces, but every `reasoning` is empty "
+            "(build with --template-traces or annotate with a teacher)"
+        )
+    if kind == "sft":
+        return _sft_rows(dataset, path)
+    return dataset
+
+
+def sft_target(reasoning: str, solution: str) -> str:
+    return f"<think> {reasoning.strip()}</think><answer>{solution}</answer>"
+
+
+def _sft_rows(dataset: Dataset, path: Path) -> Dataset:
+    """prompt/completion rows (TRL puts the loss on the completion only); rows without a trace are dropped."""
+    dataset = dataset.filter(lambda r: bool(r), input_columns="reasoning")
+    if len(dataset) == 0:
+        raise ValueError(f"{path}: SFT needs rows with a `reasoning` trace; this dataset has none")
+    keep = ["image", "prompt", "completion"]
+
+    def to_sft(row: dict) -> dict:
+        text = sft_target(row["reasoning"], row["solution"])
+        return {"completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}]}
+
+    dataset = dataset.map(to_sft)
+    return dataset.select_columns(keep)

@@ -1,0 +1,228 @@
+"""GRPO with prior sampling: a row's annotated reasoning trace joins its group as one sample.
+
+Everything specific to prior sampling lives here, beside TRL's untouched GRPOTrainer. The trace is
+put in place of a completion in `_generate_single_turn` (before decoding, rewards, metrics and
+log-probs), so it is rewarded, normalised and trained on exactly like a generated sample (ratio 1,
+no off-policy correction), as in the MPCC authors' code.
+
+Groups are consecutive rows of the global generation batch (TRL's RepeatSampler) and may straddle
+ranks; every decision (inject or not, which slot) is a function of the global group index, the
+training step and the seed, so all ranks agree without communicating. The trace always takes the
+group's last slot, and that slot is not generated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import torch
+from trl import GRPOTrainer
+
+from mpcc.rewards import REWARDS
+
+logger = logging.getLogger(__name__)
+
+
+def trace_completion(reasoning: str, solution: str) -> str:
+    """The trace as a full completion, in the format the rewards check."""
+    return f"<think> {reasoning.strip()}</think><answer>{solution}</answer>"
+
+
+def _select_multimodal_rows(fields: dict, rows: list[int], n_rows: int) -> dict | None:
+    """The processor outputs of `rows` only, when each row holds one image; None when they cannot be split."""
+    grid = fields.get("image_grid_thw")
+    if grid is not None and len(grid) != n_rows:
+        return None
+    out = {}
+    for key, value in fields.items():
+        if key == "pixel_values" and grid is not None:
+            sizes = grid.prod(-1).tolist()
+            starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+            out[key] = torch.cat([value[starts[i] : starts[i + 1]] for i in rows])
+        elif isinstance(value, torch.Tensor) and value.shape[0] == n_rows:
+            out[key] = value[rows]
+        elif isinstance(value, list) and len(value) == n_rows:
+            out[key] = [value[i] for i in rows]
+        else:
+            return None
+    return out
+
+
+class PriorSamplingGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer with one annotated trace per group (see the module docstring and MpccGRPOConfig)."""
+
+    def __init__(self, *args, **kwargs):
+        config = kwargs.pop("args")
+        if config.prior_mode == "append":  # num_generations generated samples + the trace slot (a copy)
+            config = replace(config, num_generations=config.num_generations + 1)
+            logger.info(
+                "prior_mode=append: groups of %d (num_generations + the trace slot)", config.num_generations
+            )
+        if config.prior_success_reward not in REWARDS:
+            raise ValueError(
+                f"prior_success_reward {config.prior_success_reward!r} is not one of {sorted(REWARDS)}"
+            )
+        super().__init__(*args, args=config, **kwargs)
+        self._success_reward = REWARDS[config.prior_success_reward]
+        self._rows: list[dict] = []
+        self._trace_slot: list[bool] = []  # per local row of the current generation batch
+        self._warned_split = False
+
+    # -- which slots hold a trace ------------------------------------------------------------------
+    def _prior_probability(self) -> float:
+        a = self.args
+        if a.prior_schedule == "linear" and self.state.max_steps:
+            return a.prior_prob * max(0.0, 1.0 - self.state.global_step / self.state.max_steps)
+        return a.prior_prob
+
+    def _global_offset(self, n_local: int) -> int:
+        return self.accelerator.process_index * n_local
+
+    def _candidate_slots(self, rows: list[dict]) -> list[bool]:
+        """Rows that are the last slot of a group whose row has a trace and whose draw says inject."""
+        group = self.num_generations
+        probability = self._prior_probability()
+        offset = self._global_offset(len(rows))
+        out = []
+        for i, row in enumerate(rows):
+            index = offset + i
+            draw = np.random.default_rng([self.args.seed, self.state.global_step, index // group]).random()
+            out.append(index % group == group - 1 and bool(row.get("reasoning")) and draw < probability)
+        return out
+
+    # -- TRL hooks ---------------------------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        self._rows = inputs
+        output = super()._generate_and_score_completions(inputs)
+        return self._log_and_restat(output) if self.model.training else output
+
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
+        rows = self._rows
+        if not self.model.training or len(rows) != len(prompt_ids):
+            self._trace_slot = [False] * len(prompt_ids)
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        candidates = self._candidate_slots(rows)
+        if self.args.prior_when == "group_fails":
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+            slots = [c and f for c, f in zip(candidates, self._groups_failed(completion_ids, rows))]
+        else:
+            slots = candidates
+            completion_ids, logprobs = self._generate_without(
+                slots, prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        self._trace_slot = slots
+        for i, is_trace in enumerate(slots):
+            if is_trace:
+                completion_ids[i] = self._trace_ids(rows[i])
+                if logprobs is not None:
+                    logprobs[i] = [0.0] * len(completion_ids[i])
+        return completion_ids, logprobs
+
+    def _generate_without(self, skip, prompt_ids, images, fields, num_generations, has_tool_images):
+        """Generate only the rows not in `skip` (at least one, so collective ops stay in step)."""
+        keep = [i for i, s in enumerate(skip) if not s] or [0]
+        if len(keep) == len(prompt_ids):
+            return super()._generate_single_turn(prompt_ids, images, fields, num_generations, has_tool_images)
+        sub_fields = _select_multimodal_rows(fields, keep, len(prompt_ids))
+        if sub_fields is None or self.use_vllm:
+            if not self._warned_split:
+                logger.warning(
+                    "cannot split this processor's outputs by row: trace slots are generated and replaced"
+                )
+                self._warned_split = True
+            return super()._generate_single_turn(prompt_ids, images, fields, num_generations, has_tool_images)
+        ids, logprobs = super()._generate_single_turn(
+            [prompt_ids[i] for i in keep],
+            [images[i] for i in keep] if images is not None else None,
+            sub_fields,
+            num_generations,
+            has_tool_images,
+        )
+        completion_ids: list = [[] for _ in prompt_ids]
+        all_logprobs = None if logprobs is None else [[] for _ in prompt_ids]
+        for j, i in enumerate(keep):
+            completion_ids[i] = ids[j]
+            if all_logprobs is not None:
+                all_logprobs[i] = logprobs[j]
+        return completion_ids, all_logprobs
+
+    def _trace_ids(self, row: dict) -> list[int]:
+        text = trace_completion(row["reasoning"], row["solution"])
+        ids = self._tokenizer.encode(text, add_special_tokens=False)[: self.max_completion_length - 1]
+        return ids + [self.eos_token_ids[0]]
+
+    def _groups_failed(self, completion_ids, rows) -> list[bool]:
+        """Per local row: no generated sample of its group reached the success threshold (all ranks)."""
+        texts = self._tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        scores = self._success_reward(
+            texts,
+            solution=[r["solution"] for r in rows],
+            **{k: [r.get(k) for r in rows] for k in ("options", "answer", "format")},
+        )
+        success = torch.tensor(
+            [s >= self.args.prior_success_threshold for s in scores],
+            dtype=torch.float32,
+            device=self.accelerator.device,
+        )
+        everyone = self.accelerator.gather(success).view(-1, self.num_generations).amax(1)
+        offset = self._global_offset(len(rows))
+        return [everyone[(offset + i) // self.num_generations].item() == 0 for i in range(len(rows))]
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _log_and_restat(self, output: dict) -> dict:
+        """Prior metrics, and the advantages recomputed from generated samples only when asked."""
+        device = self.accelerator.device
+        local = torch.tensor(self._trace_slot, dtype=torch.bool, device=device)
+        is_trace = self.accelerator.gather(local)
+        weights = self.reward_weights.to(device)
+        rewards = (self._rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        group = self.num_generations
+        if not self.args.prior_in_group_stats:
+            output["advantages"] = self._advantages_without_traces(rewards, is_trace)[
+                self.accelerator.process_index * len(local) : (self.accelerator.process_index + 1)
+                * len(local)
+            ]
+        metrics = self._metrics["train"]
+        metrics["prior/injected_fraction"].append(is_trace.view(-1, group).any(1).float().mean().item())
+        metrics["prior/traces"].append(is_trace.sum().item())
+        if is_trace.any():
+            metrics["prior/trace_reward"].append(rewards[is_trace].mean().item())
+            advantages = self.accelerator.gather(output["advantages"])
+            metrics["prior/trace_advantage"].append(advantages[is_trace].mean().item())
+        if (~is_trace).any():
+            metrics["prior/generated_reward"].append(rewards[~is_trace].mean().item())
+        return output
+
+    def _advantages_without_traces(self, rewards: torch.Tensor, is_trace: torch.Tensor) -> torch.Tensor:
+        """Group mean/std over generated samples only; the trace is scored against them."""
+        if self.multi_objective_aggregation != "sum_then_normalize" or self.scale_rewards == "batch":
+            raise ValueError(
+                "prior_in_group_stats=False needs multi_objective_aggregation='sum_then_normalize' "
+                "and scale_rewards 'group' or 'none'"
+            )
+        grouped = rewards.view(-1, self.num_generations)
+        generated = grouped.masked_fill(is_trace.view_as(grouped), float("nan"))
+        mean = torch.nanmean(generated, dim=1, keepdim=True)
+        advantages = grouped - mean
+        if self.scale_rewards != "none":
+            std = torch.sqrt(torch.nanmean((generated - mean) ** 2, dim=1, keepdim=True) * _bessel(generated))
+            advantages = advantages / (torch.nan_to_num(std, nan=0.0) + 1e-4)
+        return torch.nan_to_num(advantages, nan=0.0).view(-1)
+
+
+def _bessel(generated: torch.Tensor) -> torch.Tensor:
+    """n / (n - 1) per group, matching TRL's unbiased nanstd."""
+    n = (~torch.isnan(generated)).sum(dim=1, keepdim=True).float()
+    return n / (n - 1).clamp(min=1)
