@@ -96,6 +96,11 @@ class MpccGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.prior_prob <= 1:
             raise ValueError(f"prior_prob must lie in [0, 1], got {self.prior_prob}")
+        if self.prior_mode == "append":
+            # A group of G generated + the trace slot is a `replace` group of G + 1: normalise once, so
+            # copies of this config (dataclasses.replace) do not grow the group again.
+            self.num_generations += 1
+            self.prior_mode = "replace"
         super().__post_init__()
 
 
@@ -132,11 +137,13 @@ def load_recipe(
             "the trainer kind is part of the recipe; it cannot be overridden on the command line"
         )
     train_config = SFTConfig if kind == "sft" else MpccGRPOConfig
-    parser = TrlParser((RunArguments, train_config, ModelConfig))
+    parser = TrlParser((RunArguments, train_config, ModelConfig), allow_abbrev=False)
     try:
         parsed = parser.parse_args_and_config(args=[*_as_cli(config), *overrides])
     except SystemExit as e:  # argparse already printed which key is wrong
         raise ValueError(f"{path}: invalid recipe (see the message above)") from e
+    except ValueError as e:  # a config's own check
+        raise ValueError(f"{path}: {e}") from e
     for key in (k for k, v in config.items() if v is None):  # YAML null: set after parsing (argparse cannot)
         owner = next((p for p in parsed if key in {f.name for f in fields(p)}), None)
         if owner is None:

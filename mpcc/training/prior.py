@@ -14,7 +14,6 @@ group's last slot, and that slot is not generated.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import numpy as np
 import torch
