@@ -64,7 +64,7 @@ def test_unknown_key_and_wrong_type_fail_at_start(tmp_path, capsys):
         load_recipe(_recipe(tmp_path, "trainer: grpo\noutput_dir: o\nuse_cpu: true\nlearning_rate: fast\n"))
     assert "learning_rate" in capsys.readouterr().err
     with pytest.raises(ValueError, match="prior_mode"):
-        load_recipe(_recipe(tmp_path, "trainer: grpo_prior\noutput_dir: o\nuse_cpu: true\nprior_mode: sometimes\n"))
+        load_recipe(_recipe(tmp_path, "trainer: grpo_prior\noutput_dir: o\nprior_mode: sometimes\n"))
     with pytest.raises(ValueError, match="trainer must be one of"):
         load_recipe(_recipe(tmp_path, "trainer: ppo\noutput_dir: o\nuse_cpu: true\n"))
     with pytest.raises(ValueError, match="unknown recipe key 'nonsense'"):

@@ -53,18 +53,12 @@ class PriorSamplingGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer with one annotated trace per group (see the module docstring and MpccGRPOConfig)."""
 
     def __init__(self, *args, **kwargs):
-        config = kwargs.pop("args")
-        if config.prior_mode == "append":  # num_generations generated samples + the trace slot (a copy)
-            config = replace(config, num_generations=config.num_generations + 1)
-            logger.info(
-                "prior_mode=append: groups of %d (num_generations + the trace slot)", config.num_generations
-            )
-        if config.prior_success_reward not in REWARDS:
+        super().__init__(*args, **kwargs)
+        if self.args.prior_success_reward not in REWARDS:
             raise ValueError(
-                f"prior_success_reward {config.prior_success_reward!r} is not one of {sorted(REWARDS)}"
+                f"prior_success_reward {self.args.prior_success_reward!r} is not one of {sorted(REWARDS)}"
             )
-        super().__init__(*args, args=config, **kwargs)
-        self._success_reward = REWARDS[config.prior_success_reward]
+        self._success_reward = REWARDS[self.args.prior_success_reward]
         self._rows: list[dict] = []
         self._trace_slot: list[bool] = []  # per local row of the current generation batch
         self._warned_split = False

@@ -1,0 +1,406 @@
+"""Reward functions for MPCC: pure functions of text with TRL's reward signature.
+
+TRL calls each reward as `f(prompts=..., completions=..., completion_ids=..., **columns)`, where every
+dataset column arrives as a list aligned with `completions` (plus a few non-list extras such as
+`trainer_state`). Completions are plain strings or chat messages. Every reward returns one finite
+float per completion for any input and never raises: a crashing or NaN reward would stop or poison a
+long training run, and models emit arbitrary text early in training.
+
+Nothing here uses backtracking regexes over the whole completion: the paper's format pattern is cubic
+on adversarial text (`"<think>" + "</think><answer>" * 1000` takes ~20 s with `re`), so the tag
+structure is checked with linear string scans that accept exactly the same strings.
+
+Two families:
+- ours (`format`, `exact_match`, `levenshtein`): strict tags, a normalised answer and accepted forms of
+  the category name (plural, spacing, a few synonyms), multiple-choice and yes/no rows graded strictly;
+- the MPCC authors' (`paper_format`, `paper_answer`), reproduced exactly for parity runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import Levenshtein
+
+RewardFunc = Callable[..., list[float]]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+PAPER_FORMAT_SCORE = 0.6
+MC_FORMATS = ("mc4", "mc7")
+
+# COCO names that people and models write differently. Keys are COCO category names, values the other
+# accepted names; lookups work from any member of a group. Plurals and spacing are derived, not listed.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "tv": ("television", "tv monitor", "tv set"),
+    "couch": ("sofa",),
+    "cell phone": ("mobile phone", "phone", "smartphone"),
+    "motorcycle": ("motorbike",),
+    "airplane": ("aeroplane", "plane"),
+    "bicycle": ("bike",),
+    "dining table": ("table",),
+    "potted plant": ("plant", "houseplant"),
+    "hair drier": ("hair dryer",),
+    "sports ball": ("ball",),
+    "donut": ("doughnut",),
+    "remote": ("remote control",),
+    "fire hydrant": ("hydrant",),
+}
+
+# Singular -> plural where the English rule below is wrong; read both ways.
+_IRREGULAR_PLURALS = {
+    "person": "people",
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "mouse": "mice",
+    "knife": "knives",
+    "sheep": "sheep",
+    "ski": "skis",
+    "scissors": "scissors",
+}
+_IRREGULAR_SINGULARS = {plural: singular for singular, plural in _IRREGULAR_PLURALS.items()}
+_ARTICLES = ("a", "an", "the")
+# Dropped without a space so that "t.v." -> "tv" and "people's" -> "peoples"; other punctuation and
+# symbols separate words ("hot-dog" -> "hot dog").
+_DELETED = dict.fromkeys(map(ord, ".'\u2019"), None)
+_NON_WORD = re.compile(r"[^\w\s]|_")
+_LETTER_ONLY = re.compile(r"\(([A-Za-z])\)|([A-Za-z])[.):]?")
+_LETTER_AND_TEXT = re.compile(r"(?:\(([A-Za-z])\)|([A-Za-z])[.):])\s*(\S.*)", re.DOTALL)
+_WEIGHT_ITEM = re.compile(r"\s*(\w+)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a plain or conversational completion (assistant messages, text parts only)."""
+    if completion is None:
+        return ""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        completion = [completion]
+    if not isinstance(completion, Sequence):
+        return str(completion)
+    pieces = []
+    for message in completion:
+        if not isinstance(message, Mapping):
+            pieces.append(_content_text(message))
+        elif message.get("role") in (None, "assistant"):
+            pieces.append(_content_text(message.get("content")))
+    return "".join(pieces)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        text = content.get("text") if content.get("type", "text") == "text" else None
+        return "" if text is None else str(text)
+    if isinstance(content, Sequence):
+        return "".join(_content_text(part) for part in content)
+    return str(content)
+
+
+def _last_block(text: str) -> str | None:
+    """Content of the last `</answer>` and the nearest `<answer>` before it (innermost when nested)."""
+    close = text.rfind(ANSWER_CLOSE)
+    if close < 0:
+        return None
+    start = text.rfind(ANSWER_OPEN, 0, close)
+    return None if start < 0 else text[start + len(ANSWER_OPEN) : close]
+
+
+def extract_answer(text: Any) -> str | None:
+    """The final answer of a completion (text or messages): the last complete answer block after the
+    last `</think>`, else the last one anywhere (a model that never closes its thinking may still
+    answer); stripped; None without one."""
+    text = completion_text(text)
+    think_end = text.rfind(THINK_CLOSE)
+    answer = _last_block(text[think_end + len(THINK_CLOSE) :]) if think_end >= 0 else None
+    if answer is None:
+        answer = _last_block(text)
+    return None if answer is None else answer.strip()
+
+
+def normalize(text: Any) -> str:
+    """Comparable form of a name: NFKC, lowercase, no punctuation, single spaces, no leading article."""
+    text = unicodedata.normalize("NFKC", str(text)).lower().translate(_DELETED)
+    words = _NON_WORD.sub(" ", text).split()
+    if len(words) > 1 and words[0] in _ARTICLES:
+        words = words[1:]
+    return " ".join(words)
+
+
+def _pluralize(word: str) -> str:
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if len(word) > 1 and word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def _singulars(word: str) -> set[str]:
+    """Singular candidates of a word that may be plural; `-ses` is ambiguous (buses, horses): both."""
+    if word in _IRREGULAR_SINGULARS:
+        return {_IRREGULAR_SINGULARS[word]}
+    if len(word) <= 2 or word.endswith(("ss", "us", "is")) or not word.endswith("s"):
+        return set()
+    if word.endswith("ies"):
+        return {word[:-3] + "y"}
+    if word.endswith(("ches", "shes", "xes", "zes", "sses")):
+        return {word[:-2]}
+    if word.endswith("ses"):
+        return {word[:-1], word[:-2]}
+    return {word[:-1]}
+
+
+def _inflections(name: str) -> set[str]:
+    """The name with its last word in singular and plural form ("wine glass" -> "wine glasses"); a
+    word that reads as a plural is only singularised ("cups" -> "cup", not "cupses")."""
+    *head, last = name.split(" ")
+    words = {last} | (_singulars(last) or {_pluralize(last)})
+    return {" ".join([*head, word]) for word in words}
+
+
+def _synonym_groups() -> dict[str, frozenset[str]]:
+    groups: dict[str, frozenset[str]] = {}
+    for canonical, others in SYNONYMS.items():
+        group = frozenset(normalize(name) for name in (canonical, *others))
+        for name in group:
+            groups[name] = groups.get(name, frozenset()) | group
+    return groups
+
+
+_GROUPS = _synonym_groups()
+
+
+def variants(name: Any) -> set[str]:
+    """Normalised forms accepted for a category name: itself, its synonyms, singular and plural of
+    each, and each with its spaces removed ("hot dog" -> "hotdog"). Hyphens need no entry: `normalize`
+    turns them into spaces. Empty for a missing name (None) or one that normalises to nothing."""
+    base = "" if name is None else normalize(name)
+    if not base:
+        return set()
+    roots = {base} | {singular for singular in _inflections(base) if singular in _GROUPS}
+    named = set().union(*(_GROUPS.get(root, {root}) for root in roots))
+    forms = set().union(*(_inflections(form) for form in named))
+    return forms | {form.replace(" ", "") for form in forms}
+
+
+def _matches(answer: str | None, name: Any) -> bool:
+    return answer is not None and normalize(answer) in variants(name)
+
+
+# ------------------------------------------------------------------------------------------- grading
+
+
+def _is_list(values: Any) -> bool:
+    return isinstance(values, Sequence) and not isinstance(values, str)
+
+
+def _aligned(values: Any, n: int) -> list[Any]:
+    """A dataset column aligned with the completions; a missing column, a non-list (TRL also passes
+    extras such as `trainer_state`) and a short list pad with None."""
+    if not _is_list(values):
+        return [None] * n
+    values = list(values[:n])
+    return values + [None] * (n - len(values))
+
+
+def _letter(match: re.Match[str]) -> str:
+    return (match.group(1) or match.group(2)).upper()
+
+
+def _choice_score(answer: str, options: Sequence[Any], correct: str) -> float:
+    """Multiple choice, strict: the letter alone, letter + the right option text, or the option text.
+
+    A wrong letter (with or without the right text), the right letter with another option's text, a
+    letter outside the options, or text that fits several options equally well all score 0 (the
+    authors' substring test accepted any answer containing the letter). Text naming an option exactly
+    wins over text that is only a variant of another option ("table" vs "dining table").
+    """
+    letters = string.ascii_uppercase[: len(options)]
+    if correct not in letters:
+        return 0.0
+    index = letters.index(correct)
+    alone = _LETTER_ONLY.fullmatch(answer)
+    if alone:
+        return float(_letter(alone) == correct)
+    with_text = _LETTER_AND_TEXT.fullmatch(answer)
+    if with_text and _letter(with_text) in letters:
+        return float(_letter(with_text) == correct and _matches(with_text.group(3), options[index]))
+    text = normalize(answer)
+    named = [i for i, option in enumerate(options) if text and normalize(option) == text]
+    named = named or [i for i, option in enumerate(options) if text in variants(option)]
+    return float(named == [index])
+
+
+def _answer_score(answer: str | None, solution: Any, fmt: Any, options: Any, correct: Any) -> float:
+    if answer is None:
+        return 0.0
+    fmt = "" if fmt is None else str(fmt)
+    if fmt in MC_FORMATS and _is_list(options) and correct:
+        return _choice_score(answer, [str(o) for o in options], str(correct).strip().upper())
+    if fmt == "yesno" and correct is not None:
+        return float(normalize(answer) in ("yes", "no") and normalize(answer) == normalize(correct))
+    return float(_matches(answer, solution))
+
+
+def _similarity(answer: str | None, solution: Any) -> float:
+    if answer is None:
+        return 0.0
+    answer = normalize(answer)
+    if not answer:
+        return 0.0
+    return max((Levenshtein.ratio(answer, form) for form in variants(solution)), default=0.0)
+
+
+def _paper_format_match(text: str) -> bool:
+    """`re.fullmatch(r"<think>.*?</think>.*?<answer>.*?</answer>", text, re.DOTALL)`, in linear time.
+
+    The pattern matches iff the text starts with `<think>`, ends with `</answer>`, and some `</think>`
+    after the opening tag is followed by an `<answer>` that ends before the final `</answer>`; the
+    earliest such tags are the best candidates, so two `find`s decide it.
+    """
+    if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
+        return False
+    think_end = text.find(THINK_CLOSE, len(THINK_OPEN))
+    if think_end < 0:
+        return False
+    answer_start = text.find(ANSWER_OPEN, think_end + len(THINK_CLOSE))
+    return 0 <= answer_start <= len(text) - len(ANSWER_CLOSE) - len(ANSWER_OPEN)
+
+
+def _strict_format(text: str) -> bool:
+    text = text.strip()
+    if any(text.count(tag) != 1 for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)):
+        return False
+    if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
+        return False
+    think_end, answer_start = text.find(THINK_CLOSE), text.find(ANSWER_OPEN)
+    between = text[think_end + len(THINK_CLOSE) : answer_start]
+    answer = text[answer_start + len(ANSWER_OPEN) : -len(ANSWER_CLOSE)]
+    return think_end < answer_start and not between.strip() and bool(answer.strip())
+
+
+# ------------------------------------------------------------------------------------------- rewards
+
+
+def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """1.0 for exactly `<think>...</think><answer>...</answer>` (one block each, whitespace between,
+    non-empty answer, nothing around), else 0.0: the answer must be unambiguous to grade."""
+    return [float(_strict_format(completion_text(c))) for c in completions]
+
+
+def exact_match_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
+    """1.0 when the final answer names the hidden object, else 0.0.
+
+    Open rows accept any form in `variants(solution)`; rows whose `format` is mc4/mc7 are graded
+    against `options` and the correct letter in `answer`; yesno rows compare yes/no with `answer`.
+    """
+    n = len(completions)
+    columns = [
+        _aligned(solution, n),
+        *(_aligned(kwargs.get(key), n) for key in ("format", "options", "answer")),
+    ]
+    return [
+        _answer_score(extract_answer(c), sol, fmt, options, correct)
+        for c, sol, fmt, options, correct in zip(completions, *columns)
+    ]
+
+
+def levenshtein_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
+    """Levenshtein ratio in [0, 1] between the normalised final answer and the closest accepted form
+    of the solution: partial credit for near misses (spelling, compounds); 0.0 without an answer."""
+    solutions = _aligned(solution, len(completions))
+    return [_similarity(extract_answer(c), sol) for c, sol in zip(completions, solutions)]
+
+
+def paper_format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """The MPCC authors' format reward: 0.6 when the whole completion (unstripped) fullmatches
+    `<think>.*?</think>.*?<answer>.*?</answer>` with DOTALL, else 0.0."""
+    return [PAPER_FORMAT_SCORE * _paper_format_match(completion_text(c)) for c in completions]
+
+
+def paper_answer_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
+    """The MPCC authors' answer reward: case-sensitive Levenshtein ratio between the solution and the
+    text after the first `</think>` with the answer tags removed and stripped; 0.0 without `</think>`
+    (or without a solution)."""
+    scores = []
+    for c, sol in zip(completions, _aligned(solution, len(completions))):
+        text = completion_text(c)
+        if THINK_CLOSE not in text or sol is None:
+            scores.append(0.0)
+            continue
+        after = text.split(THINK_CLOSE, 1)[1].replace(ANSWER_OPEN, "").replace(ANSWER_CLOSE, "").strip()
+        scores.append(Levenshtein.ratio(after, str(sol)))
+    return scores
+
+
+# ------------------------------------------------------------------------------------ registry, weights
+
+REWARDS: dict[str, RewardFunc] = {
+    "format": format_reward,
+    "exact_match": exact_match_reward,
+    "levenshtein": levenshtein_reward,
+    "paper_format": paper_format_reward,
+    "paper_answer": paper_answer_reward,
+}
+
+PRESETS: dict[str, dict[str, float]] = {
+    # The authors' released code: total in [0, 1.6].
+    "paper": {"paper_format": 1.0, "paper_answer": 1.0},
+    # Total in [0, 2]. format 0.5: keeps the tags parseable (rewards are 0 otherwise) while a
+    # well-formed wrong answer earns only a quarter of the maximum. exact_match 1.0: naming the hidden
+    # object is the task. levenshtein 0.5: dense partial credit for near misses, so all-wrong groups
+    # still have a gradient; at half weight a near miss never outscores a correct answer.
+    "default": {"format": 0.5, "exact_match": 1.0, "levenshtein": 0.5},
+}
+
+
+def _parse_weights(spec: str) -> dict[str, float]:
+    """The recipe's string form: "format:0.5,exact_match:1" -> {"format": 0.5, "exact_match": 1.0}."""
+    weights = {}
+    for item in spec.split(","):
+        match = _WEIGHT_ITEM.fullmatch(item)
+        if not match:
+            raise ValueError(f"reward weights are name:number,..., got {item.strip()!r} in {spec!r}")
+        weights[match.group(1)] = float(match.group(2))
+    return weights
+
+
+def resolve_rewards(spec: str | Mapping[str, float]) -> tuple[list[RewardFunc], list[float]]:
+    """A preset name, a {reward name: weight} mapping or its string form "name:weight,..." ->
+    (`reward_funcs` for GRPOTrainer, `reward_weights` for GRPOConfig), in the given order."""
+    if isinstance(spec, str):
+        if ":" in spec:
+            spec = _parse_weights(spec)
+        elif spec.strip() in PRESETS:
+            spec = PRESETS[spec.strip()]
+        else:
+            raise ValueError(
+                f"unknown reward preset {spec!r}; known presets: {', '.join(PRESETS)} "
+                f"(or name:weight,... over {', '.join(REWARDS)})"
+            )
+    if not isinstance(spec, Mapping) or not spec:
+        raise ValueError(f"rewards must be a preset name or a non-empty {{name: weight}} dict, got {spec!r}")
+    unknown = [name for name in spec if name not in REWARDS]
+    if unknown:
+        raise ValueError(f"unknown rewards {unknown}; known rewards: {', '.join(REWARDS)}")
+    weights = []
+    for name, weight in spec.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"weight of reward {name!r} must be a finite number, got {weight!r}")
+        weights.append(float(weight))
+    return [REWARDS[name] for name in spec], weights
