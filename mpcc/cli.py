@@ -273,12 +273,78 @@ def _demo(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train from a recipe (launches Accelerate with the recipe's accelerate_config)",
+        description="Same as `accelerate launch --config_file <accelerate_config> -m mpcc.train RECIPE "
+        "[--key value ...]`; without an accelerate_config the run stays in this process.",
+    )
+    p.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs that override the recipe")
+
+
+def _train(args) -> int:
+    import subprocess
+
+    import yaml
+
+    recipe = yaml.safe_load(args.recipe.read_text(encoding="utf-8")) if args.recipe.is_file() else None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{args.recipe}: not a recipe file (a YAML mapping)")
+    config = recipe.get("accelerate_config")
+    if config is None:
+        from mpcc.train import main as train_main
+
+        return train_main([str(args.recipe), *args.overrides])
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--config_file",
+        str(config),
+        "-m",
+        "mpcc.train",
+        str(args.recipe),
+        *args.overrides,
+    ]
+    print("running:", " ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def _add_tiny_model(sub) -> None:
+    p = sub.add_parser(
+        "tiny-model",
+        help="build a tiny random-weight VLM and processor (offline), for the demo and tests",
+        description="A tiny Qwen-VL-family model with random weights, a locally trained tokenizer and a chat "
+        "template, saved with save_pretrained. Nothing is downloaded.",
+    )
+    p.add_argument(
+        "--arch",
+        choices=["qwen2_5_vl", "qwen2_vl", "qwen3_vl"],
+        default="qwen2_5_vl",
+        help="architecture (default: qwen2_5_vl)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory to write")
+    p.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
+
+
+def _tiny_model(args) -> int:
+    from mpcc.models import build_tiny_model
+
+    print(f"wrote {build_tiny_model(args.arch, args.out, seed=args.seed)}")
+    return 0
+
+
 COMMANDS = {
     "prepare": (_add_prepare, _prepare),
     "inspect": (_add_inspect, _inspect),
     "synth": (_add_synth, _synth),
     "export-mpcc-eval": (_add_export_eval, _export_eval),
     "demo": (_add_demo, _demo),
+    "train": (_add_train, _train),
+    "tiny-model": (_add_tiny_model, _tiny_model),
 }
 
 

@@ -1,0 +1,81 @@
+"""The prior-sampling pieces that need no model: row splitting of processor outputs, slot choice,
+advantages without the trace."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mpcc.training.prior import PriorSamplingGRPOTrainer, _select_multimodal_rows, trace_completion
+
+
+def test_select_rows_of_qwen_style_outputs():
+    grid = torch.tensor([[1, 2, 2], [1, 2, 4], [1, 2, 2]])  # 4, 8 and 4 patches
+    pixels = torch.arange(16).unsqueeze(1).float()
+    fields = {"pixel_values": pixels, "image_grid_thw": grid, "mm_token_type_ids": [[0], [1], [2]]}
+    out = _select_multimodal_rows(fields, [0, 2], 3)
+    assert out["pixel_values"].squeeze(1).tolist() == [0, 1, 2, 3, 12, 13, 14, 15]
+    assert out["image_grid_thw"].tolist() == [[1, 2, 2], [1, 2, 2]]
+    assert out["mm_token_type_ids"] == [[0], [2]]
+    # two images in one row: rows cannot be split, so the caller generates everything
+    assert _select_multimodal_rows({"image_grid_thw": grid, "pixel_values": pixels}, [0], 2) is None
+
+
+def _fake_trainer(num_generations=4, rank=0, prob=1.0):
+    """Just the state `_candidate_slots` reads, with the trainer's own helper methods bound to it."""
+    fake = SimpleNamespace(
+        args=SimpleNamespace(prior_schedule="constant", prior_prob=prob, seed=0),
+        num_generations=num_generations,
+        state=SimpleNamespace(global_step=0, max_steps=10),
+        accelerator=SimpleNamespace(process_index=rank),
+    )
+    fake._prior_probability = lambda: PriorSamplingGRPOTrainer._prior_probability(fake)
+    fake._global_offset = lambda n: PriorSamplingGRPOTrainer._global_offset(fake, n)
+    return fake
+
+
+def test_one_trace_slot_per_group_across_ranks():
+    """Groups of 4 over 2 ranks x 6 rows straddle ranks; the union of both ranks' slots has one per group."""
+    rows = [{"reasoning": "r", "solution": "cup"}] * 6
+    slots = []
+    for rank in (0, 1):
+        slots += PriorSamplingGRPOTrainer._candidate_slots(_fake_trainer(rank=rank), rows)
+    assert [sum(slots[g * 4 : g * 4 + 4]) for g in range(3)] == [1, 1, 1]
+    assert [i for i, s in enumerate(slots) if s] == [3, 7, 11]  # always the group's last slot
+    no_trace = [{"reasoning": None, "solution": "x"}] * 8
+    assert not any(PriorSamplingGRPOTrainer._candidate_slots(_fake_trainer(), no_trace))
+
+
+def test_prior_probability_is_a_shared_draw():
+    rows = [{"reasoning": "r", "solution": "cup"}] * 400
+    fake = _fake_trainer(prob=0.3)
+    slots = PriorSamplingGRPOTrainer._candidate_slots(fake, rows)
+    assert 15 < sum(slots) < 45  # 100 groups at p = 0.3
+    assert slots == PriorSamplingGRPOTrainer._candidate_slots(_fake_trainer(prob=0.3), rows)
+
+
+def test_advantages_without_the_trace_in_group_stats():
+    trainer = SimpleNamespace(
+        num_generations=4, multi_objective_aggregation="sum_then_normalize", scale_rewards="group"
+    )
+    rewards = torch.tensor([0.0, 1.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    is_trace = torch.tensor([False, False, False, True, False, False, False, False])
+    adv = PriorSamplingGRPOTrainer._advantages_without_traces(trainer, rewards, is_trace)
+    generated = torch.tensor([0.0, 1.0, 0.0])
+    mean, std = generated.mean(), generated.std()
+    assert adv[:4].tolist() == pytest.approx(
+        ((torch.tensor([0.0, 1.0, 0.0, 2.0]) - mean) / (std + 1e-4)).tolist()
+    )
+    assert adv[4:].tolist() == [0.0] * 4
+    trainer.scale_rewards = "batch"
+    with pytest.raises(ValueError, match="prior_in_group_stats"):
+        PriorSamplingGRPOTrainer._advantages_without_traces(trainer, rewards, is_trace)
+
+
+def test_trace_completion_passes_the_rewards():
+    from mpcc.rewards import exact_match_reward, format_reward
+
+    text = trace_completion("  The table holds plates and forks. ", "cup")
+    assert format_reward([text]) == [1.0] and exact_match_reward([text], solution=["cup"]) == [1.0]
