@@ -11,10 +11,16 @@ import sys
 
 from trl import GRPOTrainer, SFTTrainer, get_peft_config
 
+from mpcc.models import (
+    freeze_vision_tower,
+    keep_lora_off_vision_tower,
+    load_model,
+    load_processor,
+    resolve_model_path,
+)
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
 from mpcc.training.data import load_train_dataset
-from mpcc.training.models import freeze_vision_tower, resolve_model_path
 from mpcc.training.prior import PriorSamplingGRPOTrainer
 
 logger = logging.getLogger("mpcc.train")
@@ -22,16 +28,17 @@ logger = logging.getLogger("mpcc.train")
 
 def build_trainer(run, train_args, model_args):
     """The TRL trainer a recipe asks for, with model, processor, data and rewards in place."""
-    from mpcc.models import load_model, load_processor
-
     path = resolve_model_path(model_args.model_name_or_path)
     processor = load_processor(path, min_pixels=run.min_pixels, max_pixels=run.max_pixels)
     model = load_model(
         path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
     )
     peft_config = get_peft_config(model_args)
-    if peft_config is None and run.freeze_vision_tower:
-        freeze_vision_tower(model)
+    if run.freeze_vision_tower:
+        if peft_config is None:
+            freeze_vision_tower(model)
+        else:
+            keep_lora_off_vision_tower(peft_config, model)
     dataset = load_train_dataset(run.dataset_path, run.trainer, run.max_train_samples)
     common = {
         "model": model,

@@ -1,0 +1,467 @@
+"""Loading Qwen VL models and processors, LoRA, and tiny random-weight models for offline tests.
+
+Importing this module registers image-only processors with `AutoProcessor` (see `IMAGE_ONLY_PROCESSORS`).
+Processors saved by mpcc (tiny models, training outputs) name those classes, so any process that loads
+one with `AutoProcessor` must import `mpcc.models` first; `load_processor` works without that step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    GenerationConfig,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLProcessor,
+    Qwen3VLConfig,
+    Qwen3VLMoeConfig,
+    Qwen3VLProcessor,
+)
+from transformers.image_utils import SizeDict
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# Image-only processors
+
+
+class _ImageOnly:
+    """Leaves the video processor out of a Qwen VL processor.
+
+    The stock Qwen VL processors are (image processor, tokenizer, video processor), and their video
+    processors exist only as torchvision classes: without torchvision, loading one fails with an
+    ImportError, or AutoProcessor falls back to the bare tokenizer and TRL then trains text-only.
+    ProcessorMixin derives the parts it loads, checks and saves from `__init__`'s parameter names, so a
+    signature without `video_processor` is all it takes; image handling is the stock class's.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class Qwen2VLImageOnlyProcessor(_ImageOnly, Qwen2VLProcessor):
+    """Qwen2-VL processor without a video processor (works without torchvision)."""
+
+
+class Qwen2_5_VLImageOnlyProcessor(_ImageOnly, Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor without a video processor (works without torchvision)."""
+
+
+class Qwen3VLImageOnlyProcessor(_ImageOnly, Qwen3VLProcessor):
+    """Qwen3-VL processor without a video processor (works without torchvision)."""
+
+
+_REGISTRY = (
+    (Qwen2VLConfig, Qwen2VLImageOnlyProcessor),
+    (Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor),
+    (Qwen3VLConfig, Qwen3VLImageOnlyProcessor),
+    (Qwen3VLMoeConfig, Qwen3VLImageOnlyProcessor),
+)
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {c.model_type: p for c, p in _REGISTRY}
+for _config_class, _processor_class in _REGISTRY:
+    # Lets AutoProcessor resolve the class names mpcc saves; it also becomes the processor for these
+    # configs when a checkpoint names none.
+    AutoProcessor.register(_config_class, _processor_class, exist_ok=True)
+
+
+def _is_missing_local_path(name_or_path: str | os.PathLike) -> bool:
+    text = str(name_or_path)
+    return not Path(text).expanduser().exists() and (os.path.isabs(text) or text.startswith((".", "~")))
+
+
+def _load_config(name_or_path: str | os.PathLike):
+    """The checkpoint's config, with an error that names the path (and no hub lookup for a local path)."""
+    if _is_missing_local_path(name_or_path):
+        raise FileNotFoundError(f"no model at {str(name_or_path)!r}: the path does not exist")
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise OSError(f"cannot load a model config from {str(name_or_path)!r}: {e}") from e
+
+
+def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Set the Qwen-style bounds on resized image area (size.shortest_edge / size.longest_edge)."""
+    if min_pixels is None and max_pixels is None:
+        return
+    size = dict(image_processor.size)
+    if not {"shortest_edge", "longest_edge"} <= size.keys():
+        raise ValueError(f"{type(image_processor).__name__} has no min/max pixel bounds (size={size})")
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    if not 0 < size["shortest_edge"] <= size["longest_edge"]:
+        raise ValueError(
+            f"need 0 < min_pixels <= max_pixels, got {size['shortest_edge']} and {size['longest_edge']}"
+        )
+    image_processor.size = SizeDict(**size)
+
+
+def load_processor(
+    name_or_path: str | os.PathLike, min_pixels: int | None = None, max_pixels: int | None = None
+) -> ProcessorMixin:
+    """A processor with an image processor, for Qwen VL checkpoints whether or not torchvision is there.
+
+    Qwen VL checkpoints get the image-only processor of their family; other models AutoProcessor's.
+    Raises rather than return a tokenizer-only processor, which TRL would silently train as text-only.
+    """
+    try:
+        model_type = _load_config(name_or_path).model_type
+    except FileNotFoundError:
+        raise
+    except OSError:  # a processor saved without its model: AutoProcessor reads the class it names
+        model_type = None
+    processor_class = IMAGE_ONLY_PROCESSORS.get(model_type, AutoProcessor)
+    try:
+        processor = processor_class.from_pretrained(name_or_path)
+    except (OSError, ValueError, ImportError) as e:
+        raise OSError(f"cannot load a processor from {str(name_or_path)!r}: {e}") from e
+    if getattr(processor, "image_processor", None) is None:
+        raise ValueError(
+            f"{str(name_or_path)!r} gave a {type(processor).__name__} without an image processor; "
+            "mpcc needs a vision-language processor (is this an image-text-to-text checkpoint?)"
+        )
+    set_pixel_bounds(processor.image_processor, min_pixels, max_pixels)
+    return processor
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+_DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: str = "auto", attn_implementation: str | None = None):
+    """An image-text-to-text model; refuses text-only checkpoints up front instead of failing in training."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    config = _load_config(name_or_path)
+    if type(config) not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        raise ValueError(
+            f"{str(name_or_path)!r} is a {config.model_type!r} model, not an image-text-to-text "
+            "(vision-language) model such as Qwen2.5-VL"
+        )
+    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    return AutoModelForImageTextToText.from_pretrained(
+        name_or_path, config=config, dtype=_DTYPES[dtype], **kwargs
+    )
+
+
+def vision_tower(model) -> torch.nn.Module | None:
+    """The image encoder, projector included (Qwen VL in transformers 5: `model.model.visual`), or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap peft
+    tower = base.get_encoder(modality="image")
+    return None if tower is base else tower  # get_encoder falls back to the model itself
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop gradients to the vision tower; returns how many parameters were frozen."""
+    tower = vision_tower(model)
+    if tower is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower to freeze")
+    frozen = 0
+    for p in tower.parameters():
+        p.requires_grad_(False)
+        frozen += p.numel()
+    return frozen
+
+
+def keep_lora_off_vision_tower(peft_config, model):
+    """Exclude the vision tower from a LoRA config (e.g. TRL's `get_peft_config(model_args)`)."""
+    tower = vision_tower(model)
+    if tower is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower to keep LoRA off")
+    prefix = next(name for name, module in model.named_modules() if module is tower)
+    peft_config.exclude_modules = re.escape(prefix) + r"(\..*)?"
+    return peft_config
+
+
+TINY_PREFIX = "tiny:"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`tiny:<arch>` is a tiny random-weight model built on first use and cached; anything else as given."""
+    if name_or_path.startswith(TINY_PREFIX):
+        return str(ensure_tiny_model(name_or_path[len(TINY_PREFIX) :]))
+    return name_or_path
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny models
+
+TINY_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+TINY_MAX_VOCAB = 2048  # the built-in corpus yields fewer (about 1,150 tokens)
+_TINY_FORMAT = 1  # bump when the tiny build changes, so caches rebuild
+
+# The names and order of Qwen's special tokens (ids differ: ours come first in the small vocab).
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# Qwen-style: `<|im_start|>role\n...<|im_end|>\n`; content a string or a list of text/image/video parts;
+# assistant turns are marked for `return_assistant_tokens_mask` (TRL's assistant_only_loss). Newlines after
+# block tags are written as expressions: transformers renders templates with trim_blocks.
+CHAT_TEMPLATE = (
+    "{% macro render(content) %}{% if content is string %}{{ content }}{% else %}"
+    "{% for part in content %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endmacro %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ render(message['content']) }}<|im_end|>{% endgeneration %}"
+    "{% else %}{{ render(message['content']) }}<|im_end|>{% endif %}{{ '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_BASE_CORPUS = """\
+You are a careful visual reasoner. First think through the question step by step, then answer.
+<think> The table shows a plate, a fork and a cup, so the hidden object is likely a knife. </think>
+<answer> knife </answer>
+<think> I can see a road, a traffic light and a bus stop. A car drives here. </think><answer>car</answer>
+<think>There is grass, a fence and a ball near the mask.</think><answer>dog</answer>
+One object in this image is hidden under a black mask. Use the visible context around the mask and
+commonsense to infer what it is. Which object is most likely hidden? Is the hidden object a cat?
+Answer yes or no. Give the letter of the correct option: A, B, C, D, E, F or G.
+The person is sitting on a bench in the park next to a tree, holding an umbrella in the rain.
+A kitchen with a refrigerator, an oven, a sink and a microwave on the counter near the window.
+Two people ride bicycles down the street while a truck waits at the red light behind them.
+In the living room there is a couch, a chair, a television, a remote and a book on a small table.
+The bathroom has a toilet, a sink, a mirror and a toothbrush in a cup beside the towel.
+On the beach a boy flies a kite, a girl holds a surfboard and a dog runs along the water.
+At the airport an airplane stands by the gate while a man pulls a suitcase across the floor.
+The giraffe and the zebra graze in the field; an elephant drinks from the river under the sky.
+A pizza, a sandwich, a bowl of fruit, a banana, an apple and an orange lie on the wooden table.
+The desk holds a laptop, a keyboard, a mouse and a cell phone; a clock hangs on the white wall.
+What is hidden? It is small, round, large, long, red, blue, green, yellow, brown, gray or white.
+The mask covers the left side, the right side, the top, the bottom or the center of the picture.
+This is because objects like these usually appear together in the same scene, so the answer is clear.
+"""
+
+
+def _corpus() -> list[str]:
+    """English text for the tiny tokenizer: the built-in lines, the MPCC prompts and the COCO names."""
+    from mpcc.data.coco_categories import COCO_CATEGORIES
+
+    lines = _BASE_CORPUS.splitlines()
+    names = [c["name"] for c in COCO_CATEGORIES]
+    lines += names + [f"<think> The hidden object is a {n}. </think><answer>{n}</answer>" for n in names]
+    try:  # the live prompt wording, so prompts tokenize compactly even after edits
+        from mpcc.data.masking import FILL_WORDS
+        from mpcc.data.prompts import SYSTEM_PROMPT, choice_question, open_question, yesno_question
+
+        lines.append(SYSTEM_PROMPT)
+        for fill in FILL_WORDS:
+            lines += [open_question(fill), choice_question(fill, names[:7]), yesno_question(fill, names[0])]
+    except (ImportError, AttributeError, TypeError, KeyError) as e:  # keep the tiny build independent
+        logger.warning("tiny tokenizer corpus without the MPCC prompts (%s)", e)
+    return lines
+
+
+def _train_tokenizer(corpus: list[str]):
+    """A byte-level BPE Qwen2Tokenizer trained here, with Qwen's pre-tokenization and special tokens."""
+    from tokenizers import Tokenizer, models, trainers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    # Train on the exact pipeline Qwen2Tokenizer rebuilds around its vocab and merges.
+    pipeline = Qwen2Tokenizer(vocab={SPECIAL_TOKENS[0]: 0}, merges=[]).backend_tokenizer
+    tok = Tokenizer(models.BPE())
+    tok.normalizer, tok.pre_tokenizer = pipeline.normalizer, pipeline.pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_MAX_VOCAB,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    bpe = json.loads(tok.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(
+        vocab=bpe["vocab"],
+        merges=[tuple(m) for m in bpe["merges"]],
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+        model_max_length=32768,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _tiny_config(arch: str, tokenizer):
+    """Hidden size 64, 2 layers; a 2-block vision tower with the real patch, merge and temporal sizes."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    if arch == "qwen2_vl":
+        config_class = Qwen2VLConfig
+        vision |= {"embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2}
+    elif arch == "qwen2_5_vl":
+        config_class = Qwen2_5_VLConfig
+        vision |= {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64}
+        vision |= {"window_size": 112, "fullatt_block_indexes": [1]}
+    elif arch == "qwen3_vl":
+        config_class = Qwen3VLConfig
+        text |= {"head_dim": 16}
+        text["rope_parameters"] |= {"mrope_section": [4, 2, 2], "mrope_interleaved": True}
+        vision |= {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64, "patch_size": 16}
+        vision |= {"num_position_embeddings": 256, "deepstack_visual_indexes": [1]}
+    else:
+        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+    return config_class(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def _tiny_image_processor(arch: str):
+    """The PIL image processor with the family's patch size and normalisation, and small default bounds."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    qwen3 = arch == "qwen3_vl"
+    patch = 16 if qwen3 else 14
+    factor = patch * 2  # one merged token covers factor x factor pixels
+    norm = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if qwen3 else {}
+    return Qwen2VLImageProcessorPil(
+        patch_size=patch, merge_size=2, temporal_patch_size=2,
+        min_pixels=4 * factor**2, max_pixels=64 * factor**2, **norm,
+    )  # fmt: skip
+
+
+def build_tiny_model(arch: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny random-weight `arch` model and its processor to `out_dir`; offline; a seed fixes it."""
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+    out = Path(out_dir)
+    tokenizer = _train_tokenizer(_corpus())
+    processor_class = IMAGE_ONLY_PROCESSORS[arch]
+    processor = processor_class(
+        image_processor=_tiny_image_processor(arch), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
+    config = _tiny_config(arch, tokenizer)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    eos, pad = config.text_config.eos_token_id, config.text_config.pad_token_id
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    n = sum(p.numel() for p in model.parameters())
+    logger.info("tiny %s model (%d parameters, vocab %d) written to %s", arch, n, len(tokenizer), out)
+    return out
+
+
+def _tiny_fingerprint(arch: str, seed: int) -> str:
+    """Changes whenever what build_tiny_model would write changes, so a stale cache is never reused."""
+    import transformers
+
+    recipe = {
+        "format": _TINY_FORMAT,
+        "arch": arch,
+        "seed": seed,
+        "transformers": transformers.__version__,
+        "corpus": _corpus(),
+        "template": CHAT_TEMPLATE,
+        "vocab": TINY_MAX_VOCAB,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    """$MPCC_CACHE/tiny, else ~/.cache/mpcc/tiny (the cache root mpcc's synthetic data uses too)."""
+    return Path(os.environ.get("MPCC_CACHE", Path.home() / ".cache" / "mpcc")) / "tiny"
+
+
+def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """The cached tiny model for `arch` (`<cache>/<arch>-<fingerprint>`), built on first use.
+
+    Built in a temporary directory and renamed into place, so racing processes never see a partial
+    model: the first rename wins and the others discard their copy.
+    """
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = root / f"{arch}-{_tiny_fingerprint(arch, seed)}"
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    try:
+        build_tiny_model(arch, tmp, seed=seed)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        logger.info("another process built %s first", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "IMAGE_ONLY_PROCESSORS",
+    "TINY_ARCHS",
+    "Qwen2VLImageOnlyProcessor",
+    "Qwen2_5_VLImageOnlyProcessor",
+    "Qwen3VLImageOnlyProcessor",
+    "keep_lora_off_vision_tower",
+    "build_tiny_model",
+    "default_cache_dir",
+    "ensure_tiny_model",
+    "freeze_vision_tower",
+    "load_model",
+    "load_processor",
+    "resolve_model_path",
+    "set_pixel_bounds",
+    "vision_tower",
+]
