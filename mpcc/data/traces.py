@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import random
 
-OPENINGS = (
-    "Around the masked region I can see {context}.",
-    "The visible part of the scene shows {context}.",
-    "Looking at what is not hidden, there is {context}.",
-)
-LINKS = (
-    "Objects like these usually appear together with one more thing of about the mask's size and shape.",
-    "Such a scene commonly also contains an object that would fill a gap like the masked one.",
-    "Given where the mask sits among these objects, the missing piece should belong to the same setting.",
-)
+OPENINGS = ("I see {context}.", "Visible: {context}.", "Around the mask: {context}.")
+LINKS = ("These usually go together with", "Scenes like this often have", "Such objects often come with")
 
 
 def _listing(names: list[str]) -> str:
@@ -32,11 +24,6 @@ def _listing(names: list[str]) -> str:
 def template_trace(context: list[str], solution: str, seed: int) -> str:
     """A short context-to-answer trace; deterministic for a seed. The answer appears only at the end."""
     rng = random.Random(seed)
-    shown = [c for c in context if c != solution][:5]
-    return " ".join(
-        [
-            rng.choice(OPENINGS).format(context=_listing(shown)),
-            rng.choice(LINKS),
-            f"The most likely hidden object is therefore a {solution}.",
-        ]
-    )
+    shown = [c for c in context if c != solution][:3]
+    opening = rng.choice(OPENINGS).format(context=_listing(shown))
+    return f"{opening} {rng.choice(LINKS)} a {solution}, so the hidden object is a {solution}."

@@ -29,21 +29,28 @@ def trace_completion(reasoning: str, solution: str) -> str:
     return f"<think> {reasoning.strip()}</think><answer>{solution}</answer>"
 
 
+def _concat(value, pieces: list[slice]):
+    """The `pieces` of a tensor, array or list, joined in order."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value[p] for p in pieces])
+    if isinstance(value, np.ndarray):
+        return np.concatenate([value[p] for p in pieces])
+    return [x for p in pieces for x in value[p]]
+
+
 def _select_multimodal_rows(fields: dict, rows: list[int], n_rows: int) -> dict | None:
     """The processor outputs of `rows` only, when each row holds one image; None when they cannot be split."""
     grid = fields.get("image_grid_thw")
     if grid is not None and len(grid) != n_rows:
         return None
+    by_row = [slice(i, i + 1) for i in rows]
     out = {}
     for key, value in fields.items():
         if key == "pixel_values" and grid is not None:
-            sizes = grid.prod(-1).tolist()
-            starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-            out[key] = torch.cat([value[starts[i] : starts[i + 1]] for i in rows])
-        elif isinstance(value, torch.Tensor) and value.shape[0] == n_rows:
-            out[key] = value[rows]
-        elif isinstance(value, list) and len(value) == n_rows:
-            out[key] = [value[i] for i in rows]
+            starts = np.concatenate([[0], np.cumsum(np.asarray(grid).prod(-1))]).astype(int)
+            out[key] = _concat(value, [slice(starts[i], starts[i + 1]) for i in rows])
+        elif len(value) == n_rows:
+            out[key] = _concat(value, by_row)
         else:
             return None
     return out
@@ -62,6 +69,7 @@ class PriorSamplingGRPOTrainer(GRPOTrainer):
         self._rows: list[dict] = []
         self._trace_slot: list[bool] = []  # per local row of the current generation batch
         self._warned_split = False
+        self._warned_long = False
 
     # -- which slots hold a trace ------------------------------------------------------------------
     def _prior_probability(self) -> float:
@@ -148,9 +156,14 @@ class PriorSamplingGRPOTrainer(GRPOTrainer):
         return completion_ids, all_logprobs
 
     def _trace_ids(self, row: dict) -> list[int]:
+        """The trace's tokens + EOS, never cut: a truncated trace would teach a wrong, unrewarded answer."""
         text = trace_completion(row["reasoning"], row["solution"])
-        ids = self._tokenizer.encode(text, add_special_tokens=False)[: self.max_completion_length - 1]
-        return ids + [self.eos_token_ids[0]]
+        ids = self._tokenizer.encode(text, add_special_tokens=False) + [self.eos_token_ids[0]]
+        if len(ids) > self.max_completion_length and not self._warned_long:
+            logger.warning("a reasoning trace has %d tokens, more than max_completion_length=%d; it is kept whole",
+                           len(ids), self.max_completion_length)
+            self._warned_long = True
+        return ids
 
     def _groups_failed(self, completion_ids, rows) -> list[bool]:
         """Per local row: no generated sample of its group reached the success threshold (all ranks)."""
