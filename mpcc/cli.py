@@ -259,17 +259,28 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="run the main job end to end on the embedded synthetic default",
-        description="Synthetic scenes -> MPCC train + eval datasets -> visual preview.",
+        description="Synthetic scenes -> MPCC train + eval datasets -> visual preview -> SFT -> GRPO with "
+        "prior sampling (tiny offline model, CPU).",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work directory (default: runs/demo)")
     p.add_argument("--num-images", type=int, default=240, help="synthetic scenes (default: 240)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--train-steps", type=int, default=30, help="SFT steps, then GRPO steps (default: 30)")
+    p.add_argument(
+        "--recipes", type=Path, default=Path("recipes/tiny"), help="tiny recipes (default: recipes/tiny)"
+    )
 
 
 def _demo(args) -> int:
     from mpcc.demo import run_demo
 
-    run_demo(args.out, num_images=args.num_images, seed=args.seed)
+    run_demo(
+        args.out,
+        num_images=args.num_images,
+        seed=args.seed,
+        train_steps=args.train_steps,
+        recipes=args.recipes,
+    )
     return 0
 
 

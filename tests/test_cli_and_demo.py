@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -94,18 +95,30 @@ def test_bad_option_values_exit_with_a_message(tinycoco, tmp_path, capsys):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """The README's demo pipeline, smaller: scenes -> train + eval builds -> preview."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mpcc", "demo", "--out", str(tmp_path), "--num-images", "40"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "preview:" in proc.stdout
+    """The README demo, smaller: scenes -> train + eval builds -> preview -> SFT -> GRPO with prior."""
+    env = {**os.environ, "MPCC_CACHE": str(tmp_path / "cache")}
+    command = [
+        sys.executable,
+        "-m",
+        "mpcc",
+        "demo",
+        "--out",
+        str(tmp_path),
+        "--num-images",
+        "40",
+        "--train-steps",
+        "2",
+        "--recipes",
+        str(ROOT / "recipes" / "tiny"),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "preview:" in proc.stdout and "checkpoints:" in proc.stdout
     train, evald = load_dataset(tmp_path / "data" / "train"), load_dataset(tmp_path / "data" / "eval")
-    assert len(train) > 20 and len(evald) > 20
+    assert len(train) > 20 and len(evald) > 20 and all(train["reasoning"])
     assert (tmp_path / "preview" / "index.html").is_file()
+    for stage in ("sft", "grpo_prior"):
+        assert (tmp_path / stage / "model.safetensors").is_file(), stage
 
 
 def test_readme_commands_and_ci_agree():

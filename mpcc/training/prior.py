@@ -160,8 +160,11 @@ class PriorSamplingGRPOTrainer(GRPOTrainer):
         text = trace_completion(row["reasoning"], row["solution"])
         ids = self._tokenizer.encode(text, add_special_tokens=False) + [self.eos_token_ids[0]]
         if len(ids) > self.max_completion_length and not self._warned_long:
-            logger.warning("a reasoning trace has %d tokens, more than max_completion_length=%d; it is kept whole",
-                           len(ids), self.max_completion_length)
+            logger.warning(
+                "a reasoning trace has %d tokens, more than max_completion_length=%d; it is kept whole",
+                len(ids),
+                self.max_completion_length,
+            )
             self._warned_long = True
         return ids
 
