@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from trl import GRPOTrainer, SFTTrainer, get_peft_config
+from trl import SFTTrainer, get_peft_config
 
 from mpcc.models import (
     freeze_vision_tower,
@@ -21,6 +21,7 @@ from mpcc.models import (
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
 from mpcc.training.data import load_train_dataset
+from mpcc.training.grpo import MpccGRPOTrainer
 from mpcc.training.prior import PriorSamplingGRPOTrainer
 
 logger = logging.getLogger("mpcc.train")
@@ -51,7 +52,7 @@ def build_trainer(run, train_args, model_args):
         return SFTTrainer(**common)
     funcs, weights = resolve_rewards(train_args.rewards)
     train_args.reward_weights = weights
-    trainer_class = PriorSamplingGRPOTrainer if run.trainer == "grpo_prior" else GRPOTrainer
+    trainer_class = PriorSamplingGRPOTrainer if run.trainer == "grpo_prior" else MpccGRPOTrainer
     return trainer_class(reward_funcs=funcs, **common)
 
 

@@ -98,3 +98,33 @@ def test_missing_trace_column_fails_at_start(tmp_path, tinycoco):
     )
     with pytest.raises(ValueError, match="reasoning traces"):
         build_trainer(run, args, model_args)
+
+
+def test_wandb_offline_logs_completions_with_image_prompts(tmp_path, monkeypatch):
+    """TRL + wandb crash on image prompts in completion tables; mpcc logs prompts as text instead."""
+    import pandas as pd
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                str(RECIPES / "grpo_prior.yaml"),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--save_strategy",
+                "no",
+                "--report_to",
+                "wandb",
+                "--log_completions",
+                "true",
+            ]
+        )
+        == 0
+    )
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    table = pd.read_parquet(out / "completions" / "completions_00002.parquet")
+    assert table["prompt"].str.contains("user: <image> One object in this image is hidden").all()

@@ -17,9 +17,9 @@ import logging
 
 import numpy as np
 import torch
-from trl import GRPOTrainer
 
 from mpcc.rewards import REWARDS
+from mpcc.training.grpo import MpccGRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _select_multimodal_rows(fields: dict, rows: list[int], n_rows: int) -> dict 
     return out
 
 
-class PriorSamplingGRPOTrainer(GRPOTrainer):
+class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
     """TRL's GRPOTrainer with one annotated trace per group (see the module docstring and MpccGRPOConfig)."""
 
     def __init__(self, *args, **kwargs):
