@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     run, train_args, model_args = load_recipe(argv[0], argv[1:])
     trainer = build_trainer(run, train_args, model_args)
     checkpoint = train_args.resume_from_checkpoint
+    if checkpoint in ("last", "true", "True"):  # the newest checkpoint in output_dir
+        checkpoint = True
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(train_args.output_dir)
     if trainer.accelerator.is_main_process:
