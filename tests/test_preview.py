@@ -102,7 +102,7 @@ def test_question_and_answer_escaped(builds, eval_preview):
     assert "<think>" not in text and "&lt;think&gt;&lt;/think&gt;" in text
     for index in _cards(text):
         row = ds[index]
-        card = text[text.index(f'id="row-{index}"'):].split('<div class="card"', 1)[0]
+        card = text[text.index(f'id="row-{index}"') :].split('<div class="card"', 1)[0]
         question = question_text(row["prompt"])
         assert question and html.escape(question) in card
         assert f"solution: <b>{html.escape(row['category'])}</b>" in card

@@ -56,19 +56,18 @@ def test_prior_probability_is_a_shared_draw():
     assert slots == PriorSamplingGRPOTrainer._candidate_slots(_fake_trainer(prob=0.3), rows)
 
 
-def test_advantages_without_the_trace_in_group_stats():
+def test_advantages_centred_on_the_generated_samples():
     trainer = SimpleNamespace(
         num_generations=4, multi_objective_aggregation="sum_then_normalize", scale_rewards="group"
     )
-    rewards = torch.tensor([0.0, 1.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0])
-    is_trace = torch.tensor([False, False, False, True, False, False, False, False])
+    rewards = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0])
+    is_trace = torch.tensor([False, False, False, True, False, False, False, True])
     adv = PriorSamplingGRPOTrainer._advantages_without_traces(trainer, rewards, is_trace)
-    generated = torch.tensor([0.0, 1.0, 0.0])
-    mean, std = generated.mean(), generated.std()
-    assert adv[:4].tolist() == pytest.approx(
-        ((torch.tensor([0.0, 1.0, 0.0, 2.0]) - mean) / (std + 1e-4)).tolist()
-    )
-    assert adv[4:].tolist() == [0.0] * 4
+    first = torch.tensor([0.0, 1.0, 0.0, 2.0])
+    assert adv[:4].tolist() == pytest.approx(((first - 1 / 3) / (first.std() + 1e-4)).tolist())
+    # every generated sample scored 0: the trace's advantage stays finite (whole-group std)
+    second = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    assert adv[4:].tolist() == pytest.approx((second / (second.std() + 1e-4)).tolist())
     trainer.scale_rewards = "batch"
     with pytest.raises(ValueError, match="prior_in_group_stats"):
         PriorSamplingGRPOTrainer._advantages_without_traces(trainer, rewards, is_trace)

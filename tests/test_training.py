@@ -149,3 +149,66 @@ def test_resume_after_a_kill_repeats_the_same_steps(tmp_path):
     full, resumed = _history(tmp_path / "full"), _history(tmp_path / "cut")
     assert [[h.get(k) for k in keys] for h in full] == [[h.get(k) for k in keys] for h in resumed]
     assert [h["step"] for h in resumed if "reward" in h] == [1, 2, 3, 4]
+
+
+def _parameters(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_the_mechanism_plain_grpo_is_stuck_prior_sampling_learns(tmp_path):
+    """From a random model every generated answer scores 0: plain GRPO's groups have zero variance, so
+    its advantages and gradients are zero and the weights do not move. With prior sampling the trace
+    carries a positive advantage and the weights move toward it."""
+    stuck = ["--output_dir", str(tmp_path / "grpo"), "--max_steps", "3", "--save_strategy", "no"]
+    run, args, model_args = load_recipe(RECIPES / "grpo.yaml", stuck)
+    trainer = build_trainer(run, args, model_args)
+    before = _parameters(trainer.model)
+    trainer.train()
+    assert all(h["frac_reward_zero_std"] == 1.0 for h in trainer.state.log_history if "reward" in h)
+    assert all(torch.equal(before[n], p) for n, p in _parameters(trainer.model).items())
+
+    run, args, model_args = load_recipe(
+        RECIPES / "grpo_prior.yaml", [*stuck[:1], str(tmp_path / "prior"), *stuck[2:]]
+    )
+    trainer = build_trainer(run, args, model_args)
+    before = _parameters(trainer.model)
+    trainer.train()
+    assert all(h["prior/trace_advantage"] > 0 for h in trainer.state.log_history if "reward" in h)
+    assert any(not torch.equal(before[n], p) for n, p in _parameters(trainer.model).items())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--prior_when", "group_fails"],
+        ["--prior_in_group_stats", "false"],
+        ["--prior_schedule", "linear", "--prior_prob", "0.5"],
+        ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"],
+    ],
+)
+def test_prior_options_train(options, tmp_path):
+    run, args, model_args = load_recipe(
+        RECIPES / "grpo_prior.yaml",
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_strategy",
+            "no",
+            *options,
+        ],
+    )
+    trainer = build_trainer(run, args, model_args)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "prior/traces" in h]
+    assert len(logged) == 2
+    if options[1] in ("group_fails", "false"):
+        # random model: every group fails, so every group (2 per step) gets its trace
+        assert [h["prior/traces"] for h in logged] == [2.0, 2.0]
+    if options[1] == "false":  # centred on the generated mean (0): 2 / std([0, 0, 0, 2]) = 2
+        assert all(h["prior/trace_advantage"] == pytest.approx(2.0, rel=1e-3) for h in logged)
+    if options[0] == "--use_peft":
+        assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)

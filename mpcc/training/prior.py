@@ -215,7 +215,8 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
         return output
 
     def _advantages_without_traces(self, rewards: torch.Tensor, is_trace: torch.Tensor) -> torch.Tensor:
-        """Group mean/std over generated samples only; the trace is scored against them."""
+        """Centre each group on its generated samples' mean (LUFFY's option); scale by the whole group's
+        std, which stays finite when every generated sample scores the same."""
         if self.multi_objective_aggregation != "sum_then_normalize" or self.scale_rewards == "batch":
             raise ValueError(
                 "prior_in_group_stats=False needs multi_objective_aggregation='sum_then_normalize' "
@@ -223,15 +224,7 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
             )
         grouped = rewards.view(-1, self.num_generations)
         generated = grouped.masked_fill(is_trace.view_as(grouped), float("nan"))
-        mean = torch.nanmean(generated, dim=1, keepdim=True)
-        advantages = grouped - mean
+        advantages = grouped - torch.nanmean(generated, dim=1, keepdim=True)
         if self.scale_rewards != "none":
-            std = torch.sqrt(torch.nanmean((generated - mean) ** 2, dim=1, keepdim=True) * _bessel(generated))
-            advantages = advantages / (torch.nan_to_num(std, nan=0.0) + 1e-4)
-        return torch.nan_to_num(advantages, nan=0.0).view(-1)
-
-
-def _bessel(generated: torch.Tensor) -> torch.Tensor:
-    """n / (n - 1) per group, matching TRL's unbiased nanstd."""
-    n = (~torch.isnan(generated)).sum(dim=1, keepdim=True).float()
-    return n / (n - 1).clamp(min=1)
+            advantages = advantages / (grouped.std(dim=1, keepdim=True) + 1e-4)
+        return advantages.view(-1)
