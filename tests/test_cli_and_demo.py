@@ -129,3 +129,30 @@ def test_readme_commands_and_ci_agree():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test:", makefile, re.M) and "mpcc demo" in makefile
     assert markdown_table() in readme  # the schema is documented once, and the README shows that table
+
+
+def test_mpcc_train_and_tiny_model_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+    assert main(["tiny-model", "--arch", "qwen2_vl", "--out", str(tmp_path / "tiny")]) == 0
+    assert (tmp_path / "tiny" / "config.json").is_file()
+    recipe = ROOT / "recipes" / "tiny" / "grpo.yaml"  # no accelerate_config: runs in this process
+    assert (
+        main(
+            [
+                "train",
+                str(recipe),
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--max_steps",
+                "1",
+                "--model_name_or_path",
+                str(tmp_path / "tiny"),
+                "--save_strategy",
+                "no",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
