@@ -69,7 +69,7 @@ def test_prior_sampling_one_trace_per_group(tmp_path):
     trainer.train()
     assert args.num_generations == 4  # append: 3 generated + the trace slot
     logged = [h for h in trainer.state.log_history if "prior/traces" in h]
-    assert [h["prior/traces"] for h in logged] == [4.0, 4.0]
+    assert [h["prior/traces"] for h in logged] == [h["prior/groups"] for h in logged] == [4.0, 4.0]
     assert all(h["prior/injected_fraction"] == 1.0 for h in logged)
     # the template trace passes format (0.5) + exact match (1.0) + Levenshtein (0.5)
     assert all(h["prior/trace_reward"] == pytest.approx(2.0) for h in logged)
@@ -184,6 +184,7 @@ def test_the_mechanism_plain_grpo_is_stuck_prior_sampling_learns(tmp_path):
         ["--prior_in_group_stats", "false"],
         ["--prior_schedule", "linear", "--prior_prob", "0.5"],
         ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"],
+        ["--gradient_accumulation_steps", "2"],
     ],
 )
 def test_prior_options_train(options, tmp_path):
@@ -210,5 +211,7 @@ def test_prior_options_train(options, tmp_path):
         assert [h["prior/traces"] for h in logged] == [2.0, 2.0]
     if options[1] == "false":  # centred on the generated mean (0): 2 / std([0, 0, 0, 2]) = 2
         assert all(h["prior/trace_advantage"] == pytest.approx(2.0, rel=1e-3) for h in logged)
+    if options[0] == "--gradient_accumulation_steps":  # one generation of 2 x 8 rows per optimizer step
+        assert [h["prior/traces"] for h in logged] == [h["prior/groups"] for h in logged] == [4.0, 4.0]
     if options[0] == "--use_peft":
         assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)

@@ -206,6 +206,7 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
         metrics = self._metrics["train"]
         metrics["prior/injected_fraction"].append(is_trace.view(-1, group).any(1).float().mean().item())
         metrics["prior/traces"].append(is_trace.sum().item())
+        metrics["prior/groups"].append(is_trace.numel() / group)
         if is_trace.any():
             metrics["prior/trace_reward"].append(rewards[is_trace].mean().item())
             advantages = self.accelerator.gather(output["advantages"])
