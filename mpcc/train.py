@@ -29,7 +29,9 @@ logger = logging.getLogger("mpcc.train")
 
 def build_trainer(run, train_args, model_args):
     """The TRL trainer a recipe asks for, with model, processor, data and rewards in place."""
-    path = resolve_model_path(model_args.model_name_or_path)
+    with train_args.main_process_first(desc="tiny model and synthetic data, built once"):
+        path = resolve_model_path(model_args.model_name_or_path)
+        dataset = load_train_dataset(run.dataset_path, run.trainer, run.max_train_samples)
     processor = load_processor(path, min_pixels=run.min_pixels, max_pixels=run.max_pixels)
     model = load_model(
         path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
@@ -40,7 +42,6 @@ def build_trainer(run, train_args, model_args):
             freeze_vision_tower(model)
         else:
             keep_lora_off_vision_tower(peft_config, model)
-    dataset = load_train_dataset(run.dataset_path, run.trainer, run.max_train_samples)
     common = {
         "model": model,
         "args": train_args,
