@@ -348,6 +348,75 @@ def _tiny_model(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    from mpcc.evaluation.config import Decoding
+
+    d = Decoding()
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on an MPCC eval build (or: mpcc eval compare RUN_A RUN_B ... --out DIR)",
+        description="Batched generation over an eval build, strict answer parsing, metrics per level, "
+        "format, in/out of distribution and supercategory; writes metrics.json, predictions.jsonl, "
+        "report.md and accuracy.png. Re-running resumes. `mpcc eval compare RUN ... --out DIR` charts "
+        "runs side by side.",
+    )
+    p.add_argument("runs", nargs="*", help="with `compare`: the eval output directories to compare")
+    p.add_argument("--model", help="model path or hub name (or tiny:<arch>)")
+    p.add_argument("--data", type=Path, help="an `mpcc prepare eval` build")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--formats", default="mc4,mc7,yesno", help="comma-separated of mc4, mc7, yesno, open")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="samples per row; > 1 samples (temperature/top-p) "
+        "and reports mean accuracy with a 95%% bootstrap interval (default: 1, greedy)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per generate call (default: 16)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default: {d.max_new_tokens}"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=d.temperature, help=f"when sampling (default: {d.temperature})"
+    )
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"when sampling (default: {d.top_p})")
+    p.add_argument("--limit", type=int, help="only the first N items (all their rows)")
+    p.add_argument(
+        "--diagnostics",
+        default="",
+        help="comma-separated of blind (image blanked), context (the "
+        "k most predictive context objects hidden too), shape (only the hidden region's silhouette)",
+    )
+    p.add_argument("--context-k", type=int, default=2, help="context objects the `context` diagnostic hides")
+
+
+def _eval(args) -> int:
+    from mpcc.evaluation.config import Decoding, EvalConfig
+    from mpcc.evaluation.harness import compare_runs, run_eval
+
+    if args.runs:
+        if args.runs[0] != "compare" or len(args.runs) < 2:
+            raise ValueError("positional arguments are only for `mpcc eval compare RUN [RUN ...] --out DIR`")
+        print(f"comparison: {compare_runs(args.runs[1:], args.out)}")
+        return 0
+    if not args.model or not args.data:
+        raise ValueError("--model and --data are required (or use `mpcc eval compare`)")
+    config = EvalConfig(
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        samples=args.samples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        diagnostics=tuple(d.strip() for d in args.diagnostics.split(",") if d.strip()),
+        context_k=args.context_k,
+        decoding=Decoding(args.max_new_tokens, False, args.temperature, args.top_p),
+    )
+    metrics = run_eval(args.model, args.data, args.out, config)
+    print(f"accuracy {metrics['accuracy']:.3f} over {metrics['n']} rows; report: {args.out / 'report.md'}")
+    return 0
+
+
 COMMANDS = {
     "prepare": (_add_prepare, _prepare),
     "inspect": (_add_inspect, _inspect),
@@ -355,6 +424,7 @@ COMMANDS = {
     "export-mpcc-eval": (_add_export_eval, _export_eval),
     "demo": (_add_demo, _demo),
     "train": (_add_train, _train),
+    "eval": (_add_eval, _eval),
     "tiny-model": (_add_tiny_model, _tiny_model),
 }
 

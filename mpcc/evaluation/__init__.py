@@ -1,0 +1,1 @@
+"""Evaluation of MPCC models: generation, strict answer parsing, metrics, reports and diagnostics."""

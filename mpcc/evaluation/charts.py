@@ -1,0 +1,40 @@
+"""PNG charts of eval metrics: accuracy by level and format, for one run or several side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+LEVELS = ("easy", "middle", "hard")
+
+
+def _accuracy(metrics: dict, level: str, fmt: str) -> float:
+    cell = metrics.get("per_level_format", {}).get(level, {}).get(fmt)
+    return float(cell["accuracy"]) if cell else float("nan")
+
+
+def accuracy_chart(runs: dict[str, dict], out: str | Path, formats: list[str] | None = None) -> Path:
+    """Grouped bars: one group per (level, format), one bar per run."""
+    formats = formats or sorted(
+        {f for m in runs.values() for lv in m.get("per_level_format", {}).values() for f in lv}
+    )
+    groups = [(lv, f) for f in formats for lv in LEVELS]
+    width = 0.8 / max(1, len(runs))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups)), 3.6), dpi=100)
+    for k, (name, metrics) in enumerate(runs.items()):
+        xs = [i + k * width for i in range(len(groups))]
+        ax.bar(xs, [_accuracy(metrics, lv, f) for lv, f in groups], width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels([f"{f}\n{lv}" for lv, f in groups], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return out

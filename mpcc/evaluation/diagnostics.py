@@ -1,0 +1,97 @@
+"""Visual-reliance diagnostics: the same questions with the image changed, to see what the answer
+really rests on.
+
+- `blind`: the whole image blanked — what priors alone achieve;
+- `context`: also hide the k context objects whose categories most predict the answer (co-occurrence
+  statistics of the build) — the drop shows reliance on those regions;
+- `shape`: only the hidden region's silhouette on a blank canvas — how much the masking mode gives
+  away by shape alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+from pycocotools.coco import COCO
+
+from mpcc.data.build import load_stats
+from mpcc.data.coco import load_coco
+from mpcc.data.masking import MaskSpec, decode, region_mask, render_masked
+from mpcc.data.render import build_record, mask_rle, render_targets, target_seed
+
+CONDITIONS = ("blind", "context", "shape")
+CANVAS = (128, 128, 128)  # blank canvas: mid gray, distinct from the black default fill
+
+
+class Diagnostics:
+    """Turns eval rows into their diagnostic variants; needs the build's source annotations and images
+    for the context condition."""
+
+    def __init__(self, data: str | Path, k: int = 2, images_dir: str | Path | None = None):
+        record = build_record(data)
+        self.spec = MaskSpec(**record["config"]["mask"])
+        self.seed = int(record["config"]["seed"])
+        self.k = k
+        self.images_dir = Path(images_dir or record["images_dir"])
+        self.stats, _ = load_stats(Path(data))
+        self._annotations = record["annotations"]
+        self._coco: COCO | None = None
+
+    @property
+    def coco(self) -> COCO:
+        if self._coco is None:  # read the source only when the context condition needs it
+            self._coco = load_coco(self._annotations).coco
+        return self._coco
+
+    def apply(self, row: dict, condition: str) -> dict:
+        if condition == "blind":
+            image = Image.new("RGB", (row["width"], row["height"]), CANVAS)
+        elif condition == "shape":
+            target = decode(mask_rle(row["mask"]))
+            canvas = Image.new("RGB", (row["width"], row["height"]), CANVAS)
+            image = render_masked(
+                canvas, target, row["bbox"], self.spec, seed=target_seed(self.seed, row["ann_id"])
+            )
+        elif condition == "context":
+            image = self._hide_context(row)
+        else:
+            raise ValueError(f"unknown diagnostic {condition!r}; choose from {CONDITIONS}")
+        return {**row, "image": image}
+
+    def predictive_context(self, row: dict) -> list[int]:
+        """The k context annotations whose categories make the answer most likely, P(answer | category)."""
+        answer = self.stats.index.get(row["solution"])
+        scored = []
+        for ann_id in row["context_ann_ids"]:
+            ann = self.coco.anns.get(ann_id)
+            if ann is None or ann.get("iscrowd", 0):
+                continue
+            name = self.coco.cats[ann["category_id"]]["name"]
+            score = (
+                self.stats.conditional([name])[answer]
+                if answer is not None and name in self.stats.index
+                else 0
+            )
+            scored.append((-score, ann_id))
+        return [ann_id for _, ann_id in sorted(scored)[: self.k]]
+
+    def _hide_context(self, row: dict) -> Image.Image:
+        image = render_targets(
+            self.images_dir / row["file_name"],
+            [(row["ann_id"], row["mask"], row["bbox"])],
+            self.spec,
+            self.seed,
+        )[row["ann_id"]]
+        for ann_id in self.predictive_context(row):
+            ann = self.coco.anns[ann_id]
+            mask = self.coco.annToMask(ann).astype(bool)
+            region = region_mask(mask, ann["bbox"], self.spec)
+            image = render_masked(
+                image,
+                region,
+                ann["bbox"],
+                MaskSpec("segm", self.spec.fill),
+                seed=target_seed(self.seed, ann_id),
+            )
+        return image

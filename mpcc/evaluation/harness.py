@@ -1,0 +1,225 @@
+"""`mpcc eval`: generate for every eval row (batched), parse strictly, score, write the report.
+
+Predictions are appended to `predictions.jsonl` as they come, so a stopped run resumes where it
+stopped: rows (and samples) already there are not generated again. Sampling seeds depend on the
+sample index and the batch, not on what ran before, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mpcc.data import prompts
+from mpcc.data.render import build_record, load_dataset
+from mpcc.evaluation.charts import accuracy_chart
+from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.diagnostics import Diagnostics
+from mpcc.evaluation.generation import generate
+from mpcc.evaluation.metrics import compute_metrics, markdown_report
+from mpcc.evaluation.parsing import is_correct, parse_answer
+from mpcc.rewards import levenshtein_reward
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS, METRICS, REPORT, CHART = "predictions.jsonl", "metrics.json", "report.md", "accuracy.png"
+ROW_FIELDS = (
+    "item_id",
+    "format",
+    "difficulty",
+    "in_distribution",
+    "supercategory",
+    "category",
+    "solution",
+    "answer",
+    "options",
+    "candidate",
+    "candidate_kind",
+)
+
+
+def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
+    """(prompt id, row) pairs to evaluate. `open` asks each item's open question (from its mc4 row)."""
+    dataset = load_dataset(data)
+    if "format" not in dataset.column_names:
+        raise ValueError(
+            f"{data}: not an eval build (no `format` column); build one with `mpcc prepare eval`"
+        )
+    fill = build_record(data)["config"]["mask"]["fill"]
+    formats, items = dataset["format"], dataset["item_id"]
+    keep_items = list(dict.fromkeys(items))[: config.limit] if config.limit else None
+    wanted = set(keep_items) if keep_items is not None else None
+    out = []
+    for i, (fmt, item) in enumerate(zip(formats, items)):
+        if wanted is not None and item not in wanted:
+            continue
+        if fmt in config.formats:
+            out.append((f"{i}", dataset[i]))
+        if fmt == "mc4" and "open" in config.formats:
+            row = dict(dataset[i])
+            row.update(
+                format="open",
+                answer=row["solution"],
+                options=[],
+                prompt=prompts.conversation(prompts.open_question(fill)),
+            )
+            out.append((f"{i}-open", row))
+    if not out:
+        raise ValueError(f"{data}: no rows with formats {config.formats}")
+    return out
+
+
+def _done(path: Path) -> set[tuple[str, int]]:
+    """Predictions already made; a line cut by a kill is dropped from the file (and made again)."""
+    if not path.is_file():
+        return set()
+    kept, done = [], set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            done.add((record["prompt_id"], record["sample"]))
+            kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("%s: dropping an unreadable line (a prediction cut short); it is made again", path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+    return done
+
+
+def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
+    """Accuracy per level under each diagnostic, and its gap to the normal condition."""
+    normal = compute_metrics(by_condition["normal"])
+    out = {}
+    for condition, records in by_condition.items():
+        if condition == "normal":
+            continue
+        m = compute_metrics(records)
+        levels = {lv: cell["accuracy"] for lv, cell in m["per_level"].items()}
+        out[condition] = {
+            "accuracy": m["accuracy"],
+            "gap": m["accuracy"] - normal["accuracy"],
+            "per_level": levels,
+            "gap_per_level": {
+                lv: acc - normal["per_level"][lv]["accuracy"]
+                for lv, acc in levels.items()
+                if lv in normal["per_level"]
+            },
+        }
+    return out
+
+
+def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig) -> dict:
+    """Evaluate, writing predictions.jsonl, metrics.json, report.md and accuracy.png under `out`."""
+    from mpcc.models import load_model, load_processor, resolve_model_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = eval_rows(data, config)
+    diagnostics = Diagnostics(data, k=config.context_k) if config.diagnostics else None
+    predictions = out / PREDICTIONS
+    done = _done(predictions)
+    conditions = ("normal", *config.diagnostics)
+    todo = [
+        (s, f"{pid}:{c}", row, c)
+        for c in conditions
+        for s in range(config.samples)
+        for pid, row in rows
+        if (f"{pid}:{c}", s) not in done
+    ]
+    if todo:
+        path = resolve_model_path(model_name_or_path)
+        model, processor = load_model(path).eval(), load_processor(path)
+        sampling = config.samples > 1 or config.decoding.do_sample
+        decoding = Decoding(
+            config.decoding.max_new_tokens, sampling, config.decoding.temperature, config.decoding.top_p
+        )
+        with (
+            open(predictions, "a", encoding="utf-8") as f,
+            tqdm(total=len(todo), desc="eval", unit="row") as bar,
+        ):
+            for start in range(0, len(todo), config.batch_size):
+                batch = todo[start : start + config.batch_size]
+                inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
+                torch.manual_seed(config.seed * 1_000_003 + batch[0][0] * 10_007 + start)
+                texts = generate(model, processor, inputs, decoding)
+                for (sample, pid, row, condition), text in zip(batch, texts):
+                    parsed, format_ok = parse_answer(text, row)
+                    record = {
+                        "prompt_id": pid,
+                        "sample": sample,
+                        "condition": condition,
+                        "completion": text,
+                        "parsed": parsed,
+                        "format_ok": format_ok,
+                        "correct": is_correct(parsed, row),
+                        **{k: row.get(k) for k in ROW_FIELDS},
+                    }
+                    if row["format"] == "open":
+                        record["levenshtein"] = levenshtein_reward([text], solution=[row["solution"]])[0]
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                bar.update(len(batch))
+    by_condition: dict[str, list[dict]] = {c: [] for c in conditions}
+    for line in predictions.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        by_condition.setdefault(record.get("condition", "normal"), []).append(record)
+    metrics = compute_metrics(by_condition["normal"])
+    if config.diagnostics:
+        metrics["diagnostics"] = _summarise_diagnostics({c: by_condition[c] for c in conditions})
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    accuracy_chart({Path(str(model_name_or_path)).name: metrics}, out / CHART)
+    report = markdown_report(metrics, f"mpcc eval: {model_name_or_path} on {data}")
+    (out / REPORT).write_text(
+        f"{report}{_diagnostics_markdown(metrics)}\n![accuracy by level and format]({CHART})\n",
+        encoding="utf-8",
+    )
+    logger.info("eval of %s written to %s", model_name_or_path, out)
+    return metrics
+
+
+def _diagnostics_markdown(metrics: dict) -> str:
+    diagnostics = metrics.get("diagnostics")
+    if not diagnostics:
+        return ""
+    lines = [
+        "",
+        "## Visual-reliance diagnostics (accuracy, gap to normal)",
+        "",
+        "| condition | all | easy | middle | hard |",
+        "|---|---|---|---|---|",
+    ]
+    for condition, d in diagnostics.items():
+        cells = [
+            f"{d['per_level'][lv]:.3f} ({d['gap_per_level'][lv]:+.3f})" if lv in d["per_level"] else "-"
+            for lv in ("easy", "middle", "hard")
+        ]
+        lines.append(f"| {condition} | {d['accuracy']:.3f} ({d['gap']:+.3f}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """Several eval runs side by side: one chart and one markdown table of their metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [Path(r) for r in runs]
+    names = [r.name for r in runs]
+    labels = names if len(set(names)) == len(names) else [str(r) for r in runs]  # never merge two runs
+    metrics = {}
+    for label, run in zip(labels, runs):
+        try:
+            metrics[label] = json.loads((run / METRICS).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
+    accuracy_chart(metrics, out / CHART)
+    lines = ["| run | accuracy | format compliance | n |", "|---|---|---|---|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['format_compliance']:.3f} | {m['n']} |")
+    (out / "compare.md").write_text(
+        "\n".join(lines) + f"\n\n![accuracy by level and format]({CHART})\n", encoding="utf-8"
+    )
+    return out / "compare.md"

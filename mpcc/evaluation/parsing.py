@@ -1,0 +1,86 @@
+"""Strict answer parsing for evaluation: each completion gives one answer in an accepted form, or None.
+
+The MPCC authors graded multiple choice with a substring test, so "A or B" (or any sentence containing
+the right letter) counted as correct. Here the answer is the last complete `<answer>` block; a model
+that ignored the format is read from its last non-empty line, which can still be right but never counts
+as format-compliant. Multiple-choice and open answers are graded exactly as the training reward
+`exact_match` grades them (the parsed letter is the one option that reward would score 1.0), so eval
+and training never disagree on a tagged answer. Yes/no is deliberately a little wider than the reward:
+an answer that starts with "yes" or "no" and names neither word again ("Yes, it is a cup.") is that
+word, because the verdict is unambiguous and eval measures the verdict, not the phrasing.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mpcc.rewards import MC_FORMATS, _choice_score, completion_text, extract_answer, normalize, variants
+
+YES_NO = ("yes", "no")
+FORMATS = (*MC_FORMATS, "yesno", "open")
+
+
+def row_format(row: Mapping[str, Any]) -> str:
+    """mc4 / mc7 / yesno / open; a row without a format asks the open question. An unknown format is a
+    data error, raised rather than silently graded as open."""
+    fmt = row.get("format") or "open"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown eval format {fmt!r}; expected one of {FORMATS}")
+    return fmt
+
+
+def _choice(answer: str, options: Sequence[Any]) -> str | None:
+    """The letter the answer names: the letter alone ("B", "(B)", "b.", "B)", "B:"), the letter with
+    its own option's text ("B) cup"), or one option's text alone ("cup"). Asking the reward which
+    letter scores 1.0 keeps one definition of an accepted choice; anything else names no letter."""
+    texts = [str(option) for option in options]
+    letters = string.ascii_uppercase[: len(texts)]
+    named = [letter for letter in letters if _choice_score(answer, texts, letter)]
+    return named[0] if len(named) == 1 else None
+
+
+def _yes_no(answer: str) -> str | None:
+    """Yes or no when the answer starts with that word and never says the other: "YES!" and "No, it
+    isn't." pass; "yes or no", "No... yes", "yesterday" and "Y" do not."""
+    words = normalize(answer).split()
+    if not words or words[0] not in YES_NO:
+        return None
+    return words[0] if set(words) & set(YES_NO) == {words[0]} else None
+
+
+def parse_answer(text: Any, row: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """(parsed answer, format_ok) of a completion (text or chat messages) for an eval row.
+
+    Parsed is a letter for mc4/mc7, "yes"/"no" for yesno, the normalised text for open rows, or None
+    when the answer is in no accepted form. format_ok is True only for an answer taken from an
+    `<answer>` block that parsed; an answer read from the last line (no complete block) is graded
+    but never format-compliant.
+    """
+    fmt = row_format(row)
+    answer = extract_answer(text)
+    tagged = answer is not None
+    if answer is None:
+        lines = [line.strip() for line in completion_text(text).splitlines() if line.strip()]
+        answer = lines[-1] if lines else ""
+    if fmt in MC_FORMATS:
+        parsed = _choice(answer, row["options"])
+    elif fmt == "yesno":
+        parsed = _yes_no(answer)
+    else:
+        parsed = normalize(answer) or None
+    return parsed, tagged and parsed is not None
+
+
+def is_correct(parsed: str | None, row: Mapping[str, Any]) -> bool:
+    """Whether a `parse_answer` result is right: the row's letter or yes/no, or for open rows any
+    accepted form of the solution (plural, synonym, spacing: `variants`)."""
+    if parsed is None:
+        return False
+    fmt = row_format(row)
+    if fmt in MC_FORMATS:
+        return parsed == str(row["answer"]).strip().upper()
+    if fmt == "yesno":
+        return parsed == normalize(row["answer"])
+    return parsed in variants(row.get("solution"))

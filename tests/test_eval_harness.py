@@ -1,0 +1,120 @@
+"""`mpcc eval` end to end on a tiny model and a tinycoco eval build: outputs, metrics, diagnostics, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from mpcc.cli import main
+from mpcc.evaluation.config import EvalConfig
+from mpcc.evaluation.diagnostics import CANVAS, Diagnostics
+from mpcc.evaluation.harness import eval_rows
+
+ARGS = ["--limit", "6", "--max-new-tokens", "8", "--formats", "mc4,yesno,open", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_builds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPCC_CACHE", str(cache))
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    "tiny:qwen2_5_vl",
+                    "--data",
+                    str(tiny_builds["eval"]),
+                    "--out",
+                    str(out),
+                    "--diagnostics",
+                    "blind,context,shape",
+                    *ARGS,
+                ]
+            )
+            == 0
+        )
+    return out
+
+
+def test_outputs_and_keys(evaluated):
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    assert metrics["items"] == 6 and metrics["n"] == 6 * (1 + 5 + 1)  # mc4 + 5 yes/no + open per item
+    assert set(metrics["per_format"]) == {"mc4", "yesno", "open"}
+    assert set(metrics["per_level"]) <= {"easy", "middle", "hard"} and metrics["per_level"]
+    assert {"yes_on_answer", "no_on_confusable", "no_on_irrelevant"} == set(metrics["yesno_rates"])
+    assert "levenshtein" in metrics["open"]
+    for condition in ("blind", "context", "shape"):
+        d = metrics["diagnostics"][condition]
+        assert 0 <= d["accuracy"] <= 1 and d["gap"] == pytest.approx(d["accuracy"] - metrics["accuracy"])
+        assert set(d["gap_per_level"]) == set(d["per_level"])
+    predictions = [json.loads(line) for line in (evaluated / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 * metrics["n"]
+    assert {"prompt_id", "completion", "parsed", "correct", "format_ok"} <= set(predictions[0])
+    with Image.open(evaluated / "accuracy.png") as chart:
+        assert chart.format == "PNG" and chart.width > 300
+    report = (evaluated / "report.md").read_text()
+    assert "Visual-reliance diagnostics" in report and "accuracy.png" in report
+
+
+def test_rerun_resumes_without_regenerating(evaluated, tiny_builds, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
+    lines = (evaluated / "predictions.jsonl").read_text().splitlines()
+    (evaluated / "predictions.jsonl").write_text(
+        "\n".join(lines[:-3]) + "\n" + lines[-3][:10]
+    )  # cut by a kill
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny:qwen2_5_vl",
+                "--data",
+                str(tiny_builds["eval"]),
+                "--out",
+                str(evaluated),
+                "--diagnostics",
+                "blind,context,shape",
+                *ARGS,
+            ]
+        )
+        == 0
+    )
+    again = [
+        json.loads(line)
+        for line in (evaluated / "predictions.jsonl").read_text().splitlines()
+        if line.startswith("{") and line.endswith("}")
+    ]
+    keys = [(r["prompt_id"], r["sample"]) for r in again]
+    assert len(keys) == len(set(keys)) == len(lines)
+
+
+def test_compare_runs(evaluated, tmp_path):
+    other = tmp_path / "other" / evaluated.name  # same directory name, another run
+    shutil.copytree(evaluated, other)
+    assert main(["eval", "compare", str(evaluated), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert f"| {evaluated} |" in table and f"| {other} |" in table
+    with Image.open(tmp_path / "cmp" / "accuracy.png") as chart:
+        assert chart.format == "PNG"
+
+
+def test_diagnostic_images(tiny_builds):
+    rows = [row for _, row in eval_rows(tiny_builds["eval"], EvalConfig(formats=("mc4",), limit=3))]
+    diag = Diagnostics(tiny_builds["eval"], k=2)
+    row = next(r for r in rows if len(r["context_ann_ids"]) >= 2)
+    blind = diag.apply(row, "blind")["image"]
+    assert set(blind.getdata()) == {CANVAS}
+    shape = diag.apply(row, "shape")["image"]
+    assert len(set(shape.getdata())) == 2  # canvas + the fill, nothing of the photo
+    hidden = diag.predictive_context(row)
+    assert len(hidden) == 2 and set(hidden) <= set(row["context_ann_ids"])
+    context = diag.apply(row, "context")["image"]
+    assert context.size == row["image"].size and list(context.getdata()) != list(row["image"].getdata())
+    with pytest.raises(ValueError, match="unknown diagnostic"):
+        diag.apply(row, "upside-down")
