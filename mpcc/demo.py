@@ -1,5 +1,6 @@
 """The main job end to end on the embedded default: synthetic scenes -> MPCC train + eval -> preview
--> SFT on the template traces -> GRPO with prior sampling, with the tiny offline model.
+-> SFT on the template traces -> GRPO with prior sampling, with the tiny offline model -> evaluation
+of that checkpoint (with the blind and shape diagnostics).
 
 Each stage writes under one work directory and is skipped when its output is already there, so
 re-running the demo resumes instead of redoing.
@@ -13,6 +14,8 @@ from pathlib import Path
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
 from mpcc.data.synthetic import generate_scenes
+from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.harness import run_eval
 from mpcc.train import main as train_main
 
 logger = logging.getLogger(__name__)
@@ -26,7 +29,8 @@ def run_demo(
     recipes: str | Path = "recipes/tiny",
 ) -> dict[str, Path]:
     """Train scenes and held-out eval scenes (half as many, another seed), as COCO has train and val;
-    then `train_steps` SFT steps and as many GRPO-with-prior-sampling steps from the SFT checkpoint."""
+    then `train_steps` SFT steps and as many GRPO-with-prior-sampling steps from the SFT checkpoint;
+    then an evaluation of that checkpoint on the eval set."""
     out = Path(out)
     paths = {
         "train": out / "data" / "train",
@@ -34,6 +38,7 @@ def run_demo(
         "preview": out / "preview",
         "sft": out / "sft",
         "grpo_prior": out / "grpo_prior",
+        "report": out / "eval",
     }
     scenes = {
         "train": (out / "scenes" / "train", num_images, seed),
@@ -77,4 +82,11 @@ def run_demo(
                 ]
             )
     print(f"checkpoints: SFT {paths['sft']}, GRPO with prior sampling {paths['grpo_prior']}")
+    config = EvalConfig(
+        formats=("mc4", "mc7", "yesno", "open"),
+        diagnostics=("blind", "shape"),
+        decoding=Decoding(max_new_tokens=64),
+    )
+    run_eval(str(paths["grpo_prior"]), paths["eval"], paths["report"], config)
+    print(f"eval report: {paths['report'] / 'report.md'} (chart: {paths['report'] / 'accuracy.png'})")
     return paths

@@ -119,6 +119,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "preview" / "index.html").is_file()
     for stage in ("sft", "grpo_prior"):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage
+    assert "eval report:" in proc.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["diagnostics"]) == {"blind", "shape"} and (tmp_path / "eval" / "accuracy.png").is_file()
 
 
 def test_readme_commands_and_ci_agree():
