@@ -85,6 +85,7 @@ def run_demo(
     config = EvalConfig(
         formats=("mc4", "mc7", "yesno", "open"),
         diagnostics=("blind", "shape"),
+        limit=60,
         decoding=Decoding(max_new_tokens=64),
     )
     run_eval(str(paths["grpo_prior"]), paths["eval"], paths["report"], config)
