@@ -11,6 +11,7 @@ import sys
 
 from trl import SFTTrainer, get_peft_config
 
+from mpcc.evaluation.callback import EvalCallback
 from mpcc.models import (
     freeze_vision_tower,
     keep_lora_off_vision_tower,
@@ -50,11 +51,17 @@ def build_trainer(run, train_args, model_args):
         "peft_config": peft_config,
     }
     if run.trainer == "sft":
-        return SFTTrainer(**common)
-    funcs, weights = resolve_rewards(train_args.rewards)
-    train_args.reward_weights = weights
-    trainer_class = PriorSamplingGRPOTrainer if run.trainer == "grpo_prior" else MpccGRPOTrainer
-    return trainer_class(reward_funcs=funcs, **common)
+        trainer = SFTTrainer(**common)
+    else:
+        funcs, weights = resolve_rewards(train_args.rewards)
+        train_args.reward_weights = weights
+        trainer_class = PriorSamplingGRPOTrainer if run.trainer == "grpo_prior" else MpccGRPOTrainer
+        trainer = trainer_class(reward_funcs=funcs, **common)
+    if run.eval_dataset_path and run.eval_every_steps > 0:
+        trainer.add_callback(
+            EvalCallback(trainer, run.eval_dataset_path, run.eval_every_steps, run.eval_items)
+        )
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:

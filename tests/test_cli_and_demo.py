@@ -121,7 +121,8 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage
     assert "eval report:" in proc.stdout
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics["diagnostics"]) == {"blind", "shape"} and (tmp_path / "eval" / "accuracy.png").is_file()
+    assert set(metrics["diagnostics"]) == {"blind", "shape"}
+    assert (tmp_path / "eval" / "accuracy.png").is_file()
 
 
 def test_readme_commands_and_ci_agree():

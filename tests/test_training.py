@@ -215,3 +215,29 @@ def test_prior_options_train(options, tmp_path):
         assert [h["prior/traces"] for h in logged] == [h["prior/groups"] for h in logged] == [4.0, 4.0]
     if options[0] == "--use_peft":
         assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+def test_eval_callback_logs_during_training(tmp_path, tiny_builds):
+    run, args, model_args = load_recipe(
+        RECIPES / "grpo_prior.yaml",
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "2",
+            "--save_strategy",
+            "no",
+            "--eval_dataset_path",
+            str(tiny_builds["eval"]),
+            "--eval_every_steps",
+            "1",
+            "--eval_items",
+            "3",
+        ],
+    )
+    trainer = build_trainer(run, args, model_args)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "mpcc_eval/accuracy" in h]
+    assert [h["step"] for h in logged] == [1, 2]
+    assert all(0 <= h["mpcc_eval/accuracy"] <= 1 and "mpcc_eval/format_compliance" in h for h in logged)
+    assert trainer.model.training  # back in training mode

@@ -35,6 +35,11 @@ class RunArguments:
         default=True,
         metadata={"help": "keep the vision encoder frozen (full fine-tune of the language model)"},
     )
+    eval_dataset_path: str | None = field(
+        default=None, metadata={"help": "an `mpcc prepare eval` build to evaluate on during training"}
+    )
+    eval_every_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: never)"})
+    eval_items: int = field(default=16, metadata={"help": "items of the eval build used (all their formats)"})
     accelerate_config: str | None = field(
         default=None,
         metadata={"help": "Accelerate config file `mpcc train` launches with (none: one process)"},
