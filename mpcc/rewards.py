@@ -32,7 +32,7 @@ RewardFunc = Callable[..., list[float]]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 PAPER_FORMAT_SCORE = 0.6
-MC_FORMATS = ("mc4", "mc7")
+MC_FORMATS = ("mc4", "mc7", "mc")  # mc: any number of options (other benchmarks, e.g. BLINK)
 
 # COCO names that people and models write differently. Keys are COCO category names, values the other
 # accepted names; lookups work from any member of a group. Plurals and spacing are derived, not listed.

@@ -13,8 +13,9 @@ from mpcc.evaluation.config import Decoding
 
 
 def conversation(row: dict) -> list[dict]:
-    """The row's chat with its image put in the placeholder."""
-    return prepare_multimodal_messages([dict(m) for m in row["prompt"]], images=[row["image"]])
+    """The row's chat with its image(s) put in the placeholder(s)."""
+    images = row.get("images") or [row["image"]]
+    return prepare_multimodal_messages([dict(m) for m in row["prompt"]], images=images)
 
 
 @torch.inference_mode()

@@ -15,7 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
-from mpcc.data.render import build_record, load_dataset
+from mpcc.data.render import BUILD_FILE, build_record, load_dataset
+from mpcc.evaluation.blink import blink_rows
 from mpcc.evaluation.charts import accuracy_chart
 from mpcc.evaluation.config import Decoding, EvalConfig
 from mpcc.evaluation.diagnostics import Diagnostics
@@ -43,7 +44,15 @@ ROW_FIELDS = (
 
 
 def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
-    """(prompt id, row) pairs to evaluate. `open` asks each item's open question (from its mc4 row)."""
+    """(prompt id, row) pairs to evaluate. `open` asks each item's open question (from its mc4 row).
+    A saved dataset that is not an mpcc build is read as a BLINK-style benchmark."""
+    if not (Path(data) / BUILD_FILE).is_file():
+        from datasets import load_from_disk
+
+        if config.diagnostics:
+            raise ValueError(f"{data}: diagnostics need an mpcc eval build (masks, context annotations)")
+        rows = blink_rows(load_from_disk(str(data)))[: config.limit]
+        return [(str(i), row) for i, row in enumerate(rows)]
     dataset = load_dataset(data)
     if "format" not in dataset.column_names:
         raise ValueError(

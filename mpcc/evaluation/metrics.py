@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 LEVELS = ("easy", "middle", "hard")
-FORMATS = ("mc4", "mc7", "yesno", "open")
+FORMATS = ("mc4", "mc7", "mc", "yesno", "open")
 SPLITS = ("in", "out")
 # name: (candidate_kind of the yes/no row, the reply that is right for it)
 YESNO_RATES = {
