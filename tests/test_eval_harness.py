@@ -118,3 +118,41 @@ def test_diagnostic_images(tiny_builds):
     assert context.size == row["image"].size and list(context.getdata()) != list(row["image"].getdata())
     with pytest.raises(ValueError, match="unknown diagnostic"):
         diag.apply(row, "upside-down")
+
+
+def test_samples_report_mean_and_bootstrap_interval(tiny_builds, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sampled"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny:qwen2_5_vl",
+                "--data",
+                str(tiny_builds["eval"]),
+                "--out",
+                str(out),
+                "--limit",
+                "3",
+                "--formats",
+                "mc4",
+                "--samples",
+                "3",
+                "--seed",
+                "1",
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    sampling = metrics["sampling"]
+    assert sampling["samples"] == 3 and len(sampling["per_sample"]) == 3
+    low, high = sampling["ci95"]
+    assert low <= sampling["mean"] <= high
+    completions = [
+        json.loads(line)["completion"] for line in (out / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(completions) == 9 and len(set(completions)) > 1  # sampled, not greedy
