@@ -7,32 +7,14 @@ from pathlib import Path
 import pytest
 
 from mpcc.data.render import load_dataset
+from mpcc.evaluation.config import Decoding
+from mpcc.evaluation.generation import generate
 from mpcc.rewards import format_reward
 from mpcc.train import build_trainer
 from mpcc.training.config import load_recipe
 from mpcc.training.data import resolve_dataset
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "sft.yaml"
-
-
-def _greedy_completions(model, processor, rows) -> list[str]:
-    out = []
-    for row in rows:
-        system, user = row["prompt"]
-        question = user["content"][1]["text"]
-        messages = [
-            system,
-            {
-                "role": "user",
-                "content": [{"type": "image", "image": row["image"]}, {"type": "text", "text": question}],
-            },
-        ]
-        inputs = processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
-        ids = model.generate(**inputs, max_new_tokens=60, do_sample=False)
-        out.append(processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
-    return out
 
 
 @pytest.mark.slow
@@ -57,8 +39,9 @@ def test_sft_on_traces_teaches_the_format(tmp_path, monkeypatch):
     )
     trainer = build_trainer(run, args, model_args)
     rows = load_dataset(resolve_dataset("synthetic:tiny")).select(range(16))
-    before = format_reward(_greedy_completions(trainer.model.eval(), trainer.processing_class, rows))
+    greedy = Decoding(max_new_tokens=60)
+    before = format_reward(generate(trainer.model.eval(), trainer.processing_class, list(rows), greedy))
     trainer.train()
-    after = format_reward(_greedy_completions(trainer.model.eval(), trainer.processing_class, rows))
+    after = format_reward(generate(trainer.model.eval(), trainer.processing_class, list(rows), greedy))
     assert sum(before) == 0
     assert sum(after) / len(after) >= 0.4
