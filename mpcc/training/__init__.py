@@ -1,0 +1,1 @@
+"""Training on TRL: recipes, per-trainer data, GRPO with prior sampling."""
