@@ -265,7 +265,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work directory (default: runs/demo)")
     p.add_argument("--num-images", type=int, default=240, help="synthetic scenes (default: 240)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--train-steps", type=int, default=30, help="SFT steps, then GRPO steps (default: 30)")
+    p.add_argument("--sft-steps", type=int, default=150, help="SFT steps on the traces (default: 150)")
+    p.add_argument("--grpo-steps", type=int, default=30, help="then GRPO + prior steps (default: 30)")
     p.add_argument(
         "--recipes", type=Path, default=Path("recipes/tiny"), help="tiny recipes (default: recipes/tiny)"
     )
@@ -278,7 +279,8 @@ def _demo(args) -> int:
         args.out,
         num_images=args.num_images,
         seed=args.seed,
-        train_steps=args.train_steps,
+        sft_steps=args.sft_steps,
+        grpo_steps=args.grpo_steps,
         recipes=args.recipes,
     )
     return 0

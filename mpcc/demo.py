@@ -25,11 +25,12 @@ def run_demo(
     out: str | Path,
     num_images: int = 240,
     seed: int = 0,
-    train_steps: int = 30,
+    sft_steps: int = 150,
+    grpo_steps: int = 30,
     recipes: str | Path = "recipes/tiny",
 ) -> dict[str, Path]:
     """Train scenes and held-out eval scenes (half as many, another seed), as COCO has train and val;
-    then `train_steps` SFT steps and as many GRPO-with-prior-sampling steps from the SFT checkpoint;
+    then `sft_steps` SFT steps and `grpo_steps` GRPO-with-prior-sampling steps from the SFT checkpoint;
     then an evaluation of that checkpoint on the eval set."""
     out = Path(out)
     paths = {
@@ -60,10 +61,10 @@ def run_demo(
     page = write_preview(paths["eval"], paths["preview"], num=24, seed=seed)
     print(f"data: train {paths['train']}, eval {paths['eval']}\npreview: {page}", flush=True)
     recipes = Path(recipes)
-    stages = {"sft": "tiny:qwen2_5_vl", "grpo_prior": str(paths["sft"])}
-    for stage, model in stages.items():
+    stages = {"sft": ("tiny:qwen2_5_vl", sft_steps), "grpo_prior": (str(paths["sft"]), grpo_steps)}
+    for stage, (model, steps) in stages.items():
         if not (paths[stage] / "model.safetensors").is_file():
-            logger.info("demo: %s for %d steps -> %s", stage, train_steps, paths[stage])
+            logger.info("demo: %s for %d steps -> %s", stage, steps, paths[stage])
             train_main(
                 [
                     str(recipes / f"{stage}.yaml"),
@@ -74,7 +75,7 @@ def run_demo(
                     "--output_dir",
                     str(paths[stage]),
                     "--max_steps",
-                    str(train_steps),
+                    str(steps),
                     "--save_strategy",
                     "no",
                     "--seed",
