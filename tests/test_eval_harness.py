@@ -16,29 +16,17 @@ from mpcc.evaluation.harness import eval_rows
 ARGS = ["--limit", "6", "--max-new-tokens", "8", "--formats", "mc4,yesno,open", "--batch-size", "8"]
 
 
+def _eval(data, out, *options) -> int:
+    return main(["eval", "--model", "tiny:qwen2_5_vl", "--data", str(data), "--out", str(out), *options])
+
+
 @pytest.fixture(scope="module")
 def evaluated(tiny_builds, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPCC_CACHE", str(cache))
-        assert (
-            main(
-                [
-                    "eval",
-                    "--model",
-                    "tiny:qwen2_5_vl",
-                    "--data",
-                    str(tiny_builds["eval"]),
-                    "--out",
-                    str(out),
-                    "--diagnostics",
-                    "blind,context,shape",
-                    *ARGS,
-                ]
-            )
-            == 0
-        )
+        assert _eval(tiny_builds["eval"], out, "--diagnostics", "blind,context,shape", *ARGS) == 0
     return out
 
 
@@ -68,23 +56,7 @@ def test_rerun_resumes_without_regenerating(evaluated, tiny_builds, tmp_path_fac
     (evaluated / "predictions.jsonl").write_text(
         "\n".join(lines[:-3]) + "\n" + lines[-3][:10]
     )  # cut by a kill
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                "tiny:qwen2_5_vl",
-                "--data",
-                str(tiny_builds["eval"]),
-                "--out",
-                str(evaluated),
-                "--diagnostics",
-                "blind,context,shape",
-                *ARGS,
-            ]
-        )
-        == 0
-    )
+    assert _eval(tiny_builds["eval"], evaluated, "--diagnostics", "blind,context,shape", *ARGS) == 0
     again = [
         json.loads(line)
         for line in (evaluated / "predictions.jsonl").read_text().splitlines()
@@ -124,26 +96,19 @@ def test_samples_report_mean_and_bootstrap_interval(tiny_builds, tmp_path, monke
     monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "sampled"
     assert (
-        main(
-            [
-                "eval",
-                "--model",
-                "tiny:qwen2_5_vl",
-                "--data",
-                str(tiny_builds["eval"]),
-                "--out",
-                str(out),
-                "--limit",
-                "3",
-                "--formats",
-                "mc4",
-                "--samples",
-                "3",
-                "--seed",
-                "1",
-                "--max-new-tokens",
-                "8",
-            ]
+        _eval(
+            tiny_builds["eval"],
+            out,
+            "--limit",
+            "3",
+            "--formats",
+            "mc4",
+            "--samples",
+            "3",
+            "--seed",
+            "1",
+            "--max-new-tokens",
+            "8",
         )
         == 0
     )
