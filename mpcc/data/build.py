@@ -133,9 +133,8 @@ def load_supplied_distractors(path: Path) -> dict[int, dict]:
 
 def _context(coco, ann: dict) -> tuple[list[dict], set[str]]:
     """Other annotated instances of the image and every category present (target included)."""
-    names = {cid: c["name"] for cid, c in coco.cats.items()}
     others = [a for a in coco.imgToAnns[ann["image_id"]] if a["id"] != ann["id"]]
-    present = {names[a["category_id"]] for a in coco.imgToAnns[ann["image_id"]]}
+    present = {coco.cats[a["category_id"]]["name"] for a in coco.imgToAnns[ann["image_id"]]}
     return others, present
 
 
@@ -144,11 +143,9 @@ def _mask_column(ann: dict, image: dict) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _base_row(source: CocoSource, ann: dict, config: BuildConfig) -> dict:
-    coco = source.coco
+def _base_row(coco, ann: dict, others: list[dict]) -> dict:
     image = coco.imgs[ann["image_id"]]
     cat = coco.cats[ann["category_id"]]
-    others, _ = _context(coco, ann)
     return {
         "image_id": image["id"],
         "ann_id": ann["id"],
@@ -203,8 +200,8 @@ def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceSta
     rows: dict[int, list[dict]] = {}
     distractors: dict[int, Distractors] = {}
     for ann in targets:
-        row = _base_row(source, ann, config)
         others, present = _context(coco, ann)
+        row = _base_row(coco, ann, others)
         probs = stats.conditional(
             [c for c in row["context"] if c in stats.index], exclude=present if leave_one_out else ()
         )
