@@ -222,7 +222,7 @@ def _letter(match: re.Match[str]) -> str:
     return (match.group(1) or match.group(2)).upper()
 
 
-def _choice_score(answer: str, options: Sequence[Any], correct: str) -> float:
+def choice_score(answer: str, options: Sequence[Any], correct: str) -> float:
     """Multiple choice, strict: the letter alone, letter + the right option text, or the option text.
 
     A wrong letter (with or without the right text), the right letter with another option's text, a
@@ -251,7 +251,7 @@ def _answer_score(answer: str | None, solution: Any, fmt: Any, options: Any, cor
         return 0.0
     fmt = "" if fmt is None else str(fmt)
     if fmt in MC_FORMATS and _is_list(options) and correct:
-        return _choice_score(answer, [str(o) for o in options], str(correct).strip().upper())
+        return choice_score(answer, [str(o) for o in options], str(correct).strip().upper())
     if fmt == "yesno" and correct is not None:
         return float(normalize(answer) in ("yes", "no") and normalize(answer) == normalize(correct))
     return float(_matches(answer, solution))

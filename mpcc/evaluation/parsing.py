@@ -16,7 +16,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mpcc.rewards import MC_FORMATS, _choice_score, completion_text, extract_answer, normalize, variants
+from mpcc.rewards import MC_FORMATS, choice_score, completion_text, extract_answer, normalize, variants
 
 YES_NO = ("yes", "no")
 FORMATS = (*MC_FORMATS, "yesno", "open")
@@ -37,7 +37,7 @@ def _choice(answer: str, options: Sequence[Any]) -> str | None:
     letter scores 1.0 keeps one definition of an accepted choice; anything else names no letter."""
     texts = [str(option) for option in options]
     letters = string.ascii_uppercase[: len(texts)]
-    named = [letter for letter in letters if _choice_score(answer, texts, letter)]
+    named = [letter for letter in letters if choice_score(answer, texts, letter)]
     return named[0] if len(named) == 1 else None
 
 
