@@ -391,6 +391,12 @@ def _add_eval(sub) -> None:
         "k most predictive context objects hidden too), shape (only the hidden region's silhouette)",
     )
     p.add_argument("--context-k", type=int, default=2, help="context objects the `context` diagnostic hides")
+    p.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="hf: transformers generate, batched (default); vllm: vLLM's offline engine, when installed",
+    )
 
 
 def _eval(args) -> int:
@@ -412,6 +418,7 @@ def _eval(args) -> int:
         limit=args.limit,
         diagnostics=tuple(d.strip() for d in args.diagnostics.split(",") if d.strip()),
         context_k=args.context_k,
+        backend=args.backend,
         decoding=Decoding(args.max_new_tokens, False, args.temperature, args.top_p),
     )
     metrics = run_eval(args.model, args.data, args.out, config)

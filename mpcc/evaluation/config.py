@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 EVAL_FORMATS = ("mc4", "mc7", "yesno", "open")
 DIAGNOSTICS = ("blind", "context", "shape")
+BACKENDS = ("hf", "vllm")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class EvalConfig:
     limit: int | None = None  # first N items (all their rows), for quick looks
     diagnostics: tuple[str, ...] = ()  # blind / context / shape (mpcc.evaluation.diagnostics)
     context_k: int = 2  # context objects hidden by the `context` diagnostic
+    backend: str = "hf"  # hf (transformers generate) or vllm (when installed)
 
     def __post_init__(self):
         unknown = set(self.formats) - set(EVAL_FORMATS)
@@ -35,5 +37,7 @@ class EvalConfig:
             raise ValueError(f"formats must be a non-empty subset of {EVAL_FORMATS}, got {self.formats}")
         if set(self.diagnostics) - set(DIAGNOSTICS):
             raise ValueError(f"diagnostics must be a subset of {DIAGNOSTICS}, got {self.diagnostics}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.samples < 1 or self.batch_size < 1:
             raise ValueError("samples and batch_size must be >= 1")

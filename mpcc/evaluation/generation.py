@@ -43,3 +43,57 @@ def generate(model, processor, rows: list[dict], decoding: Decoding) -> list[str
         **sampling,
     )
     return processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+class HFGenerator:
+    """`generate` over a model loaded once, on the GPU when there is one."""
+
+    def __init__(self, path: str):
+        from mpcc.models import load_model, load_processor
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.processor = load_model(path).to(device).eval(), load_processor(path)
+
+    def __call__(self, rows: list[dict], decoding: Decoding, seed: int) -> list[str]:
+        torch.manual_seed(seed)
+        return generate(self.model, self.processor, rows, decoding)
+
+
+class VLLMGenerator:
+    """The same prompts through vLLM's offline engine (`pip install vllm`; GPU only).
+
+    The chat template is applied by our processor, so prompts are identical to the HF backend's;
+    images go in as `multi_modal_data`. Greedy is temperature 0; sampling seeds each batch like the
+    HF backend does, so resumed runs draw the same samples.
+    """
+
+    def __init__(self, path: str, max_images: int = 1):
+        try:
+            import vllm
+        except ImportError as e:
+            raise ValueError("--backend vllm needs vLLM (pip install vllm, on a GPU machine)") from e
+        from mpcc.models import load_processor
+
+        self._vllm = vllm
+        self.processor = load_processor(path)
+        self.llm = vllm.LLM(model=str(path), limit_mm_per_prompt={"image": max_images})
+
+    def __call__(self, rows: list[dict], decoding: Decoding, seed: int) -> list[str]:
+        requests = [
+            {
+                "prompt": self.processor.apply_chat_template(
+                    conversation(r), add_generation_prompt=True, tokenize=False
+                ),
+                "multi_modal_data": {"image": r.get("images") or [r["image"]]},
+            }
+            for r in rows
+        ]
+        params = self._vllm.SamplingParams(
+            max_tokens=decoding.max_new_tokens,
+            temperature=decoding.temperature if decoding.do_sample else 0.0,
+            top_p=decoding.top_p if decoding.do_sample else 1.0,
+            seed=seed if decoding.do_sample else None,
+        )
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+

@@ -11,7 +11,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
@@ -20,7 +19,7 @@ from mpcc.evaluation.blink import blink_rows
 from mpcc.evaluation.charts import accuracy_chart
 from mpcc.evaluation.config import Decoding, EvalConfig
 from mpcc.evaluation.diagnostics import Diagnostics
-from mpcc.evaluation.generation import generate
+from mpcc.evaluation.generation import HFGenerator, VLLMGenerator
 from mpcc.evaluation.metrics import compute_metrics, markdown_report
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.rewards import levenshtein_reward
@@ -124,7 +123,7 @@ def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
 
 def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig) -> dict:
     """Evaluate, writing predictions.jsonl, metrics.json, report.md and accuracy.png under `out`."""
-    from mpcc.models import load_model, load_processor, resolve_model_path
+    from mpcc.models import resolve_model_path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +141,10 @@ def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config:
     ]
     if todo:
         path = resolve_model_path(model_name_or_path)
-        model, processor = load_model(path).eval(), load_processor(path)
+        if config.backend == "vllm":
+            generator = VLLMGenerator(path, max_images=max(len(r.get("images") or [1]) for _, r in rows))
+        else:
+            generator = HFGenerator(path)
         sampling = config.samples > 1 or config.decoding.do_sample
         decoding = Decoding(
             config.decoding.max_new_tokens, sampling, config.decoding.temperature, config.decoding.top_p
@@ -154,8 +156,8 @@ def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config:
             for start in range(0, len(todo), config.batch_size):
                 batch = todo[start : start + config.batch_size]
                 inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
-                torch.manual_seed(config.seed * 1_000_003 + batch[0][0] * 10_007 + start)
-                texts = generate(model, processor, inputs, decoding)
+                seed = config.seed * 1_000_003 + batch[0][0] * 10_007 + start
+                texts = generator(inputs, decoding, seed)
                 for (sample, pid, row, condition), text in zip(batch, texts):
                     parsed, format_ok = parse_answer(text, row)
                     record = {
