@@ -426,6 +426,54 @@ def _eval(args) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    from mpcc.bench import SHAPES, VARIANTS, BenchConfig
+
+    b = BenchConfig()
+    p = sub.add_parser(
+        "bench",
+        help="benchmark a GRPO step: vanilla TRL vs mpcc's trainers, split by phase (mpcc bench grpo)",
+        description="Times vanilla TRL's GRPOTrainer and mpcc's GRPO / prior-sampling trainers (plain "
+        "and with compiled static-cache generation) on the same random-weight model and data, in one run on "
+        "one device (the GPU when there is one). Reports per-phase medians, tokens/s, MFU, peak memory and "
+        "the speed-up over vanilla; writes grpo_bench.json and grpo_bench.md.",
+    )
+    p.add_argument("what", choices=["grpo"], help="what to benchmark")
+    p.add_argument(
+        "--shape",
+        choices=list(SHAPES),
+        default=b.shape,
+        help="model shape: tiny (CPU-sized), 3b / 7b (Qwen2.5-VL-3B / 7B exactly, random weights) "
+        f"(default: {b.shape})",
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for grpo_bench.json and grpo_bench.md")
+    p.add_argument("--prompts", type=int, default=b.prompts, help=f"prompts per step (default: {b.prompts})")
+    p.add_argument("--generations", type=int, default=b.generations, help=f"G (default: {b.generations})")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=b.max_new_tokens, help=f"default: {b.max_new_tokens}"
+    )
+    p.add_argument("--steps", type=int, default=b.steps, help=f"timed steps (default: {b.steps})")
+    p.add_argument("--warmup", type=int, default=b.warmup, help=f"untimed first steps (default: {b.warmup})")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated of {', '.join(VARIANTS)}")
+
+
+def _bench(args) -> int:
+    from mpcc.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        shape=args.shape,
+        prompts=args.prompts,
+        generations=args.generations,
+        max_new_tokens=args.max_new_tokens,
+        steps=args.steps,
+        warmup=args.warmup,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+    )
+    report = run_bench(config, args.out, command="mpcc " + " ".join(sys.argv[1:]))
+    print((args.out / "grpo_bench.md").read_text(encoding="utf-8"))
+    return 0 if report["variants"] else 1
+
+
 COMMANDS = {
     "prepare": (_add_prepare, _prepare),
     "inspect": (_add_inspect, _inspect),
@@ -435,6 +483,7 @@ COMMANDS = {
     "train": (_add_train, _train),
     "eval": (_add_eval, _eval),
     "tiny-model": (_add_tiny_model, _tiny_model),
+    "bench": (_add_bench, _bench),
 }
 
 

@@ -288,8 +288,12 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _train_tokenizer(corpus: list[str]):
-    """A byte-level BPE Qwen2Tokenizer trained here, with Qwen's pre-tokenization and special tokens."""
+def _train_tokenizer(corpus: list[str], vocab_size: int | None = None):
+    """A byte-level BPE Qwen2Tokenizer trained here, with Qwen's pre-tokenization and special tokens.
+
+    `vocab_size` pads the vocabulary with filler entries that no merge produces: they decode, but
+    never come out of encoding; real-size embedding tables for benchmarks.
+    """
     from tokenizers import Tokenizer, models, trainers
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
@@ -306,8 +310,9 @@ def _train_tokenizer(corpus: list[str]):
     )
     tok.train_from_iterator(corpus, trainer)
     bpe = json.loads(tok.to_str())["model"]
+    vocab = bpe["vocab"] | {f"filler{i}": i for i in range(len(bpe["vocab"]), vocab_size or 0)}
     tokenizer = Qwen2Tokenizer(
-        vocab=bpe["vocab"],
+        vocab=vocab,
         merges=[tuple(m) for m in bpe["merges"]],
         unk_token=None,
         bos_token=None,
@@ -320,7 +325,7 @@ def _train_tokenizer(corpus: list[str]):
     return tokenizer
 
 
-def _tiny_config(arch: str, tokenizer):
+def _tiny_config(arch: str, tokenizer, text_overrides: dict, vision_overrides: dict):
     """Hidden size 64, 2 layers; a 2-block vision tower with the real patch, merge and temporal sizes."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
@@ -353,8 +358,8 @@ def _tiny_config(arch: str, tokenizer):
     else:
         raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
     return config_class(
-        text_config=text,
-        vision_config=vision,
+        text_config=text | text_overrides,
+        vision_config=vision | vision_overrides,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -376,27 +381,46 @@ def _tiny_image_processor(arch: str):
     )  # fmt: skip
 
 
-def build_tiny_model(arch: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random-weight `arch` model and its processor to `out_dir`; offline; a seed fixes it."""
+def random_vlm(
+    arch: str,
+    *,
+    text: dict | None = None,
+    vision: dict | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+):
+    """A random-weight `arch` model and its processor, built offline.
+
+    The tiny shape by default; `text` / `vision` override its config and `vocab_size` pads the
+    tokenizer, so benchmarks get real shapes (e.g. Qwen2.5-VL-3B's) without downloading anything.
+    """
     if arch not in TINY_ARCHS:
         raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
-    out = Path(out_dir)
-    tokenizer = _train_tokenizer(_corpus())
-    processor_class = IMAGE_ONLY_PROCESSORS[arch]
-    processor = processor_class(
+    tokenizer = _train_tokenizer(_corpus(), vocab_size)
+    processor = IMAGE_ONLY_PROCESSORS[arch](
         image_processor=_tiny_image_processor(arch), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
-    config = _tiny_config(arch, tokenizer)
-    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    config = _tiny_config(arch, tokenizer, text or {}, vision or {})
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+        torch.manual_seed(seed)  # seeded without touching the caller's random state
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     eos, pad = config.text_config.eos_token_id, config.text_config.pad_token_id
     model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
+    return model, processor
+
+
+def build_tiny_model(arch: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny random-weight `arch` model and its processor to `out_dir`; offline; a seed fixes it."""
+    model, processor = random_vlm(arch, seed=seed)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    n = sum(p.numel() for p in model.parameters())
-    logger.info("tiny %s model (%d parameters, vocab %d) written to %s", arch, n, len(tokenizer), out)
+    n, vocab = sum(p.numel() for p in model.parameters()), len(processor.tokenizer)
+    logger.info("tiny %s model (%d parameters, vocab %d) written to %s", arch, n, vocab, out)
     return out
 
 

@@ -89,6 +89,14 @@ class MpccGRPOConfig(GRPOConfig):
         default=True,
         metadata={"help": "count the trace in its group's reward mean/std (False: generated only)"},
     )
+    compile_generation: bool = field(
+        default=False,
+        metadata={
+            "help": "compile the decode step of HF generation (needs cache_implementation: static). TRL "
+            "turns compilation off; with a static cache it removes most of the per-token Python and "
+            "kernel-launch overhead that makes GPU decoding slow. Same completions."
+        },
+    )
 
     def __post_init__(self):
         choices = {
@@ -99,6 +107,8 @@ class MpccGRPOConfig(GRPOConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.compile_generation and self.cache_implementation != "static":
+            raise ValueError("compile_generation needs cache_implementation: static")
         if not 0 <= self.prior_prob <= 1:
             raise ValueError(f"prior_prob must lie in [0, 1], got {self.prior_prob}")
         if self.prior_mode == "append":

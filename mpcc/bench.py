@@ -1,0 +1,327 @@
+"""`mpcc bench grpo`: vanilla TRL's GRPOTrainer against mpcc's trainers, on one device, in one run.
+
+Every variant gets the same random-weight model (same shape, same seed), data, rewards and settings;
+only the trainer and its generation options differ. Each step is split into generation (the HF
+`generate` call, or the prior trainer's version of it), scoring (reward functions) and training
+(the rest: log-prob passes, loss, backward, optimizer), timed with the device synchronised, and
+medians over the steps after warm-up are reported. MFU counts the model FLOPs of one training pass,
+6 x N x tokens for the language model plus 2 x N x patches for the frozen vision tower, against the
+device's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+import trl
+from transformers import TrainerCallback
+
+from mpcc.data.build import BuildConfig, build
+from mpcc.data.render import load_dataset
+from mpcc.data.synthetic import generate_scenes
+from mpcc.models import random_vlm, set_pixel_bounds, vision_tower
+from mpcc.rewards import resolve_rewards
+from mpcc.training.config import MpccGRPOConfig
+from mpcc.training.grpo import MpccGRPOTrainer
+from mpcc.training.prior import PriorSamplingGRPOTrainer
+
+logger = logging.getLogger(__name__)
+
+_QWEN25_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
+_QWEN25_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
+_QWEN25_VISION |= {"fullatt_block_indexes": [7, 15, 23, 31]}
+# Config overrides of the tiny Qwen2.5-VL giving the published models' exact shapes.
+SHAPES = {
+    "tiny": {},
+    "3b": {
+        "text": {
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 128000,
+            "rope_parameters": _QWEN25_ROPE,
+        },
+        "vision": _QWEN25_VISION | {"out_hidden_size": 2048},
+        "vocab_size": 151936,
+    },
+    "7b": {
+        "text": {
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 128000,
+            "rope_parameters": _QWEN25_ROPE,
+        },
+        "vision": _QWEN25_VISION | {"out_hidden_size": 3584},
+        "vocab_size": 152064,
+    },
+}
+_FAST = {"cache_implementation": "static", "compile_generation": True}
+# name: (trainer class, extra config); "vanilla" runs TRL's own trainer on a plain GRPOConfig.
+VARIANTS = {
+    "vanilla": (trl.GRPOTrainer, {}),
+    "mpcc_grpo": (MpccGRPOTrainer, {}),
+    "mpcc_prior": (PriorSamplingGRPOTrainer, {"prior_mode": "replace"}),
+    "mpcc_grpo_compiled": (MpccGRPOTrainer, _FAST),
+    "mpcc_prior_compiled": (PriorSamplingGRPOTrainer, {"prior_mode": "replace", **_FAST}),
+}
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
+
+
+@dataclass
+class BenchConfig:
+    shape: str = "tiny"
+    prompts: int = 2  # prompts per step
+    generations: int = 8  # G: samples per prompt (the prior variants generate G - 1 + the trace)
+    max_new_tokens: int = 256
+    steps: int = 5  # timed steps, after warmup
+    warmup: int = 2
+    image_size: tuple[int, int] = (640, 480)
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    extra: dict = field(default_factory=dict)  # more GRPOConfig fields, for every variant
+
+    def __post_init__(self):
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {self.shape!r}")
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {self.variants}")
+        if self.steps < 1 or self.warmup < 0 or self.prompts < 1 or self.generations < 2:
+            raise ValueError("need steps >= 1, warmup >= 0, prompts >= 1 and generations >= 2")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_dataset(config: BenchConfig, root: Path):
+    """Masked synthetic scenes at the requested size, with template traces (enough rows for every step)."""
+    rows_needed = config.prompts * (config.steps + config.warmup)
+    scenes = root / "scenes"
+    generate_scenes(scenes, num_images=max(8, rows_needed), seed=config.seed, image_size=config.image_size)
+    build(
+        scenes / "instances.json",
+        scenes / "images",
+        root / "train",
+        BuildConfig("train", template_traces=True),
+    )
+    dataset = load_dataset(root / "train").shuffle(seed=config.seed)
+    if len(dataset) < rows_needed:
+        raise ValueError(
+            f"the benchmark scenes gave {len(dataset)} rows, fewer than the {rows_needed} needed"
+        )
+    return dataset.select(range(rows_needed))
+
+
+def _model(config: BenchConfig):
+    shape, device = SHAPES[config.shape], _device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, processor = random_vlm("qwen2_5_vl", seed=config.seed, dtype=dtype, device=device, **shape)
+    if shape:  # real shapes see real image sizes (Qwen2.5-VL's own pixel bounds)
+        set_pixel_bounds(processor.image_processor, 56 * 56, 28 * 28 * 16384)
+    return model, processor
+
+
+class _PhaseTimer(TrainerCallback):
+    """Times each step and the generation / scoring calls inside it, and counts their tokens."""
+
+    def __init__(self, trainer):
+        self.trainer, self.steps, self._now = trainer, [], defaultdict(float)
+        for method, phase in (("_generate_single_turn", "generation"), ("_calculate_rewards", "scoring")):
+            self._time(method, phase)
+        rollout = trainer._generate_and_score_completions
+
+        def counted(*args, **kwargs):
+            out = rollout(*args, **kwargs)
+            generated = out["completion_mask"].sum(1)
+            trace = torch.tensor(getattr(trainer, "_trace_slot", []) or [False] * len(generated))
+            self._now["generated_tokens"] += generated[~trace.to(generated.device)].sum().item()
+            self._now["train_tokens"] += (out["prompt_mask"].sum() + out["completion_mask"].sum()).item()
+            grid = out.get("image_grid_thw")
+            self._now["patches"] += 0 if grid is None else grid.prod(-1).sum().item()
+            return out
+
+        trainer._generate_and_score_completions = counted
+
+    def _time(self, method: str, phase: str) -> None:
+        inner = getattr(self.trainer, method)
+
+        def timed(*args, **kwargs):
+            _sync()
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                _sync()
+                self._now[phase] += time.perf_counter() - start
+
+        setattr(self.trainer, method, timed)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _sync()
+        self._now = defaultdict(float, start=time.perf_counter())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync()
+        now = self._now
+        step = {"step_s": time.perf_counter() - now.pop("start")} | dict(now)
+        step["training_s"] = step["step_s"] - now["generation"] - now["scoring"]
+        self.steps.append(step)
+
+
+def _flops(model, step: dict) -> float:
+    vision = sum(p.numel() for p in vision_tower(model).parameters())
+    text = sum(p.numel() for p in model.parameters()) - vision
+    embeddings = model.get_input_embeddings().weight
+    if embeddings is not model.get_output_embeddings().weight:  # lookups cost no FLOPs; a tied head does
+        text -= embeddings.numel()
+    return 6 * text * step["train_tokens"] + 2 * vision * step["patches"]
+
+
+def run_variant(name: str, config: BenchConfig, dataset, out: Path) -> dict:
+    trainer_class, extra = VARIANTS[name]
+    model, processor = _model(config)
+    device = _device()
+    common = {
+        "output_dir": str(out / name),
+        "per_device_train_batch_size": config.prompts * config.generations,
+        "num_generations": config.generations,
+        "max_completion_length": config.max_new_tokens,
+        "max_steps": config.steps + config.warmup,
+        "learning_rate": 1e-6,
+        "temperature": 1.0,
+        "beta": 0.0,
+        "loss_type": "grpo",
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "bf16": device.type == "cuda",
+        "use_cpu": device.type == "cpu",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
+        "seed": config.seed,
+        "disable_tqdm": True,
+        **config.extra,
+    }
+    args = trl.GRPOConfig(**common) if name == "vanilla" else MpccGRPOConfig(**common, **extra)
+    funcs, args.reward_weights = resolve_rewards("default")
+    trainer = trainer_class(
+        model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=processor
+    )
+    timer = _PhaseTimer(trainer)
+    trainer.add_callback(timer)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    steps = timer.steps[config.warmup :]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in _device_name()), None)
+    medians = {k: statistics.median(s[k] for s in steps) for k in ("step_s", "generation", "scoring")}
+    medians["training_s"] = statistics.median(s["training_s"] for s in steps)
+    result = {
+        "step_s": medians["step_s"],
+        "generation_s": medians["generation"],
+        "scoring_s": medians["scoring"],
+        "training_s": medians["training_s"],
+        "generated_tokens_per_s": statistics.median(s["generated_tokens"] / s["generation"] for s in steps),
+        "train_tokens_per_s": statistics.median(s["train_tokens"] / s["training_s"] for s in steps),
+        "mfu": None
+        if peak_tflops is None
+        else statistics.median(_flops(model, s) / s["training_s"] / (peak_tflops * 1e12) for s in steps),
+        "peak_memory_gib": peak,
+        "steps": steps,
+    }
+    del trainer, model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+
+
+def run_bench(config: BenchConfig, out: str | Path, command: str = "") -> dict:
+    """Run every variant, write `grpo_bench.json` and `grpo_bench.md` under `out`, return the results."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = bench_dataset(config, Path(tmp))
+        variants = {}
+        for name in config.variants:
+            logger.info("benchmarking %s (%s shape)", name, config.shape)
+            variants[name] = run_variant(name, config, dataset, Path(tmp))
+    base = variants.get("vanilla", {}).get("step_s")
+    for result in variants.values():
+        result["speedup_vs_vanilla"] = None if base is None else base / result["step_s"]
+    report = {
+        "command": command,
+        "device": _device_name(),
+        "gpu": torch.cuda.is_available(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
+        "config": asdict(config),
+        "variants": variants,
+    }
+    (out / "grpo_bench.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (out / "grpo_bench.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    c = report["config"]
+    lines = [
+        f"GRPO step, shape `{c['shape']}`, {c['prompts']} prompts x G={c['generations']}, "
+        f"{c['max_new_tokens']} new tokens, {c['image_size'][0]}x{c['image_size'][1]} images; "
+        f"medians of {c['steps']} steps after {c['warmup']} warm-up; device: {report['device']}; "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| trainer | step (s) | generation (s) | scoring (s) | training (s) | generated tok/s "
+        "| training tok/s | MFU | peak GiB | vs vanilla |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["variants"].items():
+        lines.append(
+            f"| {name} | {r['step_s']:.3f} | {r['generation_s']:.3f} | {r['scoring_s']:.4f} "
+            f"| {r['training_s']:.3f} | {r['generated_tokens_per_s']:.0f} | {r['train_tokens_per_s']:.0f} "
+            f"| {_fmt(r['mfu'], '.1%')} | {_fmt(r['peak_memory_gib'], '.1f')} "
+            f"| {_fmt(r['speedup_vs_vanilla'], '.2f')}x |"
+        )
+    if not report["gpu"]:
+        lines += [
+            "",
+            "On CPU, transformers does not compile generation: the `_compiled` variants run a static "
+            "cache without compilation here.",
+        ]
+    return "\n".join(lines) + "\n"
