@@ -85,8 +85,8 @@ def _one_step(trainer_class, args, dataset, compiled: bool):
     capture = _Capture()
     trainer.add_callback(capture)
     trainer.train()
-    loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
-    return list(trainer._logs["completion"]), loss, capture.grads
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return list(trainer._logs["completion"]), losses, capture.grads
 
 
 @pytest.mark.slow
@@ -98,7 +98,8 @@ def test_compiled_static_generation_matches_vanilla_trl(tmp_path):
         "per_device_train_batch_size": 4,
         "num_generations": 2,
         "max_completion_length": 12,
-        "max_steps": 1,
+        "max_steps": 2,
+        "gradient_checkpointing": True,  # toggled around generation: see drop_stale_input_hooks
         "generation_kwargs": {"do_sample": False},  # greedy: same weights must give the same tokens
         "beta": 0.0,
         "loss_type": "grpo",
@@ -113,9 +114,9 @@ def test_compiled_static_generation_matches_vanilla_trl(tmp_path):
     )
     torch._dynamo.reset()
     fast = _one_step(MpccGRPOTrainer, fast_args, dataset, True)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the decode step was compiled
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # compiled once, not once per step
     assert fast[0] == vanilla[0] and len({str(c) for c in vanilla[0]}) > 1  # same completions, not all alike
-    assert fast[1] == pytest.approx(vanilla[1], rel=1e-5, abs=1e-7)
+    assert len(vanilla[1]) == 2 and fast[1] == pytest.approx(vanilla[1], rel=1e-5, abs=1e-7)
     assert vanilla[2].keys() == fast[2].keys() and vanilla[2]
     for name, grad in vanilla[2].items():
         torch.testing.assert_close(fast[2][name], grad, rtol=1e-4, atol=1e-6)

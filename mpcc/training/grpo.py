@@ -30,11 +30,38 @@ def conversation_text(messages) -> str:
     return "\n".join(lines)
 
 
+_HOOK = "make_inputs_require_grads"  # transformers' PreTrainedModel.enable_input_require_grads
+
+
+def drop_stale_input_hooks(model) -> int:
+    """Remove input-embedding hooks that transformers lost track of; returns how many.
+
+    With gradient checkpointing, TRL switches checkpointing off around generation and on again after
+    it; each switch-on registers a fresh `make_inputs_require_grads` hook and forgets the old handle
+    (transformers 5.24), so the hooks pile up, a few more every step. Every forward then runs all of
+    them, and compiled decoding recompiles at every step (its guards count the hooks).
+    """
+    model = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
+    current = {h.id for h in getattr(model, "_require_grads_hooks", None) or []}
+    dropped = 0
+    for module in model.modules():
+        hooks = module._forward_hooks
+        stale = [k for k, f in hooks.items() if getattr(f, "__name__", "") == _HOOK and k not in current]
+        for key in stale:
+            del hooks[key]
+        dropped += len(stale)
+    return dropped
+
+
 class MpccGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "compile_generation", False):  # TRL builds its config with compilation off
             self.generation_config.disable_compile = False
+
+    def _generate_single_turn(self, *args, **kwargs):
+        drop_stale_input_hooks(self.model)
+        return super()._generate_single_turn(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         prompts = self._logs["prompt"]
