@@ -42,6 +42,12 @@ def _add_prepare(sub) -> None:
         help="png / webp: store the masked image losslessly in the dataset; lazy: store no pixels and render "
         "on access with mpcc.data.render.load_dataset (tiny datasets; needs the original images)",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="plan over the whole source but render only block I of N of its images (I from 0); join the N "
+        "shard builds with `mpcc merge-shards` (launch/slurm/prepare.sbatch runs them as a job array)",
+    )
     g = p.add_argument_group("masking")
     g.add_argument(
         "--mask-mode",
@@ -158,6 +164,7 @@ def _prepare(args) -> int:
     from mpcc.data.build import BuildConfig, build
     from mpcc.data.masking import MaskSpec
     from mpcc.data.selection import SelectionConfig
+    from mpcc.data.shards import parse_shard
 
     ood = (
         ()
@@ -185,6 +192,7 @@ def _prepare(args) -> int:
         template_traces=args.template_traces,
         distractors=args.distractors,
         mpcc_eval=args.mpcc_eval,
+        shard=parse_shard(args.shard) if args.shard else None,
     )
     result = build(
         args.annotations, args.images, args.out, config, overwrite=args.overwrite, num_proc=args.num_proc
@@ -231,12 +239,17 @@ def _add_synth(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory for images/ and instances.json")
     p.add_argument("--num-images", type=int, default=200, help="scenes to draw (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    p.add_argument(
+        "--traces",
+        action="store_true",
+        help="also write traces.jsonl: a reasoning trace per object, for `mpcc annotate import`",
+    )
 
 
 def _synth(args) -> int:
     from mpcc.data.synthetic import generate_scenes
 
-    path = generate_scenes(args.out, num_images=args.num_images, seed=args.seed)
+    path = generate_scenes(args.out, num_images=args.num_images, seed=args.seed, traces=args.traces)
     print(f"wrote {path}")
     return 0
 
@@ -259,8 +272,8 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="run the main job end to end on the embedded synthetic default",
-        description="Synthetic scenes -> MPCC train + eval datasets -> visual preview -> SFT -> GRPO with "
-        "prior sampling (tiny offline model, CPU).",
+        description="Synthetic scenes with reasoning traces -> MPCC train set (traces imported and verified) "
+        "+ eval set -> visual preview -> SFT -> GRPO with prior sampling (tiny offline model, CPU).",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work directory (default: runs/demo)")
     p.add_argument("--num-images", type=int, default=240, help="synthetic scenes (default: 240)")
@@ -300,12 +313,9 @@ def _add_train(sub) -> None:
 def _train(args) -> int:
     import subprocess
 
-    import yaml
+    from mpcc.launch import read_recipe
 
-    recipe = yaml.safe_load(args.recipe.read_text(encoding="utf-8")) if args.recipe.is_file() else None
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{args.recipe}: not a recipe file (a YAML mapping)")
-    config = recipe.get("accelerate_config")
+    config = read_recipe(args.recipe, args.overrides).accelerate_config  # `--accelerate_config X` wins
     if config is None:
         from mpcc.train import main as train_main
 
@@ -426,6 +436,248 @@ def _eval(args) -> int:
     return 0
 
 
+def _add_annotate(sub) -> None:
+    from mpcc.annotation.config import BLIND_TRIES, MODES, TEACHER_DECODING
+
+    d = TEACHER_DECODING
+    p = sub.add_parser(
+        "annotate",
+        help="reasoning traces for a train build from a teacher model (or: mpcc annotate import FILE "
+        "--data DATASET --out DIR)",
+        usage="mpcc annotate DATASET --teacher MODEL_OR_URL --out DIR [options]\n"
+        "       mpcc annotate import FILE --data DATASET --out DIR [options]",
+        description="`mpcc annotate DATASET --teacher MODEL_OR_URL --out DIR` asks a teacher VLM (a local "
+        "checkpoint, or an OpenAI-compatible chat-completions endpoint such as vLLM or `transformers serve`) "
+        "for a reasoning trace per row, keeps the traces that pass verification and writes a new build with "
+        "the trace and provenance columns. Progress is saved as it goes: re-running resumes. "
+        "`mpcc annotate import FILE --data DATASET --out DIR` joins traces from a JSON/JSONL file instead.",
+    )
+    p.add_argument(
+        "target",
+        nargs="+",
+        metavar="DATASET | import FILE",
+        help="an `mpcc prepare train` build to annotate, or `import FILE` (JSON list or JSONL of traces)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output dataset directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g = p.add_argument_group("teacher")
+    g.add_argument(
+        "--teacher",
+        help="a model path, hub name or tiny:<arch> (run here), or an endpoint's base URL "
+        "http(s)://HOST[:PORT]/v1 (default: $MPCC_TEACHER_BASE_URL or $OPENAI_BASE_URL); the API key comes "
+        "from $MPCC_TEACHER_API_KEY or $OPENAI_API_KEY",
+    )
+    g.add_argument(
+        "--teacher-model",
+        help="the endpoint's model name (default: $MPCC_TEACHER_MODEL, else the server's only model)",
+    )
+    g.add_argument(
+        "--mode",
+        choices=MODES,
+        default="guided",
+        help="guided: the teacher is told the answer; "
+        "blind: the student's prompt only, wrong answers rejected (default: guided)",
+    )
+    g.add_argument(
+        "--tries",
+        type=int,
+        help=f"answers asked per row at most, until one passes (default: 1 guided, {BLIND_TRIES} blind)",
+    )
+    g.add_argument("--limit", type=int, help="only the first N rows (the output holds only them)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default: {d.max_new_tokens}"
+    )
+    g.add_argument(
+        "--temperature", type=float, default=d.temperature, help=f"0 = greedy (default: {d.temperature})"
+    )
+    g.add_argument("--top-p", type=float, default=d.top_p, help=f"default: {d.top_p}")
+    g.add_argument(
+        "--batch-size", type=int, default=8, help="local teacher: rows per generate call (default: 8)"
+    )
+    g.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight (default: 8)")
+    g.add_argument(
+        "--timeout", type=float, default=120.0, help="endpoint: seconds per request (default: 120)"
+    )
+    g.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="endpoint: more tries after a timeout, connection error, 429 or 5xx (default: 5)",
+    )
+    g.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        help="endpoint: first retry delay in seconds, doubling (default: 1)",
+    )
+    g.add_argument(
+        "--rate-limit", type=float, help="endpoint: requests per second at most (default: no limit)"
+    )
+    g.add_argument(
+        "--work-dir", type=Path, help="progress log for resuming (default: the output path + .annotate)"
+    )
+    g = p.add_argument_group("verification (both forms)")
+    g.add_argument("--min-words", type=int, help="reject traces shorter than this many words")
+    g.add_argument("--max-words", type=int, help="reject traces longer than this many words")
+    g = p.add_argument_group("import")
+    g.add_argument("--data", type=Path, help="with `import`: the train build the traces belong to")
+
+
+def _annotate(args) -> int:
+    import os
+
+    if args.target[0] == "import":
+        from mpcc.annotation.importing import import_traces
+
+        if len(args.target) != 2 or args.data is None:
+            raise ValueError("usage: mpcc annotate import FILE --data DATASET --out DIR")
+        if args.teacher or args.teacher_model:
+            raise ValueError("import reads traces from FILE: --teacher and --teacher-model are not used")
+        r = import_traces(args.target[1], args.data, args.out, args.min_words, args.max_words, args.overwrite)
+        print(f"imported {r.traces} traces into {r.path}: kept {r.counts['kept']} of {r.counts['rows']} rows")
+        print(f"  rejected rows: {r.counts['rejected'] or 'none'}")
+        print(f"  traces without a row: {r.traces - r.matched} {r.unmatched_traces or ''}")
+        print(f"  rows without a trace: {r.rows_without_trace} (both listed in {r.unmatched_file})")
+        return 0
+    from mpcc.annotation.annotate import annotate
+    from mpcc.annotation.config import BLIND_TRIES, AnnotateConfig, check_sampling
+    from mpcc.annotation.output import check_paths
+    from mpcc.annotation.teachers import make_teacher
+    from mpcc.evaluation.config import Decoding
+
+    if len(args.target) != 1 or args.data is not None:
+        raise ValueError(
+            "usage: mpcc annotate DATASET --teacher MODEL_OR_URL --out DIR (--data is for import)"
+        )
+    spec = args.teacher or os.environ.get("MPCC_TEACHER_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    if not spec:
+        raise ValueError("--teacher is required (or set MPCC_TEACHER_BASE_URL)")
+    decoding = Decoding(args.max_new_tokens, args.temperature > 0, args.temperature, args.top_p)
+    config = AnnotateConfig(
+        mode=args.mode,
+        tries=args.tries or (BLIND_TRIES if args.mode == "blind" else 1),
+        seed=args.seed,
+        min_words=args.min_words,
+        max_words=args.max_words,
+        limit=args.limit,
+    )
+    check_paths(Path(args.target[0]), args.out, args.overwrite)  # before loading a teacher
+    check_sampling(config, decoding)
+    teacher = make_teacher(
+        spec,
+        decoding,
+        model=args.teacher_model or os.environ.get("MPCC_TEACHER_MODEL"),
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        retries=args.retries,
+        backoff=args.backoff,
+        rate_limit=args.rate_limit,
+    )
+    r = annotate(args.target[0], args.out, teacher, config, work_dir=args.work_dir, overwrite=args.overwrite)
+    print(f"annotated {r.counts['rows']} rows into {r.path}: kept {r.counts['kept']}")
+    print(f"  rejected rows: {r.counts['rejected'] or 'none'}")
+    print(f"  answers: {r.answers} ({r.new_answers} new; progress in {r.work_dir})")
+    print(f"  teacher: {r.teacher_stats}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="turn a training checkpoint into a validated model folder with a model card (and push it)",
+        description="Consolidate a training output_dir or checkpoint-N (full weights, a LoRA adapter, or "
+        "DeepSpeed ZeRO shards) into a folder with weights, processor, chat template, generation config "
+        "and README.md; reload it and check it gives the checkpoint's logits before anything is uploaded.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a training output_dir or one of its checkpoint-N folders")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder to write (absent or empty; written atomically)"
+    )
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="merge a LoRA adapter into its base and export the full model (default: the adapter alone)",
+    )
+    p.add_argument("--base-model", help="LoRA: the base model to load instead of the one the adapter names")
+    p.add_argument("--eval-run", type=Path, help="an `mpcc eval` output folder: its metrics go into the card")
+    p.add_argument(
+        "--license", help="licence id for the card (default: the base model's if known, else other)"
+    )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="upload the validated folder to this Hub model repo (token: HF_TOKEN or `hf auth login`)",
+    )
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --push-to-hub: list what would be uploaded, upload nothing",
+    )
+
+
+def _export(args) -> int:
+    from mpcc.export import export, push, upload_plan
+
+    if (args.private or args.dry_run) and not args.push_to_hub:
+        raise ValueError("--private and --dry-run need --push-to-hub REPO")
+    if args.push_to_hub:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(args.push_to_hub)  # a bad id stops here, not after the export
+    r = export(
+        args.checkpoint,
+        args.out,
+        merge_lora=args.merge_lora,
+        base_model=args.base_model,
+        eval_run=args.eval_run,
+        license=args.license,
+        name=args.push_to_hub,
+    )
+    what = "LoRA adapter" if r.adapter_only else "model"
+    print(f"exported the {what} from {args.checkpoint} ({r.source} checkpoint) to {r.path}")
+    print(f"  validated: max |logit difference| {r.max_diff:.3g} <= {r.tolerance:.3g}")
+    if not args.push_to_hub:
+        return 0
+    files = upload_plan(r.path)
+    if args.dry_run:
+        total = sum(size for _, size in files)
+        print(
+            f"dry run: would upload {len(files)} files ({total:,} bytes) to {args.push_to_hub} "
+            f"(private: {args.private}); nothing uploaded"
+        )
+        for name, size in files:
+            print(f"  {size:>14,}  {name}")
+        return 0
+    info = push(r.path, args.push_to_hub, private=args.private)
+    print(f"uploaded {len(files)} files to {args.push_to_hub}: {info.commit_url}")
+    return 0
+
+
+def _add_merge_shards(sub) -> None:
+    p = sub.add_parser(
+        "merge-shards",
+        help="join the shard builds of `mpcc prepare --shard I/N` into one build",
+        description="Concatenate all N shard builds of one `mpcc prepare` run (in shard order) into the "
+        "build a single job would have written: rows, statistics, skip report and build record.",
+    )
+    p.add_argument("shards", nargs="+", type=Path, help="the N shard build directories, in any order")
+    p.add_argument("--out", type=Path, required=True, help="output dataset directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _merge_shards(args) -> int:
+    from mpcc.data.shards import merge_shards
+
+    result = merge_shards(args.shards, args.out, overwrite=args.overwrite)
+    print(f"wrote {result.num_rows} rows from {len(args.shards)} shards to {result.path}")
+    print(f"  rows per level: {result.rows_per_level}")
+    print(f"  skipped as broken: {result.skipped or 'nothing'}")
+    return 0
+
+
 def _add_bench(sub) -> None:
     from mpcc.bench import SHAPES, VARIANTS, BenchConfig
 
@@ -483,6 +735,9 @@ COMMANDS = {
     "train": (_add_train, _train),
     "eval": (_add_eval, _eval),
     "tiny-model": (_add_tiny_model, _tiny_model),
+    "annotate": (_add_annotate, _annotate),
+    "export": (_add_export, _export),
+    "merge-shards": (_add_merge_shards, _merge_shards),
     "bench": (_add_bench, _bench),
 }
 

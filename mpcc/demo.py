@@ -1,5 +1,6 @@
-"""The main job end to end on the embedded default: synthetic scenes -> MPCC train + eval -> preview
--> SFT on the template traces -> GRPO with prior sampling, with the tiny offline model -> evaluation
+"""The main job end to end on the embedded default: synthetic scenes (with reasoning traces written by
+the scene generator) -> MPCC train build, traces imported and verified like any teacher's -> eval build
+-> preview -> SFT on the traces -> GRPO with prior sampling, with the tiny offline model -> evaluation
 of that checkpoint (with the blind and shape diagnostics).
 
 Each stage writes under one work directory and is skipped when its output is already there, so
@@ -11,9 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mpcc.annotation.importing import import_traces
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
-from mpcc.data.synthetic import generate_scenes
+from mpcc.data.synthetic import TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import Decoding, EvalConfig
 from mpcc.evaluation.harness import run_eval
 from mpcc.train import main as train_main
@@ -34,6 +36,7 @@ def run_demo(
     then an evaluation of that checkpoint on the eval set."""
     out = Path(out)
     paths = {
+        "train_build": out / "data" / "train_build",
         "train": out / "data" / "train",
         "eval": out / "data" / "eval",
         "preview": out / "preview",
@@ -46,23 +49,43 @@ def run_demo(
         "eval": (out / "scenes" / "val", max(1, num_images // 2), seed + 1),
     }
     for split, (where, n, scene_seed) in scenes.items():
-        if not (where / "instances.json").is_file():
+        wanted = [where / "instances.json"] + ([where / TRACES_FILE] if split == "train" else [])
+        if not all(f.is_file() for f in wanted):
             logger.info("demo: drawing %d synthetic %s scenes into %s", n, split, where)
-            generate_scenes(where, num_images=n, seed=scene_seed)
-    configs = {
-        "train": BuildConfig("train", seed=seed, template_traces=True),
-        "eval": BuildConfig("eval", seed=seed, stats=paths["train"]),
-    }
-    for split, config in configs.items():
-        if not paths[split].is_dir():
-            where = scenes[split][0]
-            logger.info("demo: MPCC %s set -> %s", split, paths[split])
-            build(where / "instances.json", where / "images", paths[split], config)
+            generate_scenes(where, num_images=n, seed=scene_seed, traces=split == "train")
+    train_scenes, eval_scenes = scenes["train"][0], scenes["eval"][0]
+    if not paths["train_build"].is_dir():
+        logger.info("demo: MPCC train set -> %s", paths["train_build"])
+        build(
+            train_scenes / "instances.json",
+            train_scenes / "images",
+            paths["train_build"],
+            BuildConfig("train", seed=seed),
+        )
+    if not paths["train"].is_dir():
+        imported = import_traces(train_scenes / TRACES_FILE, paths["train_build"], paths["train"])
+        print(
+            f"traces: kept {imported.counts['kept']} of {imported.counts['rows']} train rows "
+            f"(rejected: {imported.counts['rejected'] or 'none'})",
+            flush=True,
+        )
+    if not paths["eval"].is_dir():
+        logger.info("demo: MPCC eval set -> %s", paths["eval"])
+        build(
+            eval_scenes / "instances.json",
+            eval_scenes / "images",
+            paths["eval"],
+            BuildConfig("eval", seed=seed, stats=paths["train"]),
+        )
     page = write_preview(paths["eval"], paths["preview"], num=24, seed=seed)
     print(f"data: train {paths['train']}, eval {paths['eval']}\npreview: {page}", flush=True)
     recipes = Path(recipes)
-    stages = {"sft": ("tiny:qwen2_5_vl", sft_steps), "grpo_prior": (str(paths["sft"]), grpo_steps)}
-    for stage, (model, steps) in stages.items():
+    # Scene traces take about 47 tokens of the tiny tokenizer (up to 69; longer ones are kept whole).
+    stages = {
+        "sft": ("tiny:qwen2_5_vl", sft_steps, []),
+        "grpo_prior": (str(paths["sft"]), grpo_steps, ["--max_completion_length", "64"]),
+    }
+    for stage, (model, steps, extra) in stages.items():
         if not (paths[stage] / "model.safetensors").is_file():
             logger.info("demo: %s for %d steps -> %s", stage, steps, paths[stage])
             train_main(
@@ -80,6 +103,7 @@ def run_demo(
                     "no",
                     "--seed",
                     str(seed),
+                    *extra,
                 ]
             )
     print(f"checkpoints: SFT {paths['sft']}, GRPO with prior sampling {paths['grpo_prior']}")

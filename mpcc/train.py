@@ -7,8 +7,10 @@ launches this module with the Accelerate config the recipe names.)
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, get_peft_config
 
 from mpcc.evaluation.callback import EvalCallback
@@ -23,7 +25,9 @@ from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
 from mpcc.training.data import load_train_dataset
 from mpcc.training.grpo import MpccGRPOTrainer
+from mpcc.training.preemption import PreemptionCallback
 from mpcc.training.prior import PriorSamplingGRPOTrainer
+from mpcc.training.record import save_run_record
 
 logger = logging.getLogger("mpcc.train")
 
@@ -72,10 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run, train_args, model_args = load_recipe(argv[0], argv[1:])
     trainer = build_trainer(run, train_args, model_args)
+    if trainer.accelerator.is_main_process:  # beside the checkpoints, for `mpcc export`
+        save_run_record(train_args.output_dir, run, train_args, model_args)
     checkpoint = train_args.resume_from_checkpoint
     if checkpoint in ("last", "true", "True"):  # the newest checkpoint in output_dir
         checkpoint = True
+    elif checkpoint == "auto":  # the newest checkpoint when there is one (a requeued job), else from scratch
+        out = train_args.output_dir
+        checkpoint = get_last_checkpoint(out) if os.path.isdir(out) else None
+        logger.info(
+            "resuming from %s" if checkpoint else "no checkpoint in %s: starting from scratch",
+            checkpoint or out,
+        )
+    preemption = PreemptionCallback()  # SIGUSR1: save a checkpoint and stop (launch/slurm/train.sbatch)
+    trainer.add_callback(preemption)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if preemption.preempted:
+        logger.warning(
+            "stopped for preemption at step %d: resume with --resume_from_checkpoint auto",
+            trainer.state.global_step,
+        )
+        return 0
     trainer.save_model(train_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(train_args.output_dir)

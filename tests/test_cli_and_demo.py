@@ -118,6 +118,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "preview:" in proc.stdout and "checkpoints:" in proc.stdout
     train, evald = load_dataset(tmp_path / "data" / "train"), load_dataset(tmp_path / "data" / "eval")
     assert len(train) > 20 and len(evald) > 20 and all(train["reasoning"])
+    # the scene generator's traces, imported and verified like a teacher's
+    assert all(train["reasoning_verified"]) and set(train["reasoning_mode"]) == {"import"}
+    assert "traces: kept" in proc.stdout
     assert (tmp_path / "preview" / "index.html").is_file()
     for stage in ("sft", "grpo_prior"):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage

@@ -61,6 +61,7 @@ class BuildConfig:
     mpcc_eval: Path | None = None  # eval: take items, levels and distractors from an MPCC-Eval file
     template_traces: bool = False  # train: fill `reasoning` with mpcc.data.traces.template_trace
     image_format: str = "png"  # png | webp (lossless pixels stored) | lazy (rendered on access)
+    shard: tuple[int, int] | None = None  # (index, count): render one block of images (shards.py)
 
     def __post_init__(self):
         if self.split not in ("train", "eval"):
@@ -72,6 +73,8 @@ class BuildConfig:
         unknown = set(self.formats) - set(FORMATS)
         if unknown or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {self.shard}")
 
 
 @dataclass
@@ -304,6 +307,20 @@ def _eval_rows(row: dict, d: Distractors, config: BuildConfig, rejected: Counter
     return out
 
 
+def shard_plan(plan_: Plan, index: int, count: int) -> Plan:
+    """The part of a whole-source plan that shard `index` of `count` renders: a contiguous block of its
+    images in image-id order (the order rows are written), so shards concatenated by index are the
+    one-job build. Everything decided over the whole source (statistics, thresholds, eval items) stays."""
+    images = sorted({t["image_id"] for t in plan_.targets})
+    block = set(images[index * len(images) // count : (index + 1) * len(images) // count])
+    if not block:
+        raise BuildError(
+            f"shard {index}/{count} holds no images: only {len(images)} images have targets; use fewer shards"
+        )
+    targets = [t for t in plan_.targets if t["image_id"] in block]
+    return Plan({t["id"]: plan_.rows[t["id"]] for t in targets}, targets, plan_.thresholds, plan_.rejected)
+
+
 def _render_image(task: tuple) -> tuple[int, dict[int, bytes] | str]:
     """Worker: one image file, all its targets. Encoded bytes per ann_id, or the error as text."""
     image_id, path, targets, spec, seed, image_format = task
@@ -398,6 +415,9 @@ def build(
     source = load_coco(annotations, images_dir)
     the_plan, stats = plan(source, config)
     report = source.report
+    plan_skips = len(report.skips)  # found while planning the whole source: the same in every shard
+    if config.shard is not None:
+        the_plan = shard_plan(the_plan, *config.shard)
     fingerprint = _fingerprint(asdict(config), _file_digest(source.annotations_path), "v1")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -438,6 +458,8 @@ def build(
             "skipped": result.skipped,
             "thresholds": list(the_plan.thresholds),
         }
+        if config.shard is not None:
+            record["plan_skips"] = plan_skips
         (staged / BUILD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
         if out.exists():
             shutil.rmtree(out)

@@ -26,7 +26,7 @@ class EvalItem:
     distractors: Distractors
 
 
-def _box_iou(a, b) -> float:
+def box_iou(a, b) -> float:
     ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
     iw = max(0.0, min(ax1, bx1) - max(a[0], b[0]))
     ih = max(0.0, min(ay1, by1) - max(a[1], b[1]))
@@ -54,8 +54,8 @@ def read_items(path: Path, source: CocoSource) -> list[EvalItem]:
                 image_id = by_file[item["file_name"]]
                 bbox, name = item["bbox"], item["category_name"]
                 candidates = [a for a in coco.imgToAnns[image_id] if names[a["category_id"]] == name]
-                best = max(candidates, key=lambda a: _box_iou(a["bbox"], bbox), default=None)
-                if best is None or _box_iou(best["bbox"], bbox) < MATCH_IOU:
+                best = max(candidates, key=lambda a: box_iou(a["bbox"], bbox), default=None)
+                if best is None or box_iou(best["bbox"], bbox) < MATCH_IOU:
                     raise LookupError(f"no {name!r} annotation with box {bbox}")
                 d = Distractors(
                     tuple(item["choose_negtive_confusion"][:2]),

@@ -1,6 +1,7 @@
 """The columns of MPCC datasets, documented once. The README's schema table is this dict.
 
-Train and eval share the common columns; eval rows add the question format and answer columns.
+Train and eval share the common columns; eval rows add the question format and answer columns;
+annotated train builds add the trace's verification and provenance columns.
 """
 
 from __future__ import annotations
@@ -38,7 +39,30 @@ COMMON = {
     "prompt": (List(_MESSAGE), "chat messages (system + user with an image placeholder), as TRL expects"),
 }
 TRAIN = {
-    "reasoning": (Value("string"), "annotated reasoning trace for SFT and prior sampling, or null"),
+    "reasoning": (
+        Value("string"),
+        "reasoning trace (the text of the think block) for SFT and prior sampling, or null",
+    ),
+}
+# Added to train builds by `mpcc annotate` / `mpcc annotate import` (mpcc.annotation).
+ANNOTATED = {
+    "reasoning_verified": (
+        Value("bool"),
+        "true: `reasoning` passed verification (mpcc.annotation.verify); false: `reasoning` is null",
+    ),
+    "reasoning_rejection": (
+        Value("string"),
+        "why the row has no trace: the last answer's failed check, teacher_error or no_trace; null when kept",
+    ),
+    "reasoning_attempts": (Value("int32"), "teacher answers (or imported traces) tried for the row"),
+    "reasoning_teacher": (Value("string"), "model (@ endpoint) or import file that wrote the trace"),
+    "reasoning_mode": (Value("string"), "guided / blind (teacher prompting mode) or import"),
+    "reasoning_prompt_version": (
+        Value("string"),
+        "teacher prompt version (mpcc.annotation.prompts.PROMPT_VERSION), or the import file's",
+    ),
+    "reasoning_date": (Value("string"), "when the trace was written or imported (ISO 8601, UTC)"),
+    "teacher_output": (Value("string"), "the full answer behind the trace, or the last rejected one"),
 }
 EVAL = {
     "item_id": (Value("string"), "'<image_id>-<ann_id>': groups the rows of one hidden object"),
@@ -67,6 +91,6 @@ def features(split: str) -> Features:
 
 def markdown_table() -> str:
     rows = ["| column | split | meaning |", "|---|---|---|"]
-    for split, cols in (("both", COMMON), ("train", TRAIN), ("eval", EVAL)):
+    for split, cols in (("both", COMMON), ("train", TRAIN), ("annotated", ANNOTATED), ("eval", EVAL)):
         rows += [f"| `{name}` | {split} | {doc} |" for name, (_, doc) in cols.items()]
     return "\n".join(rows)

@@ -25,6 +25,10 @@ Segmentations follow COCO conventions: an unoccluded object keeps its exact draw
 part); an occluded object stores its visible pixels as compressed RLE (``counts`` as str so the JSON is
 valid); a crowd uses uncompressed RLE (``counts`` as a list of ints). ``area`` and ``bbox`` come from
 pycocotools applied to the stored segmentation, so they agree with ``COCO.annToMask``.
+
+Because the generator knows each scene's type and rules, it can also write a reasoning trace per object
+(:func:`scene_trace`, ``generate_scenes(..., traces=True)``) that is true of the image: the demo's
+traces, imported with ``mpcc annotate import`` like a teacher's.
 """
 
 from __future__ import annotations
@@ -180,14 +184,20 @@ _SCENE_TABLE = np.array(  # category positions per scene, padded; only the first
 
 
 def generate_scenes(
-    out_dir: str | Path, num_images: int = 200, seed: int = 0, image_size: tuple[int, int] = (384, 288)
+    out_dir: str | Path,
+    num_images: int = 200,
+    seed: int = 0,
+    image_size: tuple[int, int] = (384, 288),
+    traces: bool = False,
 ) -> Path:
     """Render ``num_images`` scenes to ``out_dir/images/*.jpg`` and write ``out_dir/instances.json``.
 
     ``image_size`` is the nominal (width, height); each image varies by up to 15% around it. Image ``i``
     depends only on ``(seed, i)``, so a smaller run is a prefix of a larger one, and the same arguments
     give byte-identical files. Existing files in ``out_dir`` are overwritten, never deleted.
-    Returns the path of the annotation file.
+    With ``traces``, also write ``out_dir/traces.jsonl``: a reasoning trace for every non-crowd object
+    (see :func:`scene_trace`), in the layout ``mpcc annotate import`` reads; the images and annotations
+    are the same either way. Returns the path of the annotation file.
     """
     _check_args(num_images, seed, image_size)
     out = Path(out_dir)
@@ -195,18 +205,25 @@ def generate_scenes(
     image_dir.mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
+    trace_rows: list[dict[str, Any]] = []
     for image_id in range(1, num_images + 1):
         rng = np.random.default_rng((seed, image_id))
         widths, heights = _image_sizes(rng, 1, image_size)
         width, height = int(widths[0]), int(heights[0])
-        pixels, image_annotations = _render_scene(rng, width, height)
+        pixels, image_annotations, scene = _render_scene(rng, width, height)
         images.append(_image_record(image_id, width, height))
         image_path = image_dir / images[-1]["file_name"]
         Image.fromarray(pixels).save(image_path, format="JPEG", quality=_JPEG_QUALITY)
+        first = len(annotations)
         for ann in image_annotations:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+        if traces:
+            trace_rows += _trace_rows(images[-1], annotations[first:], scene)
     dataset = _dataset(images, annotations, f"mpcc synthetic scenes (seed={seed})")
     path = write_annotations(dataset, out / "instances.json")
+    if traces:
+        lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in trace_rows)
+        (out / TRACES_FILE).write_text(lines, encoding="utf-8")
     logger.info("wrote %d images with %d annotations to %s", len(images), len(annotations), out)
     return path
 
@@ -381,8 +398,8 @@ def _shoelace_area(vertices: np.ndarray) -> np.ndarray:
 
 def _render_scene(
     rng: np.random.Generator, width: int, height: int
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Draw one scene; returns the RGB pixels and its annotations (without ids).
+) -> tuple[np.ndarray, list[dict[str, Any]], str]:
+    """Draw one scene; returns the RGB pixels, its annotations (without ids) and the scene type.
 
     Objects are rasterised with pycocotools from the very polygons that get stored, into a label map in
     which later objects overwrite earlier ones; pixels and visible masks both come from that map, so
@@ -444,7 +461,83 @@ def _render_scene(
     palette = np.concatenate([np.zeros((1, 3)), colours])  # row 0 (background) is never used
     pixels = np.where(label[..., None] > 0, palette[label], background[0] * (1.0 - t) + background[1] * t)
     pixels = pixels + rng.normal(0.0, 3.0, size=pixels.shape)
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), annotations
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), annotations, _SCENE_NAMES[scene]
+
+
+# ------------------------------------------------------------------------------------ reasoning traces
+
+TRACES_FILE = "traces.jsonl"
+TRACE_VERSION = "synthetic-scenes-1"  # bump when the wording of scene_trace changes
+SCENE_WORDS = {  # how traces name each scene type
+    "kitchen": "a kitchen",
+    "street": "a street",
+    "living_room": "a living room",
+    "beach_park": "a beach or a park",
+    "farm_wild": "open country",
+    "office": "an office",
+}
+_SHAPE_WORDS = {  # plain words: traces are for tiny models with tiny vocabularies too
+    "ellipse": "round",
+    "rectangle": "boxy",
+    "rounded_rect": "rounded",
+    "triangle": "pointed",
+    "star": "star",
+    "twin": "twin",
+}
+
+
+def _a(name: str) -> str:
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
+
+
+def _listing(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+def scene_trace(scene: str, target: str, visible: list[str], area_frac: float) -> str:
+    """A short reasoning trace for a hidden object, from what the generator knows is true: the scene
+    type, the objects in view (those the scene's context rules expect first, at most two), the
+    scene's rules and the category's look (its outline, as the default segmentation mask shows it, and
+    its size). The first sentence never names the object; the second, last one concludes with it."""
+    place = SCENE_WORDS[scene]
+    expected = set(SCENES[scene].categories)
+    others = sorted(set(visible) - {target}, key=lambda name: (name not in expected, name))[:2]
+    around = f", with {_listing(others)} around the mask" if others else ""
+    size = "small " if area_frac < 0.02 else "large " if area_frac >= 0.06 else ""
+    mask = f"{size}{_SHAPE_WORDS[list(_SHAPE_KINDS)[_CAT_KIND[_CAT_POS[target]]]]} mask"
+    if target in visible:
+        link = f"The {mask} fits another {target} like the one in view."
+    elif target in expected:
+        link = f"In {place}, the {mask} fits {_a(target)}."
+    else:
+        link = f"Nothing usual in {place} fits the {mask}, but {_a(target)} does."
+    return f"This is {place}{around}. {link}"
+
+
+def _trace_rows(image: dict[str, Any], annotations: list[dict[str, Any]], scene: str) -> list[dict]:
+    """One trace row per non-crowd object of an image, in the authors' `cot_data` layout plus ids."""
+    names = {c["id"]: c["name"] for c in COCO_CATEGORIES}
+    area = image["width"] * image["height"]
+    rows = []
+    for ann in annotations:
+        if ann["iscrowd"]:
+            continue
+        target = names[ann["category_id"]]
+        visible = [names[o["category_id"]] for o in annotations if o["id"] != ann["id"]]
+        reasoning = scene_trace(scene, target, visible, ann["area"] / area)
+        rows.append(
+            {
+                "image_id": image["id"],
+                "file_name": image["file_name"],
+                "ann_id": ann["id"],
+                "bbox": ann["bbox"],
+                "category_name": target,
+                "cot_data": f"<think> {reasoning}</think><answer>{target}</answer>",
+                "teacher": "mpcc.data.synthetic",
+                "prompt_version": TRACE_VERSION,
+            }
+        )
+    return rows
 
 
 def _object_polygons(rng: np.random.Generator, cat: int, width: int, height: int) -> list[list[float]]:

@@ -1,0 +1,151 @@
+"""`mpcc annotate`: ask a teacher for a reasoning trace per training row, verify it, keep it or not.
+
+Tries run in rounds: round k asks again for every row whose k-1 answers all failed verification
+(`tries` = 1 in guided mode by default; blind mode's rejection sampling wants several). Every answer is
+saved to the work directory's progress log as it arrives (mpcc.annotation.store), so a re-run with
+the same teacher and mode continues where the last one stopped and can raise `tries` to sample more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from mpcc.annotation.config import AnnotateConfig, check_sampling
+from mpcc.annotation.output import RowResult, check_paths, row_result, tally, utc_now, write_annotated
+from mpcc.annotation.prompts import PROMPT_VERSION, teacher_messages
+from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
+from mpcc.annotation.teachers import Request
+from mpcc.annotation.verify import verify
+from mpcc.data.render import build_record, load_dataset
+
+logger = logging.getLogger(__name__)
+
+LIGHT_COLUMNS = ("ann_id", "solution")
+
+
+@dataclass
+class AnnotateResult:
+    path: Path
+    counts: dict  # rows, kept, rejected by reason (per row)
+    answers: dict  # every answer behind the rows: kept / rejection reason -> count
+    new_answers: int  # answers received in this run (the rest came from the progress log)
+    teacher_stats: dict
+    work_dir: Path
+
+
+def default_work_dir(out: Path) -> Path:
+    return Path(out).parent / f"{Path(out).name}.annotate"
+
+
+def request_seed(seed: int, ann_id: int, attempt: int) -> int:
+    return (seed * 1_000_003 + ann_id * 64 + attempt) % 2**31
+
+
+def annotate(
+    dataset: str | Path,
+    out: str | Path,
+    teacher,
+    config: AnnotateConfig,
+    work_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> AnnotateResult:
+    """Annotate the train build `dataset` with `teacher` (mpcc.annotation.teachers) into `out`."""
+    source, out = Path(dataset), Path(out)
+    check_paths(source, out, overwrite)
+    check_sampling(config, teacher.decoding)
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out)
+    check_run(
+        work,
+        {
+            "dataset": str(source.resolve()),
+            "teacher": teacher.name,
+            "mode": config.mode,
+            "prompt_version": PROMPT_VERSION,
+        },
+    )
+    images = load_dataset(source)
+    n = len(images) if config.limit is None else min(config.limit, len(images))
+    rows = images.select_columns(list(LIGHT_COLUMNS))[:n]
+    rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
+    if len({r["ann_id"] for r in rows}) != len(rows):
+        raise ValueError(f"{source}: ann_id is not unique; a train build has one row per hidden object")
+    fill = build_record(source)["config"]["mask"]["fill"]
+
+    def requests(todo: list[int], attempt: int):
+        for i in todo:
+            row = images[i]  # the whole row (image decoded or rendered) only when it is asked about
+            seed = request_seed(config.seed, row["ann_id"], attempt)
+            yield Request((i, attempt), teacher_messages(row, config.mode, fill), row["image"], seed)
+
+    def judge(text: str, i: int) -> dict:
+        verdict = verify(text, rows[i]["solution"], config.min_words, config.max_words)
+        return {"ok": verdict.ok, "reason": verdict.reason, "reasoning": verdict.reasoning}
+
+    errors: set[int] = set()
+    new = 0
+    with ProgressLog(work / PROGRESS_FILE) as log:
+        # Saved answers are judged again, so a re-run with other length bounds decides by them.
+        answers = {
+            i: [{**r, **judge(r["output"], i)} for r in log.attempts(row["ann_id"])]
+            for i, row in enumerate(rows)
+        }
+        for attempt in range(1, config.tries + 1):
+            todo = [i for i in range(n) if i not in errors and _open_at(answers[i], attempt)]
+            if not todo:
+                continue
+            replies = teacher.run(requests(todo, attempt))
+            for reply in tqdm(
+                replies, total=len(todo), desc=f"annotate {attempt}/{config.tries}", unit="row"
+            ):
+                i = reply.request.key[0]
+                if reply.text is None:
+                    errors.add(i)
+                    continue
+                record = {
+                    "ann_id": rows[i]["ann_id"],
+                    "attempt": attempt,
+                    **judge(reply.text, i),
+                    "output": reply.text,
+                    "teacher": teacher.name,
+                    "mode": config.mode,
+                    "prompt_version": PROMPT_VERSION,
+                    "date": utc_now(),
+                }
+                log.append(record)
+                answers[i].append(record)
+                new += 1
+    results: dict[int, RowResult] = {
+        row["ann_id"]: row_result(answers[i], unfinished=i in errors) for i, row in enumerate(rows)
+    }
+    verdicts = Counter(r["reason"] or "kept" for records in answers.values() for r in records)
+    counts = tally(list(results.values()))
+    summary = {
+        "teacher": teacher.name,
+        "mode": config.mode,
+        "prompt_version": PROMPT_VERSION,
+        "config": asdict(config),
+        "decoding": asdict(teacher.decoding),
+        "date": utc_now(),
+        **counts,
+        "answers": dict(sorted(verdicts.items())),
+    }
+    write_annotated(source, out, results, summary, rows=range(n) if config.limit is not None else None)
+    if errors:
+        logger.warning(
+            "%d rows got no answer from the teacher (see the warnings above); re-run the same command with "
+            "--overwrite to retry them (progress is kept in %s)",
+            len(errors),
+            work,
+        )
+    logger.info("annotated %s: kept %d of %d rows, rejected %s", out, counts["kept"], n, counts["rejected"])
+    return AnnotateResult(out, counts, summary["answers"], new, dict(teacher.stats), work)
+
+
+def _open_at(attempts: list[dict], attempt: int) -> bool:
+    """Whether a row with these saved answers needs answer number `attempt` now."""
+    return len(attempts) == attempt - 1 and not any(r["ok"] for r in attempts)

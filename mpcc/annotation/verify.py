@@ -1,0 +1,79 @@
+"""Whether a teacher's answer is a trace we can train on: our rewards, plus no answer before reasoning.
+
+A trace is trained on as `<think> {reasoning}</think><answer>{solution}</answer>` (SFT's target and the
+prior sample), so it must pass the format and exact-match rewards that grade the policy, and its
+reasoning must lead *to* the answer: a trace that names the object in its first sentence teaches the
+model to guess first and justify after, so the check is explicit. Names count in every form the
+exact-match reward accepts (`mpcc.rewards.variants`: plural, synonyms, spacing).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mpcc.rewards import THINK_CLOSE, THINK_OPEN, exact_match_reward, format_reward, normalize, variants
+
+# Rejection reasons, in the order the checks run; the first failing check names the rejection.
+REASONS = (
+    "format",
+    "wrong_answer",
+    "empty_reasoning",
+    "answer_first",
+    "no_conclusion",
+    "too_short",
+    "too_long",
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str | None  # one of REASONS when not ok
+    reasoning: str | None  # the think text (stripped), as `reasoning` stores it; None when not ok
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences of a think text: split after . ! ? followed by space, and at line breaks."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def names_answer(text: str, solution: str) -> bool:
+    """True when `text` contains the solution in any accepted form, as whole words ("cup" is not in
+    "cupboard"); compared after `normalize`, so case, punctuation and hyphens do not hide it."""
+    words = f" {normalize(text)} "
+    return any(f" {form} " in words for form in variants(solution))
+
+
+def think_text(text: str) -> str:
+    """The content of the (single) think block of a well-formed answer."""
+    return text[text.find(THINK_OPEN) + len(THINK_OPEN) : text.find(THINK_CLOSE)].strip()
+
+
+def verify(text: str, solution: str, min_words: int | None = None, max_words: int | None = None) -> Verdict:
+    """Check a full answer `<think>…</think><answer>…</answer>` against the row's solution.
+
+    In order: the format reward is 1; the exact-match reward is 1; the think text is not empty; its
+    first sentence does not name the answer (a one-sentence trace therefore fails); its last sentence
+    does (the reasoning ends in the object's name); it has at least `min_words` / at most `max_words`
+    words.
+    """
+    if format_reward([text])[0] != 1.0:
+        return Verdict(False, "format", None)
+    if exact_match_reward([text], solution=[solution])[0] != 1.0:
+        return Verdict(False, "wrong_answer", None)
+    reasoning = think_text(text)
+    parts = sentences(reasoning)
+    if not parts:
+        return Verdict(False, "empty_reasoning", None)
+    if names_answer(parts[0], solution):
+        return Verdict(False, "answer_first", None)
+    if not names_answer(parts[-1], solution):
+        return Verdict(False, "no_conclusion", None)
+    words = len(reasoning.split())
+    if min_words is not None and words < min_words:
+        return Verdict(False, "too_short", None)
+    if max_words is not None and words > max_words:
+        return Verdict(False, "too_long", None)
+    return Verdict(True, None, reasoning)

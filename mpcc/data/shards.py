@@ -1,0 +1,121 @@
+"""Sharded builds: `mpcc prepare ... --shard i/n` on n jobs, then `mpcc merge-shards` into one build.
+
+Every shard plans the whole source (target selection, co-occurrence statistics, difficulty thresholds,
+eval items: seconds, about 20 s for COCO train2017) and renders only its block of images, the part
+that takes hours. So the shards share one set of statistics and thresholds, and the merged dataset,
+statistics and build record are those a single job would have written. Skips found while planning
+appear in every shard and are kept once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from datasets import concatenate_datasets, load_from_disk
+
+from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildError, BuildResult
+from mpcc.data.render import BUILD_FILE, build_record
+
+logger = logging.getLogger(__name__)
+
+# Record keys that differ between the shards of one build.
+PER_SHARD = ("num_rows", "rows_per_level", "skipped", "plan_skips")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`3/8` -> (3, 8): shard 3 of 8, numbered from 0 like SLURM array task ids."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like INDEX/COUNT (e.g. 3/8), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: need 0 <= INDEX < COUNT")
+    return index, count
+
+
+def _common(record: dict) -> dict:
+    common = {k: v for k, v in record.items() if k not in PER_SHARD}
+    common["config"] = {**record["config"], "shard": None}
+    return common
+
+
+def _read_shards(shards: Sequence[Path]) -> list[tuple[Path, dict]]:
+    """The shard builds in index order, checked to be all the shards of one build."""
+    by_index: dict[int, tuple[Path, dict]] = {}
+    for path in map(Path, shards):
+        record = build_record(path)
+        shard = record.get("config", {}).get("shard")
+        if shard is None:
+            raise BuildError(f"{path}: not a shard build (made without --shard)")
+        index, count = shard
+        if count != len(shards):
+            raise BuildError(f"{path}: shard {index}/{count}, but {len(shards)} shard builds were given")
+        if index in by_index:
+            raise BuildError(f"{path} and {by_index[index][0]} are both shard {index}/{count}")
+        by_index[index] = (path, record)
+    ordered = [by_index[i] for i in sorted(by_index)]
+    first_path, first = ordered[0]
+    stats = (first_path / STATS_FILE).read_bytes()
+    for path, record in ordered[1:]:
+        if _common(record) != _common(first):
+            keys = sorted(k for k in _common(record) if _common(record)[k] != _common(first).get(k))
+            raise BuildError(f"{path} and {first_path} are shards of different builds (differing: {keys})")
+        if (path / STATS_FILE).read_bytes() != stats:
+            raise BuildError(f"{path}: statistics differ from {first_path}'s")
+    return ordered
+
+
+def merge_shards(shards: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> BuildResult:
+    """Concatenate shard builds into `out` (written atomically): the build one job would have made."""
+    out = Path(out)
+    if not shards:
+        raise BuildError("no shard builds given")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise BuildError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    ordered = _read_shards(shards)
+    first_path, first = ordered[0]
+    skips = (first_path / SKIPS_FILE).read_text(encoding="utf-8").splitlines()[: first["plan_skips"]]
+    for path, record in ordered:
+        skips += (path / SKIPS_FILE).read_text(encoding="utf-8").splitlines()[record["plan_skips"] :]
+    per_level = Counter()
+    for _, record in ordered:
+        per_level.update(record["rows_per_level"])
+    record = {
+        **_common(first),
+        "num_rows": sum(r["num_rows"] for _, r in ordered),
+        "rows_per_level": dict(sorted(per_level.items())),
+        "skipped": dict(sorted(Counter(json.loads(line)["reason"] for line in skips).items())),
+        "merged_shards": len(ordered),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staged = work / "dataset"
+        dataset = concatenate_datasets([load_from_disk(str(path)) for path, _ in ordered])
+        if len(dataset) != record["num_rows"]:
+            raise BuildError(f"the shards hold {len(dataset)} rows, their records say {record['num_rows']}")
+        dataset.save_to_disk(str(staged))
+        del dataset
+        shutil.copyfile(first_path / STATS_FILE, staged / STATS_FILE)
+        (staged / SKIPS_FILE).write_text("".join(f"{line}\n" for line in skips), encoding="utf-8")
+        (staged / BUILD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("merged %d shards into %s: %d rows", len(ordered), out, record["num_rows"])
+    return BuildResult(
+        out,
+        record["num_rows"],
+        record["rows_per_level"],
+        record["rejected"],
+        record["skipped"],
+        tuple(record["thresholds"]),
+    )

@@ -1,0 +1,458 @@
+"""`mpcc export`: a training checkpoint -> a validated, documented model folder -> the Hugging Face Hub.
+
+Reads what mpcc training writes: a final output_dir or a `checkpoint-N` holding full weights, a LoRA
+adapter, or only DeepSpeed ZeRO shards (`global_stepN/` + `latest`), which DeepSpeed's own zero_to_fp32
+consolidates. The folder is assembled in a temporary directory, reloaded and checked to give the
+checkpoint's logits on a fixed image + prompt, and only then renamed into place: nothing reaches the
+Hub unless that check passed. mpcc never reads the Hub token; huggingface_hub finds it (HF_TOKEN or a
+cached login), so it cannot end up in logs, output or the card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import HfApi, ModelCard, ModelCardData, try_to_load_from_cache
+from PIL import Image
+
+from mpcc.data import prompts
+from mpcc.data.difficulty import WEIGHTS
+from mpcc.evaluation.generation import conversation
+from mpcc.evaluation.harness import METRICS
+from mpcc.evaluation.metrics import markdown_report
+from mpcc.models import load_model, load_processor
+from mpcc.training.record import load_run_record
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+ADAPTER_FILE = "adapter_config.json"
+ZERO_TAG_FILE = "latest"  # DeepSpeed: names the global_stepN folder holding the shards
+CARD_FILE = "README.md"
+# Accepted max |exported - checkpoint| logit, relative to max |checkpoint logit|. Saving and reloading
+# is exact; merging LoRA rounds the merged weights once in the model's dtype.
+RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+CITATION = """\
+@inproceedings{yu2026mpcc,
+  title     = {Activating Visual Context and Commonsense Reasoning through Masked Prediction in {VLMs}},
+  author    = {Yu, Jiaao and Li, Shenwei and Han, Mingjie and Yin, Yifei and Song, Wenzheng and
+               Jia, Chenghao and Lan, Man},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  volume    = {40},
+  number    = {33},
+  pages     = {27952--27960},
+  year      = {2026},
+  doi       = {10.1609/aaai.v40i33.40019},
+  eprint    = {2510.21807},
+  archivePrefix = {arXiv}
+}"""
+
+
+class ExportValidationError(ValueError):
+    """The exported folder does not reproduce the checkpoint; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    source: str  # checkpoint kind: model | adapter | zero
+    adapter_only: bool  # the folder holds a LoRA adapter, not a full model
+    max_diff: float  # max |exported - checkpoint| logit on the probe input
+    tolerance: float
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def checkpoint_kind(path: Path) -> str:
+    """`model` (transformers weights), `adapter` (a peft LoRA adapter) or `zero` (DeepSpeed shards only)."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    if any((path / name).is_file() for name in WEIGHT_FILES):
+        return "model"
+    if (path / ADAPTER_FILE).is_file():
+        return "adapter"
+    if (path / ZERO_TAG_FILE).is_file():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path}: DeepSpeed shards without config.json: the model cannot be rebuilt")
+        return "zero"
+    raise ValueError(
+        f"{path}: not a training checkpoint (no {WEIGHT_FILES[0]}, {ADAPTER_FILE} or DeepSpeed "
+        f"`{ZERO_TAG_FILE}` file); pass a training output_dir or one of its checkpoint-N folders"
+    )
+
+
+def adapter_base(path: Path, base_model: str | None = None) -> str:
+    """The base model an adapter applies to: `base_model`, else the one its adapter_config.json names."""
+    if base_model:
+        return base_model
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+
+
+def _zero_model(path: Path):
+    """Weights gathered from the ZeRO shards by DeepSpeed's zero_to_fp32, in the checkpoint's dtype."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if type(config) not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        raise ValueError(f"{path}: a {config.model_type!r} model, not an image-text-to-text model")
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path))
+    model, info = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)].from_pretrained(
+        None, config=config, state_dict=state_dict, dtype="auto", output_loading_info=True
+    )
+    bad = {k: sorted(map(str, v))[:5] for k, v in info.items() if v}
+    if bad:
+        raise ValueError(f"{path}: the ZeRO shards do not match the model in config.json: {bad}")
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
+
+
+def _adapter_model(path: Path, base: str):
+    from peft import PeftModel
+
+    try:
+        base_model = load_model(base)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{path}: cannot load the adapter's base model {base!r} ({e}); pass --base-model PATH"
+        ) from e
+    return PeftModel.from_pretrained(base_model, str(path))
+
+
+def load_checkpoint(path: Path, kind: str, base: str | None = None):
+    """The checkpoint as an eval-mode model (a PeftModel for an adapter)."""
+    if kind == "zero":
+        model = _zero_model(path)
+    elif kind == "adapter":
+        model = _adapter_model(path, base)
+    else:
+        model = load_model(path)
+    return model.eval()
+
+
+def checkpoint_processor(path: Path, base: str | None = None):
+    """The processor trainers save beside the weights, else the adapter's base model's."""
+    for source in (path, base):
+        if source is None:
+            continue
+        try:
+            return load_processor(source)
+        except OSError as e:
+            logger.info("no processor in %s (%s)", source, e)
+    raise ValueError(f"{path}: no processor saved in the checkpoint (nor in its base model)")
+
+
+def eval_metrics(eval_run: Path) -> dict:
+    file = eval_run / METRICS
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{eval_run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
+
+
+# --------------------------------------------------------------------------------------- validation
+
+
+def probe_inputs(processor):
+    """A fixed image (a gradient with a black box, as MPCC hides objects) + the open MPCC question."""
+    y, x = np.mgrid[0:112, 0:112]
+    pixels = np.stack([2 * x, 2 * y, x + y], axis=-1).astype(np.uint8)
+    pixels[40:72, 48:80] = 0
+    row = {"prompt": prompts.conversation(prompts.open_question("black")), "image": Image.fromarray(pixels)}
+    return processor.apply_chat_template(
+        conversation(row), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
+@torch.inference_mode()
+def probe_logits(model, inputs) -> torch.Tensor:
+    return model(**inputs.to(model.device)).logits.float().cpu()
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def validate(
+    folder: Path, reference: torch.Tensor, dtype: torch.dtype, base: str | None
+) -> tuple[float, float]:
+    """Reload `folder` as a user would (processor included) and compare logits; raise on a mismatch."""
+    model = _adapter_model(folder, base) if (folder / ADAPTER_FILE).is_file() else load_model(folder)
+    inputs = probe_inputs(load_processor(folder))
+    logits = probe_logits(model.eval().to(_device()), inputs)
+    tolerance = RTOL.get(dtype, RTOL[torch.bfloat16]) * reference.abs().max().item()
+    if logits.shape != reference.shape:
+        raise ExportValidationError(
+            f"the exported model's logits have shape {tuple(logits.shape)}, the checkpoint's "
+            f"{tuple(reference.shape)}: the exported processor or model differs"
+        )
+    diff = (logits - reference).abs().max().item()
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportValidationError(
+            f"the exported model does not reproduce the checkpoint: max |logit difference| {diff:.3g} "
+            f"> tolerance {tolerance:.3g} ({dtype})"
+        )
+    return diff, tolerance
+
+
+# ------------------------------------------------------------------------------------------- card
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    return "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | `{v}` |" for k, v in rows)])
+
+
+TRAINING_KEYS = (
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "max_completion_length",
+    "temperature", "beta", "loss_type", "scale_rewards", "max_grad_norm", "weight_decay", "bf16", "seed",
+)  # fmt: skip
+PRIOR_KEYS = (
+    "prior_mode", "prior_prob", "prior_schedule", "prior_when", "prior_success_reward",
+    "prior_success_threshold", "prior_in_group_stats",
+)  # fmt: skip
+
+
+def _training_section(record: dict | None, step: int | None) -> str:
+    if record is None:
+        return "## Training\n\nNot recorded (the checkpoint's run wrote no `mpcc_run.json`).\n"
+    trainer, model, kind = record["trainer"], record["model"], record["run"]["trainer"]
+    rows = [("trainer", kind), ("model_name_or_path", model["model_name_or_path"])]
+    rows += [(k, trainer[k]) for k in TRAINING_KEYS if trainer.get(k) not in (None, -1)]
+    rows += [("freeze_vision_tower", record["run"]["freeze_vision_tower"])]
+    if model.get("use_peft"):
+        rows += [(f"LoRA {k[5:]}", model[k]) for k in ("lora_r", "lora_alpha", "lora_dropout")]
+        rows += [("LoRA target_modules", model.get("lora_target_modules"))]
+    lines = [f"## Training\n\nmpcc {record['mpcc_version']}, `{kind}` trainer (TRL)"]
+    lines[0] += f"; exported at step {step}.\n" if step is not None else ".\n"
+    lines.append(_table(rows))
+    if kind != "sft":
+        from mpcc.rewards import REWARDS, resolve_rewards
+
+        names = {f: n for n, f in REWARDS.items()}
+        funcs, _ = resolve_rewards(trainer["rewards"])
+        weighted = " + ".join(f"{w:g} x {names[f]}" for f, w in zip(funcs, trainer["reward_weights"]))
+        lines.append(f"\nReward (`rewards: {trainer['rewards']}`): {weighted}.")
+    if kind == "grpo_prior":
+        lines.append(
+            "\nPrior sampling: each group's last slot holds the annotated trace "
+            "`<think> trace</think><answer>name</answer>`, rewarded and trained on like a generated sample "
+            f"(group size {trainer['num_generations']} including the trace).\n"
+        )
+        lines.append(_table([(k, trainer[k]) for k in PRIOR_KEYS]))
+    return "\n".join(lines) + "\n"
+
+
+def _data_section(record: dict | None) -> str:
+    dataset = (record or {}).get("dataset") or {}
+    build = dataset.get("build")
+    if build is None:
+        where = f" `{dataset['path']}`" if dataset.get("path") else ""
+        return f"## Data\n\nTraining data{where}: no mpcc build record (`mpcc_build.json`) was found.\n"
+    config, mask = build["config"], build["config"]["mask"]
+    low, high = build["thresholds"]
+    ood = ", ".join(config["ood_categories"]) or "none"
+    ease = " + ".join(f"{w:g} x {k}" for k, w in WEIGHTS.items())
+    rows = [
+        ("source annotations", Path(build["annotations"]).name),
+        ("rows", build["num_rows"]),
+        ("rows per level", ", ".join(f"{k} {v}" for k, v in build["rows_per_level"].items())),
+        ("masking", f"{mask['mode']}, fill {mask['fill']}, dilate {mask['dilate_px']} px / "
+         f"{mask['dilate_frac']:g}, feather {mask['feather']:g}"),
+        ("reasoning traces", "template traces" if config["template_traces"] else "as annotated"),
+        ("prompt version", build["prompt_version"]),
+        ("seed", config["seed"]),
+    ]  # fmt: skip
+    return (
+        "## Data\n\nAn `mpcc prepare train` build (COCO format -> one hidden object per row).\n\n"
+        f"{_table(rows)}\n\n"
+        f"Difficulty (model-free, `mpcc.data.difficulty`): difficulty_score = 1 - ({ease}), where "
+        "predictability ranks the hidden category by the visible context's co-occurrence statistics, "
+        f"context counts other instances (saturating) and visibility is 1 - area fraction; levels cut "
+        f"the score at the training build's 1/3 and 2/3 quantiles ({low:.4f} / {high:.4f}).\n\n"
+        f"Held-out (out-of-distribution) categories, never training targets: {ood}.\n"
+    )
+
+
+def _eval_section(metrics: dict | None) -> str:
+    if metrics is None:
+        return ""
+    report = markdown_report(metrics, "Evaluation (`mpcc eval`)")
+    return re.sub(r"^(#+) ", r"#\1 ", report, flags=re.MULTILINE) + "\n"
+
+
+def _usage(adapter_only: bool, name: str, base: str) -> str:
+    load = (
+        f'base = AutoModelForImageTextToText.from_pretrained("{base}")\n'
+        f'model = PeftModel.from_pretrained(base, "{name}")  # or model.merge_and_unload()\n'
+        if adapter_only
+        else f'model = AutoModelForImageTextToText.from_pretrained("{name}")\n'
+    )
+    imports = "from peft import PeftModel\n" if adapter_only else ""
+    return (
+        "## Usage\n\n```python\n"
+        f"{imports}from transformers import AutoModelForImageTextToText\n"
+        "from mpcc.models import load_processor  # the processor config names mpcc's image-only class\n\n"
+        f'{load}processor = load_processor("{name}")\n```\n\n'
+        "Prompts follow `mpcc.data.prompts`: the image, then the question; the model answers "
+        "`<think>...</think><answer>...</answer>`.\n"
+    )
+
+
+def base_license(base: str) -> str | None:
+    """The base model's licence from its model card, when that card is on this machine."""
+    if Path(base).is_dir():
+        readme = Path(base) / CARD_FILE
+    elif HUB_ID.match(base):
+        readme = try_to_load_from_cache(base, CARD_FILE)
+    else:
+        return None
+    if not isinstance(readme, (str, Path)) or not Path(readme).is_file():
+        return None
+    return ModelCard.load(readme).data.license
+
+
+def model_card(
+    record: dict | None,
+    base: str,
+    adapter_only: bool,
+    merged: bool,
+    metrics: dict | None,
+    name: str,
+    license: str | None = None,
+    step: int | None = None,
+) -> ModelCard:
+    """README.md with Hub metadata: what the weights are, how they were trained, on what, and results."""
+    kind = record["run"]["trainer"] if record else None
+    license = license or base_license(base) or "other"
+    data = ModelCardData(
+        license=license,
+        base_model=base if HUB_ID.match(base) and not Path(base).exists() else None,
+        library_name="peft" if adapter_only else "transformers",
+        pipeline_tag="image-text-to-text",
+        tags=["mpcc", "vision-language", "masked-prediction", "trl", *([kind] if kind else []),
+              *(["lora"] if adapter_only or merged else [])],
+    )  # fmt: skip
+    weights = (
+        "a LoRA adapter only (not merged): load the base model and apply it with peft"
+        if adapter_only
+        else "the full model" + (" (LoRA adapter merged into the base)" if merged else "")
+    )
+    body = (
+        f"# {name}\n\nA vision-language model fine-tuned with mpcc on **Masked Prediction via Context and "
+        "Commonsense** (MPCC, [arXiv 2510.21807](https://arxiv.org/abs/2510.21807)): one object in the image "
+        "is hidden and the model names it from the visible context and commonsense.\n\n"
+        f"- Base model: `{base}`\n- Weights: {weights}\n\n"
+        f"{_usage(adapter_only, name, base)}\n{_training_section(record, step)}\n{_data_section(record)}\n"
+        f"{_eval_section(metrics)}"
+        f"## Licence\n\n`{license}`. The weights derive from `{base}`, whose licence terms apply.\n\n"
+        f"## Citation\n\n```bibtex\n{CITATION}\n```\n"
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def _step(path: Path) -> int | None:
+    state = path / "trainer_state.json"
+    return json.loads(state.read_text(encoding="utf-8")).get("global_step") if state.is_file() else None
+
+
+def save_folder(model, processor, folder: Path, merge: bool):
+    """Weights (or the adapter), config, generation config, processor and chat template into `folder`."""
+    if merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if hasattr(model, "get_base_model"):  # adapter only: the base's generation settings ride along
+        model.get_base_model().generation_config.save_pretrained(folder)
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    merge_lora: bool = False,
+    base_model: str | None = None,
+    eval_run: str | Path | None = None,
+    license: str | None = None,
+    name: str | None = None,
+) -> ExportResult:
+    """Export `checkpoint` to `out` (created atomically; must not exist or be empty), validated by logits.
+
+    `name` (e.g. the Hub repo id) titles the card and its usage snippet; default: the folder name.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not empty: choose another --out or remove it")
+    kind = checkpoint_kind(checkpoint)
+    if kind != "adapter" and (merge_lora or base_model):
+        raise ValueError(
+            f"{checkpoint}: --merge-lora / --base-model apply to LoRA adapters, not to a {kind} checkpoint"
+        )
+    metrics = eval_metrics(Path(eval_run)) if eval_run else None
+    record = load_run_record(checkpoint)
+    base = adapter_base(checkpoint, base_model) if kind == "adapter" else None
+    processor = checkpoint_processor(checkpoint, base)
+    model = load_checkpoint(checkpoint, kind, base).to(_device())
+    reference, dtype = probe_logits(model, probe_inputs(processor)), model.dtype
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_folder(model, processor, staging, merge_lora)
+        del model
+        diff, tolerance = validate(staging, reference, dtype, base)
+        card_base = (record or {}).get("model", {}).get("model_name_or_path") or base or "unknown"
+        adapter_only = kind == "adapter" and not merge_lora
+        card = model_card(
+            record, card_base, adapter_only, merge_lora, metrics, name or out.name, license, _step(checkpoint)
+        )
+        card.save(staging / CARD_FILE)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("exported %s (%s) to %s; max logit difference %.3g", checkpoint, kind, out, diff)
+    return ExportResult(out, kind, adapter_only, diff, tolerance)
+
+
+# --------------------------------------------------------------------------------------------- hub
+
+
+def upload_plan(folder: str | Path) -> list[tuple[str, int]]:
+    """(path in the repo, size in bytes) of every file `push` would upload."""
+    folder = Path(folder)
+    return [
+        (p.relative_to(folder).as_posix(), p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()
+    ]
+
+
+def push(folder: str | Path, repo_id: str, private: bool = False):
+    """create_repo + upload_folder; the token comes from huggingface_hub's own sources. Returns CommitInfo."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            commit_message="Upload with mpcc export",
+        )
+    except HfHubHTTPError as e:
+        raise ValueError(f"push to {repo_id} failed ({e}); the export in {folder} is complete") from e

@@ -1,0 +1,54 @@
+"""The run record: a run's resolved settings, written as `mpcc_run.json` into its output_dir at start.
+
+Checkpoints (`output_dir/checkpoint-N`) sit beside it, so `mpcc export` can describe any of them
+(trainer kind, hyperparameters, rewards, prior sampling, LoRA, the data build) without the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import mpcc
+from mpcc.data.render import BUILD_FILE, build_record
+from mpcc.training.data import resolve_dataset
+
+RUN_FILE = "mpcc_run.json"
+
+
+def run_record(run, train_args, model_args) -> dict:
+    """JSON-ready settings. `train_args.to_dict()` is transformers' own dump: it masks every *_token."""
+    dataset = resolve_dataset(run.dataset_path)
+    return {
+        "mpcc_version": mpcc.__version__,
+        "run": asdict(run),
+        "trainer": train_args.to_dict(),
+        "model": asdict(model_args),
+        "dataset": {
+            "path": str(dataset),
+            "build": build_record(dataset) if (dataset / BUILD_FILE).is_file() else None,
+        },
+    }
+
+
+def save_run_record(output_dir: str | Path, run, train_args, model_args) -> Path:
+    """Write `output_dir/mpcc_run.json` (call on the main process only)."""
+    path = Path(output_dir) / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = run_record(run, train_args, model_args)
+    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def load_run_record(checkpoint: str | Path) -> dict | None:
+    """The record of the run that wrote `checkpoint`: in it (a final output_dir) or its parent
+    (`checkpoint-N`); None when the run predates the record."""
+    for folder in (Path(checkpoint), Path(checkpoint).parent):
+        file = folder / RUN_FILE
+        if file.is_file():
+            try:
+                return json.loads(file.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"{file}: not a readable run record ({e})") from e
+    return None

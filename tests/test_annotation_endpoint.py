@@ -1,0 +1,343 @@
+"""The endpoint teacher against real HTTP servers on loopback: `transformers serve` running the tiny model
+behind a proxy that fails or stalls requests, a killed CLI run that resumes, and servers that always
+fail (teacher errors are reported, not saved, and retried by the next run)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from mpcc.annotation.annotate import annotate, request_seed
+from mpcc.annotation.config import AnnotateConfig
+from mpcc.annotation.store import PROGRESS_FILE
+from mpcc.annotation.teachers import EndpointTeacher, RateLimiter
+from mpcc.annotation.verify import verify
+from mpcc.data.render import load_dataset
+from mpcc.evaluation.config import Decoding
+from mpcc.models import resolve_model_path
+
+DECODING = Decoding(max_new_tokens=16, do_sample=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`transformers serve` with the tiny model on loopback (mpcc.models imported first, so the server's
+    AutoProcessor resolves the image-only processor class the tiny model's config names)."""
+    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPCC_CACHE", str(cache))
+        model = resolve_model_path("tiny:qwen2_5_vl")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    code = "import sys, mpcc.models; from transformers.cli.transformers import main; sys.exit(main())"
+    command = [sys.executable, "-c", code, "serve", model, "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(cache)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*command, "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield {"url": url, "model": model, "cache": cache}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Proxy(ThreadingHTTPServer):
+    """Forwards to an upstream server. With `faults`, the first time it sees a request body it answers
+    500 (1 in 3), or stalls for `stall` seconds and answers nothing (1 in 3), or forwards it; a body seen
+    again (a retry) is forwarded. `delay` slows every forwarded request."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, faults: bool = False, stall: float = 0.0, delay: float = 0.0):
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream, self.faults, self.stall, self.delay = upstream, faults, stall, delay
+        self.seen: dict[str, int] = {}
+        self.first: list[str] = []
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def decide(self, body: bytes) -> str:
+        key = hashlib.sha256(body).hexdigest()
+        with self.lock:
+            self.bodies.append(json.loads(body))
+            self.seen[key] = self.seen.get(key, 0) + 1
+            if self.seen[key] > 1 or not self.faults:
+                return "forward"
+            self.first.append(key)
+            return ("fail", "stall", "forward")[(len(self.first) - 1) % 3]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        response = httpx.get(self.server.upstream + self.path, timeout=30)
+        self._reply(response.status_code, response.content)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        action = self.server.decide(body)
+        if action == "fail":
+            return self._reply(500, b'{"error": "injected failure"}')
+        if action == "stall":
+            time.sleep(self.server.stall)  # the client has timed out by now; it gets nothing
+            return None
+        time.sleep(self.server.delay)
+        response = httpx.post(
+            self.server.upstream + self.path,
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=120,
+        )
+        with contextlib.suppress(OSError):  # the client gave up (timeout) while the model answered
+            self._reply(response.status_code, response.content)
+
+
+def _rows(path: Path, limit: int) -> list[dict]:
+    data = load_dataset(path)
+    return [data[i] for i in range(limit)]
+
+
+def _progress(work: Path) -> list[dict]:
+    return [json.loads(line) for line in _saved(work).splitlines()]
+
+
+def _saved(work: Path) -> str:
+    """The progress log's complete lines (a line being written, or cut by a kill, is not one yet)."""
+    file = work / PROGRESS_FILE
+    text = file.read_text() if file.is_file() else ""
+    return text[: text.rfind("\n") + 1]
+
+
+def test_retries_and_timeouts_against_a_failing_stalling_server(served, tiny_builds, tmp_path):
+    """9 rows through a proxy that fails 3 first requests with 500 and stalls 3 past the timeout:
+    every row gets exactly one answer, none is lost or duplicated, images arrive pixel-exact."""
+    with Proxy(served["url"], faults=True, stall=4.0) as proxy:
+        teacher = EndpointTeacher(proxy.url, DECODING, concurrency=3, timeout=3.0, retries=4, backoff=0.05)
+        assert teacher.model == served["model"]  # the server's only model, from /v1/models
+        start = time.monotonic()
+        result = annotate(tiny_builds["train"], tmp_path / "out", teacher, AnnotateConfig(limit=9))
+        elapsed = time.monotonic() - start
+    print(f"annotate via flaky transformers serve: 9 rows in {elapsed:.1f} s; {dict(teacher.stats)}")
+    stats = teacher.stats
+    assert stats["http_500"] == 3 and stats["timeouts"] >= 3 and stats["retries"] >= 6 and not stats["failed"]
+    assert len(proxy.first) == 9  # each row's request was new to the proxy once
+    rows = _rows(tiny_builds["train"], 9)
+    lines = _progress(result.work_dir)
+    assert sorted(r["ann_id"] for r in lines) == sorted(r["ann_id"] for r in rows)  # each row once
+    assert result.counts["rows"] == 9 and result.new_answers == 9
+
+    by_seed = {request_seed(0, r["ann_id"], 1): r for r in rows}
+    for body in proxy.bodies:
+        row = by_seed[body["seed"]]
+        image_part, text_part = body["messages"][1]["content"]
+        png = base64.b64decode(image_part["image_url"]["url"].removeprefix("data:image/png;base64,"))
+        sent = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        assert np.array_equal(sent, np.asarray(row["image"].convert("RGB")))  # the masked image, exactly
+        assert f"The hidden object is: {row['solution']}." in text_part["text"]
+        assert body["model"] == served["model"] and body["max_tokens"] == DECODING.max_new_tokens
+
+    data = load_dataset(tmp_path / "out")
+    assert data["ann_id"] == [r["ann_id"] for r in rows]
+    assert set(data["reasoning_teacher"]) == {f"{served['model']} @ {proxy.url}"}
+    for output, solution, verified, rejection in zip(
+        data["teacher_output"], data["solution"], data["reasoning_verified"], data["reasoning_rejection"]
+    ):
+        verdict = verify(output, solution)
+        assert (verified, rejection) == (verdict.ok, verdict.reason)
+
+
+def test_a_killed_run_resumes_with_every_row_exactly_once(served, tiny_builds, tmp_path):
+    """SIGKILL the CLI mid-run: no output appears; the re-run asks only for the missing rows."""
+    out, limit = tmp_path / "out", 16
+    work = tmp_path / "out.annotate"
+    env = {**os.environ, "MPCC_CACHE": str(served["cache"])}
+    with Proxy(served["url"], delay=0.4) as proxy:
+        command = [
+            sys.executable,
+            "-m",
+            "mpcc",
+            "annotate",
+            str(tiny_builds["train"]),
+            "--teacher",
+            proxy.url,
+            "--out",
+            str(out),
+            "--limit",
+            str(limit),
+            "--concurrency",
+            "2",
+            "--max-new-tokens",
+            "8",
+        ]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 120
+        while _saved(work).count("\n") < 4:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no progress within 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = _saved(work)
+        done = before.count("\n")
+        assert 4 <= done < limit and not out.exists()  # killed mid-run: no partial dataset
+
+        proxy.delay = 0.0
+        start = time.monotonic()
+        rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        elapsed = time.monotonic() - start
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    print(f"killed after {done} of {limit} rows; the re-run took {elapsed:.1f} s")
+    assert f"({limit - done} new;" in rerun.stdout
+    after = _saved(work)
+    assert (
+        after.startswith(before) and after == (work / PROGRESS_FILE).read_text()
+    )  # what the killed run saved was kept, not asked again
+    ann_ids = [r["ann_id"] for r in _rows(tiny_builds["train"], limit)]
+    assert sorted(r["ann_id"] for r in _progress(work)) == sorted(ann_ids)  # every row exactly once
+    assert load_dataset(out)["ann_id"] == ann_ids
+
+
+class _Canned(BaseHTTPRequestHandler):
+    """A stand-in endpoint: `status` for every request, or (200) a trace that names the answer the
+    guided prompt states, so the endpoint path can keep traces too."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append((self.headers.get("Authorization"), body))
+        if self.server.status != 200:
+            payload = b'{"error": "down"}'
+        else:
+            text = body["messages"][1]["content"][1]["text"]
+            name = re.search(r"The hidden object is: (.+?)\.\n", text).group(1)
+            think = f"Look at what surrounds the mask. It suggests a {name}."
+            answer = f"<think> {think}</think><answer>{name}</answer>"
+            payload = json.dumps(
+                {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+            ).encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def test_teacher_errors_are_reported_not_saved_and_retried(tiny_builds, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPCC_TEACHER_API_KEY", "secret")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
+    server.seen, server.status = [], 500
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, out, config = (
+        f"http://127.0.0.1:{server.server_address[1]}",
+        tmp_path / "out",
+        AnnotateConfig(limit=2),
+    )
+    try:
+        teacher = EndpointTeacher(url, DECODING, model="m", retries=2, backoff=0.0)
+        result = annotate(tiny_builds["train"], out, teacher, config)
+        assert result.counts["rejected"] == {"teacher_error": 2} and result.new_answers == 0
+        assert (
+            teacher.stats["requests"] == 6 and teacher.stats["http_500"] == 6 and teacher.stats["failed"] == 2
+        )
+        assert _progress(result.work_dir) == []  # errors are not answers: the next run asks again
+        assert {auth for auth, _ in server.seen} == {"Bearer secret"}
+
+        server.status = 400  # not worth retrying
+        teacher = EndpointTeacher(url, DECODING, model="m", retries=2, backoff=0.0)
+        annotate(tiny_builds["train"], out, teacher, config, overwrite=True)
+        assert teacher.stats["requests"] == 2 and teacher.stats["http_400"] == 2
+
+        server.status = 200
+        teacher = EndpointTeacher(url, DECODING, model="m")
+        result = annotate(tiny_builds["train"], out, teacher, config, overwrite=True)
+        assert result.counts == {"rows": 2, "kept": 2, "rejected": {}} and result.new_answers == 2
+        data = load_dataset(out)
+        assert all(data["reasoning_verified"]) and data["reasoning_attempts"] == [1, 1]
+        assert (
+            data["reasoning"][0] == f"Look at what surrounds the mask. It suggests a {data['solution'][0]}."
+        )
+        assert set(data["reasoning_teacher"]) == {f"m @ {url}/v1"}
+        # saved answers are judged again, by the bounds of the run that writes the dataset
+        short = annotate(
+            tiny_builds["train"], out, teacher, AnnotateConfig(limit=2, max_words=3), overwrite=True
+        )
+        assert short.new_answers == 0 and short.counts["rejected"] == {"too_long": 2}
+        assert load_dataset(out)["reasoning"] == [None, None]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rate_limit_spaces_requests():
+    limiter = RateLimiter(20.0)
+    start = time.monotonic()
+    for _ in range(6):
+        limiter.wait()
+    assert time.monotonic() - start >= 0.24
+    with pytest.raises(ValueError, match="rate limit"):
+        RateLimiter(0)
