@@ -13,6 +13,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -449,7 +451,9 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
     """The cached tiny model for `arch` (`<cache>/<arch>-<fingerprint>`), built on first use.
 
     Built in a temporary directory and renamed into place, so racing processes never see a partial
-    model: the first rename wins and the others discard their copy.
+    model: the first rename wins and the others discard their copy. Built by a child process: under
+    DeepSpeed ZeRO-3, creating a model here is a collective (zero.Init) that only the main process
+    would enter while the other ranks wait for it, and the run would hang.
     """
     if arch not in TINY_ARCHS:
         raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
@@ -460,7 +464,10 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
-        build_tiny_model(arch, tmp, seed=seed)
+        command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(tmp)]
+        child = subprocess.run([*command, "--seed", str(seed)], capture_output=True, text=True)
+        if child.returncode != 0:
+            raise RuntimeError(f"building the tiny {arch} model failed:\n{child.stderr[-3000:]}")
         os.rename(tmp, final)
     except OSError:
         if not final.is_dir():
