@@ -277,15 +277,15 @@ def test_ensure_tiny_model_builds_once(tmp_path, monkeypatch):
 
 
 def test_ensure_tiny_model_loses_a_race_cleanly(tmp_path, monkeypatch):
-    real_build = models.build_tiny_model
+    real_run = models.subprocess.run
     winner = tmp_path / f"qwen3_vl-{models._tiny_fingerprint('qwen3_vl', 0)}"
 
-    def racing_build(arch, out_dir, seed=0):
-        real_build(arch, winner, seed)  # another process finishes while this one builds
+    def racing_build(command, **kwargs):  # another process finishes while the child builds
+        models.build_tiny_model("qwen3_vl", winner, 0)
         (winner / "winner").touch()
-        return real_build(arch, out_dir, seed)
+        return real_run(command, **kwargs)
 
-    monkeypatch.setattr(models, "build_tiny_model", racing_build)
+    monkeypatch.setattr(models.subprocess, "run", racing_build)
     assert ensure_tiny_model("qwen3_vl", tmp_path) == winner
     assert (winner / "winner").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [winner.name]
