@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -96,7 +96,6 @@ class BenchConfig:
     variants: tuple[str, ...] = tuple(VARIANTS)
     gradient_checkpointing: bool = True
     seed: int = 0
-    extra: dict = field(default_factory=dict)  # more GRPOConfig fields, for every variant
 
     def __post_init__(self):
         if self.shape not in SHAPES:
@@ -223,7 +222,6 @@ def run_variant(name: str, config: BenchConfig, dataset, out: Path) -> dict:
         "report_to": "none",
         "seed": config.seed,
         "disable_tqdm": True,
-        **config.extra,
     }
     args = trl.GRPOConfig(**common) if name == "vanilla" else MpccGRPOConfig(**common, **extra)
     funcs, args.reward_weights = resolve_rewards("default")

@@ -721,9 +721,9 @@ def _bench(args) -> int:
         warmup=args.warmup,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
     )
-    report = run_bench(config, args.out, command="mpcc " + " ".join(sys.argv[1:]))
+    run_bench(config, args.out, command="mpcc " + " ".join(sys.argv[1:]))
     print((args.out / "grpo_bench.md").read_text(encoding="utf-8"))
-    return 0 if report["variants"] else 1
+    return 0
 
 
 COMMANDS = {

@@ -11,10 +11,11 @@ import pytest
 from datasets import load_from_disk
 from pycocotools.coco import COCO
 
-from mpcc.data.build import BUILD_FILE, SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
+from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import MaskSpec
 from mpcc.data.options import LETTERS
+from mpcc.data.render import BUILD_FILE
 from mpcc.data.schema import COMMON, EVAL, TRAIN
 from mpcc.data.selection import DEFAULT_OOD
 

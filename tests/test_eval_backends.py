@@ -25,6 +25,10 @@ class _Output:
         self.outputs = [types.SimpleNamespace(text=text)]
 
 
+def _eval(data, out, *options) -> int:
+    return main(["eval", "--model", "tiny:qwen2_5_vl", "--data", str(data), "--out", str(out), *options])
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
@@ -67,21 +71,7 @@ def test_prompts_images_and_decoding(fake_vllm, tiny_builds):
 def test_mpcc_eval_with_the_vllm_backend(fake_vllm, tiny_builds, tmp_path):
     out = tmp_path / "run"
     args = ["--limit", "4", "--formats", "mc4", "--backend", "vllm"]
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                "tiny:qwen2_5_vl",
-                "--data",
-                str(tiny_builds["eval"]),
-                "--out",
-                str(out),
-                *args,
-            ]
-        )
-        == 0
-    )
+    assert _eval(tiny_builds["eval"], out, *args) == 0
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 4 and all(p["parsed"] == "A" and p["format_ok"] for p in predictions)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -92,19 +82,5 @@ def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch, tiny_builds, tm
     monkeypatch.setitem(sys.modules, "vllm", None)  # import fails
     out = tmp_path / "run"
     args = ["--limit", "1", "--formats", "mc4", "--backend", "vllm"]
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                "tiny:qwen2_5_vl",
-                "--data",
-                str(tiny_builds["eval"]),
-                "--out",
-                str(out),
-                *args,
-            ]
-        )
-        == 2
-    )
+    assert _eval(tiny_builds["eval"], out, *args) == 2
     assert "needs vLLM" in capsys.readouterr().err

@@ -10,7 +10,8 @@ import pytest
 from datasets import load_from_disk
 
 from mpcc.cli import main
-from mpcc.data.build import BUILD_FILE, SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
+from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
+from mpcc.data.render import BUILD_FILE
 from mpcc.data.shards import merge_shards, parse_shard
 
 

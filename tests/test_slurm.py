@@ -23,7 +23,8 @@ import pytest
 from datasets import load_from_disk
 
 from mpcc import train
-from mpcc.data.build import BUILD_FILE, SKIPS_FILE, STATS_FILE
+from mpcc.data.build import SKIPS_FILE, STATS_FILE
+from mpcc.data.render import BUILD_FILE
 from mpcc.launch import (
     Allocation,
     accelerate_args,

@@ -6,7 +6,6 @@ a build (`mpcc.data.render.load_dataset`, `--stats`, lazy rendering all work on 
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections import Counter
@@ -16,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
-from mpcc.data.render import BUILD_FILE, build_record
+from mpcc.data.render import build_record, write_build_record
 from mpcc.data.schema import ANNOTATED, TRAIN
 
 
@@ -131,7 +130,7 @@ def write_annotated(
         dataset.save_to_disk(str(staged))
         record = build_record(source)
         record.update(num_rows=len(dataset), annotation=summary)
-        (staged / BUILD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        write_build_record(staged, record)
         for name in (STATS_FILE, SKIPS_FILE):
             if (source / name).is_file():
                 shutil.copy2(source / name, staged / name)

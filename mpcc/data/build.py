@@ -30,7 +30,7 @@ from mpcc.data.difficulty import LEVELS, difficulty_score, level, level_threshol
 from mpcc.data.masking import MaskSpec, segmentation_to_rle
 from mpcc.data.mpcc_eval import EvalItem, read_items
 from mpcc.data.options import FORMATS, Distractors, compute_distractors, make_items, override_distractors
-from mpcc.data.render import BUILD_FILE, IMAGE_FORMATS, encode, render_targets
+from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, write_build_record
 from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, SelectionConfig, select_targets
 from mpcc.data.traces import template_trace
@@ -460,7 +460,7 @@ def build(
         }
         if config.shard is not None:
             record["plan_skips"] = plan_skips
-        (staged / BUILD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        write_build_record(staged, record)
         if out.exists():
             shutil.rmtree(out)
         staged.rename(out)

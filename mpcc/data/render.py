@@ -67,6 +67,12 @@ def build_record(path: str | Path) -> dict:
         raise ValueError(f"{file}: not an mpcc build record ({type(e).__name__}: {e})") from e
 
 
+def write_build_record(path: str | Path, record: dict) -> None:
+    """Write `mpcc_build.json` into the build directory `path`, in one format for every writer."""
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    (Path(path) / BUILD_FILE).write_text(text, encoding="utf-8")
+
+
 def load_dataset(path: str | Path, images_dir: str | Path | None = None):
     """Open a build, with a clear error when `path` is not one. For lazy builds the `image` column is
     rendered on access from the original files (in `images_dir`, default: the one recorded at build

@@ -20,7 +20,7 @@ from pathlib import Path
 from datasets import concatenate_datasets, load_from_disk
 
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildError, BuildResult
-from mpcc.data.render import BUILD_FILE, build_record
+from mpcc.data.render import build_record, write_build_record
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def merge_shards(shards: Sequence[str | Path], out: str | Path, overwrite: bool 
         del dataset
         shutil.copyfile(first_path / STATS_FILE, staged / STATS_FILE)
         (staged / SKIPS_FILE).write_text("".join(f"{line}\n" for line in skips), encoding="utf-8")
-        (staged / BUILD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        write_build_record(staged, record)
         if out.exists():
             shutil.rmtree(out)
         staged.rename(out)

@@ -96,4 +96,3 @@ class VLLMGenerator:
         )
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
-
