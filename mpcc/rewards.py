@@ -267,12 +267,15 @@ def _similarity(answer: str | None, solution: Any) -> float:
 
 
 def _paper_format_match(text: str) -> bool:
-    """`re.fullmatch(r"<think>.*?</think>.*?<answer>.*?</answer>", text, re.DOTALL)`, in linear time.
+    """`re.match(r"^<think>.*?</think>.*?<answer>.*?</answer>$", text, re.DOTALL)`, in linear time.
 
-    The pattern matches iff the text starts with `<think>`, ends with `</answer>`, and some `</think>`
-    after the opening tag is followed by an `<answer>` that ends before the final `</answer>`; the
-    earliest such tags are the best candidates, so two `find`s decide it.
+    Without MULTILINE, `$` matches at the end or before one final newline, so the text minus that
+    newline must match the whole pattern: start with `<think>`, end with `</answer>`, and have some
+    `</think>` after the opening tag followed by an `<answer>` that ends before the final `</answer>`.
+    The earliest such tags are the best candidates, so two `find`s decide it.
     """
+    if text.endswith("\n"):
+        text = text[:-1]
     if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
         return False
     think_end = text.find(THINK_CLOSE, len(THINK_OPEN))
@@ -328,22 +331,24 @@ def levenshtein_reward(completions: Sequence[Any], solution: Sequence[Any], **kw
 
 
 def paper_format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """The MPCC authors' format reward: 0.6 when the whole completion (unstripped) fullmatches
-    `<think>.*?</think>.*?<answer>.*?</answer>` with DOTALL, else 0.0."""
+    """The MPCC authors' format reward: 0.6 when `re.match(r"^<think>.*?</think>.*?<answer>.*?</answer>$",
+    completion, re.DOTALL)` succeeds (the whole completion, one final newline allowed), else 0.0."""
     return [PAPER_FORMAT_SCORE * _paper_format_match(completion_text(c)) for c in completions]
 
 
 def paper_answer_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
     """The MPCC authors' answer reward: case-sensitive Levenshtein ratio between the solution and the
-    text after the first `</think>` with the answer tags removed and stripped; 0.0 without `</think>`
-    (or without a solution)."""
+    text after the LAST `</think>` (their `split('</think>')[-1]`) with the answer tags removed and
+    stripped; 0.0 without `</think>` (or without a solution)."""
     scores = []
     for c, sol in zip(completions, _aligned(solution, len(completions))):
         text = completion_text(c)
-        if THINK_CLOSE not in text or sol is None:
+        think_end = text.rfind(THINK_CLOSE)
+        if think_end < 0 or sol is None:
             scores.append(0.0)
             continue
-        after = text.split(THINK_CLOSE, 1)[1].replace(ANSWER_OPEN, "").replace(ANSWER_CLOSE, "").strip()
+        after = text[think_end + len(THINK_CLOSE) :]
+        after = after.replace(ANSWER_OPEN, "").replace(ANSWER_CLOSE, "").strip()
         scores.append(Levenshtein.ratio(after, str(sol)))
     return scores
 

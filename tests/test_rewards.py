@@ -7,6 +7,7 @@ import math
 import re
 import time
 
+import Levenshtein
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +26,19 @@ from mpcc.rewards import (
     variants,
 )
 
-PAPER_FORMAT = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.DOTALL)
+# The authors' code (train_script/reward_zoo.py), verbatim in its logic: the references ours must equal.
+PAPER_FORMAT = re.compile(r"^<think>.*?</think>.*?<answer>.*?</answer>$", re.DOTALL)
+
+
+def authors_format(completion: str) -> float:
+    return 0.6 if PAPER_FORMAT.match(completion) else 0.0
+
+
+def authors_answer(completion: str, solution: str) -> float:
+    if "</think>" not in completion:
+        return 0.0
+    t = completion.split("</think>")[-1].replace("<answer>", "").replace("</answer>", "").strip()
+    return Levenshtein.ratio(t, solution)
 RANGES = {
     "format": {0.0, 1.0},
     "exact_match": {0.0, 1.0},
@@ -51,8 +64,11 @@ def ratio(a: str, b: str, lcs: int) -> float:
 # fmt: off
 CASES = {
     "well_formed": (answered("cup"), "cup", 1, 1, 1, 0.6, 1),
-    # Ours strips the completion; the paper's fullmatch fails on the trailing newline, its answer strips.
+    # Ours strips the completion; the paper's match fails on the leading newline, its answer strips.
     "whitespace_around": (f"\n{THINK}\n<answer> cup </answer>\n", "cup", 1, 1, 1, 0, 1),
+    # The paper's `$` accepts one final newline, not two.
+    "final_newline": (answered("cup") + "\n", "cup", 1, 1, 1, 0.6, 1),
+    "two_final_newlines": (answered("cup") + "\n\n", "cup", 1, 1, 1, 0, 1),
     "missing_think": ("<answer>cup</answer>", "cup", 0, 1, 1, 0, 0),
     "answer_before_think": ("<answer>cup</answer><think>It is a cup.</think>", "cup", 0, 1, 1, 0, 0),
     # Paper: the text after </think> is "cup" once the lone tag is removed.
@@ -357,8 +373,10 @@ def test_missing_or_broken_choice_columns_fall_back_to_the_open_answer():
         ("<think>breakfast</think><answer>cups</answer>", ratio("cups", "cup", 3)),
         ("<think>breakfast</think><answer>Cup</answer>", ratio("Cup", "cup", 2)),
         ("<think>breakfast</think>\n<answer>cup</answer>", 1.0),
-        # Text after the FIRST </think>, both tags removed wherever they are.
-        ("<think>a</think>b</think><answer>cup</answer>", ratio("b</think>cup", "cup", 3)),
+        # Text after the LAST </think>, both answer tags removed wherever they are.
+        ("<think>a</think>b</think><answer>cup</answer>", 1.0),
+        ("<think>a</think>b</think>c<answer>cup</answer>", ratio("ccup", "cup", 3)),
+        ("<think>breakfast</think><answer>cup</answer>\n", 1.0),
     ],
 )
 def test_paper_preset_total_is_format_plus_ratio(completion, answer_ratio):
@@ -371,7 +389,8 @@ def test_paper_preset_total_is_format_plus_ratio(completion, answer_ratio):
     "completion",
     [
         "<answer>cup</answer>",  # no </think>: answer reward 0
-        "<think>x</think><answer>cup</answer>\n",  # trailing newline: not a full match
+        "<think>x</think><answer>cup</answer>\n\n",  # `$` accepts one final newline, not two
+        "<think>x</think><answer>cup</answer> \n",
         " <think>x</think><answer>cup</answer>",
         "<think>x<answer>cup</answer>",
         "<think>x</think>cup",
@@ -387,11 +406,20 @@ tagged_text = st.lists(
 ).map("".join)
 
 
-@given(tagged_text)
-@settings(max_examples=400, deadline=None)
-def test_paper_format_equals_the_regex(text):
-    expected = 0.6 if PAPER_FORMAT.fullmatch(text) else 0.0
-    assert paper_format_reward([text]) == [expected]
+@given(tagged_text, st.sampled_from(["", "\n", "\n\n", " "]), st.sampled_from(["cup", "Cup", "a", ""]))
+@settings(max_examples=600, deadline=None)
+def test_paper_rewards_equal_the_authors_code(text, ending, solution):
+    text += ending
+    assert paper_format_reward([text]) == [authors_format(text)]
+    assert paper_answer_reward([text], [solution]) == [authors_answer(text, solution)]
+
+
+def test_the_authors_rewards_differ_from_a_fullmatch_and_the_first_think():
+    """The cases where the earlier reading of their code (fullmatch, first `</think>`) went wrong."""
+    newline = "<think>x</think><answer>cup</answer>\n"
+    assert PAPER_FORMAT.fullmatch(newline) is None and paper_format_reward([newline]) == [0.6]
+    rethought = "<think>x</think>no</think><answer>cup</answer>"
+    assert paper_answer_reward([rethought], ["cup"]) == [1.0]
 
 
 def _reference_format(text: str) -> float:
