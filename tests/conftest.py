@@ -1,7 +1,14 @@
-"""Shared fixtures: the real tinycoco subset beside the project, and builds made from it once."""
+"""Shared fixtures: the real tinycoco subset beside the project, and builds made from it once.
+
+The subset is read from $MPCC_TINYCOCO (a path relative to the project root, or absolute), by default
+../shared/data/tinycoco. A clone without it still runs: every test that uses the `tinycoco` fixture
+(directly or through another fixture) is marked `real_coco` and skips with the reason. CI makes them
+mandatory: with MPCC_REQUIRE_TINYCOCO=1 (set by .ci/run) the fixture fails instead of skipping.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import datasets
@@ -10,15 +17,27 @@ import pytest
 from mpcc.data.build import BuildConfig, build
 
 ROOT = Path(__file__).resolve().parents[1]
-TINYCOCO = ROOT.parent / "shared" / "data" / "tinycoco"
+TINYCOCO = (ROOT / (os.environ.get("MPCC_TINYCOCO") or "../shared/data/tinycoco")).resolve()
+REQUIRE_TINYCOCO = os.environ.get("MPCC_REQUIRE_TINYCOCO") == "1"
 
 datasets.disable_progress_bars()
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that needs tinycoco, so `-m real_coco` (or `not real_coco`) selects them."""
+    for item in items:
+        if "tinycoco" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_coco)
 
 
 @pytest.fixture(scope="session")
 def tinycoco() -> Path:
     if not (TINYCOCO / "instances.json").is_file():
-        raise FileNotFoundError(f"{TINYCOCO} is missing: the tests need ../shared beside the project")
+        reason = f"tinycoco fixtures missing: {TINYCOCO} not found"
+        reason += " (put ../shared beside the project, or set MPCC_TINYCOCO)"
+        if REQUIRE_TINYCOCO:
+            pytest.fail(f"{reason}; MPCC_REQUIRE_TINYCOCO=1 makes real-COCO tests mandatory", pytrace=False)
+        pytest.skip(reason)
     return TINYCOCO
 
 

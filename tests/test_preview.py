@@ -27,19 +27,17 @@ from mpcc.data.preview import (
     write_preview,
 )
 
-TINY = Path("../shared/data/tinycoco")
 CARD = re.compile(r'<div class="card" id="row-(\d+)">')
 THUMB = re.compile(r'<img src="(thumbs/[^"]+\.png)"')
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    if not (TINY / "instances.json").is_file():
-        pytest.skip(f"{TINY} not available")
+def builds(tinycoco, tmp_path_factory):
     root = tmp_path_factory.mktemp("preview_builds")
     train, eval_ = root / "train", root / "eval"
-    build(TINY / "instances.json", TINY / "images", train, BuildConfig("train"), num_proc=1)
-    build(TINY / "instances.json", TINY / "images", eval_, BuildConfig("eval", stats=train), num_proc=1)
+    ann, images = tinycoco / "instances.json", tinycoco / "images"
+    build(ann, images, train, BuildConfig("train"), num_proc=1)
+    build(ann, images, eval_, BuildConfig("eval", stats=train), num_proc=1)
     return {"train": train, "eval": eval_}
 
 
