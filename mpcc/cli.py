@@ -281,7 +281,10 @@ def _add_demo(sub) -> None:
     p.add_argument("--sft-steps", type=int, default=150, help="SFT steps on the traces (default: 150)")
     p.add_argument("--grpo-steps", type=int, default=30, help="then GRPO + prior steps (default: 30)")
     p.add_argument(
-        "--recipes", type=Path, default=Path("recipes/tiny"), help="tiny recipes (default: recipes/tiny)"
+        "--recipes",
+        default="tiny",
+        help="where sft.yaml and grpo_prior.yaml are: a directory, or a packaged recipe folder "
+        "(default: tiny, the packaged CPU recipes)",
     )
 
 
@@ -304,9 +307,12 @@ def _add_train(sub) -> None:
         "train",
         help="train from a recipe (launches Accelerate with the recipe's accelerate_config)",
         description="Same as `accelerate launch --config_file <accelerate_config> -m mpcc.train RECIPE "
-        "[--key value ...]`; without an accelerate_config the run stays in this process.",
+        "[--key value ...]`; without an accelerate_config the run stays in this process. RECIPE is a YAML "
+        "file or, from any directory, a packaged recipe's name (`mpcc recipes` lists them).",
     )
-    p.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    p.add_argument(
+        "recipe", help="a recipe YAML file, or a packaged recipe's name: grpo_prior, tiny/grpo_prior, ..."
+    )
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs that override the recipe")
 
 
@@ -319,7 +325,7 @@ def _train(args) -> int:
     if config is None:
         from mpcc.train import main as train_main
 
-        return train_main([str(args.recipe), *args.overrides])
+        return train_main([args.recipe, *args.overrides])
     command = [
         sys.executable,
         "-m",
@@ -329,11 +335,27 @@ def _train(args) -> int:
         str(config),
         "-m",
         "mpcc.train",
-        str(args.recipe),
+        args.recipe,
         *args.overrides,
     ]
     print("running:", " ".join(command), flush=True)
     return subprocess.call(command)
+
+
+def _add_recipes(sub) -> None:
+    sub.add_parser(
+        "recipes",
+        help="list the packaged recipes and Accelerate configs (by name: `mpcc train NAME`)",
+    )
+
+
+def _recipes(args) -> int:
+    from mpcc.recipes import HERE, names
+
+    print(f"recipes: {' '.join(names())}")
+    print(f"accelerate configs: {' '.join(names('accelerate'))}")
+    print(f"files in: {HERE}")
+    return 0
 
 
 def _add_tiny_model(sub) -> None:
@@ -733,6 +755,7 @@ COMMANDS = {
     "export-mpcc-eval": (_add_export_eval, _export_eval),
     "demo": (_add_demo, _demo),
     "train": (_add_train, _train),
+    "recipes": (_add_recipes, _recipes),
     "eval": (_add_eval, _eval),
     "tiny-model": (_add_tiny_model, _tiny_model),
     "annotate": (_add_annotate, _annotate),

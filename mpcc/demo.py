@@ -29,11 +29,12 @@ def run_demo(
     seed: int = 0,
     sft_steps: int = 150,
     grpo_steps: int = 30,
-    recipes: str | Path = "recipes/tiny",
+    recipes: str | Path = "tiny",
 ) -> dict[str, Path]:
     """Train scenes and held-out eval scenes (half as many, another seed), as COCO has train and val;
     then `sft_steps` SFT steps and `grpo_steps` GRPO-with-prior-sampling steps from the SFT checkpoint;
-    then an evaluation of that checkpoint on the eval set."""
+    then an evaluation of that checkpoint on the eval set. `recipes` holds sft.yaml and grpo_prior.yaml:
+    a directory, or a packaged recipe folder's name."""
     out = Path(out)
     paths = {
         "train_build": out / "data" / "train_build",
@@ -79,7 +80,6 @@ def run_demo(
         )
     page = write_preview(paths["eval"], paths["preview"], num=24, seed=seed)
     print(f"data: train {paths['train']}, eval {paths['eval']}\npreview: {page}", flush=True)
-    recipes = Path(recipes)
     # Scene traces take about 47 tokens of the tiny tokenizer (up to 69; longer ones are kept whole).
     stages = {
         "sft": ("tiny:qwen2_5_vl", sft_steps, []),
@@ -90,7 +90,7 @@ def run_demo(
             logger.info("demo: %s for %d steps -> %s", stage, steps, paths[stage])
             train_main(
                 [
-                    str(recipes / f"{stage}.yaml"),
+                    str(Path(recipes) / f"{stage}.yaml"),  # a file, else a packaged recipe's name
                     "--model_name_or_path",
                     model,
                     "--dataset_path",

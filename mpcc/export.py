@@ -247,10 +247,16 @@ def _training_section(record: dict | None, step: int | None) -> str:
         weighted = " + ".join(f"{w:g} x {names[f]}" for f, w in zip(funcs, trainer["reward_weights"]))
         lines.append(f"\nReward (`rewards: {trainer['rewards']}`): {weighted}.")
     if kind == "grpo_prior":
+        g = trainer["num_generations"]
+        group = (
+            f"{g} generated samples + the trace, groups of {g + 1}"
+            if trainer["prior_mode"] == "append"
+            else f"the trace takes one of the {g} slots: {g - 1} generated samples + the trace"
+        )
         lines.append(
-            "\nPrior sampling: each group's last slot holds the annotated trace "
-            "`<think> trace</think><answer>name</answer>`, rewarded and trained on like a generated sample "
-            f"(group size {trainer['num_generations']} including the trace).\n"
+            f"\nPrior sampling (`prior_mode: {trainer['prior_mode']}`, {group}): the annotated trace "
+            "`<think> trace</think><answer>name</answer>` is rewarded and trained on like a generated "
+            "sample.\n"
         )
         lines.append(_table([(k, trainer[k]) for k in PRIOR_KEYS]))
     return "\n".join(lines) + "\n"
@@ -295,6 +301,7 @@ def _eval_section(metrics: dict | None) -> str:
 
 
 def _usage(adapter_only: bool, name: str, base: str) -> str:
+    """Stock transformers only: the folder names stock classes, so no mpcc import is needed."""
     load = (
         f'base = AutoModelForImageTextToText.from_pretrained("{base}")\n'
         f'model = PeftModel.from_pretrained(base, "{name}")  # or model.merge_and_unload()\n'
@@ -304,11 +311,10 @@ def _usage(adapter_only: bool, name: str, base: str) -> str:
     imports = "from peft import PeftModel\n" if adapter_only else ""
     return (
         "## Usage\n\n```python\n"
-        f"{imports}from transformers import AutoModelForImageTextToText\n"
-        "from mpcc.models import load_processor  # the processor config names mpcc's image-only class\n\n"
-        f'{load}processor = load_processor("{name}")\n```\n\n'
-        "Prompts follow `mpcc.data.prompts`: the image, then the question; the model answers "
-        "`<think>...</think><answer>...</answer>`.\n"
+        f"{imports}from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+        f'{load}processor = AutoProcessor.from_pretrained("{name}")\n```\n\n'
+        "vLLM serves the folder as it is (`vllm serve PATH`). Prompts follow `mpcc.data.prompts`: the "
+        "image, then the question; the model answers `<think>...</think><answer>...</answer>`.\n"
     )
 
 

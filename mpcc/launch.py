@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from mpcc.recipes import resolve
+
 logger = logging.getLogger(__name__)
 
 PORT_BASE, PORT_SPAN = 10000, 20000  # job-derived main ports stay below Linux's ephemeral range
@@ -209,7 +211,7 @@ def vllm_serve_args(env: Mapping[str, str], model: str, port: int) -> list[str]:
 class RecipeLaunch:
     """The few recipe keys that decide how a run is launched (mpcc.train parses and checks the rest)."""
 
-    accelerate_config: str | None
+    accelerate_config: str | None  # a file path
     vllm_server: bool
     model: str
     vllm_port: int
@@ -233,9 +235,10 @@ def _truthy(value) -> bool:
     return str(value).strip().lower() in ("true", "yes", "1", "y", "t")
 
 
-def read_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeLaunch:
-    """Launch-relevant keys of a recipe YAML, command-line overrides applied."""
-    path = Path(path)
+def read_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeLaunch:
+    """Launch-relevant keys of a recipe (a YAML file or a packaged recipe's name), command-line overrides
+    applied; the Accelerate config as a file path (it may be given by name)."""
+    path = resolve(recipe)
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
@@ -250,8 +253,9 @@ def read_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeLaunch
     model = get("model_name_or_path")
     if not model:
         raise ValueError(f"{path}: no model_name_or_path")
+    config = get("accelerate_config")
     return RecipeLaunch(
-        accelerate_config=get("accelerate_config") or None,
+        accelerate_config=str(resolve(config, "accelerate")) if config else None,
         vllm_server=_truthy(get("use_vllm", False)) and str(get("vllm_mode", "colocate")) == "server",
         model=str(model),
         vllm_port=int(get("vllm_server_port", 8000)),
@@ -301,6 +305,7 @@ def vllm_node(env: Mapping[str, str], recipe: str, overrides: Sequence[str]) -> 
 
 USAGE = """usage: python -m mpcc.launch {train|vllm|vllm-node} RECIPE [--key value ...]
 
+  RECIPE     a YAML file, or a packaged recipe's name (grpo_prior, tiny/grpo_prior: see `mpcc recipes`)
   train      exec `accelerate launch <args from SLURM's environment> -m mpcc.train RECIPE ...` (one per node)
   vllm       exec `trl vllm-serve` for the recipe's model (the vLLM node of a `vllm_mode: server` recipe)
   vllm-node  print the job's vLLM server node, or nothing when the recipe does not use server mode

@@ -1,8 +1,9 @@
 """Loading Qwen VL models and processors, LoRA, and tiny random-weight models for offline tests.
 
-Importing this module registers image-only processors with `AutoProcessor` (see `IMAGE_ONLY_PROCESSORS`).
-Processors saved by mpcc (tiny models, training outputs) name those classes, so any process that loads
-one with `AutoProcessor` must import `mpcc.models` first; `load_processor` works without that step.
+Every folder mpcc writes names only stock transformers classes, so stock `AutoProcessor` /
+`AutoModelForImageTextToText`, vLLM and TRL's `vllm-serve` load it without mpcc. The image-only
+processors below are mpcc's way to *load* Qwen VL processors where torchvision is missing
+(`load_processor`); they save themselves as the stock class.
 """
 
 from __future__ import annotations
@@ -35,50 +36,82 @@ from transformers import (
     Qwen3VLProcessor,
 )
 from transformers.image_utils import SizeDict
+from transformers.models.auto.video_processing_auto import get_video_processor_config
 
 logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------
 # Image-only processors
 
+# What a stock video processor needs from the image processor to match it (the rest are its defaults).
+_VIDEO_KEYS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std")
+
 
 class _ImageOnly:
-    """Leaves the video processor out of a Qwen VL processor.
+    """Leaves the video processor out of a Qwen VL processor, and saves as the stock processor.
 
     The stock Qwen VL processors are (image processor, tokenizer, video processor), and their video
     processors exist only as torchvision classes: without torchvision, loading one fails with an
     ImportError, or AutoProcessor falls back to the bare tokenizer and TRL then trains text-only.
     ProcessorMixin derives the parts it loads, checks and saves from `__init__`'s parameter names, so a
     signature without `video_processor` is all it takes; image handling is the stock class's.
+
+    Saved folders must load with stock transformers, which wants the stock class name and a video
+    processor config. transformers writes `type(self).__name__` into processor_config.json and
+    tokenizer_config.json, so each subclass takes its stock class's `__name__` (its `__qualname__`
+    stays mpcc's, for pickling); `to_dict` adds the source's video processor config, or one built from
+    the image processor's patch, merge and normalisation settings (the video class's defaults do the rest).
     """
+
+    _video_processor_type: str  # the stock video processor class of the family
+    video_processor_config: dict | None = None  # as read from the folder this processor was loaded from
+
+    def __init_subclass__(cls, video_processor_type: str, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._video_processor_type = video_processor_type
+        cls.__name__ = next(b for b in cls.__bases__ if b is not _ImageOnly).__name__
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # transformers' own reading of the checkpoint's video settings (needs no torchvision)
+        processor.video_processor_config = get_video_processor_config(pretrained_model_name_or_path) or None
+        return processor
 
-class Qwen2VLImageOnlyProcessor(_ImageOnly, Qwen2VLProcessor):
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["video_processor"] = self.video_processor_config or {
+            "video_processor_type": self._video_processor_type,
+            **{k: out["image_processor"][k] for k in _VIDEO_KEYS if k in out["image_processor"]},
+        }
+        return out
+
+
+class Qwen2VLImageOnlyProcessor(_ImageOnly, Qwen2VLProcessor, video_processor_type="Qwen2VLVideoProcessor"):
     """Qwen2-VL processor without a video processor (works without torchvision)."""
 
 
-class Qwen2_5_VLImageOnlyProcessor(_ImageOnly, Qwen2_5_VLProcessor):
+class Qwen2_5_VLImageOnlyProcessor(
+    _ImageOnly, Qwen2_5_VLProcessor, video_processor_type="Qwen2VLVideoProcessor"
+):
     """Qwen2.5-VL processor without a video processor (works without torchvision)."""
 
 
-class Qwen3VLImageOnlyProcessor(_ImageOnly, Qwen3VLProcessor):
+class Qwen3VLImageOnlyProcessor(_ImageOnly, Qwen3VLProcessor, video_processor_type="Qwen3VLVideoProcessor"):
     """Qwen3-VL processor without a video processor (works without torchvision)."""
 
 
-_REGISTRY = (
-    (Qwen2VLConfig, Qwen2VLImageOnlyProcessor),
-    (Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor),
-    (Qwen3VLConfig, Qwen3VLImageOnlyProcessor),
-    (Qwen3VLMoeConfig, Qwen3VLImageOnlyProcessor),
-)
-IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {c.model_type: p for c, p in _REGISTRY}
-for _config_class, _processor_class in _REGISTRY:
-    # Lets AutoProcessor resolve the class names mpcc saves; it also becomes the processor for these
-    # configs when a checkpoint names none.
-    AutoProcessor.register(_config_class, _processor_class, exist_ok=True)
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
+    Qwen2VLConfig.model_type: Qwen2VLImageOnlyProcessor,
+    Qwen2_5_VLConfig.model_type: Qwen2_5_VLImageOnlyProcessor,
+    Qwen3VLConfig.model_type: Qwen3VLImageOnlyProcessor,
+    Qwen3VLMoeConfig.model_type: Qwen3VLImageOnlyProcessor,
+}
+# A processor saved without its model names only the stock class: map the name back.
+_IMAGE_ONLY_BY_STOCK_NAME = {p.__name__: p for p in IMAGE_ONLY_PROCESSORS.values()}
 
 
 def _is_missing_local_path(name_or_path: str | os.PathLike) -> bool:
@@ -114,6 +147,13 @@ def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels:
     image_processor.size = SizeDict(**size)
 
 
+def _named_processor_class(name_or_path: str | os.PathLike) -> str | None:
+    try:
+        return ProcessorMixin.get_processor_dict(name_or_path)[0].get("processor_class")
+    except (OSError, ValueError):
+        return None
+
+
 def load_processor(
     name_or_path: str | os.PathLike, min_pixels: int | None = None, max_pixels: int | None = None
 ) -> ProcessorMixin:
@@ -123,12 +163,12 @@ def load_processor(
     Raises rather than return a tokenizer-only processor, which TRL would silently train as text-only.
     """
     try:
-        model_type = _load_config(name_or_path).model_type
+        processor_class = IMAGE_ONLY_PROCESSORS.get(_load_config(name_or_path).model_type, AutoProcessor)
     except FileNotFoundError:
         raise
-    except OSError:  # a processor saved without its model: AutoProcessor reads the class it names
-        model_type = None
-    processor_class = IMAGE_ONLY_PROCESSORS.get(model_type, AutoProcessor)
+    except OSError:  # a processor saved without its model: the (stock) class its config names
+        named = _named_processor_class(name_or_path)
+        processor_class = _IMAGE_ONLY_BY_STOCK_NAME.get(named, AutoProcessor)
     try:
         processor = processor_class.from_pretrained(name_or_path)
     except (OSError, ValueError, ImportError) as e:

@@ -1,7 +1,8 @@
-"""Train from a recipe: `accelerate launch [--config_file CFG] -m mpcc.train RECIPE.yaml [--key value ...]`.
+"""Train from a recipe: `accelerate launch [--config_file CFG] -m mpcc.train RECIPE [--key value ...]`.
 
-(`accelerate launch RECIPE.yaml` cannot work: Accelerate needs a program to run; `mpcc train RECIPE`
-launches this module with the Accelerate config the recipe names.)
+RECIPE is a YAML file, or a packaged recipe's name from any directory (grpo_prior, tiny/grpo_prior; see
+`mpcc recipes`). (`accelerate launch RECIPE.yaml` cannot work: Accelerate needs a program to run;
+`mpcc train RECIPE` launches this module with the Accelerate config the recipe names.)
 """
 
 from __future__ import annotations

@@ -110,10 +110,9 @@ def test_demo_runs_end_to_end(tmp_path):
         "2",
         "--grpo-steps",
         "2",
-        "--recipes",
-        str(ROOT / "recipes" / "tiny"),
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    # from outside the checkout: the default recipes are the packaged ones
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "preview:" in proc.stdout and "checkpoints:" in proc.stdout
     train, evald = load_dataset(tmp_path / "data" / "train"), load_dataset(tmp_path / "data" / "eval")
@@ -144,12 +143,12 @@ def test_mpcc_train_and_tiny_model_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     assert main(["tiny-model", "--arch", "qwen2_vl", "--out", str(tmp_path / "tiny")]) == 0
     assert (tmp_path / "tiny" / "config.json").is_file()
-    recipe = ROOT / "recipes" / "tiny" / "grpo.yaml"  # no accelerate_config: runs in this process
+    assert main(["recipes"]) == 0 and "tiny/grpo_prior" in capsys.readouterr().out
     assert (
         main(
             [
                 "train",
-                str(recipe),
+                "tiny/grpo",  # a packaged recipe's name; no accelerate_config: runs in this process
                 "--output_dir",
                 str(tmp_path / "run"),
                 "--max_steps",

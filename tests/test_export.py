@@ -16,6 +16,7 @@ import pytest
 import torch
 from huggingface_hub import CommitInfo, HfApi, ModelCard
 from PIL import Image
+from stock_files import assert_stock_folders
 
 import mpcc.export
 from mpcc.cli import main as cli
@@ -117,7 +118,9 @@ def test_card_describes_grpo_with_prior_sampling(tmp_path_factory, monkeypatch):
     assert "grpo_prior" in meta["tags"] and "lora" not in meta["tags"]
     assert "| learning_rate | `2e-06` |" in card.text and "| warmup_steps | `0.1` |" in card.text
     assert "Reward (`rewards: default`): 0.5 x format + 1 x exact_match + 0.5 x levenshtein." in card.text
-    assert "group size 5 including the trace" in card.text  # prior_mode append: 4 generated + the trace
+    # As the recipe says it (append, num_generations 4), not the internal replace group of 5.
+    assert "(`prior_mode: append`, 4 generated samples + the trace, groups of 5)" in card.text
+    assert "| num_generations | `4` |" in card.text and "| prior_mode | `append` |" in card.text
     assert "| prior_when | `always` |" in card.text and "| prior_in_group_stats | `True` |" in card.text
 
 
@@ -131,6 +134,7 @@ def test_full_finetune_checkpoint(full_run, tmp_path, capsys):
                  "tokenizer.json", "chat_template.jinja", "README.md"):  # fmt: skip
         assert (out / name).is_file(), name
     assert not list(tmp_path.glob(".export.*")), "the staging folder was left behind"
+    assert_stock_folders(checkpoint, out)  # both load with stock AutoProcessor, without mpcc
 
     reference = _logits(load_model(checkpoint), load_processor(checkpoint))
     exported = _logits(load_model(out), load_processor(out))
@@ -146,6 +150,8 @@ def test_full_finetune_checkpoint(full_run, tmp_path, capsys):
     assert meta["pipeline_tag"] == "image-text-to-text" and {"mpcc", "sft"} <= set(meta["tags"])
     assert "base_model" not in meta  # `tiny:qwen2_5_vl` is no Hub id: named in the text only
     assert "Base model: `tiny:qwen2_5_vl`" in text and "exported at step 2" in text
+    usage = text[text.index("## Usage") :]
+    assert "AutoProcessor.from_pretrained" in usage and "mpcc" not in usage.split("```")[1]
     assert "`sft` trainer" in text and "| learning_rate | `0.005` |" in text
     build = json.loads((full_run / RUN_FILE).read_text())["dataset"]["build"]
     assert f"masking | `{build['config']['mask']['mode']}, fill black" in text

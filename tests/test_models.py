@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoProcessor, ProcessorMixin, Qwen2Config, Qwen2ForCausalLM
+from stock_files import assert_stock_folders
+from transformers import ProcessorMixin, Qwen2Config, Qwen2ForCausalLM
 
 import mpcc.models as models
 from mpcc.models import (
@@ -83,25 +82,26 @@ def test_processor_has_an_image_processor_without_torchvision(tiny, arch, tmp_pa
     assert processor.image_processor is not None and not hasattr(processor, "video_processor")
     assert processor.image_processor.size["shortest_edge"] == MIN_PIXELS
     assert processor.image_processor.size["longest_edge"] == MAX_PIXELS
-    # registered at import: AutoProcessor resolves the class the checkpoint names
-    assert type(AutoProcessor.from_pretrained(tiny[arch])) is type(processor)
     # saved on its own (as training outputs do), it comes back with its class and pixel bounds
     processor.save_pretrained(tmp_path)
     reloaded = load_processor(tmp_path)
     assert type(reloaded) is type(processor) and reloaded.image_processor.size["longest_edge"] == MAX_PIXELS
 
 
-def test_auto_processor_needs_the_registration(tiny):
-    """Why registration at import matters: without it AutoProcessor quietly gives just the tokenizer."""
-    code = (
-        "import sys; from transformers import AutoProcessor; "
-        "print(type(AutoProcessor.from_pretrained(sys.argv[1])).__name__)"
+def test_saved_folders_name_only_stock_classes(tiny, tmp_path):
+    """Tiny models and a processor saved alone name the stock classes, resolvable without mpcc."""
+    processor = load_processor(tiny["qwen2_5_vl"], min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    processor.save_pretrained(tmp_path)
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"  # what transformers writes into the files
+    assert json.loads((tmp_path / "processor_config.json").read_text())["processor_class"] == (
+        "Qwen2_5_VLProcessor"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code, str(tiny["qwen2_5_vl"])], capture_output=True, text=True
-    )
-    # transformers 5.23 returns the Qwen2Tokenizer; failing outright would be fine too
-    assert run.returncode != 0 or "Tokenizer" in run.stdout, run.stdout
+    assert_stock_folders(*tiny.values(), tmp_path)
+
+
+def test_processor_saved_without_its_model_loads_by_the_stock_name(tiny, tmp_path):
+    load_processor(tiny["qwen3_vl"]).save_pretrained(tmp_path)  # no config.json beside it
+    assert type(load_processor(tmp_path)) is models.Qwen3VLImageOnlyProcessor
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

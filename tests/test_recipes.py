@@ -8,18 +8,19 @@ import pytest
 import torch
 from trl import SFTConfig
 
+from mpcc.launch import read_recipe
+from mpcc.recipes import names, resolve
 from mpcc.training.config import MpccGRPOConfig, load_recipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "mpcc" / "recipes"
 # The paper recipes ask for bf16, which transformers refuses without a GPU.
 CPU = [] if torch.cuda.is_available() else ["--bf16", "false"]
 
 
-@pytest.mark.parametrize(
-    "recipe", sorted(p.relative_to(RECIPES) for p in RECIPES.rglob("*.yaml") if p.parent.name != "accelerate")
-)
+@pytest.mark.parametrize("recipe", names())
 def test_every_recipe_parses(recipe):
-    run, train, model = load_recipe(RECIPES / recipe, CPU)
+    run, train, model = load_recipe(recipe, CPU)  # by its packaged name
     assert isinstance(train, SFTConfig if run.trainer == "sft" else MpccGRPOConfig)
     assert model.model_name_or_path
 
@@ -28,6 +29,8 @@ def test_paper_settings_reach_the_configs():
     run, train, _ = load_recipe(RECIPES / "grpo_prior.yaml", CPU)
     # append: 4 generated + the trace slot, stored as a replace group of 5
     assert run.trainer == "grpo_prior" and train.prior_mode == "replace" and train.num_generations == 5
+    # ... while records, cards and loggers see the recipe's own words
+    assert train.to_dict()["prior_mode"] == "append" and train.to_dict()["num_generations"] == 4
     assert (train.num_generations - 1, train.learning_rate, train.beta, train.max_completion_length) == (
         4,
         2e-6,
@@ -49,6 +52,35 @@ def test_command_line_overrides_win():
         RECIPES / "tiny" / "grpo_prior.yaml", ["--prior_prob", "0.5", "--max_steps", "3"]
     )
     assert train.prior_prob == 0.5 and train.max_steps == 3
+
+
+def test_recipes_and_accelerate_configs_resolve_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the checkout
+    assert {"grpo", "grpo_prior", "sft", "tiny/grpo", "tiny/grpo_prior", "tiny/sft"} == set(names())
+    assert {"ddp", "zero2", "zero2_offload", "zero3"} == set(names("accelerate"))
+    for name in ("tiny/grpo_prior", "tiny/grpo_prior.yaml"):
+        assert resolve(name) == RECIPES / "tiny" / "grpo_prior.yaml"
+    assert resolve("grpo_prior") == RECIPES / "grpo_prior.yaml"
+    for name in ("zero2_offload", "zero2_offload.yaml", "accelerate/zero2_offload"):
+        assert resolve(name, "accelerate") == RECIPES / "accelerate" / "zero2_offload.yaml"
+    # wherever mpcc reads accelerate_config, a name gives the packaged file (the paper recipes name theirs)
+    assert read_recipe("grpo_prior").accelerate_config == str(RECIPES / "accelerate" / "zero2_offload.yaml")
+    # an existing file wins over the packaged recipe of the same name
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "grpo_prior.yaml").write_text("trainer: grpo\noutput_dir: o\nuse_cpu: true\n")
+    assert resolve("tiny/grpo_prior.yaml") == Path("tiny/grpo_prior.yaml")
+    assert load_recipe("tiny/grpo_prior.yaml")[0].trainer == "grpo"
+    # a checkout shows the packaged files as the top-level `recipes/` (README paths), one copy
+    assert (ROOT / "recipes").is_symlink() and (ROOT / "recipes").resolve() == RECIPES
+
+
+def test_unknown_names_list_the_packaged_ones():
+    with pytest.raises(ValueError, match=r"^nope: no such file.*packaged: grpo, .*tiny/grpo_prior"):
+        resolve("nope")
+    with pytest.raises(ValueError, match=r"accelerate/zero3: .* no packaged recipe"):
+        load_recipe("accelerate/zero3")  # an Accelerate config is not a recipe
+    with pytest.raises(ValueError, match=r"zero9: .* no packaged Accelerate config .*zero2_offload"):
+        read_recipe(RECIPES / "tiny" / "grpo_prior.yaml", ["--accelerate_config", "zero9"])
 
 
 def _recipe(tmp_path, text):

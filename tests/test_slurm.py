@@ -188,14 +188,15 @@ def test_vllm_server_node_is_the_last_and_does_not_train():
 
 def test_recipe_launch_keys_with_overrides(tmp_path):
     paper = read_recipe(PAPER)
-    assert paper.accelerate_config == "recipes/accelerate/zero2_offload.yaml" and not paper.vllm_server
+    accelerate = ROOT / "mpcc" / "recipes" / "accelerate"  # the recipe names its config; the file is packaged
+    assert paper.accelerate_config == str(accelerate / "zero2_offload.yaml") and not paper.vllm_server
     assert paper.model == "Qwen/Qwen2.5-VL-3B-Instruct" and paper.vllm_port == 8000
-    other = read_recipe(PAPER, ["--accelerate_config", "recipes/accelerate/zero3.yaml", "--use_vllm", "true"])
-    assert other.accelerate_config == "recipes/accelerate/zero3.yaml" and not other.vllm_server  # colocate
+    other = read_recipe(PAPER, ["--accelerate_config", "zero3", "--use_vllm", "true"])
+    assert other.accelerate_config == str(accelerate / "zero3.yaml") and not other.vllm_server  # colocate
     assert read_recipe(PAPER, ["--use_vllm", "--vllm_mode", "server"]).vllm_server
     assert not read_recipe(PAPER, ["--use_vllm", "false", "--vllm_mode", "server"]).vllm_server
     assert read_recipe(TINY).accelerate_config is None
-    with pytest.raises(ValueError, match="cannot read recipe"):
+    with pytest.raises(ValueError, match="missing.yaml: no such file, and no packaged recipe"):
         read_recipe(tmp_path / "missing.yaml")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stock_files import assert_stock_folders
 
 from mpcc.train import build_trainer, main
 from mpcc.training.config import load_recipe
@@ -45,6 +46,7 @@ def test_tiny_recipe_trains_and_saves(recipe, tmp_path, capsys):
     )
     assert "model saved to" in capsys.readouterr().out
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    assert_stock_folders(out, out / "checkpoint-4")  # the Trainer's checkpoints too
     steps = [h for h in _history(out) if "loss" in h]
     assert len(steps) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in steps)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
+from mpcc.recipes import resolve
+
 TRAINERS = ("sft", "grpo", "grpo_prior")
 
 
@@ -42,7 +44,10 @@ class RunArguments:
     eval_items: int = field(default=16, metadata={"help": "items of the eval build used (all their formats)"})
     accelerate_config: str | None = field(
         default=None,
-        metadata={"help": "Accelerate config file `mpcc train` launches with (none: one process)"},
+        metadata={
+            "help": "Accelerate config `mpcc train` launches with: a file, or a packaged config's name "
+            "such as zero2_offload (none: one process)"
+        },
     )
 
     def __post_init__(self):
@@ -111,12 +116,19 @@ class MpccGRPOConfig(GRPOConfig):
             raise ValueError("compile_generation needs cache_implementation: static")
         if not 0 <= self.prior_prob <= 1:
             raise ValueError(f"prior_prob must lie in [0, 1], got {self.prior_prob}")
+        self._as_given = {}
         if self.prior_mode == "append":
-            # A group of G generated + the trace slot is a `replace` group of G + 1: normalise once, so
-            # copies of this config (dataclasses.replace) do not grow the group again.
+            # A group of G generated + the trace slot is a `replace` group of G + 1.
+            self._as_given = {"prior_mode": "append", "num_generations": self.num_generations}
             self.num_generations += 1
             self.prior_mode = "replace"
         super().__post_init__()
+
+    def to_dict(self) -> dict:
+        """TRL's dump with `prior_mode` and `num_generations` as the recipe gave them (append: G generated
+        + the trace), so run records, model cards and loggers show the user's settings, not the internal
+        `replace` group of G + 1."""
+        return super().to_dict() | self._as_given
 
 
 def _as_cli(config: dict) -> list[str]:
@@ -135,10 +147,11 @@ def _as_cli(config: dict) -> list[str]:
 
 
 def load_recipe(
-    path: str | Path, overrides: list[str] = ()
+    recipe: str | Path, overrides: list[str] = ()
 ) -> tuple[RunArguments, GRPOConfig | SFTConfig, ModelConfig]:
-    """Parse a recipe and command-line overrides into (run, trainer config, model config)."""
-    path = Path(path)
+    """Parse a recipe (a YAML file or a packaged recipe's name) and command-line overrides into (run,
+    trainer config, model config)."""
+    path = resolve(recipe)
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:

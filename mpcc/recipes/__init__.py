@@ -1,0 +1,40 @@
+"""The packaged recipes and Accelerate configs, found by name so they work from any directory.
+
+The YAML files ship inside the package (a checkout also shows them as the top-level `recipes/`, a
+symlink to this directory). Only the standard library is imported: mpcc.launch runs this on every node
+before Accelerate starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+HERE = Path(__file__).parent
+ACCELERATE = HERE / "accelerate"
+LABELS = {"recipe": "recipe", "accelerate": "Accelerate config"}
+
+
+def names(kind: str = "recipe") -> list[str]:
+    """Packaged names: recipes as `grpo_prior`, `tiny/grpo_prior`; Accelerate configs as `zero2_offload`."""
+    if kind == "accelerate":
+        return sorted(p.stem for p in ACCELERATE.glob("*.yaml"))
+    files = (p.relative_to(HERE) for p in HERE.rglob("*.yaml"))
+    return sorted(p.with_suffix("").as_posix() for p in files if p.parts[0] != ACCELERATE.name)
+
+
+def resolve(name_or_path: str | Path, kind: str = "recipe") -> Path:
+    """An existing file as given, else the packaged file of that name (`.yaml` optional; Accelerate
+    configs also as `accelerate/NAME`). ValueError listing the packaged names when neither exists."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = PurePosixPath(path.as_posix())
+    name = name.with_suffix("") if name.suffix == ".yaml" else name
+    if kind == "accelerate" and name.parts[:1] == (ACCELERATE.name,):
+        name = name.relative_to(ACCELERATE.name)
+    if name.as_posix() in names(kind):
+        return (ACCELERATE if kind == "accelerate" else HERE) / f"{name}.yaml"
+    raise ValueError(
+        f"{name_or_path}: no such file, and no packaged {LABELS[kind]} of that name "
+        f"(packaged: {', '.join(names(kind))})"
+    )
