@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint stock-check clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# What mpcc writes, loaded by stock transformers + torchvision without mpcc (tests/test_stock_transformers.py),
+# in a second venv: torchvision cannot sit beside the CPU torch (about 5.5 GB: a CUDA build of torch).
+STOCK ?= .stock-venv
+$(STOCK)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(STOCK)
+	$(STOCK)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 pillow \
+		"transformers==$$($(BIN)/python -c 'import transformers; print(transformers.__version__)')"
+	touch $@
+
+stock-check: $(STOCK)/.installed
+	MPCC_STOCK_PYTHON=$(STOCK)/bin/python $(BIN)/pytest -rs tests/test_stock_transformers.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -248,7 +248,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
 TINY_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 TINY_MAX_VOCAB = 2048  # the built-in corpus yields fewer (about 1,150 tokens)
-_TINY_FORMAT = 1  # bump when the tiny build changes, so caches rebuild
+_TINY_FORMAT = 2  # bump when the tiny build changes, so caches rebuild (2: stock class names)
 
 # The names and order of Qwen's special tokens (ids differ: ours come first in the small vocab).
 SPECIAL_TOKENS = (
