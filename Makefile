@@ -39,7 +39,7 @@ $(STOCK)/.installed: $(VENV)/.installed
 	touch $@
 
 stock-check: $(STOCK)/.installed
-	MPCC_STOCK_PYTHON=$(STOCK)/bin/python $(BIN)/pytest -rs tests/test_stock_transformers.py
+	MPCC_STOCK_PYTHON=$(abspath $(STOCK))/bin/python $(BIN)/pytest -rs tests/test_stock_transformers.py
 
 clean:
 	rm -rf runs .pytest_cache
