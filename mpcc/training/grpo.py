@@ -14,6 +14,41 @@ from __future__ import annotations
 
 from trl import GRPOTrainer
 
+# TRL's GRPOTrainer internals that mpcc overrides, wraps (mpcc.bench) or reads, as of TRL 1.16; private
+# names change between minor releases, so tests/test_trl_surface.py checks each one against the
+# installed TRL. Methods: the parameters mpcc's overrides take and pass on.
+TRL_METHODS = {
+    "_generate_single_turn": (
+        "prompt_ids",
+        "images",
+        "multimodal_fields",
+        "num_generations",
+        "has_tool_images",
+    ),
+    "_generate_and_score_completions": ("inputs",),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "log": ("logs", "start_time"),
+}
+TRL_ATTRIBUTES = (
+    "_logs",
+    "_metrics",
+    "_tokenizer",
+    "eos_token_ids",
+    "generation_config",
+    "max_completion_length",
+    "multi_objective_aggregation",
+    "num_generations",
+    "reward_weights",
+    "scale_rewards",
+    "use_vllm",
+    "vllm_importance_sampling_correction",
+    "vllm_importance_sampling_mode",
+    "vllm_mode",
+)
+# transformers' PreTrainedModel.enable_input_require_grads: the forward hook it registers, and the attribute
+# holding the current hooks' handles (see drop_stale_input_hooks)
+GRAD_HOOK, GRAD_HOOK_HANDLES = "make_inputs_require_grads", "_require_grads_hooks"
+
 
 def conversation_text(messages) -> str:
     """A chat as readable text, images shown as <image>."""
@@ -30,9 +65,6 @@ def conversation_text(messages) -> str:
     return "\n".join(lines)
 
 
-_HOOK = "make_inputs_require_grads"  # transformers' PreTrainedModel.enable_input_require_grads
-
-
 def drop_stale_input_hooks(model) -> int:
     """Remove input-embedding hooks that transformers lost track of; returns how many.
 
@@ -42,11 +74,11 @@ def drop_stale_input_hooks(model) -> int:
     them, and compiled decoding recompiles at every step (its guards count the hooks).
     """
     model = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
-    current = {h.id for h in getattr(model, "_require_grads_hooks", None) or []}
+    current = {h.id for h in getattr(model, GRAD_HOOK_HANDLES, None) or []}
     dropped = 0
     for module in model.modules():
         hooks = module._forward_hooks
-        stale = [k for k, f in hooks.items() if getattr(f, "__name__", "") == _HOOK and k not in current]
+        stale = [k for k, f in hooks.items() if getattr(f, "__name__", "") == GRAD_HOOK and k not in current]
         for key in stale:
             del hooks[key]
         dropped += len(stale)

@@ -9,6 +9,11 @@ Groups are consecutive rows of the global generation batch (TRL's RepeatSampler)
 ranks; every decision (inject or not, which slot) is a function of the global group index, the
 training step and the seed, so all ranks agree without communicating. The trace always takes the
 group's last slot, and that slot is not generated.
+
+With vLLM, TRL weights each row by exp(old log-prob - sampling log-prob) and its off-policy mask reads
+the sampling log-probs too. A trace was not sampled, so its sampling log-probs are NaN, which TRL reads
+as "no correction" (ratio exactly 1, zero KL): the trace is weighted as without vLLM, in every
+importance-sampling mode. TRL's `sampling/*` metrics are recomputed over generated rows only.
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ def _select_multimodal_rows(fields: dict, rows: list[int], n_rows: int) -> dict 
     return out
 
 
+def _nan_reduce(values: torch.Tensor, op) -> torch.Tensor:
+    """`op` over the non-NaN entries of `values`; NaN when there are none."""
+    values = values[~values.isnan()]
+    return op(values) if values.numel() else values.new_tensor(float("nan"))
+
+
 class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
     """TRL's GRPOTrainer with one annotated trace per group (see the module docstring and MpccGRPOConfig)."""
 
@@ -66,10 +77,11 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
                 f"prior_success_reward {self.args.prior_success_reward!r} is not one of {sorted(REWARDS)}"
             )
         self._success_reward = REWARDS[self.args.prior_success_reward]
-        self._rows: list[dict] = []
+        self._rows: list[dict] | None = None  # the batch's rows, until its first generation turn
         self._trace_slot: list[bool] = []  # per local row of the current generation batch
         self._warned_split = False
         self._warned_long = False
+        self._warned_rows = False
 
     # -- which slots hold a trace ------------------------------------------------------------------
     def _prior_probability(self) -> float:
@@ -95,16 +107,20 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
 
     # -- TRL hooks ---------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
-        self._rows = inputs
+        self._rows, self._trace_slot = inputs, [False] * len(inputs)
         output = super()._generate_and_score_completions(inputs)
-        return self._log_and_restat(output) if self.model.training else output
+        if not self.model.training:
+            return output
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            self._restat_sampling(output)
+        return self._log_and_restat(output)
 
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
-        rows = self._rows
-        if not self.model.training or len(rows) != len(prompt_ids):
-            self._trace_slot = [False] * len(prompt_ids)
+        # A batch's first turn places the traces; tool-call follow-up turns only extend generated rows.
+        rows, self._rows = self._rows, None
+        if not self.model.training or rows is None or not self._rows_match(rows, prompt_ids):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
@@ -123,20 +139,35 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
         for i, is_trace in enumerate(slots):
             if is_trace:
                 completion_ids[i] = self._trace_ids(rows[i])
-                if logprobs is not None:
-                    logprobs[i] = [0.0] * len(completion_ids[i])
+                if logprobs is not None:  # vLLM: not sampled, so no importance-sampling correction
+                    logprobs[i] = [float("nan")] * len(completion_ids[i])
         return completion_ids, logprobs
 
+    def _rows_match(self, rows: list[dict], prompt_ids: list) -> bool:
+        """Whether generation got one prompt per dataset row, as trace placement needs; warns once if not."""
+        if len(rows) != len(prompt_ids) and not self._warned_rows:
+            logger.warning(
+                "prior sampling is off for this batch: generation got %d prompts for %d dataset rows, so the "
+                "trace slots cannot be placed (a TRL version mpcc does not support?)",
+                len(prompt_ids),
+                len(rows),
+            )
+            self._warned_rows = True
+        return len(rows) == len(prompt_ids)
+
     def _generate_without(self, skip, prompt_ids, images, fields, num_generations, has_tool_images):
-        """Generate only the rows not in `skip` (at least one, so collective ops stay in step)."""
+        """Generate only the rows not in `skip` (at least one, so collective ops stay in step) where the
+        backend can; otherwise generate every row, and the caller replaces the skipped ones."""
         keep = [i for i, s in enumerate(skip) if not s] or [0]
         if len(keep) == len(prompt_ids):
             return super()._generate_single_turn(prompt_ids, images, fields, num_generations, has_tool_images)
-        sub_fields = _select_multimodal_rows(fields, keep, len(prompt_ids))
-        if sub_fields is None or self.use_vllm:
+        sub_fields = self._fields_of_rows(fields, keep, len(prompt_ids))
+        if sub_fields is None:
             if not self._warned_split:
                 logger.warning(
-                    "cannot split this processor's outputs by row: trace slots are generated and replaced"
+                    "this generation backend cannot generate part of a batch (vLLM server or tensor-parallel "
+                    "mode, or processor outputs that do not split by row): trace slots are generated, then "
+                    "replaced"
                 )
                 self._warned_split = True
             return super()._generate_single_turn(prompt_ids, images, fields, num_generations, has_tool_images)
@@ -154,6 +185,18 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
             if all_logprobs is not None:
                 all_logprobs[i] = logprobs[j]
         return completion_ids, all_logprobs
+
+    def _fields_of_rows(self, fields: dict, keep: list[int], n_rows: int) -> dict | None:
+        """The generation inputs of the `keep` rows; None when the backend must generate the whole batch.
+
+        vLLM server mode samples `num_generations` completions from each group's first prompt, and
+        tensor-parallel colocate mode splits outputs by equal per-rank counts: both need every row.
+        Colocated vLLM on one device takes any rows and reads only their token ids and images."""
+        if not self.use_vllm:
+            return _select_multimodal_rows(fields, keep, n_rows)
+        if self.vllm_mode == "colocate" and self.args.vllm_tensor_parallel_size == 1:
+            return {}
+        return None
 
     def _trace_ids(self, row: dict) -> list[int]:
         """The trace's tokens + EOS, never cut: a truncated trace would teach a wrong, unrewarded answer."""
@@ -189,6 +232,32 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_per_func = rewards_per_func
         return rewards_per_func
+
+    def _restat_sampling(self, output: dict) -> None:
+        """Replace this step's `sampling/*` metrics with their values over generated rows only.
+
+        TRL counts each trace as a ratio of 1. Per rank, then across ranks, as TRL does; a rank holding
+        only traces contributes NaN, which the cross-rank reductions skip."""
+        generated = ~torch.tensor(self._trace_slot, dtype=torch.bool, device=self.accelerator.device)
+        tokens = output["completion_mask"].bool() & generated.unsqueeze(1)
+        if "tool_mask" in output:
+            tokens &= output["tool_mask"].bool()
+        delta = (output["old_per_token_logps"] - output["sampling_per_token_logps"]).abs()[tokens]
+        ratio = output["importance_sampling_ratio"]  # (B, 1) at sequence level, (B, T) at token level
+        sequence_level = self.vllm_importance_sampling_mode.startswith("sequence")
+        ratio = ratio[generated] if sequence_level else ratio[tokens]
+        stats = {
+            "sampling/sampling_logp_difference/mean": (delta, torch.mean),
+            "sampling/sampling_logp_difference/max": (delta, torch.max),
+            "sampling/importance_sampling_ratio/min": (ratio, torch.min),
+            "sampling/importance_sampling_ratio/mean": (ratio, torch.mean),
+            "sampling/importance_sampling_ratio/max": (ratio, torch.max),
+        }
+        local = torch.stack([_nan_reduce(values, op) for values, op in stats.values()])
+        ranks = self.accelerator.gather(local.unsqueeze(0))
+        metrics = self._metrics["train"]
+        for (name, (_, op)), values in zip(stats.items(), ranks.T):
+            metrics[name][-1] = _nan_reduce(values, op).item()  # TRL appended this step's value last
 
     def _log_and_restat(self, output: dict) -> dict:
         """Prior metrics, and the advantages recomputed from generated samples only when asked."""
