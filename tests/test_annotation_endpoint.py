@@ -45,15 +45,20 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """`transformers serve` with the tiny model on loopback (mpcc.models imported first, so the server's
-    AutoProcessor resolves the image-only processor class the tiny model's config names)."""
+    """`transformers serve` with the tiny model on loopback. The model's files name the stock processor
+    class, which needs torchvision; this machine has none, so the server process gets mpcc's image-only
+    class in its place (a machine with torchvision serves the folder as it is)."""
     cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPCC_CACHE", str(cache))
         model = resolve_model_path("tiny:qwen2_5_vl")
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    code = "import sys, mpcc.models; from transformers.cli.transformers import main; sys.exit(main())"
+    code = (
+        "import sys, transformers.models.qwen2_5_vl as stock, mpcc.models as m; "
+        "stock.Qwen2_5_VLProcessor = m.Qwen2_5_VLImageOnlyProcessor; "
+        "from transformers.cli.transformers import main; sys.exit(main())"
+    )
     command = [sys.executable, "-c", code, "serve", model, "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(cache)}
     with open(log, "w") as out:
