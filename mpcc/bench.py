@@ -29,7 +29,9 @@ from transformers import TrainerCallback
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import generate_scenes
+from mpcc.errors import ConfigError
 from mpcc.models import random_vlm, set_pixel_bounds, vision_tower
+from mpcc.options import option
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import MpccGRPOConfig
 from mpcc.training.grpo import MpccGRPOTrainer
@@ -84,27 +86,42 @@ VARIANTS = {
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
 
+@dataclass(frozen=True)
+class BenchJob:
+    """`mpcc bench grpo`: vanilla TRL's GRPOTrainer and mpcc's GRPO / prior-sampling trainers (plain and
+    with compiled static-cache generation) on the same random-weight model and data, in one run on one
+    device (the GPU when there is one): per-phase medians, tokens/s, MFU, peak memory and the speed-up
+    over vanilla, written to grpo_bench.json and grpo_bench.md."""
+
+    what: str = option(help="what to benchmark", choices=("grpo",), positional=True)
+    out: Path = option(help="directory for grpo_bench.json and grpo_bench.md")
+
+
 @dataclass
 class BenchConfig:
-    shape: str = "tiny"
-    prompts: int = 2  # prompts per step
-    generations: int = 8  # G: samples per prompt (the prior variants generate G - 1 + the trace)
-    max_new_tokens: int = 256
-    steps: int = 5  # timed steps, after warmup
-    warmup: int = 2
+    shape: str = option(
+        "tiny",
+        "model shape: tiny (CPU-sized), 3b / 7b (Qwen2.5-VL-3B / 7B exactly, random weights)",
+        choices=tuple(SHAPES),
+    )
+    prompts: int = option(2, "prompts per step")
+    generations: int = option(8, "G: samples per prompt (the prior variants generate G - 1 + the trace)")
+    max_new_tokens: int = option(256, "new tokens per completion")
+    steps: int = option(5, "timed steps, after warmup")
+    warmup: int = option(2, "untimed first steps")
     image_size: tuple[int, int] = (640, 480)
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = option(tuple(VARIANTS), f"comma-separated of {', '.join(VARIANTS)}")
     gradient_checkpointing: bool = True
     seed: int = 0
 
     def __post_init__(self):
         if self.shape not in SHAPES:
-            raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {self.shape!r}")
+            raise ConfigError(f"shape must be one of {sorted(SHAPES)}, got {self.shape!r}")
         unknown = set(self.variants) - set(VARIANTS)
         if unknown or not self.variants:
-            raise ValueError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {self.variants}")
+            raise ConfigError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {self.variants}")
         if self.steps < 1 or self.warmup < 0 or self.prompts < 1 or self.generations < 2:
-            raise ValueError("need steps >= 1, warmup >= 0, prompts >= 1 and generations >= 2")
+            raise ConfigError("need steps >= 1, warmup >= 0, prompts >= 1 and generations >= 2")
 
 
 def _device() -> torch.device:
@@ -129,7 +146,7 @@ def bench_dataset(config: BenchConfig, root: Path):
     )
     dataset = load_dataset(root / "train").shuffle(seed=config.seed)
     if len(dataset) < rows_needed:
-        raise ValueError(
+        raise ConfigError(
             f"the benchmark scenes gave {len(dataset)} rows, fewer than the {rows_needed} needed"
         )
     return dataset.select(range(rows_needed))

@@ -10,26 +10,43 @@ re-running the demo resumes instead of redoing.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from mpcc.annotation.importing import import_traces
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
-from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.config import EVAL_FORMATS, Decoding, EvalConfig
 from mpcc.evaluation.harness import run_eval
+from mpcc.options import option
 from mpcc.train import main as train_main
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DemoConfig:
+    """`mpcc demo`: synthetic scenes with reasoning traces -> MPCC train set (traces imported and verified)
+    + eval set -> visual preview -> SFT -> GRPO with prior sampling (tiny offline model, CPU) -> eval."""
+
+    out: Path = option(Path("runs/demo"), "work directory")
+    num_images: int = option(240, "synthetic scenes")
+    seed: int = option(0, "seed")
+    sft_steps: int = option(150, "SFT steps on the traces")
+    grpo_steps: int = option(30, "then GRPO + prior sampling steps")
+    recipes: str = option(
+        "tiny", "where sft.yaml and grpo_prior.yaml are: a directory, or a packaged recipe folder's name"
+    )
+
+
 def run_demo(
-    out: str | Path,
-    num_images: int = 240,
-    seed: int = 0,
-    sft_steps: int = 150,
-    grpo_steps: int = 30,
-    recipes: str | Path = "tiny",
+    out: str | Path = DemoConfig.out,
+    num_images: int = DemoConfig.num_images,
+    seed: int = DemoConfig.seed,
+    sft_steps: int = DemoConfig.sft_steps,
+    grpo_steps: int = DemoConfig.grpo_steps,
+    recipes: str | Path = DemoConfig.recipes,
 ) -> dict[str, Path]:
     """Train scenes and held-out eval scenes (half as many, another seed), as COCO has train and val;
     then `sft_steps` SFT steps and `grpo_steps` GRPO-with-prior-sampling steps from the SFT checkpoint;
@@ -108,7 +125,7 @@ def run_demo(
             )
     print(f"checkpoints: SFT {paths['sft']}, GRPO with prior sampling {paths['grpo_prior']}")
     config = EvalConfig(
-        formats=("mc4", "mc7", "yesno", "open"),
+        formats=EVAL_FORMATS,
         diagnostics=("blind", "shape"),
         limit=60,
         decoding=Decoding(max_new_tokens=64),

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +23,13 @@ from PIL import Image
 
 from mpcc.data import prompts
 from mpcc.data.difficulty import WEIGHTS
+from mpcc.errors import ConfigError, InputError, MissingInputError, MpccError, ValidationError
 from mpcc.evaluation.generation import conversation
-from mpcc.evaluation.harness import METRICS
+from mpcc.evaluation.harness import read_metrics
 from mpcc.evaluation.metrics import markdown_report
 from mpcc.models import load_model, load_processor
+from mpcc.options import option
+from mpcc.outputs import check_output, staged_output
 from mpcc.training.record import load_run_record
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,40 @@ CITATION = """\
 }"""
 
 
-class ExportValidationError(ValueError):
+class ExportValidationError(ValidationError):
     """The exported folder does not reproduce the checkpoint; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """`mpcc export`: consolidate a training output_dir or checkpoint-N (full weights, a LoRA adapter, or
+    DeepSpeed ZeRO shards) into a folder with weights, processor, chat template, generation config and
+    README.md; reload it and check it gives the checkpoint's logits before anything is uploaded."""
+
+    checkpoint: Path = option(
+        help="a training output_dir or one of its checkpoint-N folders", positional=True
+    )
+    out: Path = option(help="folder to write (absent or empty; written atomically)")
+    overwrite: bool = option(False, "replace --out if it exists")
+    merge_lora: bool = option(
+        False, "merge a LoRA adapter into its base and export the full model (default: the adapter alone)"
+    )
+    base_model: str | None = option(None, "LoRA: the base model to load instead of the one the adapter names")
+    eval_run: Path | None = option(None, "an `mpcc eval` output folder: its metrics go into the card")
+    license: str | None = option(
+        None, "licence id for the card (default: the base model's if known, else other)"
+    )
+    push_to_hub: str | None = option(
+        None,
+        "upload the validated folder to this Hub model repo (token: HF_TOKEN or `hf auth login`)",
+        metavar="REPO",
+    )
+    private: bool = option(False, "create the Hub repo as private")
+    dry_run: bool = option(False, "with --push-to-hub: list what would be uploaded, upload nothing")
+
+    def __post_init__(self):
+        if (self.private or self.dry_run) and not self.push_to_hub:
+            raise ConfigError("--private and --dry-run need --push-to-hub REPO")
 
 
 @dataclass(frozen=True)
@@ -76,16 +109,16 @@ class ExportResult:
 def checkpoint_kind(path: Path) -> str:
     """`model` (transformers weights), `adapter` (a peft LoRA adapter) or `zero` (DeepSpeed shards only)."""
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+        raise MissingInputError(f"{path}: no such checkpoint directory")
     if any((path / name).is_file() for name in WEIGHT_FILES):
         return "model"
     if (path / ADAPTER_FILE).is_file():
         return "adapter"
     if (path / ZERO_TAG_FILE).is_file():
         if not (path / "config.json").is_file():
-            raise ValueError(f"{path}: DeepSpeed shards without config.json: the model cannot be rebuilt")
+            raise InputError(f"{path}: DeepSpeed shards without config.json: the model cannot be rebuilt")
         return "zero"
-    raise ValueError(
+    raise InputError(
         f"{path}: not a training checkpoint (no {WEIGHT_FILES[0]}, {ADAPTER_FILE} or DeepSpeed "
         f"`{ZERO_TAG_FILE}` file); pass a training output_dir or one of its checkpoint-N folders"
     )
@@ -107,14 +140,14 @@ def _zero_model(path: Path):
 
     config = AutoConfig.from_pretrained(path)
     if type(config) not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
-        raise ValueError(f"{path}: a {config.model_type!r} model, not an image-text-to-text model")
+        raise InputError(f"{path}: a {config.model_type!r} model, not an image-text-to-text model")
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path))
     model, info = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)].from_pretrained(
         None, config=config, state_dict=state_dict, dtype="auto", output_loading_info=True
     )
     bad = {k: sorted(map(str, v))[:5] for k, v in info.items() if v}
     if bad:
-        raise ValueError(f"{path}: the ZeRO shards do not match the model in config.json: {bad}")
+        raise InputError(f"{path}: the ZeRO shards do not match the model in config.json: {bad}")
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
@@ -126,7 +159,7 @@ def _adapter_model(path: Path, base: str):
     try:
         base_model = load_model(base)
     except (OSError, ValueError) as e:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot load the adapter's base model {base!r} ({e}); pass --base-model PATH"
         ) from e
     return PeftModel.from_pretrained(base_model, str(path))
@@ -152,15 +185,7 @@ def checkpoint_processor(path: Path, base: str | None = None):
             return load_processor(source)
         except OSError as e:
             logger.info("no processor in %s (%s)", source, e)
-    raise ValueError(f"{path}: no processor saved in the checkpoint (nor in its base model)")
-
-
-def eval_metrics(eval_run: Path) -> dict:
-    file = eval_run / METRICS
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{eval_run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
+    raise InputError(f"{path}: no processor saved in the checkpoint (nor in its base model)")
 
 
 # --------------------------------------------------------------------------------------- validation
@@ -396,28 +421,27 @@ def export(
     eval_run: str | Path | None = None,
     license: str | None = None,
     name: str | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
-    """Export `checkpoint` to `out` (created atomically; must not exist or be empty), validated by logits.
+    """Export `checkpoint` to `out` (created atomically; absent, empty, or replaced with `overwrite`),
+    validated by logits.
 
     `name` (e.g. the Hub repo id) titles the card and its usage snippet; default: the folder name.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not empty: choose another --out or remove it")
+    check_output(out, overwrite)
     kind = checkpoint_kind(checkpoint)
     if kind != "adapter" and (merge_lora or base_model):
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint}: --merge-lora / --base-model apply to LoRA adapters, not to a {kind} checkpoint"
         )
-    metrics = eval_metrics(Path(eval_run)) if eval_run else None
+    metrics = read_metrics(Path(eval_run)) if eval_run else None
     record = load_run_record(checkpoint)
     base = adapter_base(checkpoint, base_model) if kind == "adapter" else None
     processor = checkpoint_processor(checkpoint, base)
     model = load_checkpoint(checkpoint, kind, base).to(_device())
     reference, dtype = probe_logits(model, probe_inputs(processor)), model.dtype
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_output(out, overwrite) as staging:
         save_folder(model, processor, staging, merge_lora)
         del model
         diff, tolerance = validate(staging, reference, dtype, base)
@@ -427,11 +451,6 @@ def export(
             record, card_base, adapter_only, merge_lora, metrics, name or out.name, license, _step(checkpoint)
         )
         card.save(staging / CARD_FILE)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s (%s) to %s; max logit difference %.3g", checkpoint, kind, out, diff)
     return ExportResult(out, kind, adapter_only, diff, tolerance)
 
@@ -461,4 +480,4 @@ def push(folder: str | Path, repo_id: str, private: bool = False):
             commit_message="Upload with mpcc export",
         )
     except HfHubHTTPError as e:
-        raise ValueError(f"push to {repo_id} failed ({e}); the export in {folder} is complete") from e
+        raise MpccError(f"push to {repo_id} failed ({e}); the export in {folder} is complete") from e

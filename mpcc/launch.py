@@ -25,14 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from mpcc.recipes import resolve
+from mpcc.errors import ConfigError
+from mpcc.recipes import read, resolve
 
 logger = logging.getLogger(__name__)
 
 PORT_BASE, PORT_SPAN = 10000, 20000  # job-derived main ports stay below Linux's ephemeral range
-RESUME_IF_ANY = "auto"  # mpcc.train: resume from the newest checkpoint in output_dir when there is one
 
 
 def _split_top_level(expr: str) -> list[str]:
@@ -44,12 +42,12 @@ def _split_top_level(expr: str) -> list[str]:
         elif char == "]":
             depth -= 1
         if depth not in (0, 1):
-            raise ValueError(f"hostlist {expr!r}: unbalanced brackets")
+            raise ConfigError(f"hostlist {expr!r}: unbalanced brackets")
         if char == "," and depth == 0:
             parts.append(expr[start:i])
             start = i + 1
     if depth != 0:
-        raise ValueError(f"hostlist {expr!r}: unbalanced brackets")
+        raise ConfigError(f"hostlist {expr!r}: unbalanced brackets")
     parts.append(expr[start:])
     return [p.strip() for p in parts if p.strip()]
 
@@ -60,7 +58,7 @@ def _expand_ranges(ranges: str, expr: str) -> list[str]:
     for item in ranges.split(","):
         match = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", item)
         if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
-            raise ValueError(f"hostlist {expr!r}: invalid range {item!r}")
+            raise ConfigError(f"hostlist {expr!r}: invalid range {item!r}")
         low, high = match[1], match[2] or match[1]
         out += [str(n).zfill(len(low)) for n in range(int(low), int(high) + 1)]
     return out
@@ -76,11 +74,11 @@ def expand_hostlist(expr: str) -> list[str]:
     for pattern in _split_top_level(expr):
         pieces = re.split(r"\[([^\[\]]*)\]", pattern)  # text, ranges, text, ranges, ..., text
         if any("[" in p or "]" in p for p in pieces[::2]):
-            raise ValueError(f"hostlist {expr!r}: unbalanced brackets")
+            raise ConfigError(f"hostlist {expr!r}: unbalanced brackets")
         choices = [[p] if i % 2 == 0 else _expand_ranges(p, expr) for i, p in enumerate(pieces)]
         hosts += ["".join(c) for c in itertools.product(*choices)]
     if not hosts:
-        raise ValueError(f"hostlist {expr!r}: no host names")
+        raise ConfigError(f"hostlist {expr!r}: no host names")
     return hosts
 
 
@@ -88,14 +86,14 @@ def _require(env: Mapping[str, str], *names: str) -> str:
     for name in names:
         if env.get(name, "").strip():
             return env[name].strip()
-    raise ValueError(f"{' / '.join(names)} not set: run this inside a SLURM job step (srun)")
+    raise ConfigError(f"{' / '.join(names)} not set: run this inside a SLURM job step (srun)")
 
 
 def _int(env: Mapping[str, str], name: str) -> int:
     try:
         return int(env[name])
     except ValueError as e:
-        raise ValueError(f"{name}={env[name]!r} is not an integer") from e
+        raise ConfigError(f"{name}={env[name]!r} is not an integer") from e
 
 
 def gpus_per_node(env: Mapping[str, str]) -> int:
@@ -107,7 +105,7 @@ def gpus_per_node(env: Mapping[str, str]) -> int:
         return 0
     match = re.fullmatch(r"(?:[\w.-]+:)*(\d+)", per_node)
     if match is None:
-        raise ValueError(f"SLURM_GPUS_PER_NODE={per_node!r}: expected a count like 8 or h100:8")
+        raise ConfigError(f"SLURM_GPUS_PER_NODE={per_node!r}: expected a count like 8 or h100:8")
     return int(match[1])
 
 
@@ -125,7 +123,7 @@ class Allocation:
         nodelist = _require(env, "SLURM_JOB_NODELIST", "SLURM_NODELIST")
         nodes = tuple(expand_hostlist(nodelist))
         if env.get("SLURM_JOB_NUM_NODES", "").strip() and _int(env, "SLURM_JOB_NUM_NODES") != len(nodes):
-            raise ValueError(
+            raise ConfigError(
                 f"the node list {nodelist!r} names {len(nodes)} nodes but "
                 f"SLURM_JOB_NUM_NODES={env['SLURM_JOB_NUM_NODES']}"
             )
@@ -133,7 +131,7 @@ class Allocation:
         _require(env, rank_var)
         rank = _int(env, rank_var)
         if not 0 <= rank < len(nodes):
-            raise ValueError(f"{rank_var}={rank} is outside the job's {len(nodes)} nodes")
+            raise ConfigError(f"{rank_var}={rank} is outside the job's {len(nodes)} nodes")
         return cls(nodes, rank, gpus_per_node(env), _require(env, "SLURM_JOB_ID"))
 
 
@@ -159,10 +157,10 @@ def accelerate_args(
     nodes = alloc.nodes
     if vllm_server:
         if len(nodes) < 2:
-            raise ValueError("vllm_mode: server needs at least 2 nodes (the last one serves vLLM)")
+            raise ConfigError("vllm_mode: server needs at least 2 nodes (the last one serves vLLM)")
         nodes = nodes[:-1]
         if alloc.node_rank == len(nodes):
-            raise ValueError(f"{alloc.nodes[-1]} is the vLLM server node: it does not train")
+            raise ConfigError(f"{alloc.nodes[-1]} is the vLLM server node: it does not train")
     machines = len(nodes)
     args = [
         "--num_machines",
@@ -194,7 +192,7 @@ def vllm_serve_args(env: Mapping[str, str], model: str, port: int) -> list[str]:
     tensor_parallel = _int(env, "VLLM_TENSOR_PARALLEL_SIZE") if env.get("VLLM_TENSOR_PARALLEL_SIZE") else 1
     gpus = gpus_per_node(env)
     if gpus and tensor_parallel > gpus:
-        raise ValueError(f"VLLM_TENSOR_PARALLEL_SIZE={tensor_parallel} exceeds the node's {gpus} GPUs")
+        raise ConfigError(f"VLLM_TENSOR_PARALLEL_SIZE={tensor_parallel} exceeds the node's {gpus} GPUs")
     return [
         "--model",
         model,
@@ -238,13 +236,7 @@ def _truthy(value) -> bool:
 def read_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeLaunch:
     """Launch-relevant keys of a recipe (a YAML file or a packaged recipe's name), command-line overrides
     applied; the Accelerate config as a file path (it may be given by name)."""
-    path = resolve(recipe)
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read recipe: {e}") from e
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")
+    path, recipe = read(recipe)
 
     def get(key, default=None):
         given = _override(overrides, key)
@@ -252,7 +244,7 @@ def read_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeLaun
 
     model = get("model_name_or_path")
     if not model:
-        raise ValueError(f"{path}: no model_name_or_path")
+        raise ConfigError(f"{path}: no model_name_or_path")
     config = get("accelerate_config")
     return RecipeLaunch(
         accelerate_config=str(resolve(config, "accelerate")) if config else None,
@@ -268,18 +260,16 @@ def train_command(env: Mapping[str, str], recipe: str, overrides: Sequence[str])
     extra = []
     if launch.vllm_server:
         extra = ["--vllm_server_host", Allocation.from_env(env).nodes[-1]]
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        *accelerate_args(env, launch.accelerate_config, launch.vllm_server),
-        "-m",
-        "mpcc.train",
-        str(recipe),
-        *overrides,
-        *extra,
-    ]
+    return accelerate_command(
+        accelerate_args(env, launch.accelerate_config, launch.vllm_server), recipe, [*overrides, *extra]
+    )
+
+
+def accelerate_command(launch_args: Sequence[str], recipe: str, overrides: Sequence[str]) -> list[str]:
+    """`python -m accelerate launch LAUNCH_ARGS -m mpcc.train RECIPE OVERRIDES`: built here only (`mpcc
+    train` and the SLURM launcher)."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *launch_args]
+    return [*accelerate, "-m", "mpcc.train", str(recipe), *overrides]
 
 
 def vllm_command(env: Mapping[str, str], recipe: str, overrides: Sequence[str]) -> list[str]:
@@ -288,7 +278,7 @@ def vllm_command(env: Mapping[str, str], recipe: str, overrides: Sequence[str]) 
     launch = read_recipe(recipe, overrides)
     trl = shutil.which("trl")
     if trl is None:
-        raise ValueError("TRL's `trl` command is not on PATH (install vLLM in the job's environment)")
+        raise ConfigError("TRL's `trl` command is not on PATH (install vLLM in the job's environment)")
     model = str(resolve_model_path(launch.model))
     return [trl, "vllm-serve", *vllm_serve_args(env, model, launch.vllm_port)]
 
@@ -299,7 +289,7 @@ def vllm_node(env: Mapping[str, str], recipe: str, overrides: Sequence[str]) -> 
         return ""
     nodes = expand_hostlist(_require(env, "SLURM_JOB_NODELIST", "SLURM_NODELIST"))
     if len(nodes) < 2:
-        raise ValueError("vllm_mode: server needs at least 2 nodes (the last one serves vLLM)")
+        raise ConfigError("vllm_mode: server needs at least 2 nodes (the last one serves vLLM)")
     return nodes[-1]
 
 

@@ -13,10 +13,9 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +36,11 @@ from transformers import (
 )
 from transformers.image_utils import SizeDict
 from transformers.models.auto.video_processing_auto import get_video_processor_config
+
+import mpcc
+from mpcc.errors import ConfigError, InputError, MissingInputError, UnreadableInputError
+from mpcc.options import option
+from mpcc.outputs import staged_output
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +126,11 @@ def _is_missing_local_path(name_or_path: str | os.PathLike) -> bool:
 def _load_config(name_or_path: str | os.PathLike):
     """The checkpoint's config, with an error that names the path (and no hub lookup for a local path)."""
     if _is_missing_local_path(name_or_path):
-        raise FileNotFoundError(f"no model at {str(name_or_path)!r}: the path does not exist")
+        raise MissingInputError(f"no model at {str(name_or_path)!r}: the path does not exist")
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise OSError(f"cannot load a model config from {str(name_or_path)!r}: {e}") from e
+        raise UnreadableInputError(f"cannot load a model config from {str(name_or_path)!r}: {e}") from e
 
 
 def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
@@ -135,13 +139,13 @@ def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels:
         return
     size = dict(image_processor.size)
     if not {"shortest_edge", "longest_edge"} <= size.keys():
-        raise ValueError(f"{type(image_processor).__name__} has no min/max pixel bounds (size={size})")
+        raise ConfigError(f"{type(image_processor).__name__} has no min/max pixel bounds (size={size})")
     if min_pixels is not None:
         size["shortest_edge"] = int(min_pixels)
     if max_pixels is not None:
         size["longest_edge"] = int(max_pixels)
     if not 0 < size["shortest_edge"] <= size["longest_edge"]:
-        raise ValueError(
+        raise ConfigError(
             f"need 0 < min_pixels <= max_pixels, got {size['shortest_edge']} and {size['longest_edge']}"
         )
     image_processor.size = SizeDict(**size)
@@ -164,17 +168,17 @@ def load_processor(
     """
     try:
         processor_class = IMAGE_ONLY_PROCESSORS.get(_load_config(name_or_path).model_type, AutoProcessor)
-    except FileNotFoundError:
+    except MissingInputError:
         raise
-    except OSError:  # a processor saved without its model: the (stock) class its config names
+    except UnreadableInputError:  # a processor saved without its model: the (stock) class its config names
         named = _named_processor_class(name_or_path)
         processor_class = _IMAGE_ONLY_BY_STOCK_NAME.get(named, AutoProcessor)
     try:
         processor = processor_class.from_pretrained(name_or_path)
     except (OSError, ValueError, ImportError) as e:
-        raise OSError(f"cannot load a processor from {str(name_or_path)!r}: {e}") from e
+        raise UnreadableInputError(f"cannot load a processor from {str(name_or_path)!r}: {e}") from e
     if getattr(processor, "image_processor", None) is None:
-        raise ValueError(
+        raise InputError(
             f"{str(name_or_path)!r} gave a {type(processor).__name__} without an image processor; "
             "mpcc needs a vision-language processor (is this an image-text-to-text checkpoint?)"
         )
@@ -191,10 +195,10 @@ _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
 def load_model(name_or_path: str | os.PathLike, dtype: str = "auto", attn_implementation: str | None = None):
     """An image-text-to-text model; refuses text-only checkpoints up front instead of failing in training."""
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     config = _load_config(name_or_path)
     if type(config) not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
-        raise ValueError(
+        raise InputError(
             f"{str(name_or_path)!r} is a {config.model_type!r} model, not an image-text-to-text "
             "(vision-language) model such as Qwen2.5-VL"
         )
@@ -215,7 +219,7 @@ def freeze_vision_tower(model) -> int:
     """Stop gradients to the vision tower; returns how many parameters were frozen."""
     tower = vision_tower(model)
     if tower is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower to freeze")
+        raise InputError(f"{type(model).__name__} has no vision tower to freeze")
     frozen = 0
     for p in tower.parameters():
         p.requires_grad_(False)
@@ -227,7 +231,7 @@ def keep_lora_off_vision_tower(peft_config, model):
     """Exclude the vision tower from a LoRA config (e.g. TRL's `get_peft_config(model_args)`)."""
     tower = vision_tower(model)
     if tower is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower to keep LoRA off")
+        raise InputError(f"{type(model).__name__} has no vision tower to keep LoRA off")
     prefix = next(name for name, module in model.named_modules() if module is tower)
     peft_config.exclude_modules = re.escape(prefix) + r"(\..*)?"
     return peft_config
@@ -398,7 +402,7 @@ def _tiny_config(arch: str, tokenizer, text_overrides: dict, vision_overrides: d
         vision |= {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64, "patch_size": 16}
         vision |= {"num_position_embeddings": 256, "deepstack_visual_indexes": [1]}
     else:
-        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+        raise ConfigError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
     return config_class(
         text_config=text | text_overrides,
         vision_config=vision | vision_overrides,
@@ -439,7 +443,7 @@ def random_vlm(
     tokenizer, so benchmarks get real shapes (e.g. Qwen2.5-VL-3B's) without downloading anything.
     """
     if arch not in TINY_ARCHS:
-        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+        raise ConfigError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
     tokenizer = _train_tokenizer(_corpus(), vocab_size)
     processor = IMAGE_ONLY_PROCESSORS[arch](
         image_processor=_tiny_image_processor(arch), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
@@ -454,7 +458,17 @@ def random_vlm(
     return model, processor
 
 
-def build_tiny_model(arch: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class TinyModelJob:
+    """`mpcc tiny-model`: a tiny Qwen-VL-family model with random weights, a locally trained tokenizer and a
+    chat template, saved with save_pretrained. Nothing is downloaded."""
+
+    arch: str = option("qwen2_5_vl", "architecture", choices=TINY_ARCHS)
+    out: Path = option(help="directory to write")
+    seed: int = option(0, "weight seed")
+
+
+def build_tiny_model(arch: str, out_dir: str | os.PathLike, seed: int = TinyModelJob.seed) -> Path:
     """Write a tiny random-weight `arch` model and its processor to `out_dir`; offline; a seed fixes it."""
     model, processor = random_vlm(arch, seed=seed)
     out = Path(out_dir)
@@ -482,39 +496,25 @@ def _tiny_fingerprint(arch: str, seed: int) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def default_cache_dir() -> Path:
-    """$MPCC_CACHE/tiny, else ~/.cache/mpcc/tiny (the cache root mpcc's synthetic data uses too)."""
-    return Path(os.environ.get("MPCC_CACHE", Path.home() / ".cache" / "mpcc")) / "tiny"
-
-
 def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """The cached tiny model for `arch` (`<cache>/<arch>-<fingerprint>`), built on first use.
 
-    Built in a temporary directory and renamed into place, so racing processes never see a partial
-    model: the first rename wins and the others discard their copy. Built by a child process: under
+    Built in a staging directory and renamed into place (mpcc.outputs), so racing processes never see
+    a partial model: the first rename wins and the others discard their copy. Built by a child process: under
     DeepSpeed ZeRO-3, creating a model here is a collective (zero.Init) that only the main process
     would enter while the other ranks wait for it, and the run would hang.
     """
     if arch not in TINY_ARCHS:
-        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        raise ConfigError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+    root = Path(cache_dir) if cache_dir is not None else mpcc.cache_dir() / "tiny"
     final = root / f"{arch}-{_tiny_fingerprint(arch, seed)}"
     if final.is_dir():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
-    try:
-        command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(tmp)]
+    with staged_output(final, first_wins=True) as staging:
+        command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(staging)]
         child = subprocess.run([*command, "--seed", str(seed)], capture_output=True, text=True)
         if child.returncode != 0:
             raise RuntimeError(f"building the tiny {arch} model failed:\n{child.stderr[-3000:]}")
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        logger.info("another process built %s first", final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -527,7 +527,6 @@ __all__ = [
     "Qwen3VLImageOnlyProcessor",
     "keep_lora_off_vision_tower",
     "build_tiny_model",
-    "default_cache_dir",
     "ensure_tiny_model",
     "freeze_vision_tower",
     "load_model",

@@ -27,6 +27,8 @@ from typing import Any
 
 import Levenshtein
 
+from mpcc.errors import ConfigError
+
 RewardFunc = Callable[..., list[float]]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -76,6 +78,12 @@ _WEIGHT_ITEM = re.compile(r"\s*(\w+)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?
 
 
 # ---------------------------------------------------------------------------------------------- text
+
+
+def trace_completion(reasoning: str, solution: str) -> str:
+    """A reasoning trace as the full answer the rewards check: SFT's target, prior sampling's injected
+    sample and the form imported and synthetic traces are verified in."""
+    return f"{THINK_OPEN} {reasoning.strip()}{THINK_CLOSE}{ANSWER_OPEN}{solution}{ANSWER_CLOSE}"
 
 
 def completion_text(completion: Any) -> str:
@@ -380,7 +388,7 @@ def _parse_weights(spec: str) -> dict[str, float]:
     for item in spec.split(","):
         match = _WEIGHT_ITEM.fullmatch(item)
         if not match:
-            raise ValueError(f"reward weights are name:number,..., got {item.strip()!r} in {spec!r}")
+            raise ConfigError(f"reward weights are name:number,..., got {item.strip()!r} in {spec!r}")
         weights[match.group(1)] = float(match.group(2))
     return weights
 
@@ -394,18 +402,18 @@ def resolve_rewards(spec: str | Mapping[str, float]) -> tuple[list[RewardFunc], 
         elif spec.strip() in PRESETS:
             spec = PRESETS[spec.strip()]
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown reward preset {spec!r}; known presets: {', '.join(PRESETS)} "
                 f"(or name:weight,... over {', '.join(REWARDS)})"
             )
     if not isinstance(spec, Mapping) or not spec:
-        raise ValueError(f"rewards must be a preset name or a non-empty {{name: weight}} dict, got {spec!r}")
+        raise ConfigError(f"rewards must be a preset name or a non-empty {{name: weight}} dict, got {spec!r}")
     unknown = [name for name in spec if name not in REWARDS]
     if unknown:
-        raise ValueError(f"unknown rewards {unknown}; known rewards: {', '.join(REWARDS)}")
+        raise ConfigError(f"unknown rewards {unknown}; known rewards: {', '.join(REWARDS)}")
     weights = []
     for name, weight in spec.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise ValueError(f"weight of reward {name!r} must be a finite number, got {weight!r}")
+            raise ConfigError(f"weight of reward {name!r} must be a finite number, got {weight!r}")
         weights.append(float(weight))
     return [REWARDS[name] for name in spec], weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 from mpcc.annotation.annotate import annotate
 from mpcc.annotation.config import AnnotateConfig
 from mpcc.annotation.importing import UNMATCHED_FILE, import_traces, read_traces
-from mpcc.annotation.prompts import PROMPT_VERSION, teacher_messages
+from mpcc.annotation.prompts import GUIDED_SYSTEM, GUIDED_TASK, PROMPT_VERSION, teacher_messages
 from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
 from mpcc.annotation.teachers import LocalTeacher, api_base, message_text, openai_messages
 from mpcc.annotation.verify import names_answer, verify
@@ -20,8 +21,8 @@ from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import Decoding
-from mpcc.rewards import exact_match_reward, format_reward
-from mpcc.training.data import load_train_dataset, sft_target
+from mpcc.rewards import exact_match_reward, format_reward, trace_completion
+from mpcc.training.data import load_train_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +69,7 @@ def test_verification_table(text, solution, reason):
     verdict = verify(text, solution)
     assert verdict.reason == reason and verdict.ok is (reason is None)
     if verdict.ok:  # what is stored trains as SFT's target and passes the same rewards
-        target = sft_target(verdict.reasoning, solution)
+        target = trace_completion(verdict.reasoning, solution)
         assert format_reward([target]) == [1.0] and exact_match_reward([target], solution=[solution]) == [1.0]
         assert "<think>" not in verdict.reasoning and verdict.reasoning == verdict.reasoning.strip()
     else:
@@ -100,7 +101,12 @@ def test_prompts_by_mode():
     assert teacher_messages(row, "blind", "black") == row["prompt"]  # the student's own prompt
     with pytest.raises(ValueError, match="mode"):
         teacher_messages(row, "oracle", "black")
-    assert PROMPT_VERSION
+
+
+def test_teacher_wording_is_pinned_to_its_version():
+    """A change to the teacher's wording must bump PROMPT_VERSION (and then this pin)."""
+    wording = hashlib.sha256((GUIDED_SYSTEM + GUIDED_TASK).encode()).hexdigest()[:12]
+    assert (PROMPT_VERSION, wording) == ("mpcc-annotate-1", "4304c572e53e")
 
 
 def test_chat_completion_helpers():
@@ -125,7 +131,7 @@ def test_progress_log_drops_a_partial_line_and_duplicates(tmp_path):
     good = [{"ann_id": 1, "attempt": 1, "ok": False}, {"ann_id": 1, "attempt": 1, "ok": True}]
     path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"ann_id": 2, "att')
     with ProgressLog(path) as log:
-        assert log.attempts(1) == [good[0]] and log.duplicates == 1 and log.attempts(2) == []
+        assert log.attempts(1) == [good[0]] and log.attempts(2) == []  # the first of a repeated key is kept
         log.append({"ann_id": 2, "attempt": 1, "ok": True})
         log.append({"ann_id": 2, "attempt": 1, "ok": False})  # a repeated key is not written again
     lines = [json.loads(line) for line in path.read_text().splitlines()]

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mpcc.cli import main
+from mpcc.data.difficulty import LEVELS
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.diagnostics import CANVAS, Diagnostics
 from mpcc.evaluation.harness import eval_rows
@@ -34,7 +35,8 @@ def test_outputs_and_keys(evaluated):
     metrics = json.loads((evaluated / "metrics.json").read_text())
     assert metrics["items"] == 6 and metrics["n"] == 6 * (1 + 5 + 1)  # mc4 + 5 yes/no + open per item
     assert set(metrics["per_format"]) == {"mc4", "yesno", "open"}
-    assert set(metrics["per_level"]) <= {"easy", "middle", "hard"} and metrics["per_level"]
+    assert set(metrics["per_level"]) <= set(LEVELS)
+    assert sum(cell["n"] for cell in metrics["per_level"].values()) == metrics["n"]  # each in one level
     assert {"yes_on_answer", "no_on_confusable", "no_on_irrelevant"} == set(metrics["yesno_rates"])
     assert "levenshtein" in metrics["open"]
     for condition in ("blind", "context", "shape"):

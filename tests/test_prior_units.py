@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mpcc.training.prior import PriorSamplingGRPOTrainer, _select_multimodal_rows, trace_completion
+from mpcc.training.prior import PriorSamplingGRPOTrainer, _select_multimodal_rows
 
 
 def test_select_rows_of_qwen_style_outputs():
@@ -56,6 +56,18 @@ def test_prior_probability_is_a_shared_draw():
     assert slots == PriorSamplingGRPOTrainer._candidate_slots(_fake_trainer(prob=0.3), rows)
 
 
+def test_linear_schedule_decays_to_zero_over_max_steps():
+    """prior_prob x (1 - step / max_steps), and the fraction of groups given a trace follows it."""
+    rows = [{"reasoning": "r", "solution": "cup"}] * 4000  # 1000 groups of 4
+    fake = _fake_trainer(prob=0.8)
+    fake.args.prior_schedule, fake.state.max_steps = "linear", 4
+    for step, expected in enumerate([0.8, 0.6, 0.4, 0.2, 0.0, 0.0]):
+        fake.state.global_step = step
+        assert fake._prior_probability() == pytest.approx(expected)
+        injected = sum(PriorSamplingGRPOTrainer._candidate_slots(fake, rows)) / 1000
+        assert injected == pytest.approx(expected, abs=0.05)
+
+
 def test_advantages_centred_on_the_generated_samples():
     trainer = SimpleNamespace(
         num_generations=4, multi_objective_aggregation="sum_then_normalize", scale_rewards="group"
@@ -71,10 +83,3 @@ def test_advantages_centred_on_the_generated_samples():
     trainer.scale_rewards = "batch"
     with pytest.raises(ValueError, match="prior_in_group_stats"):
         PriorSamplingGRPOTrainer._advantages_without_traces(trainer, rewards, is_trace)
-
-
-def test_trace_completion_passes_the_rewards():
-    from mpcc.rewards import exact_match_reward, format_reward
-
-    text = trace_completion("  The table holds plates and forks. ", "cup")
-    assert format_reward([text]) == [1.0] and exact_match_reward([text], solution=["cup"]) == [1.0]

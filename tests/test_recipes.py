@@ -22,7 +22,8 @@ CPU = [] if torch.cuda.is_available() else ["--bf16", "false"]
 def test_every_recipe_parses(recipe):
     run, train, model = load_recipe(recipe, CPU)  # by its packaged name
     assert isinstance(train, SFTConfig if run.trainer == "sft" else MpccGRPOConfig)
-    assert model.model_name_or_path
+    tiny = recipe.startswith("tiny/")
+    assert model.model_name_or_path == ("tiny:qwen2_5_vl" if tiny else "Qwen/Qwen2.5-VL-3B-Instruct")
 
 
 def test_paper_settings_reach_the_configs():

@@ -23,6 +23,7 @@ from mpcc.rewards import (
     paper_answer_reward,
     paper_format_reward,
     resolve_rewards,
+    trace_completion,
     variants,
 )
 
@@ -590,3 +591,9 @@ def test_reward_names_for_trl_logs():
         "paper_format": "paper_format_reward",
         "paper_answer": "paper_answer_reward",
     }
+
+
+def test_trace_completion_passes_the_rewards():
+    text = trace_completion("  The table holds plates and forks. ", "cup")
+    assert text == "<think> The table holds plates and forks.</think><answer>cup</answer>"
+    assert format_reward([text]) == [1.0] and exact_match_reward([text], solution=["cup"]) == [1.0]

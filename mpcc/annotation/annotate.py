@@ -22,6 +22,7 @@ from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
 from mpcc.annotation.teachers import Request
 from mpcc.annotation.verify import verify
 from mpcc.data.render import build_record, load_dataset
+from mpcc.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def annotate(
     rows = images.select_columns(list(LIGHT_COLUMNS))[:n]
     rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
     if len({r["ann_id"] for r in rows}) != len(rows):
-        raise ValueError(f"{source}: ann_id is not unique; a train build has one row per hidden object")
+        raise InputError(f"{source}: ann_id is not unique; a train build has one row per hidden object")
     fill = build_record(source)["config"]["mask"]["fill"]
 
     def requests(todo: list[int], attempt: int):
@@ -134,7 +135,8 @@ def annotate(
         **counts,
         "answers": dict(sorted(verdicts.items())),
     }
-    write_annotated(source, out, results, summary, rows=range(n) if config.limit is not None else None)
+    subset = range(n) if config.limit is not None else None
+    write_annotated(source, out, results, summary, rows=subset, overwrite=overwrite)
     if errors:
         logger.warning(
             "%d rows got no answer from the teacher (see the warnings above); re-run the same command with "

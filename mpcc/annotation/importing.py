@@ -28,8 +28,8 @@ from mpcc.annotation.output import check_paths, row_result, tally, utc_now, writ
 from mpcc.annotation.verify import verify
 from mpcc.data.mpcc_eval import MATCH_IOU, box_iou
 from mpcc.data.render import load_dataset
-from mpcc.rewards import THINK_OPEN, normalize
-from mpcc.training.data import sft_target
+from mpcc.errors import InputError
+from mpcc.rewards import THINK_OPEN, normalize, trace_completion
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _trace_text(item: dict, where: str) -> str:
     if isinstance(value, dict):
         value = _first(value, COT_KEYS)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(
+        raise InputError(
             f"{where}: no trace: expected a non-empty string under one of {TRACE_KEYS} "
             f"(or cot_data as an object with one of {COT_KEYS})"
         )
@@ -86,19 +86,19 @@ def _int_or_none(value, name: str, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
-        raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
+        raise InputError(f"{where}: {name} must be an integer, got {value!r}")
     return int(value)
 
 
 def _parse(item, number: int, where: str, default_teacher: str) -> Trace:
     if not isinstance(item, dict):
-        raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
+        raise InputError(f"{where}: expected an object, got {type(item).__name__}")
     image = _first(item, FILE_KEYS)
     bbox = item.get("bbox")
     if bbox is not None and (
         not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox)
     ):
-        raise ValueError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
+        raise InputError(f"{where}: bbox must be [x, y, w, h], got {bbox!r}")
     return Trace(
         line=number,
         text=_trace_text(item, where),
@@ -116,13 +116,16 @@ def _parse(item, number: int, where: str, default_teacher: str) -> Trace:
 def read_traces(path: str | Path) -> list[Trace]:
     """Traces from a JSON list or a JSONL file; errors name the file and the line (or list item)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read the traces file: {e}") from e
     default_teacher = f"import:{path.name}"
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from e
+            raise InputError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from e
         numbered = list(enumerate(items, 1))
         label = "item"
     else:
@@ -133,10 +136,10 @@ def read_traces(path: str | Path) -> list[Trace]:
             try:
                 numbered.append((number, json.loads(line)))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {number} is not JSON ({e.msg})") from e
+                raise InputError(f"{path}: line {number} is not JSON ({e.msg})") from e
         label = "line"
     if not numbered:
-        raise ValueError(f"{path}: no traces (expected a JSON list or JSONL of objects)")
+        raise InputError(f"{path}: no traces (expected a JSON list or JSONL of objects)")
     return [_parse(item, number, f"{path}: {label} {number}", default_teacher) for number, item in numbered]
 
 
@@ -186,7 +189,7 @@ class RowIndex:
 
 
 def _attempt(trace: Trace, solution: str, min_words: int | None, max_words: int | None) -> dict:
-    text = trace.text if THINK_OPEN in trace.text else sft_target(trace.text, solution)
+    text = trace.text if THINK_OPEN in trace.text else trace_completion(trace.text, solution)
     verdict = verify(text, solution, min_words, max_words)
     return {
         "ok": verdict.ok,
@@ -255,7 +258,7 @@ def import_traces(
         "rows_without_trace": len(rows_without),
     }
     listing = json.dumps({"traces": unmatched, "rows_without_trace": rows_without}, indent=1) + "\n"
-    write_annotated(source, out, results, summary, extra_files={UNMATCHED_FILE: listing})
+    write_annotated(source, out, results, summary, extra_files={UNMATCHED_FILE: listing}, overwrite=overwrite)
     logger.info(
         "imported %d traces into %s: kept %d of %d rows; unmatched traces %s; rows without a trace %d",
         len(traces),

@@ -7,7 +7,6 @@ a build (`mpcc.data.render.load_dataset`, `--stats`, lazy rendering all work on 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
 from mpcc.data.render import build_record, write_build_record
 from mpcc.data.schema import ANNOTATED, TRAIN
+from mpcc.errors import ConfigError, InputError
+from mpcc.outputs import check_output, staged_output
 
 
 def utc_now() -> str:
@@ -89,11 +90,10 @@ def check_paths(source: Path, out: Path, overwrite: bool) -> None:
     """Fail before any work: the source must be a train build; `out` must be new (or --overwrite)."""
     record = build_record(source)
     if record.get("config", {}).get("split") != "train":
-        raise ValueError(f"{source}: not a train build (traces are for `mpcc prepare train` builds)")
+        raise InputError(f"{source}: not a train build (traces are for `mpcc prepare train` builds)")
     if Path(out).resolve() == Path(source).resolve():
-        raise ValueError(f"{out}: the output must not be the source dataset")
-    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
-        raise ValueError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+        raise ConfigError(f"{out}: the output must not be the source dataset")
+    check_output(out, overwrite)
 
 
 def write_annotated(
@@ -103,16 +103,17 @@ def write_annotated(
     summary: dict,
     rows: Sequence[int] | None = None,
     extra_files: Mapping[str, str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """`source` (only `rows`, when given) with the trace columns from `results` (by ann_id; rows not
     there get no trace), `summary` recorded under "annotation" in the build record, and `extra_files`
-    (name -> text) written beside the dataset."""
+    (name -> text) written beside the dataset; an existing `out` is replaced only with `overwrite`."""
     from datasets import Dataset, load_from_disk
 
     source, out = Path(source), Path(out)
     dataset = load_from_disk(str(source))  # as stored: lazy builds are not rendered
     if not isinstance(dataset, Dataset):
-        raise ValueError(f"{source}: holds a DatasetDict, not one mpcc build")
+        raise InputError(f"{source}: holds a DatasetDict, not one mpcc build")
     if rows is not None:
         dataset = dataset.select(rows)
     per_row = [results.get(ann_id, RowResult()).columns() for ann_id in dataset["ann_id"]]
@@ -123,10 +124,7 @@ def write_annotated(
     dataset = dataset.remove_columns([c for c in features if c in dataset.column_names])
     for name, feature in features.items():
         dataset = dataset.add_column(name, [r[name] for r in per_row], feature=feature)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        staged = work / "dataset"
+    with staged_output(out, overwrite) as staged:
         dataset.save_to_disk(str(staged))
         record = build_record(source)
         record.update(num_rows=len(dataset), annotation=summary)
@@ -136,9 +134,4 @@ def write_annotated(
                 shutil.copy2(source / name, staged / name)
         for name, text in (extra_files or {}).items():
             (staged / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staged.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return out

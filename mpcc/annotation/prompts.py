@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from mpcc.annotation.config import MODES
 from mpcc.data.masking import FILL_WORDS
+from mpcc.errors import ConfigError
 
 PROMPT_VERSION = "mpcc-annotate-1"
 
@@ -58,4 +59,4 @@ def teacher_messages(row: dict, mode: str, fill: str) -> list[dict]:
         return guided_messages(row, fill)
     if mode == "blind":
         return blind_messages(row)
-    raise ValueError(f"unknown annotation mode {mode!r}; choose from {MODES}")
+    raise ConfigError(f"unknown annotation mode {mode!r}; choose from {MODES}")

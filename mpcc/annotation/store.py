@@ -13,6 +13,8 @@ import json
 import logging
 from pathlib import Path
 
+from mpcc.errors import ConfigError, InputError
+
 logger = logging.getLogger(__name__)
 
 PROGRESS_FILE, RUN_FILE = "progress.jsonl", "run.json"
@@ -25,7 +27,7 @@ def check_run(work_dir: Path, run: dict) -> None:
         saved = json.loads(file.read_text(encoding="utf-8"))
         differ = {key: (saved.get(key), value) for key, value in run.items() if saved.get(key) != value}
         if differ:
-            raise ValueError(
+            raise ConfigError(
                 f"{work_dir} holds progress of another annotation run (was -> now: {differ}); "
                 "remove that directory to start over, or pass another --work-dir"
             )
@@ -40,7 +42,6 @@ class ProgressLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.records: dict[int, dict[int, dict]] = {}
-        self.duplicates = 0
         if self.path.is_file():
             self._load()
         self._file = None
@@ -61,13 +62,12 @@ class ProgressLog:
                 record = json.loads(line)
                 key = int(record["ann_id"]), int(record["attempt"])
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{self.path}: line {number} is not a progress record ({e})") from e
+                raise InputError(f"{self.path}: line {number} is not a progress record ({e})") from e
             self._keep(key, record)
 
     def _keep(self, key: tuple[int, int], record: dict) -> bool:
         attempts = self.records.setdefault(key[0], {})
         if key[1] in attempts:
-            self.duplicates += 1
             return False
         attempts[key[1]] = record
         return True

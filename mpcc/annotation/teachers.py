@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from mpcc.errors import ConfigError
 from mpcc.evaluation.config import Decoding
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class RateLimiter:
 
     def __init__(self, per_second: float | None):
         if per_second is not None and per_second <= 0:
-            raise ValueError(f"rate limit must be > 0 requests per second, got {per_second}")
+            raise ConfigError(f"rate limit must be > 0 requests per second, got {per_second}")
         self.interval = 1.0 / per_second if per_second else 0.0
         self._next = 0.0
         self._lock = threading.Lock()
@@ -169,7 +170,7 @@ class EndpointTeacher:
         import httpx
 
         if concurrency < 1 or retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError("need concurrency >= 1, retries >= 0, timeout > 0 and backoff >= 0")
+            raise ConfigError("need concurrency >= 1, retries >= 0, timeout > 0 and backoff >= 0")
         self.base = api_base(url)
         self.decoding, self.concurrency, self.retries, self.backoff = decoding, concurrency, retries, backoff
         key = api_key or next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
@@ -190,11 +191,11 @@ class EndpointTeacher:
             response.raise_for_status()
             names = [m["id"] for m in response.json()["data"]]
         except (self._httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.base}/models: cannot list the served models ({e}); pass --teacher-model"
             ) from e
         if len(names) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.base} serves {len(names)} models {names}; choose one with --teacher-model"
             )
         return names[0]
@@ -294,5 +295,5 @@ def make_teacher(
     if is_endpoint(spec):
         return EndpointTeacher(spec, decoding, model=model, **endpoint)
     if model is not None:
-        raise ValueError("--teacher-model names an endpoint's model; a local --teacher is the model itself")
+        raise ConfigError("--teacher-model names an endpoint's model; a local --teacher is the model itself")
     return LocalTeacher(spec, decoding, batch_size=batch_size)

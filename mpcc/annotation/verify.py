@@ -14,23 +14,13 @@ from dataclasses import dataclass
 
 from mpcc.rewards import THINK_CLOSE, THINK_OPEN, exact_match_reward, format_reward, normalize, variants
 
-# Rejection reasons, in the order the checks run; the first failing check names the rejection.
-REASONS = (
-    "format",
-    "wrong_answer",
-    "empty_reasoning",
-    "answer_first",
-    "no_conclusion",
-    "too_short",
-    "too_long",
-)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    reason: str | None  # one of REASONS when not ok
+    reason: str | None  # when not ok, the first check that failed (see `verify`)
     reasoning: str | None  # the think text (stripped), as `reasoning` stores it; None when not ok
 
 

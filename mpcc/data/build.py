@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -32,49 +31,118 @@ from mpcc.data.mpcc_eval import EvalItem, read_items
 from mpcc.data.options import FORMATS, Distractors, compute_distractors, make_items, override_distractors
 from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, write_build_record
 from mpcc.data.schema import features
-from mpcc.data.selection import DEFAULT_OOD, SelectionConfig, select_targets
+from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig, select_targets
 from mpcc.data.traces import template_trace
+from mpcc.errors import ConfigError, InputError
+from mpcc.options import comma_list, option
+from mpcc.outputs import check_output, staged_output
 
 logger = logging.getLogger(__name__)
 
 STATS_FILE = "mpcc_stats.json"
 SKIPS_FILE = "skipped.jsonl"
-# Held out of training targets by default: one category per supercategory (person excluded).
 
 
-class BuildError(RuntimeError):
+class BuildError(InputError):
     """The build as a whole cannot produce a dataset; nothing was written."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`3/8` -> (3, 8): shard 3 of 8, numbered from 0 like SLURM array task ids."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"shard must look like INDEX/COUNT (e.g. 3/8), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"shard {text!r}: need 0 <= INDEX < COUNT")
+    return index, count
+
+
+def parse_categories(text: str) -> tuple[str, ...]:
+    """Comma-separated category names; `none` for none."""
+    return () if text.strip().lower() == "none" else comma_list(text)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Where a build reads and writes (`mpcc prepare`)."""
+
+    annotations: Path = option(help="COCO instances JSON file")
+    images: Path = option(help="directory holding the images' file_name paths")
+    out: Path = option(help="output dataset directory (written atomically)")
+    overwrite: bool = option(False, "replace --out if it exists")
+    num_proc: int = option(0, "render processes; 0 = all cores (the output is the same)")
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    split: str  # "train" or "eval"
-    seed: int = 0
+    """What a build makes: its options (`mpcc prepare --help`) and the record in mpcc_build.json."""
+
+    split: str = option(
+        help="train: open-answer rows without the held-out categories; eval: multiple-choice and yes/no "
+        "rows with difficulty levels and an OOD flag",
+        choices=("train", "eval"),
+        positional=True,
+    )
+    seed: int = option(0, "seed for every random choice")
     mask: MaskSpec = field(default_factory=MaskSpec)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    ood_categories: tuple[str, ...] = DEFAULT_OOD
-    formats: tuple[str, ...] = FORMATS
-    max_items: int | None = None  # eval: items (hidden objects) before format expansion
-    balance: bool = True  # eval: the same number of items per difficulty level
-    stats: Path | None = None  # eval: a train build (dir) or its mpcc_stats.json, for stats + thresholds
-    distractors: Path | None = None  # JSON / JSONL rows {ann_id, confusable: [...], irrelevant: [...]}
-    mpcc_eval: Path | None = None  # eval: take items, levels and distractors from an MPCC-Eval file
-    template_traces: bool = False  # train: fill `reasoning` with mpcc.data.traces.template_trace
-    image_format: str = "png"  # png | webp (lossless pixels stored) | lazy (rendered on access)
-    shard: tuple[int, int] | None = None  # (index, count): render one block of images (shards.py)
+    ood_categories: tuple[str, ...] = option(
+        DEFAULT_OOD,
+        "comma-separated categories held out of training targets and flagged in_distribution=false in "
+        "eval; `none` for no held-out set",
+        parse=parse_categories,
+    )
+    formats: tuple[str, ...] = option(FORMATS, f"eval: comma-separated of {', '.join(FORMATS)}")
+    max_items: int | None = option(
+        MPCC_EVAL_SIZE,
+        "eval: hidden objects to keep, split over the three levels (MPCC-Eval's size; train builds keep all)",
+    )
+    balance: bool = option(True, "eval: the same number of items per level (--no-balance: all of each)")
+    stats: Path | None = option(
+        None,
+        "eval: a train build (directory or its mpcc_stats.json): co-occurrence statistics and difficulty "
+        "thresholds, so eval levels match training",
+    )
+    distractors: Path | None = option(
+        None,
+        "eval: JSON/JSONL rows {ann_id, confusable: [..], irrelevant: [..]} that replace the computed "
+        "distractors (e.g. a model's guesses)",
+    )
+    mpcc_eval: Path | None = option(
+        None, "eval: the authors' MPCC-Eval JSON: its items, levels and distractors instead of selecting"
+    )
+    template_traces: bool = option(
+        False,
+        "train: fill `reasoning` with a template trace built from the row's context (for SFT and prior "
+        "sampling without a teacher model)",
+    )
+    image_format: str = option(
+        "png",
+        "png / webp: the masked image stored losslessly; lazy: no pixels stored, rendered on access with "
+        "mpcc.data.render.load_dataset (needs the original images)",
+        choices=IMAGE_FORMATS,
+    )
+    shard: tuple[int, int] | None = option(
+        None,
+        "plan over the whole source but render only block I of N of its images (I from 0); join the N "
+        "shard builds with `mpcc merge-shards` (launch/slurm/prepare.sbatch runs them as a job array)",
+        parse=parse_shard,
+        metavar="I/N",
+    )
 
     def __post_init__(self):
         if self.split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {self.split!r}")
+            raise ConfigError(f"split must be 'train' or 'eval', got {self.split!r}")
         if self.image_format not in IMAGE_FORMATS:
-            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
+            raise ConfigError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
         if self.mpcc_eval is not None and self.split != "eval":
-            raise ValueError("an MPCC-Eval file can only define an eval build")
+            raise ConfigError("an MPCC-Eval file can only define an eval build")
         unknown = set(self.formats) - set(FORMATS)
         if unknown or not self.formats:
-            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+            raise ConfigError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {self.shard}")
+            raise ConfigError(f"shard must be (index, count) with 0 <= index < count, got {self.shard}")
 
 
 @dataclass
@@ -114,7 +182,10 @@ def load_stats(path: Path) -> tuple[CooccurrenceStats, tuple[float, float]]:
 
 def load_supplied_distractors(path: Path) -> dict[int, dict]:
     """Rows {ann_id, confusable, irrelevant} from JSON (a list) or JSONL; errors name the line."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BuildError(f"cannot read the distractors file: {e}") from e
     try:
         rows = (
             json.loads(text)
@@ -410,8 +481,7 @@ def build(
     speed only: the output bytes are the same for any value.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BuildError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    check_output(out, overwrite, error=BuildError)
     source = load_coco(annotations, images_dir)
     the_plan, stats = plan(source, config)
     report = source.report
@@ -419,23 +489,21 @@ def build(
     if config.shard is not None:
         the_plan = shard_plan(the_plan, *config.shard)
     fingerprint = _fingerprint(asdict(config), _file_digest(source.annotations_path), "v1")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_output(out, overwrite) as staged:
         per_level: Counter = Counter()
         dataset = Dataset.from_generator(
             lambda: _rows_with_images(
                 source, the_plan, config, report, per_level, num_proc or os.cpu_count() or 1
             ),
             features=features(config.split),
-            cache_dir=str(work / "cache"),
+            cache_dir=str(staged / ".cache"),  # in the staging directory: a failure removes it too
             fingerprint=fingerprint,
         )
         if len(dataset) == 0:
             raise BuildError(f"no samples could be rendered; {report.summary()}")
-        staged = work / "dataset"
         dataset.save_to_disk(str(staged))
         del dataset
+        shutil.rmtree(staged / ".cache")
         save_stats(stats, {"thresholds": list(the_plan.thresholds)}, staged / STATS_FILE)
         report.write_jsonl(staged / SKIPS_FILE)
         result = BuildResult(
@@ -461,10 +529,5 @@ def build(
         if config.shard is not None:
             record["plan_skips"] = plan_skips
         write_build_record(staged, record)
-        if out.exists():
-            shutil.rmtree(out)
-        staged.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     logger.info("wrote %d rows to %s; %s", result.num_rows, out, report.summary())
     return result

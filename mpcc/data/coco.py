@@ -21,12 +21,14 @@ from pathlib import Path
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mpcc.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 BOX_TOLERANCE = 1.0  # pixels a bbox may stick out of the image (COCO rounds coordinates)
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(InputError):
     """The annotation file as a whole is unusable (missing, malformed JSON, wrong top-level shape)."""
 
 
@@ -53,9 +55,6 @@ class SkipReport:
         skip = Skip(str(file), record, reason, detail)
         self.skips.append(skip)
         logger.debug("skipped %s", skip)
-
-    def extend(self, other: SkipReport) -> None:
-        self.skips.extend(other.skips)
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(s.reason for s in self.skips).items()))

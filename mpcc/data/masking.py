@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
+
+from mpcc.errors import ConfigError, InputError
+from mpcc.options import option
 
 MASK_MODES = ("segm", "segm_dilated", "hull", "bbox")
 FILLS = ("black", "gray", "mean", "blur", "noise")
@@ -24,19 +28,27 @@ FILL_WORDS = {"black": "black", "gray": "gray", "mean": "flat-coloured", "blur":
 class MaskSpec:
     """How a target is hidden. `segm_dilated` grows the mask by max(dilate_px, dilate_frac * box side)."""
 
-    mode: str = "segm_dilated"
-    fill: str = "black"
-    dilate_px: int = 4
-    dilate_frac: float = 0.05
-    feather: float = 0.0  # Gaussian radius in pixels of the outward soft edge; 0 = hard edge
+    options_group: ClassVar[str] = "masking"
+
+    mode: str = option(
+        "segm_dilated",
+        "region to hide: the instance mask, the mask grown by a margin, its convex hull, or its box "
+        "(the authors' setting)",
+        choices=MASK_MODES,
+        flag="mask_mode",
+    )
+    fill: str = option("black", "what covers the region", choices=FILLS)
+    dilate_px: int = option(4, "segm_dilated: grow by at least this many pixels")
+    dilate_frac: float = option(0.05, "segm_dilated: or by this fraction of the box's longer side")
+    feather: float = option(0.0, "Gaussian radius (px) of a soft edge that fades outward only; 0: hard edge")
 
     def __post_init__(self):
         if self.mode not in MASK_MODES:
-            raise ValueError(f"mask mode {self.mode!r} is not one of {MASK_MODES}")
+            raise ConfigError(f"mask mode {self.mode!r} is not one of {MASK_MODES}")
         if self.fill not in FILLS:
-            raise ValueError(f"fill {self.fill!r} is not one of {FILLS}")
+            raise ConfigError(f"fill {self.fill!r} is not one of {FILLS}")
         if self.dilate_px < 0 or self.dilate_frac < 0 or self.feather < 0:
-            raise ValueError("dilate_px, dilate_frac and feather must be >= 0")
+            raise ConfigError("dilate_px, dilate_frac and feather must be >= 0")
 
 
 def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
@@ -166,7 +178,7 @@ def render_masked(image: Image.Image, target: np.ndarray, bbox, spec: MaskSpec, 
     """
     pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     if target.shape != pixels.shape[:2]:
-        raise ValueError(f"mask shape {target.shape} differs from image shape {pixels.shape[:2]}")
+        raise InputError(f"mask shape {target.shape} differs from image shape {pixels.shape[:2]}")
     win, inside = _region(target, bbox, spec)
     extent = _extent(inside)
     if extent is None:

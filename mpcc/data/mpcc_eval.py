@@ -15,6 +15,9 @@ from mpcc.data.coco import CocoSource
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.options import Distractors
 from mpcc.data.render import load_dataset
+from mpcc.errors import InputError
+from mpcc.options import option
+from mpcc.outputs import write_text_atomic
 
 MATCH_IOU = 0.9  # an item's box must overlap its COCO annotation's box this much
 
@@ -40,9 +43,9 @@ def read_items(path: Path, source: CocoSource) -> list[EvalItem]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read MPCC-Eval JSON: {e}") from e
+        raise InputError(f"{path}: cannot read MPCC-Eval JSON: {e}") from e
     if not isinstance(data, dict) or not any(lv in data for lv in LEVELS):
-        raise ValueError(f"{path}: expected an object with keys {LEVELS}")
+        raise InputError(f"{path}: expected an object with keys {LEVELS}")
     coco = source.coco
     by_file = {im["file_name"]: im["id"] for im in coco.imgs.values()}
     names = source.category_names
@@ -69,6 +72,14 @@ def read_items(path: Path, source: CocoSource) -> list[EvalItem]:
     return items
 
 
+@dataclass(frozen=True)
+class ExportItemsJob:
+    """`mpcc export-mpcc-eval`: an eval build in the authors' MPCC-Eval JSON layout."""
+
+    dataset: Path = option(help="an eval dataset written by `mpcc prepare eval`", positional=True)
+    out: Path = option(help="JSON file to write")
+
+
 def export_items(dataset_dir: str | Path, out: str | Path) -> dict[str, int]:
     """Write an eval build in the authors' layout (plus our ids); returns items per level."""
     ds = load_dataset(dataset_dir).select_columns(
@@ -93,8 +104,5 @@ def export_items(dataset_dir: str | Path, out: str | Path) -> dict[str, int]:
                 "irrelevant_negtive": d["irrelevant"],
             }
         )
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(levels, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(levels, indent=1, ensure_ascii=False) + "\n")
     return {lv: len(v) for lv, v in levels.items()}

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpcc.errors import ConfigError
+
 FORMATS = ("mc4", "mc7", "yesno")
 LETTERS = "ABCDEFGHIJ"
 
@@ -112,7 +114,7 @@ def make_items(answer: str, d: Distractors, fmt: str, rng: random.Random) -> lis
         )
         size = 7
     else:
-        raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+        raise ConfigError(f"unknown format {fmt!r}; choose from {FORMATS}")
     if len(pool) < size:
         return []
     rng.shuffle(pool)

@@ -22,8 +22,10 @@ from PIL import Image, ImageDraw
 
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import decode, dilate
-from mpcc.data.options import LETTERS
+from mpcc.data.options import FORMATS, LETTERS
 from mpcc.data.render import build_record, load_dataset
+from mpcc.errors import ConfigError, InputError
+from mpcc.options import option
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +100,14 @@ def _save_png(image: Image.Image, path: Path) -> None:
 
 
 def load_dataset_dir(dataset_dir: str | Path) -> Dataset:
-    """The build at dataset_dir, or a ValueError that names the path and what is wrong."""
+    """The build at dataset_dir, or an InputError that names the path and what is wrong."""
     path = Path(dataset_dir)
     if not path.is_dir():
-        raise ValueError(f"{path}: not a directory (expected a dataset written by `mpcc prepare`)")
+        raise InputError(f"{path}: not a directory (expected a dataset written by `mpcc prepare`)")
     ds = load_dataset(path)
     missing = [c for c in _REQUIRED if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{path}: not an MPCC dataset (missing columns {missing})")
+        raise InputError(f"{path}: not an MPCC dataset (missing columns {missing})")
     return ds
 
 
@@ -198,7 +200,7 @@ def _write_thumbs(position: int, index: int, row: dict, images_dir: Path | None,
     original, fallback = _load_original(images_dir, row)
     base = original if original is not None else masked
     if mask.shape != (base.height, base.width):
-        raise ValueError(
+        raise InputError(
             f"row {index}: mask is {mask.shape[1]}x{mask.shape[0]} but image is {base.width}x{base.height}"
         )
     size = thumb_size(base.width, base.height)
@@ -219,11 +221,11 @@ def _options_html(row: dict) -> str:
         return f'<p class="answer">answer (open): <b>{_e(row["category"])}</b></p>'
     items = []
     kinds = row.get("option_kinds") or []
-    for i, option in enumerate(row.get("options") or []):
-        label = LETTERS[i] if fmt != "yesno" else option
+    for i, choice in enumerate(row.get("options") or []):
+        label = LETTERS[i] if fmt != "yesno" else choice
         correct = label == row.get("answer")
         kind = f' <span class="kind">{_e(kinds[i])}</span>' if i < len(kinds) and kinds[i] else ""
-        text = f"{_e(LETTERS[i])}. {_e(option)}" if fmt != "yesno" else _e(option)
+        text = f"{_e(LETTERS[i])}. {_e(choice)}" if fmt != "yesno" else _e(choice)
         items.append(f'<li class="{"correct" if correct else "option"}">{text}{kind}</li>')
     asked = ""
     if fmt == "yesno" and row.get("candidate"):
@@ -313,7 +315,7 @@ def _page(
         _counts_html("difficulty", levels, LEVELS),
     ]
     if formats is not None:
-        rows.append(_counts_html("format", formats, ("mc4", "mc7", "yesno")))
+        rows.append(_counts_html("format", formats, FORMATS))
     if ood is not None:
         rows.append(f"<tr><th>out-of-distribution rows</th><td>{ood}</td></tr>")
     rows.append(f"<tr><th>originals</th><td>{_e(images_dir) if images_dir else 'unknown'}</td></tr>")
@@ -333,11 +335,23 @@ def _page(
     )
 
 
+@dataclass(frozen=True)
+class PreviewJob:
+    """`mpcc inspect`: an HTML page with thumbnails (original with mask outline, masked image, question,
+    options, answer and difficulty) for N samples."""
+
+    dataset: Path = option(help="a dataset written by `mpcc prepare`", positional=True)
+    out: Path = option(help="directory for index.html and thumbnails")
+    num: int = option(24, "samples to show")
+    seed: int = option(0, "which samples")
+    images: Path | None = option(None, "original images directory (default: the one recorded at build)")
+
+
 def write_preview(
     dataset_dir: str | Path,
     out_dir: str | Path,
-    num: int = 24,
-    seed: int = 0,
+    num: int = PreviewJob.num,
+    seed: int = PreviewJob.seed,
     images_dir: str | Path | None = None,
 ) -> Path:
     """Write out_dir/index.html and out_dir/thumbs/*.png for `num` rows of the dataset; return the page.
@@ -347,7 +361,7 @@ def write_preview(
     same files byte for byte.
     """
     if num < 0:
-        raise ValueError(f"num must be >= 0, got {num}")
+        raise ConfigError(f"num must be >= 0, got {num}")
     dataset_dir = Path(dataset_dir).resolve()
     ds = load_dataset_dir(dataset_dir)
     originals = Path(images_dir).resolve() if images_dir is not None else _build_images_dir(dataset_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from mpcc.data.masking import MaskSpec, decode, render_masked
+from mpcc.errors import ConfigError, InputError
 
 IMAGE_FORMATS = (
     "png",
@@ -51,7 +52,7 @@ def encode(image: Image.Image, image_format: str) -> bytes:
     elif image_format == "webp":
         image.save(buf, format="WEBP", lossless=True, quality=0, method=0)
     else:
-        raise ValueError(f"cannot encode to {image_format!r}; choose png or webp")
+        raise ConfigError(f"cannot encode to {image_format!r}; choose png or webp")
     return buf.getvalue()
 
 
@@ -64,7 +65,7 @@ def build_record(path: str | Path) -> dict:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"{file}: not an mpcc build record ({type(e).__name__}: {e})") from e
+        raise InputError(f"{file}: not an mpcc build record ({type(e).__name__}: {e})") from e
 
 
 def write_build_record(path: str | Path, record: dict) -> None:
@@ -85,9 +86,9 @@ def load_dataset(path: str | Path, images_dir: str | Path | None = None):
     try:
         dataset = load_from_disk(str(path))
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: not an mpcc build ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not an mpcc build ({type(e).__name__}: {e})") from e
     if not isinstance(dataset, Dataset):
-        raise ValueError(f"{path}: holds a DatasetDict, not one mpcc build")
+        raise InputError(f"{path}: holds a DatasetDict, not one mpcc build")
     config = record["config"]
     if config.get("image_format") != "lazy":
         return dataset

@@ -6,11 +6,14 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pycocotools import mask as mask_utils
 
 from mpcc.data.coco import CocoSource
 from mpcc.data.masking import segmentation_to_rle
+from mpcc.errors import ConfigError
+from mpcc.options import option
 
 MPCC_EVAL_SIZE = 1114  # items in the authors' MPCC-Eval
 # Held out of training targets by default: one category per supercategory (person excluded).
@@ -33,21 +36,23 @@ DEFAULT_OOD = (
 class SelectionConfig:
     """Defaults keep objects large enough to matter yet leave most of the scene visible."""
 
-    min_area_frac: float = 0.005  # instance area / image area
-    max_area_frac: float = 0.35
-    min_visible_frac: float = 0.5  # image area left outside the target's box
-    min_context: int = 2  # other non-crowd annotated instances in the image
-    max_crowd_overlap: float = 0.1  # share of the target covered by crowd regions
-    max_per_image: int = 3
+    options_group: ClassVar[str] = "target selection"
+
+    min_area_frac: float = option(0.005, "smallest instance area / image area")
+    max_area_frac: float = option(0.35, "largest instance area / image area")
+    min_visible_frac: float = option(0.5, "image share that must stay outside the target's box")
+    min_context: int = option(2, "fewest other annotated (non-crowd) instances in the image")
+    max_crowd_overlap: float = option(0.1, "largest share of the target covered by crowd regions")
+    max_per_image: int = option(3, "targets per image at most")
     exclude_categories: frozenset[str] = frozenset()  # e.g. held-out OOD categories, for training
 
     def __post_init__(self):
         if not 0 <= self.min_area_frac <= self.max_area_frac <= 1:
-            raise ValueError("need 0 <= min_area_frac <= max_area_frac <= 1")
+            raise ConfigError("need 0 <= min_area_frac <= max_area_frac <= 1")
         if not 0 <= self.min_visible_frac <= 1 or not 0 <= self.max_crowd_overlap <= 1:
-            raise ValueError("min_visible_frac and max_crowd_overlap must lie in [0, 1]")
+            raise ConfigError("min_visible_frac and max_crowd_overlap must lie in [0, 1]")
         if self.min_context < 0 or self.max_per_image < 1:
-            raise ValueError("min_context must be >= 0 and max_per_image >= 1")
+            raise ConfigError("min_context must be >= 0 and max_per_image >= 1")
 
 
 def _crowd_overlap(ann: dict, crowds: list[dict], height: int, width: int) -> float:

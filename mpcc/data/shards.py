@@ -12,31 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import concatenate_datasets, load_from_disk
 
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildError, BuildResult
 from mpcc.data.render import build_record, write_build_record
+from mpcc.options import option
+from mpcc.outputs import check_output, staged_output
 
 logger = logging.getLogger(__name__)
 
 # Record keys that differ between the shards of one build.
 PER_SHARD = ("num_rows", "rows_per_level", "skipped", "plan_skips")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """`3/8` -> (3, 8): shard 3 of 8, numbered from 0 like SLURM array task ids."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like INDEX/COUNT (e.g. 3/8), got {text!r}") from None
-    if not 0 <= index < count:
-        raise ValueError(f"shard {text!r}: need 0 <= INDEX < COUNT")
-    return index, count
 
 
 def _common(record: dict) -> dict:
@@ -71,13 +62,24 @@ def _read_shards(shards: Sequence[Path]) -> list[tuple[Path, dict]]:
     return ordered
 
 
-def merge_shards(shards: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> BuildResult:
+@dataclass(frozen=True)
+class MergeJob:
+    """`mpcc merge-shards`: all N shard builds of one `mpcc prepare` run (in shard order) into the build a
+    single job would have written: rows, statistics, skip report and build record."""
+
+    shards: tuple[Path, ...] = option(help="the N shard build directories, in any order", positional=True)
+    out: Path = option(help="output dataset directory (written atomically)")
+    overwrite: bool = option(False, "replace --out if it exists")
+
+
+def merge_shards(
+    shards: Sequence[str | Path], out: str | Path, overwrite: bool = MergeJob.overwrite
+) -> BuildResult:
     """Concatenate shard builds into `out` (written atomically): the build one job would have made."""
     out = Path(out)
     if not shards:
         raise BuildError("no shard builds given")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BuildError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    check_output(out, overwrite, error=BuildError)
     ordered = _read_shards(shards)
     first_path, first = ordered[0]
     skips = (first_path / SKIPS_FILE).read_text(encoding="utf-8").splitlines()[: first["plan_skips"]]
@@ -93,10 +95,7 @@ def merge_shards(shards: Sequence[str | Path], out: str | Path, overwrite: bool 
         "skipped": dict(sorted(Counter(json.loads(line)["reason"] for line in skips).items())),
         "merged_shards": len(ordered),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        staged = work / "dataset"
+    with staged_output(out, overwrite) as staged:
         dataset = concatenate_datasets([load_from_disk(str(path)) for path, _ in ordered])
         if len(dataset) != record["num_rows"]:
             raise BuildError(f"the shards hold {len(dataset)} rows, their records say {record['num_rows']}")
@@ -105,11 +104,6 @@ def merge_shards(shards: Sequence[str | Path], out: str | Path, overwrite: bool 
         shutil.copyfile(first_path / STATS_FILE, staged / STATS_FILE)
         (staged / SKIPS_FILE).write_text("".join(f"{line}\n" for line in skips), encoding="utf-8")
         write_build_record(staged, record)
-        if out.exists():
-            shutil.rmtree(out)
-        staged.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     logger.info("merged %d shards into %s: %d rows", len(ordered), out, record["num_rows"])
     return BuildResult(
         out,

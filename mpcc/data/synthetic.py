@@ -49,6 +49,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mpcc.data.coco_categories import COCO_CATEGORIES
+from mpcc.errors import ConfigError
+from mpcc.options import option
+from mpcc.rewards import trace_completion
 
 logger = logging.getLogger(__name__)
 
@@ -183,12 +186,25 @@ _SCENE_TABLE = np.array(  # category positions per scene, padded; only the first
 )
 
 
+@dataclass(frozen=True)
+class SynthJob:
+    """`mpcc synth`: procedural scenes whose objects follow learnable context rules, written as JPEG
+    images + instances.json (polygons and RLE): the embedded default data."""
+
+    out: Path = option(help="directory for images/ and instances.json")
+    num_images: int = option(200, "scenes to draw")
+    seed: int = option(0, "generator seed")
+    traces: bool = option(
+        False, "also write traces.jsonl: a reasoning trace per object, for `mpcc annotate import`"
+    )
+
+
 def generate_scenes(
     out_dir: str | Path,
-    num_images: int = 200,
-    seed: int = 0,
+    num_images: int = SynthJob.num_images,
+    seed: int = SynthJob.seed,
     image_size: tuple[int, int] = (384, 288),
-    traces: bool = False,
+    traces: bool = SynthJob.traces,
 ) -> Path:
     """Render ``num_images`` scenes to ``out_dir/images/*.jpg`` and write ``out_dir/instances.json``.
 
@@ -245,7 +261,7 @@ def generate_annotations(
     """
     _check_args(num_images, seed, image_size)
     if not 0.0 <= empty_fraction < 1.0 or mean_instances < 1.0 - empty_fraction:
-        raise ValueError("empty_fraction must be in [0, 1) and mean_instances >= 1 - empty_fraction")
+        raise ConfigError("empty_fraction must be in [0, 1) and mean_instances >= 1 - empty_fraction")
     with _gc_paused():
         return _annotations_only(num_images, seed, image_size, mean_instances, empty_fraction)
 
@@ -325,9 +341,9 @@ def write_annotations(dataset: Mapping[str, Any], path: str | Path) -> Path:
 
 def _check_args(num_images: int, seed: int, image_size: tuple[int, int]) -> None:
     if num_images < 0 or seed < 0:
-        raise ValueError(f"num_images and seed must be >= 0, got {num_images} and {seed}")
+        raise ConfigError(f"num_images and seed must be >= 0, got {num_images} and {seed}")
     if min(image_size) < 64:
-        raise ValueError(f"image_size must be at least 64x64, got {image_size}")
+        raise ConfigError(f"image_size must be at least 64x64, got {image_size}")
 
 
 def _image_sizes(
@@ -532,7 +548,7 @@ def _trace_rows(image: dict[str, Any], annotations: list[dict[str, Any]], scene:
                 "ann_id": ann["id"],
                 "bbox": ann["bbox"],
                 "category_name": target,
-                "cot_data": f"<think> {reasoning}</think><answer>{target}</answer>",
+                "cot_data": trace_completion(reasoning, target),
                 "teacher": "mpcc.data.synthetic",
                 "prompt_version": TRACE_VERSION,
             }

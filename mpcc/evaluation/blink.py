@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from mpcc.data import prompts
 from mpcc.data.options import LETTERS
+from mpcc.errors import InputError
 
 IMAGE_KEYS = ("image_1", "image_2", "image_3", "image_4")
 
@@ -14,7 +15,7 @@ IMAGE_KEYS = ("image_1", "image_2", "image_3", "image_4")
 def _images(row: dict) -> list:
     images = row.get("images") or [row[k] for k in IMAGE_KEYS if row.get(k) is not None]
     if not images:
-        raise ValueError(
+        raise InputError(
             f"BLINK row {row.get('idx', '?')}: no images (expected `images` or image_1..image_4)"
         )
     return list(images)
@@ -28,7 +29,7 @@ def blink_rows(rows: Iterable[dict]) -> list[dict]:
         choices = [str(c) for c in row["choices"]]
         letter = str(row["answer"]).strip().strip("()").upper()
         if len(choices) < 2 or letter not in LETTERS[: len(choices)]:
-            raise ValueError(
+            raise InputError(
                 f"BLINK row {row.get('idx', i)}: answer {row['answer']!r} is not one of "
                 f"{len(choices)} choices"
             )

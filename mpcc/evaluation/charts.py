@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-LEVELS = ("easy", "middle", "hard")
+from mpcc.data.difficulty import LEVELS  # noqa: E402
 
 
 def _accuracy(metrics: dict, level: str, fmt: str) -> float:

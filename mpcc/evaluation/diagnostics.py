@@ -19,6 +19,7 @@ from mpcc.data.build import load_stats
 from mpcc.data.coco import load_coco
 from mpcc.data.masking import MaskSpec, decode, region_mask, render_masked
 from mpcc.data.render import build_record, mask_rle, render_targets, target_seed
+from mpcc.errors import ConfigError
 
 CONDITIONS = ("blind", "context", "shape")
 CANVAS = (128, 128, 128)  # blank canvas: mid gray, distinct from the black default fill
@@ -56,7 +57,7 @@ class Diagnostics:
         elif condition == "context":
             image = self._hide_context(row)
         else:
-            raise ValueError(f"unknown diagnostic {condition!r}; choose from {CONDITIONS}")
+            raise ConfigError(f"unknown diagnostic {condition!r}; choose from {CONDITIONS}")
         return {**row, "image": image}
 
     def predictive_context(self, row: dict) -> list[int]:

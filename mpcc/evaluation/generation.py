@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from trl.data_utils import prepare_multimodal_messages
 
+from mpcc.errors import ConfigError
 from mpcc.evaluation.config import Decoding
 
 
@@ -71,7 +72,7 @@ class VLLMGenerator:
         try:
             import vllm
         except ImportError as e:
-            raise ValueError("--backend vllm needs vLLM (pip install vllm, on a GPU machine)") from e
+            raise ConfigError("--backend vllm needs vLLM (pip install vllm, on a GPU machine)") from e
         from mpcc.models import load_processor
 
         self._vllm = vllm

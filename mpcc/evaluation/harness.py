@@ -14,7 +14,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
+from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import BUILD_FILE, build_record, load_dataset
+from mpcc.errors import InputError
 from mpcc.evaluation.blink import blink_rows
 from mpcc.evaluation.charts import accuracy_chart
 from mpcc.evaluation.config import Decoding, EvalConfig
@@ -22,6 +24,7 @@ from mpcc.evaluation.diagnostics import Diagnostics
 from mpcc.evaluation.generation import HFGenerator, VLLMGenerator
 from mpcc.evaluation.metrics import compute_metrics, markdown_report
 from mpcc.evaluation.parsing import is_correct, parse_answer
+from mpcc.outputs import write_text_atomic
 from mpcc.rewards import levenshtein_reward
 
 logger = logging.getLogger(__name__)
@@ -49,12 +52,16 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
         from datasets import load_from_disk
 
         if config.diagnostics:
-            raise ValueError(f"{data}: diagnostics need an mpcc eval build (masks, context annotations)")
-        rows = blink_rows(load_from_disk(str(data)))[: config.limit]
+            raise InputError(f"{data}: diagnostics need an mpcc eval build (masks, context annotations)")
+        try:
+            dataset = load_from_disk(str(data))
+        except OSError as e:
+            raise InputError(f"neither an mpcc build nor a saved dataset: {e}") from e
+        rows = blink_rows(dataset)[: config.limit]
         return [(str(i), row) for i, row in enumerate(rows)]
     dataset = load_dataset(data)
     if "format" not in dataset.column_names:
-        raise ValueError(
+        raise InputError(
             f"{data}: not an eval build (no `format` column); build one with `mpcc prepare eval`"
         )
     fill = build_record(data)["config"]["mask"]["fill"]
@@ -77,7 +84,7 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
             )
             out.append((f"{i}-open", row))
     if not out:
-        raise ValueError(f"{data}: no rows with formats {config.formats}")
+        raise InputError(f"{data}: no rows with formats {config.formats}")
     return out
 
 
@@ -93,9 +100,7 @@ def _done(path: Path) -> set[tuple[str, int]]:
             kept.append(line)
         except (ValueError, KeyError, TypeError):
             logger.warning("%s: dropping an unreadable line (a prediction cut short); it is made again", path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return done
 
 
@@ -201,16 +206,24 @@ def _diagnostics_markdown(metrics: dict) -> str:
         "",
         "## Visual-reliance diagnostics (accuracy, gap to normal)",
         "",
-        "| condition | all | easy | middle | hard |",
-        "|---|---|---|---|---|",
+        f"| condition | all | {' | '.join(LEVELS)} |",
+        "|---" * (2 + len(LEVELS)) + "|",
     ]
     for condition, d in diagnostics.items():
         cells = [
             f"{d['per_level'][lv]:.3f} ({d['gap_per_level'][lv]:+.3f})" if lv in d["per_level"] else "-"
-            for lv in ("easy", "middle", "hard")
+            for lv in LEVELS
         ]
         lines.append(f"| {condition} | {d['accuracy']:.3f} ({d['gap']:+.3f}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def read_metrics(run: Path) -> dict:
+    """The metrics an `mpcc eval` run wrote, with an error naming the folder when it is not one."""
+    try:
+        return json.loads((run / METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
 
 
 def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
@@ -220,12 +233,7 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     runs = [Path(r) for r in runs]
     names = [r.name for r in runs]
     labels = names if len(set(names)) == len(names) else [str(r) for r in runs]  # never merge two runs
-    metrics = {}
-    for label, run in zip(labels, runs):
-        try:
-            metrics[label] = json.loads((run / METRICS).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
+    metrics = {label: read_metrics(run) for label, run in zip(labels, runs)}
     accuracy_chart(metrics, out / CHART)
     lines = ["| run | accuracy | format compliance | n |", "|---|---|---|---|"]
     for name, m in metrics.items():

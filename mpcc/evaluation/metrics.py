@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-LEVELS = ("easy", "middle", "hard")
-FORMATS = ("mc4", "mc7", "mc", "yesno", "open")
+from mpcc.data.difficulty import LEVELS
+from mpcc.evaluation.parsing import FORMATS
+
 SPLITS = ("in", "out")
 # name: (candidate_kind of the yes/no row, the reply that is right for it)
 YESNO_RATES = {

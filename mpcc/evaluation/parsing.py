@@ -16,6 +16,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mpcc.errors import InputError
 from mpcc.rewards import MC_FORMATS, choice_score, completion_text, extract_answer, normalize, variants
 
 YES_NO = ("yes", "no")
@@ -27,7 +28,7 @@ def row_format(row: Mapping[str, Any]) -> str:
     data error, raised rather than silently graded as open."""
     fmt = row.get("format") or "open"
     if fmt not in FORMATS:
-        raise ValueError(f"unknown eval format {fmt!r}; expected one of {FORMATS}")
+        raise InputError(f"unknown eval format {fmt!r}; expected one of {FORMATS}")
     return fmt
 
 

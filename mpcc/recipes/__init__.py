@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+import yaml
+
+from mpcc.errors import ConfigError
+
 HERE = Path(__file__).parent
 ACCELERATE = HERE / "accelerate"
 LABELS = {"recipe": "recipe", "accelerate": "Accelerate config"}
@@ -34,7 +38,20 @@ def resolve(name_or_path: str | Path, kind: str = "recipe") -> Path:
         name = name.relative_to(ACCELERATE.name)
     if name.as_posix() in names(kind):
         return (ACCELERATE if kind == "accelerate" else HERE) / f"{name}.yaml"
-    raise ValueError(
+    raise ConfigError(
         f"{name_or_path}: no such file, and no packaged {LABELS[kind]} of that name "
         f"(packaged: {', '.join(names(kind))})"
     )
+
+
+def read(recipe: str | Path) -> tuple[Path, dict]:
+    """The recipe's file and its YAML mapping: the one reader for training (mpcc.training.config) and the
+    launchers (mpcc.launch), which stay free of heavy imports."""
+    path = resolve(recipe)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read recipe: {e}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping of option: value")
+    return path, config

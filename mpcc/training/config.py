@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
 from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
-from mpcc.recipes import resolve
+from mpcc.errors import ConfigError
+from mpcc.recipes import read
 
 TRAINERS = ("sft", "grpo", "grpo_prior")
 
@@ -52,7 +52,7 @@ class RunArguments:
 
     def __post_init__(self):
         if self.trainer not in TRAINERS:
-            raise ValueError(f"trainer must be one of {TRAINERS}, got {self.trainer!r}")
+            raise ConfigError(f"trainer must be one of {TRAINERS}, got {self.trainer!r}")
 
 
 @dataclass
@@ -111,11 +111,11 @@ class MpccGRPOConfig(GRPOConfig):
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.compile_generation and self.cache_implementation != "static":
-            raise ValueError("compile_generation needs cache_implementation: static")
+            raise ConfigError("compile_generation needs cache_implementation: static")
         if not 0 <= self.prior_prob <= 1:
-            raise ValueError(f"prior_prob must lie in [0, 1], got {self.prior_prob}")
+            raise ConfigError(f"prior_prob must lie in [0, 1], got {self.prior_prob}")
         self._as_given = {}
         if self.prior_mode == "append":
             # A group of G generated + the trace slot is a `replace` group of G + 1.
@@ -151,17 +151,11 @@ def load_recipe(
 ) -> tuple[RunArguments, GRPOConfig | SFTConfig, ModelConfig]:
     """Parse a recipe (a YAML file or a packaged recipe's name) and command-line overrides into (run,
     trainer config, model config)."""
-    path = resolve(recipe)
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read recipe: {e}") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping of option: value")
+    path, config = read(recipe)
     kind = config.get("trainer", RunArguments.trainer)
     overridden = [a for a in overrides if a.startswith("--trainer")]
     if overridden:
-        raise ValueError(
+        raise ConfigError(
             "the trainer kind is part of the recipe; it cannot be overridden on the command line"
         )
     train_config = SFTConfig if kind == "sft" else MpccGRPOConfig
@@ -169,12 +163,12 @@ def load_recipe(
     try:
         parsed = parser.parse_args_and_config(args=[*_as_cli(config), *overrides])
     except SystemExit as e:  # argparse already printed which key is wrong
-        raise ValueError(f"{path}: invalid recipe (see the message above)") from e
+        raise ConfigError(f"{path}: invalid recipe (see the message above)") from e
     except ValueError as e:  # a config's own check
-        raise ValueError(f"{path}: {e}") from e
+        raise ConfigError(f"{path}: {e}") from e
     for key in (k for k, v in config.items() if v is None):  # YAML null: set after parsing (argparse cannot)
         owner = next((p for p in parsed if key in {f.name for f in fields(p)}), None)
         if owner is None:
-            raise ValueError(f"{path}: unknown recipe key {key!r}")
+            raise ConfigError(f"{path}: unknown recipe key {key!r}")
         setattr(owner, key, None)
     return parsed

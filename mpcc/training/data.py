@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from datasets import Dataset
 
+from mpcc import cache_dir
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import generate_scenes
+from mpcc.errors import ConfigError, InputError
+from mpcc.rewards import trace_completion
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_PREFIX = "synthetic:"
 SYNTHETIC_SIZES = {"demo": 240, "tiny": 60}  # scenes per named synthetic train set
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MPCC_CACHE", Path.home() / ".cache" / "mpcc"))
 
 
 def resolve_dataset(spec: str) -> Path:
@@ -28,7 +26,7 @@ def resolve_dataset(spec: str) -> Path:
         return Path(spec)
     name = spec[len(SYNTHETIC_PREFIX) :]
     if name not in SYNTHETIC_SIZES:
-        raise ValueError(f"unknown synthetic dataset {name!r}; choose from {sorted(SYNTHETIC_SIZES)}")
+        raise ConfigError(f"unknown synthetic dataset {name!r}; choose from {sorted(SYNTHETIC_SIZES)}")
     root = cache_dir() / "data" / name
     train = root / "train"
     if not train.is_dir():
@@ -56,11 +54,11 @@ def load_train_dataset(spec: str, kind: str, max_samples: int | None = None) -> 
     needed = REQUIRED + (("reasoning",) if kind in ("sft", "grpo_prior") else ())
     missing = [c for c in needed if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"{path}: the {kind} trainer needs columns {missing}, which this dataset lacks")
+        raise InputError(f"{path}: the {kind} trainer needs columns {missing}, which this dataset lacks")
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     if kind == "grpo_prior" and not any(dataset["reasoning"]):
-        raise ValueError(
+        raise InputError(
             f"{path}: prior sampling needs reasoning traces, but every `reasoning` is empty "
             "(build with --template-traces or annotate with a teacher)"
         )
@@ -69,19 +67,15 @@ def load_train_dataset(spec: str, kind: str, max_samples: int | None = None) -> 
     return dataset
 
 
-def sft_target(reasoning: str, solution: str) -> str:
-    return f"<think> {reasoning.strip()}</think><answer>{solution}</answer>"
-
-
 def _sft_rows(dataset: Dataset, path: Path) -> Dataset:
     """prompt/completion rows (TRL puts the loss on the completion only); rows without a trace are dropped."""
     dataset = dataset.filter(lambda r: bool(r), input_columns="reasoning")
     if len(dataset) == 0:
-        raise ValueError(f"{path}: SFT needs rows with a `reasoning` trace; this dataset has none")
+        raise InputError(f"{path}: SFT needs rows with a `reasoning` trace; this dataset has none")
     keep = ["image", "prompt", "completion"]
 
     def to_sft(row: dict) -> dict:
-        text = sft_target(row["reasoning"], row["solution"])
+        text = trace_completion(row["reasoning"], row["solution"])
         return {"completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}]}
 
     dataset = dataset.map(to_sft)

@@ -23,15 +23,11 @@ import logging
 import numpy as np
 import torch
 
-from mpcc.rewards import REWARDS
+from mpcc.errors import ConfigError
+from mpcc.rewards import REWARDS, trace_completion
 from mpcc.training.grpo import MpccGRPOTrainer
 
 logger = logging.getLogger(__name__)
-
-
-def trace_completion(reasoning: str, solution: str) -> str:
-    """The trace as a full completion, in the format the rewards check."""
-    return f"<think> {reasoning.strip()}</think><answer>{solution}</answer>"
 
 
 def _concat(value, pieces: list[slice]):
@@ -73,7 +69,7 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.prior_success_reward not in REWARDS:
-            raise ValueError(
+            raise ConfigError(
                 f"prior_success_reward {self.args.prior_success_reward!r} is not one of {sorted(REWARDS)}"
             )
         self._success_reward = REWARDS[self.args.prior_success_reward]
@@ -288,7 +284,7 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
         """Centre each group on its generated samples' mean (LUFFY's option); scale by the whole group's
         std, which stays finite when every generated sample scores the same."""
         if self.multi_objective_aggregation != "sum_then_normalize" or self.scale_rewards == "batch":
-            raise ValueError(
+            raise ConfigError(
                 "prior_in_group_stats=False needs multi_objective_aggregation='sum_then_normalize' "
                 "and scale_rewards 'group' or 'none'"
             )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mpcc
 from mpcc.data.render import BUILD_FILE, build_record
+from mpcc.errors import InputError
 from mpcc.training.data import resolve_dataset
 
 RUN_FILE = "mpcc_run.json"
@@ -50,5 +51,5 @@ def load_run_record(checkpoint: str | Path) -> dict | None:
             try:
                 return json.loads(file.read_text(encoding="utf-8"))
             except ValueError as e:
-                raise ValueError(f"{file}: not a readable run record ({e})") from e
+                raise InputError(f"{file}: not a readable run record ({e})") from e
     return None

@@ -1,0 +1,105 @@
+"""Every command's options come from dataclass fields: `--help`, `--config FILE.yaml` and the flags agree.
+
+A config file is as strict as a recipe: an unknown key or a value of the wrong type stops the command
+before any work, naming the key; flags override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import re
+
+import pytest
+
+from mpcc.annotation.config import AnnotateConfig, TeacherConfig
+from mpcc.cli import COMMANDS, command_parser, main
+from mpcc.data.build import BuildConfig
+from mpcc.data.selection import SelectionConfig
+from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.options import options_of, parse_options
+
+
+@pytest.mark.parametrize(
+    ("argv", "yaml", "message"),
+    [
+        (["prepare", "eval"], "mask_mode: bbox\nmax_item: 10\n", "unknown option 'max_item'"),
+        (["prepare", "eval"], "max_per_image: lots\n", "option 'max_per_image': invalid value 'lots'"),
+        (["prepare", "eval"], "mask_mode: cloud\n", "option 'mask_mode': invalid value 'cloud'"),
+        (["eval"], "model: tiny:qwen2_5_vl\nsampels: 4\n", "unknown option 'sampels'"),
+        (["eval"], "batch_size: 1.5\n", "option 'batch_size': invalid value 1.5"),
+        (["eval"], "formats: [mc4, essay]\n", "formats must be a non-empty subset"),
+        (["annotate", "DATA"], "teachr: http://x/v1\n", "unknown option 'teachr'"),
+        (["annotate", "DATA"], "timeout: soon\n", "option 'timeout': invalid value 'soon'"),
+        (["annotate", "DATA"], "overwrite: maybe\n", "option 'overwrite': invalid value 'maybe'"),
+    ],
+)
+def test_bad_config_files_stop_naming_the_key(argv, yaml, message, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml)
+    assert main([*argv, "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert str(config) in err or "subset" in message  # a config's own check names the option instead
+    assert not (tmp_path / "out").exists()
+
+
+def test_flags_override_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "annotations: a.json\nimages: im\nmask_mode: bbox\nmin_context: 5\nformats: [mc4]\nout: elsewhere\n"
+    )
+    parser, classes = command_parser("prepare")
+    args = parser.parse_args(["eval", "--config", str(config), "--min-context", "1", "--out", str(tmp_path)])
+    job, build = parse_options(args, *classes)
+    assert build.mask.mode == "bbox" and build.formats == ("mc4",)  # from the file
+    assert build.selection.min_context == 1 and job.out == tmp_path  # the flags win
+
+
+@pytest.mark.real_coco
+def test_the_same_run_from_flags_and_from_a_config_file(tinycoco, tmp_path):
+    flags = ["--mask-mode", "bbox", "--max-per-image", "1", "--formats", "mc4,yesno", "--no-balance"]
+    source = ["--annotations", str(tinycoco / "instances.json"), "--images", str(tinycoco / "images")]
+    assert main(["prepare", "eval", *source, *flags, "--num-proc", "1", "--out", str(tmp_path / "a")]) == 0
+    config = tmp_path / "prepare.yaml"
+    config.write_text(
+        f"annotations: {tinycoco / 'instances.json'}\nimages: {tinycoco / 'images'}\nmask_mode: bbox\n"
+        "max_per_image: 1\nformats: [mc4, yesno]\nbalance: false\nnum_proc: 1\n"
+    )
+    assert main(["prepare", "eval", "--config", str(config), "--out", str(tmp_path / "b")]) == 0
+    compared = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
+    assert compared.left_list == compared.right_list and len(compared.left_list) >= 5
+    assert not compared.diff_files and not compared.funny_files
+
+
+def _help(command: str) -> str:
+    return re.sub(r"\s+", " ", command_parser(command)[0].format_help())
+
+
+@pytest.mark.parametrize(
+    ("command", "cls", "name"),
+    [
+        ("prepare", SelectionConfig, "min_context"),
+        ("prepare", BuildConfig, "max_items"),
+        ("eval", EvalConfig, "batch_size"),
+        ("eval", Decoding, "max_new_tokens"),
+        ("annotate", TeacherConfig, "max_new_tokens"),
+        ("annotate", AnnotateConfig, "mode"),
+    ],
+)
+def test_help_shows_the_fields_help_and_default(command, cls, name):
+    """One place: the dataclass field. Its help and default are what `--help` prints."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    text = _help(command)
+    flag = "--" + (field.metadata.get("flag") or name).replace("_", "-")
+    assert f"{flag} " in text
+    assert re.sub(r"\s+", " ", field.metadata["help"]) in text
+    assert f"(default: {field.default})" in text
+
+
+def test_every_command_builds_its_parser_and_declares_each_option_once():
+    for name in COMMANDS:
+        parser, classes = command_parser(name)
+        assert parser.prog == f"mpcc {name}"
+        keys = [o.key for c in classes for o in options_of(c)]
+        assert len(keys) == len(set(keys)), name
