@@ -12,10 +12,12 @@ import re
 
 import pytest
 
+import mpcc.data.synthetic
 from mpcc.annotation.config import AnnotateConfig, TeacherConfig
 from mpcc.cli import COMMANDS, command_parser, main
 from mpcc.data.build import BuildConfig
 from mpcc.data.selection import SelectionConfig
+from mpcc.errors import InputError
 from mpcc.evaluation.config import Decoding, EvalConfig
 from mpcc.options import options_of, parse_options
 
@@ -103,3 +105,20 @@ def test_every_command_builds_its_parser_and_declares_each_option_once():
         assert parser.prog == f"mpcc {name}"
         keys = [o.key for c in classes for o in options_of(c)]
         assert len(keys) == len(set(keys)), name
+
+
+
+@pytest.mark.parametrize("error", [ValueError("a library failed"), InputError("bad.json: no images key")])
+def test_only_mpcc_errors_are_one_line(error, tmp_path, monkeypatch, capsys):
+    """A deliberate MpccError prints one line and exits 2; any other exception keeps its traceback."""
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(mpcc.data.synthetic, "generate_scenes", fail)
+    if isinstance(error, InputError):
+        assert main(["synth", "--out", str(tmp_path)]) == 2
+        assert capsys.readouterr().err == "mpcc synth: error: bad.json: no images key\n"
+    else:
+        with pytest.raises(ValueError, match="a library failed"):
+            main(["synth", "--out", str(tmp_path)])
