@@ -123,7 +123,9 @@ def options_of(cls: type) -> list[_Option]:
 
 def _help(opt: _Option) -> str:
     text, default = opt.field.metadata["help"], opt.default
-    if default in (_MISSING, None, False, "", ()) or opt.field.metadata.get("positional"):
+    # identity for False/None: `0 in (False,)` is true, and a default of 0 is worth showing
+    hidden = default is _MISSING or default is None or default is False or default in ("", ())
+    if hidden or opt.field.metadata.get("positional"):
         return text.replace("%", "%%")
     shown = ",".join(default) if isinstance(default, tuple) else default
     return f"{text} (default: {shown})".replace("%", "%%")

@@ -83,6 +83,7 @@ def _help(command: str) -> str:
     [
         ("prepare", SelectionConfig, "min_context"),
         ("prepare", BuildConfig, "max_items"),
+        ("prepare", BuildConfig, "seed"),  # a default of 0 is shown too
         ("eval", EvalConfig, "batch_size"),
         ("eval", Decoding, "max_new_tokens"),
         ("annotate", TeacherConfig, "max_new_tokens"),
