@@ -239,9 +239,7 @@ COMMANDS = {
     "train": Command(
         "train from a recipe (launches Accelerate with the recipe's accelerate_config)", (), _train
     ),
-    "recipes": Command(
-        "list the packaged recipes and Accelerate configs (`mpcc train NAME`)", (), _recipes
-    ),
+    "recipes": Command("list the packaged recipes and Accelerate configs (`mpcc train NAME`)", (), _recipes),
     "eval": Command(
         "evaluate a model on an MPCC eval build (or: mpcc eval compare RUN_A RUN_B ... --out DIR)",
         ("mpcc.evaluation.config.EvalJob", "mpcc.evaluation.config.EvalConfig"),

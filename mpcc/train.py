@@ -64,7 +64,13 @@ def build_trainer(run, train_args, model_args):
         trainer = trainer_class(reward_funcs=funcs, **common)
     if run.eval_dataset_path and run.eval_every_steps > 0:
         trainer.add_callback(
-            EvalCallback(trainer, run.eval_dataset_path, run.eval_every_steps, run.eval_items)
+            EvalCallback(
+                trainer,
+                run.eval_dataset_path,
+                run.eval_every_steps,
+                run.eval_items,
+                grounding=run.eval_grounding,
+            )
         )
     return trainer
 

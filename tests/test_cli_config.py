@@ -108,7 +108,6 @@ def test_every_command_builds_its_parser_and_declares_each_option_once():
         assert len(keys) == len(set(keys)), name
 
 
-
 @pytest.mark.parametrize("error", [ValueError("a library failed"), InputError("bad.json: no images key")])
 def test_only_mpcc_errors_are_one_line(error, tmp_path, monkeypatch, capsys):
     """A deliberate MpccError prints one line and exits 2; any other exception keeps its traceback."""

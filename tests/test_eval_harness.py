@@ -123,3 +123,88 @@ def test_samples_report_mean_and_bootstrap_interval(tiny_builds, tmp_path, monke
         json.loads(line)["completion"] for line in (out / "predictions.jsonl").read_text().splitlines()
     ]
     assert len(completions) == 9 and len(set(completions)) > 1  # sampled, not greedy
+
+
+def test_step_diagnostics_on_a_trained_checkpoint(tiny_builds, tmp_path, monkeypatch):
+    """`mpcc train` (SFT, 2 steps) then `mpcc eval --diagnostics crm,evidence` on its output: the
+    grounding sections, charts and report; a rerun resumes without measuring again."""
+    from mpcc.evaluation import crm, grounding
+    from mpcc.train import main as train_main
+
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "sft"
+    assert (
+        train_main(["tiny/sft", "--output_dir", str(checkpoint), "--max_steps", "2", "--save_strategy", "no"])
+        == 0
+    )
+    out = tmp_path / "run"
+    options = [
+        "--diagnostics",
+        "crm,evidence",
+        "--crm-regions",
+        "2",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "24",
+    ]
+    options += ["--formats", "mc4,open"]
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(checkpoint),
+                "--data",
+                str(tiny_builds["eval"]),
+                "--out",
+                str(out),
+                *options,
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    answered = [p for p in predictions if p["completion"]]
+    records = [json.loads(line) for line in (out / "grounding.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt_id"] for r in records if r["kind"] == "evidence") == sorted(
+        p["prompt_id"] for p in answered
+    )
+    attributions = [r for r in records if r["kind"] == "crm"]
+    assert len(attributions) == len({p["item_id"] for p in answered})
+    assert all(
+        r["format"] == "open" and 1 <= len(r["sets"]) <= 3 for r in attributions
+    )  # 2 singles + top-k  # 2 singles + the top-k set when it is new
+    section = metrics["grounding"]
+    assert section["evidence"]["all"]["n"] == len(answered)
+    assert 0 < section["evidence"]["all"]["evidence_mass"] < section["evidence"]["all"]["image_mass"] <= 1
+    assert section["uncertainty"]["n"] == len(answered)
+    assert section["crm"]["all"]["pairs"] == sum(len(r["sets"]) for r in attributions)
+    for chart in ("grounding.png", "risk_coverage.png"):
+        with Image.open(out / chart) as image:
+            assert image.format == "PNG"
+    report = (out / "report.md").read_text()
+    assert "## Step-level grounding" in report and "grounding.png" in report and "hallucinated" in report
+
+    def fail(*args, **kwargs):
+        raise AssertionError("measured again on resume")
+
+    monkeypatch.setattr(grounding, "measure", fail)
+    monkeypatch.setattr(crm, "step_deltas", fail)
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(checkpoint),
+                "--data",
+                str(tiny_builds["eval"]),
+                "--out",
+                str(out),
+                *options,
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "metrics.json").read_text())["grounding"] == section

@@ -40,6 +40,8 @@ def authors_answer(completion: str, solution: str) -> float:
         return 0.0
     t = completion.split("</think>")[-1].replace("<answer>", "").replace("</answer>", "").strip()
     return Levenshtein.ratio(t, solution)
+
+
 RANGES = {
     "format": {0.0, 1.0},
     "exact_match": {0.0, 1.0},

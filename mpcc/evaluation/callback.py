@@ -1,27 +1,47 @@
 """Evaluate on a fixed subset of an eval build every N training steps, logged like other metrics
-(`mpcc_eval/accuracy`, per level, format compliance)."""
+(`mpcc_eval/accuracy`, per level, format compliance) and, with `grounding`, the evidence measures of
+`mpcc.evaluation.grounding` on the same answers (`grounding/*`): whether training makes the model look
+at the context while it reasons."""
 
 from __future__ import annotations
 
 from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 
+from mpcc.evaluation.attention import resolve_layers
 from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.diagnostics import Diagnostics
 from mpcc.evaluation.generation import generate
+from mpcc.evaluation.grounding import evidence_record, summarise_evidence
 from mpcc.evaluation.harness import eval_rows
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
+
+GROUNDING_LOGS = ("evidence_mass", "evidence_share", "image_mass", "collapse_ratio", "entropy_full")
 
 
 class EvalCallback(TrainerCallback):
     """Greedy generation on the first `items` items (all formats of each), every `every` steps."""
 
     def __init__(
-        self, trainer, data, every: int, items: int = 16, batch_size: int = 16, max_new_tokens: int = 64
+        self,
+        trainer,
+        data,
+        every: int,
+        items: int = 16,
+        batch_size: int = 16,
+        max_new_tokens: int = 64,
+        grounding: bool = False,
     ):
         self.trainer, self.every, self.batch_size = trainer, every, batch_size
         self.rows = [row for _, row in eval_rows(data, EvalConfig(limit=items))]
         self.decoding = Decoding(max_new_tokens=max_new_tokens)
+        self.regions = {}
+        if grounding:  # evidence regions once per item, not per evaluation
+            diagnostics = Diagnostics(data)
+            for row in self.rows:
+                if row["item_id"] not in self.regions:
+                    self.regions[row["item_id"]] = diagnostics.regions(row)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every > 0 and state.global_step % self.every == 0:
@@ -30,13 +50,14 @@ class EvalCallback(TrainerCallback):
 
     def evaluate(self) -> dict[str, float]:
         trainer = self.trainer
+        processor = trainer.processing_class
         was_training = trainer.model.training
-        records = []
+        records, measured = [], []
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
             model.eval()
             for start in range(0, len(self.rows), self.batch_size):
                 batch = self.rows[start : start + self.batch_size]
-                for row, text in zip(batch, generate(model, trainer.processing_class, batch, self.decoding)):
+                for row, text in zip(batch, generate(model, processor, batch, self.decoding)):
                     parsed, format_ok = parse_answer(text, row)
                     records.append(
                         {
@@ -47,8 +68,15 @@ class EvalCallback(TrainerCallback):
                             "correct": is_correct(parsed, row),
                         }
                     )
+                    if self.regions and text:
+                        layers = resolve_layers(model, None)
+                        regions = self.regions[row["item_id"]]
+                        measured.append(evidence_record(model, processor, row, text, regions, layers))
         trainer.model.train(was_training)
         m = compute_metrics(records)
         logs = {"mpcc_eval/accuracy": m["accuracy"], "mpcc_eval/format_compliance": m["format_compliance"]}
         logs.update({f"mpcc_eval/accuracy_{lv}": cell["accuracy"] for lv, cell in m["per_level"].items()})
+        if measured:
+            cell = summarise_evidence(measured)["all"]
+            logs.update({f"grounding/{k}": cell[k] for k in GROUNDING_LOGS if cell[k] is not None})
         return logs

@@ -38,3 +38,28 @@ def accuracy_chart(runs: dict[str, dict], out: str | Path, formats: list[str] | 
     fig.savefig(out, format="png", metadata={"Software": None})
     plt.close(fig)
     return out
+
+
+def _lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", markersize=3, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def evidence_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:
+    """Attention mass on the evidence regions vs normalised reasoning position, one line per name."""
+    return _lines(curves, out, "reasoning position (0 = first token, 1 = last)", "attention mass on evidence")
+
+
+def risk_coverage_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:
+    """Selective risk vs coverage, one line per confidence ranking (lower is better)."""
+    return _lines(curves, out, "coverage (answers kept, most confident first)", "risk (error rate)")

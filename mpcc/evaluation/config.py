@@ -11,8 +11,18 @@ from mpcc.errors import ConfigError
 from mpcc.options import option
 
 EVAL_FORMATS = (*FORMATS, "open")
-DIAGNOSTICS = ("blind", "context", "shape")
+IMAGE_DIAGNOSTICS = ("blind", "context", "shape")  # the same questions on a changed image
+STEP_DIAGNOSTICS = ("crm", "evidence")  # inside the greedy reasoning, step by step
+DIAGNOSTICS = (*IMAGE_DIAGNOSTICS, *STEP_DIAGNOSTICS)
 BACKENDS = ("hf", "vllm")
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """`0,-1` -> (0, -1): layer indices, checked against the model when it is loaded."""
+    try:
+        return tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError as e:
+        raise ConfigError(f"attention layers must be comma-separated integers, got {text!r}") from e
 
 
 @dataclass(frozen=True)
@@ -42,9 +52,17 @@ class EvalConfig:
     diagnostics: tuple[str, ...] = option(
         (),
         "comma-separated of blind (image blanked), context (the k most predictive context objects hidden "
-        "too), shape (only the hidden region's silhouette)",
+        "too), shape (only the hidden region's silhouette); crm (contrastive region masking of each "
+        "reasoning step), evidence (attention on the context objects during the reasoning, entropy, "
+        "the vision veto)",
     )
-    context_k: int = option(2, "context objects the `context` diagnostic hides")
+    context_k: int = option(2, "context objects the `context` diagnostic hides (and CRM's joint set)")
+    crm_regions: int = option(3, "CRM: context objects hidden one at a time, most predictive first")
+    attention_layers: tuple[int, ...] | None = option(
+        None,
+        "evidence: comma-separated text-layer indices measured (negative: from the last); all when unset",
+        parse=parse_layers,
+    )
     backend: str = option(
         "hf",
         "hf: transformers generate, batched; vllm: vLLM's offline engine, when installed",
@@ -61,6 +79,12 @@ class EvalConfig:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError("samples and batch_size must be >= 1")
+        if self.crm_regions < 0 or self.context_k < 1:
+            raise ConfigError("crm_regions must be >= 0 and context_k >= 1")
+        if set(self.diagnostics) & set(STEP_DIAGNOSTICS) and (self.samples > 1 or self.decoding.do_sample):
+            raise ConfigError(
+                f"{'/'.join(STEP_DIAGNOSTICS)} measure the greedy reasoning: use samples 1 without do_sample"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

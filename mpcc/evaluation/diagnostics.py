@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -20,8 +21,8 @@ from mpcc.data.coco import load_coco
 from mpcc.data.masking import MaskSpec, decode, region_mask, render_masked
 from mpcc.data.render import build_record, mask_rle, render_targets, target_seed
 from mpcc.errors import ConfigError
+from mpcc.evaluation.config import IMAGE_DIAGNOSTICS
 
-CONDITIONS = ("blind", "context", "shape")
 CANVAS = (128, 128, 128)  # blank canvas: mid gray, distinct from the black default fill
 
 
@@ -55,13 +56,18 @@ class Diagnostics:
                 canvas, target, row["bbox"], self.spec, seed=target_seed(self.seed, row["ann_id"])
             )
         elif condition == "context":
-            image = self._hide_context(row)
+            image = self.hide(row, self.predictive_context(row))
         else:
-            raise ConfigError(f"unknown diagnostic {condition!r}; choose from {CONDITIONS}")
+            raise ConfigError(f"unknown diagnostic {condition!r}; choose from {IMAGE_DIAGNOSTICS}")
         return {**row, "image": image}
 
     def predictive_context(self, row: dict) -> list[int]:
-        """The k context annotations whose categories make the answer most likely, P(answer | category)."""
+        """The k context annotations whose categories make the answer most likely."""
+        return self.context_by_prediction(row)[: self.k]
+
+    def context_by_prediction(self, row: dict) -> list[int]:
+        """The row's visible context annotations (crowds left out), most predictive first: by
+        P(answer | category) from the build's co-occurrence statistics, ties by annotation id."""
         answer = self.stats.index.get(row["solution"])
         scored = []
         for ann_id in row["context_ann_ids"]:
@@ -75,16 +81,18 @@ class Diagnostics:
                 else 0
             )
             scored.append((-score, ann_id))
-        return [ann_id for _, ann_id in sorted(scored)[: self.k]]
+        return [ann_id for _, ann_id in sorted(scored)]
 
-    def _hide_context(self, row: dict) -> Image.Image:
+    def hide(self, row: dict, ann_ids: list[int]) -> Image.Image:
+        """The row's image rendered from its source with the target hidden, and the `ann_ids` objects
+        hidden too (their segmentation, the target's fill)."""
         image = render_targets(
             self.images_dir / row["file_name"],
             [(row["ann_id"], row["mask"], row["bbox"])],
             self.spec,
             self.seed,
         )[row["ann_id"]]
-        for ann_id in self.predictive_context(row):
+        for ann_id in ann_ids:
             ann = self.coco.anns[ann_id]
             mask = self.coco.annToMask(ann).astype(bool)
             region = region_mask(mask, ann["bbox"], self.spec)
@@ -96,3 +104,14 @@ class Diagnostics:
                 seed=target_seed(self.seed, ann_id),
             )
         return image
+
+    def regions(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(evidence, target) HxW bool masks: the context objects' segmentations (crowds left out) minus
+        what the fill hides, and the hidden region itself."""
+        target = region_mask(decode(mask_rle(row["mask"])), row["bbox"], self.spec)
+        evidence = np.zeros_like(target)
+        for ann_id in row["context_ann_ids"]:
+            ann = self.coco.anns.get(ann_id)
+            if ann is not None and not ann.get("iscrowd", 0):
+                evidence |= self.coco.annToMask(ann).astype(bool)
+        return evidence & ~target, target

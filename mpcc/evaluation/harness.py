@@ -19,11 +19,15 @@ from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.errors import InputError
 from mpcc.evaluation.blink import blink_rows
 from mpcc.evaluation.charts import accuracy_chart
-from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, Decoding, EvalConfig
 from mpcc.evaluation.diagnostics import Diagnostics
 from mpcc.evaluation.generation import HFGenerator, VLLMGenerator
 from mpcc.evaluation.metrics import compute_metrics, markdown_report
 from mpcc.evaluation.parsing import is_correct, parse_answer
+from mpcc.evaluation.step_diagnostics import charts as step_charts
+from mpcc.evaluation.step_diagnostics import markdown as step_markdown
+from mpcc.evaluation.step_diagnostics import run_step_diagnostics
+from mpcc.models import resolve_model_path
 from mpcc.outputs import write_text_atomic
 from mpcc.rewards import levenshtein_reward
 
@@ -128,15 +132,26 @@ def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
 
 def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig) -> dict:
     """Evaluate, writing predictions.jsonl, metrics.json, report.md and accuracy.png under `out`."""
-    from mpcc.models import resolve_model_path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = eval_rows(data, config)
     diagnostics = Diagnostics(data, k=config.context_k) if config.diagnostics else None
     predictions = out / PREDICTIONS
     done = _done(predictions)
-    conditions = ("normal", *config.diagnostics)
+    conditions = ("normal", *(d for d in config.diagnostics if d in IMAGE_DIAGNOSTICS))
+    generator = None
+
+    def get_generator():
+        nonlocal generator
+        if generator is None:
+            path = resolve_model_path(model_name_or_path)
+            if config.backend == "vllm":
+                images = max(len(r.get("images") or [1]) for _, r in rows)
+                generator = VLLMGenerator(path, max_images=images)
+            else:
+                generator = HFGenerator(path)
+        return generator
+
     todo = [
         (s, f"{pid}:{c}", row, c)
         for c in conditions
@@ -145,11 +160,7 @@ def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config:
         if (f"{pid}:{c}", s) not in done
     ]
     if todo:
-        path = resolve_model_path(model_name_or_path)
-        if config.backend == "vllm":
-            generator = VLLMGenerator(path, max_images=max(len(r.get("images") or [1]) for _, r in rows))
-        else:
-            generator = HFGenerator(path)
+        get_generator()
         sampling = config.samples > 1 or config.decoding.do_sample
         decoding = Decoding(
             config.decoding.max_new_tokens, sampling, config.decoding.temperature, config.decoding.top_p
@@ -185,17 +196,32 @@ def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config:
         record = json.loads(line)
         by_condition.setdefault(record.get("condition", "normal"), []).append(record)
     metrics = compute_metrics(by_condition["normal"])
-    if config.diagnostics:
+    if len(conditions) > 1:
         metrics["diagnostics"] = _summarise_diagnostics({c: by_condition[c] for c in conditions})
+    if set(config.diagnostics) & set(STEP_DIAGNOSTICS):
+        answers = [r for r in by_condition["normal"] if r["sample"] == 0]
+        by_pid = {f"{pid}:normal": row for pid, row in rows}
+        metrics["grounding"] = run_step_diagnostics(
+            lambda: _hf_model(get_generator(), model_name_or_path), get_generator, diagnostics, by_pid,
+            answers, config, out,
+        )  # fmt: skip
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     accuracy_chart({Path(str(model_name_or_path)).name: metrics}, out / CHART)
     report = markdown_report(metrics, f"mpcc eval: {model_name_or_path} on {data}")
-    (out / REPORT).write_text(
-        f"{report}{_diagnostics_markdown(metrics)}\n![accuracy by level and format]({CHART})\n",
-        encoding="utf-8",
-    )
+    report += _diagnostics_markdown(metrics)
+    if "grounding" in metrics:
+        step_charts(metrics["grounding"], out)
+        report += step_markdown(metrics["grounding"])
+    (out / REPORT).write_text(f"{report}\n![accuracy by level and format]({CHART})\n", encoding="utf-8")
     logger.info("eval of %s written to %s", model_name_or_path, out)
     return metrics
+
+
+def _hf_model(generator, model_name_or_path: str):
+    """(model, processor) for the measuring passes: the HF generator's own, else loaded once more."""
+    if isinstance(generator, HFGenerator):
+        return generator.model, generator.processor
+    return HFGenerator(resolve_model_path(model_name_or_path)).model, generator.processor
 
 
 def _diagnostics_markdown(metrics: dict) -> str:

@@ -180,7 +180,7 @@ _YESNO_LABELS = {
 _SPLIT_LABELS = {"in": "in distribution", "out": "out of distribution (held-out categories)"}
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows] + [""]
 
@@ -219,7 +219,7 @@ def markdown_report(metrics: dict[str, Any], title: str) -> str:
         if "levenshtein" in o:
             overall.append(("open: mean Levenshtein", _num(o["levenshtein"]), o["n_levenshtein"]))
     lines = [f"# {title}", "", f"{n} records, {metrics['items']} items, {metrics['samples']} sample(s).", ""]
-    lines += ["## Overall", ""] + _table(("metric", "value", "n"), overall)
+    lines += ["## Overall", ""] + table(("metric", "value", "n"), overall)
 
     formats = list(metrics["per_format"])
     grid = [
@@ -233,24 +233,24 @@ def markdown_report(metrics: dict[str, Any], title: str) -> str:
             _in_cell({"accuracy": metrics["accuracy"], "n": n}),
         ]
     )
-    lines += ["## Accuracy by level and format", ""] + _table(("level", *formats, "all"), grid)
-    lines += ["## By format", ""] + _table(
+    lines += ["## Accuracy by level and format", ""] + table(("level", *formats, "all"), grid)
+    lines += ["## By format", ""] + table(
         ("format", "accuracy", "format compliance", "n"),
         [
             (f, _num(c["accuracy"]), _num(c["format_compliance"]), c["n"])
             for f, c in metrics["per_format"].items()
         ],
     )
-    lines += ["## In / out of distribution", ""] + _table(
+    lines += ["## In / out of distribution", ""] + table(
         ("split", "accuracy", "n"),
         [(_SPLIT_LABELS.get(k, k), _num(c["accuracy"]), c["n"]) for k, c in metrics["distribution"].items()],
     )
     if metrics["yesno_rates"]:
-        lines += ["## Yes/no answers", ""] + _table(
+        lines += ["## Yes/no answers", ""] + table(
             ("rate", "value", "n"),
             [(_YESNO_LABELS[k], _num(c["rate"]), c["n"]) for k, c in metrics["yesno_rates"].items()],
         )
-    lines += ["## By supercategory", ""] + _table(
+    lines += ["## By supercategory", ""] + table(
         ("supercategory", "accuracy", "n"),
         [(k, _num(c["accuracy"]), c["n"]) for k, c in metrics["per_supercategory"].items()],
     )

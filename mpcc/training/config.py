@@ -42,6 +42,13 @@ class RunArguments:
     )
     eval_every_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: never)"})
     eval_items: int = field(default=16, metadata={"help": "items of the eval build used (all their formats)"})
+    eval_grounding: bool = field(
+        default=False,
+        metadata={
+            "help": "also log grounding/* at each evaluation: attention mass on the context objects while "
+            "reasoning, its collapse ratio and full-response entropy (mpcc.evaluation.grounding)"
+        },
+    )
     accelerate_config: str | None = field(
         default=None,
         metadata={

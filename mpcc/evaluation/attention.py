@@ -1,0 +1,124 @@
+"""The measuring pass: one teacher-forced forward over prompt + completion that also returns, per
+completion token, how much attention it pays to given groups of key tokens (e.g. the image tokens,
+those covered by the evidence regions, those of the hidden target).
+
+Attention mass of a query token on a key group = the sum of its softmax attention weights over the
+group's keys, averaged over all heads and over the measured layers. The model keeps whatever
+attention it was loaded with (sdpa, flash) for everything else: only for this pass, the language
+model's attention is switched to `ATTENTION`, which computes the same attention as eager in chunks
+of queries and reduces each chunk to group masses at once, so memory stays at one chunk of weights
+(at most `CHUNK_ELEMENTS` floats) however long the sequence, never a full attention map.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from mpcc.errors import ConfigError
+
+ATTENTION = "mpcc_measured"
+CHUNK_ELEMENTS = 1 << 22  # attention weights held at once: 16 MB in float32 (the pass peaks ~4x that)
+
+
+@dataclass
+class _Probe:
+    layers: frozenset[int]
+    groups: torch.Tensor  # (batch, groups, keys) float: 1 where a key belongs to a group
+    queries: slice  # the query positions whose masses are kept
+    mass: torch.Tensor | None = None  # (batch, groups, queries) summed over measured layers and heads
+    layers_seen: int = 0
+
+
+_ACTIVE: contextvars.ContextVar[_Probe | None] = contextvars.ContextVar("mpcc_probe", default=None)
+
+
+def _allowed(mask: torch.Tensor | None, rows: slice, q_len: int, k_len: int, device) -> torch.Tensor:
+    """Bool (batch or 1, 1, rows, keys): which keys each query row of the chunk may attend to."""
+    if mask is None:  # causal, no padding: sdpa_mask skips building it
+        q = torch.arange(rows.start, rows.stop, device=device)[:, None] + (k_len - q_len)
+        return (torch.arange(k_len, device=device)[None, :] <= q)[None, None]
+    chunk = mask[:, :, rows]
+    return chunk if chunk.dtype == torch.bool else chunk == 0
+
+
+def measured_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention in query chunks; on measured layers, each chunk's weights go into group masses."""
+    probe = _ACTIVE.get()
+    if probe is None or getattr(module, "layer_idx", None) not in probe.layers:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    if kwargs.get("sliding_window"):
+        raise ConfigError("the measuring pass does not support sliding-window attention layers")
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    batch, heads, q_len, _ = query.shape
+    k_len = key.shape[2]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    step = max(1, CHUNK_ELEMENTS // (batch * heads * k_len))
+    out = torch.empty_like(query)
+    mass = torch.zeros(batch, probe.groups.shape[1], q_len, dtype=torch.float32, device=query.device)
+    for start in range(0, q_len, step):
+        rows = slice(start, min(q_len, start + step))
+        scores = torch.matmul(query[:, :, rows], key.transpose(-1, -2)).float() * scaling
+        allowed = _allowed(attention_mask, rows, q_len, k_len, query.device)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        out[:, :, rows] = torch.matmul(weights.to(value.dtype), value)
+        mass[:, :, rows] = torch.einsum("bhqk,bgk->bgq", weights, probe.groups) / heads
+    kept = mass[:, :, probe.queries]
+    probe.mass = kept if probe.mass is None else probe.mass + kept
+    probe.layers_seen += 1
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, measured_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # bool masks, or None when plainly causal
+
+
+def text_layers(model) -> int:
+    return int(model.config.get_text_config().num_hidden_layers)
+
+
+def resolve_layers(model, layers: tuple[int, ...] | None) -> frozenset[int]:
+    """Layer indices to measure: all when None; negative ones count from the last layer."""
+    n = text_layers(model)
+    if layers is None:
+        return frozenset(range(n))
+    bad = [i for i in layers if not -n <= i < n]
+    if bad:
+        raise ConfigError(f"attention layers {bad} are out of range for a model with {n} text layers")
+    return frozenset(i % n for i in layers)
+
+
+@contextmanager
+def _measuring(model, probe: _Probe):
+    text_config = model.config.get_text_config()
+    previous = text_config._attn_implementation
+    model.set_attn_implementation({"text_config": ATTENTION})
+    token = _ACTIVE.set(probe)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+        model.set_attn_implementation({"text_config": previous})
+
+
+@torch.inference_mode()
+def measure(model, inputs: dict, groups: torch.Tensor, queries: slice, layers: frozenset[int]):
+    """(logits, mass): the forward's logits and, for the query positions `queries`, the attention mass on
+    each key group, (batch, groups, len(queries)), averaged over heads and the measured `layers`."""
+    probe = _Probe(layers, groups.to(torch.float32), queries)
+    with _measuring(model, probe):
+        logits = model(**inputs).logits
+    if probe.layers_seen != len(layers):
+        raise ConfigError(
+            f"measured {probe.layers_seen} of {len(layers)} attention layers: this model's attention does "
+            "not dispatch through transformers' AttentionInterface"
+        )
+    return logits, probe.mass / len(layers)

@@ -1,0 +1,173 @@
+"""Evidence attention during the model's own reasoning ("Don't Blink", Raghu & Pandey), measured on
+MPCC's free evidence regions: the COCO masks of the context objects.
+
+For one answer (the greedy completion of an eval row), one teacher-forced forward over prompt +
+completion on the row's masked image (`mpcc.evaluation.attention.measure`) gives, per completion
+token, the attention of the forward step that produced it (the query one position earlier):
+- `image`: attention mass on all image tokens;
+- `evidence`: mass on the image tokens covered by the evidence regions (union of the context objects'
+  segmentations minus the hidden region; coverage >= 1/2, `mpcc.evaluation.regions`);
+- `target`: mass on the image tokens of the hidden region (the fill), reported apart;
+- `share` = evidence / image: where on the image the model looks;
+- the token's entropy (nats, `uncertainty.token_entropy`) and log-probability.
+Masses are averaged over heads and the measured layers (`--attention-layers`, default all).
+
+Reasoning tokens are those of the steps (`mpcc.evaluation.steps`); a token's reasoning position is
+(k + 0.5) / K for the k-th of K reasoning tokens. Per answer: `evidence_mass` (mean over reasoning
+tokens), `early` / `late` (mean evidence mass over positions < 1/3 / >= 2/3), the curve (mean
+evidence mass in `BINS` equal position bins), and per step the means of every measure. Per run and
+level: the means of those over answers, and the collapse ratio = mean late / mean early (1: no
+collapse; the paper's 57-91% drops are ratios 0.43-0.09). Full-response entropy = mean token entropy
+over the whole completion; answer-span entropy = mean over the tokens inside <answer></answer>.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from mpcc.data.difficulty import LEVELS
+from mpcc.errors import ValidationError
+from mpcc.evaluation.attention import measure
+from mpcc.evaluation.generation import conversation
+from mpcc.evaluation.regions import region_tokens, token_grid
+from mpcc.evaluation.steps import reasoning_span, split_steps, step_positions, token_steps
+from mpcc.evaluation.uncertainty import token_entropy
+
+BINS = 10
+GROUPS = ("image", "evidence", "target")
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def teacher_forced(processor, rows: list[dict], completion: str) -> tuple[dict, int, list[tuple[int, int]]]:
+    """(inputs, prompt length, completion token offsets): each row's prompt followed by the same
+    `completion`, as one batch. The rows' images must give equal prompt lengths (same image size)."""
+    prompts = processor.apply_chat_template(
+        [conversation(r) for r in rows],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )
+    if not bool(prompts["attention_mask"].all()):
+        raise ValidationError("teacher-forced rows must share one prompt length (images of one size)")
+    encoded = processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+    completion_ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
+    if len(completion_ids) == 0:
+        raise ValidationError("an empty completion has nothing to measure")
+    batch = len(rows)
+    prompt_len = prompts["input_ids"].shape[1]
+    inputs = dict(prompts)
+    inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids.expand(batch, -1)], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "mm_token_type_ids" in inputs:  # text tokens: type 0
+        types = inputs["mm_token_type_ids"]
+        inputs["mm_token_type_ids"] = torch.cat([types, types.new_zeros(batch, len(completion_ids))], dim=1)
+    return inputs, prompt_len, [tuple(o) for o in encoded["offset_mapping"]]
+
+
+def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """(batch, completion tokens) log-probability of each completion token given everything before it."""
+    scores = logits[:, prompt_len - 1 : -1].float().log_softmax(-1)
+    return scores.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+
+
+def answer_tokens(completion: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """Bool per token: does its last character lie inside the first <answer></answer> after the reasoning?"""
+    match = _ANSWER.search(completion, reasoning_span(completion)[1])
+    ends = np.array([b - 1 for _, b in offsets])
+    if match is None:
+        return np.zeros(len(offsets), dtype=bool)
+    return (ends >= match.start(1)) & (ends < match.end(1)) & (np.array([b > a for a, b in offsets]))
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean()) if len(values) else None
+
+
+def evidence_record(model, processor, row: dict, completion: str, regions, layers: frozenset[int]) -> dict:
+    """The measures above for one answer; `regions` = (evidence, target) HxW bool masks of `row`."""
+    inputs, prompt_len, offsets = teacher_forced(processor, [row], completion)
+    ids = inputs["input_ids"][0]
+    image = ids == model.config.image_token_id
+    grid = token_grid(inputs["image_grid_thw"][0], processor.image_processor.merge_size)
+    groups = torch.zeros(1, len(GROUPS), len(ids))
+    groups[0, 0, image] = 1.0
+    for g, region in enumerate(regions, start=1):
+        groups[0, g, image] = torch.from_numpy(region_tokens(region, grid)).float()
+    inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    produced_by = slice(prompt_len - 1, len(ids) - 1)
+    logits, mass = measure(model, inputs, groups.to(model.device), produced_by, layers)
+    mass = mass[0].cpu().numpy()  # (groups, completion tokens)
+    entropy = token_entropy(logits[0, produced_by]).cpu().numpy()
+    logprob = completion_logprobs(logits, inputs["input_ids"], prompt_len)[0].cpu().numpy()
+    steps = split_steps(completion)
+    step_of = np.array(token_steps(offsets, steps))
+    reasoning = np.flatnonzero(step_of >= 0)
+    position = (np.arange(len(reasoning)) + 0.5) / max(1, len(reasoning))
+    evidence = mass[1, reasoning]
+    answer = answer_tokens(completion, offsets)
+    return {
+        "entropy_full": float(entropy.mean()),
+        "entropy_answer": _mean(entropy[answer]),
+        **{f"{name}_mass": _mean(mass[g, reasoning]) for g, name in enumerate(GROUPS)},
+        "evidence_share": _share(mass[1, reasoning].sum(), mass[0, reasoning].sum()),
+        "early": _mean(evidence[position < 1 / 3]),
+        "late": _mean(evidence[position >= 2 / 3]),
+        "curve": [_mean(evidence[(position >= b / BINS) & (position < (b + 1) / BINS)]) for b in range(BINS)],
+        "steps": [
+            {
+                "position": round(pos, 4),
+                "tokens": int((step_of == s).sum()),
+                **{name: _mean(mass[g, step_of == s]) for g, name in enumerate(GROUPS)},
+                "entropy": _mean(entropy[step_of == s]),
+                "logprob": _mean(logprob[step_of == s]),
+            }
+            for s, pos in enumerate(step_positions(len(steps)))
+        ],
+    }
+
+
+def _share(part: float, whole: float) -> float | None:
+    return float(part / whole) if whole > 0 else None
+
+
+def _avg_values(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _avg(records: list[dict], key: str) -> float | None:
+    return _avg_values(r.get(key) for r in records)
+
+
+def _ratio(late: float | None, early: float | None) -> float | None:
+    return late / early if late is not None and early else None
+
+
+def _evidence_cell(records: list[dict]) -> dict:
+    early, late = _avg(records, "early"), _avg(records, "late")
+    curve = [_avg_values(r["curve"][b] for r in records) for b in range(BINS)]
+    return {
+        "n": len(records),
+        **{f"{name}_mass": _avg(records, f"{name}_mass") for name in GROUPS},
+        "evidence_share": _avg(records, "evidence_share"),
+        "early": early,
+        "late": late,
+        "collapse_ratio": _ratio(late, early),
+        "entropy_full": _avg(records, "entropy_full"),
+        "curve": curve,
+    }
+
+
+def summarise_evidence(records: list[dict]) -> dict:
+    """Run-level evidence measures, overall and per level (see the module docstring)."""
+    by_level = {lv: [r for r in records if r.get("difficulty") == lv] for lv in LEVELS}
+    return {
+        "all": _evidence_cell(records),
+        "per_level": {lv: _evidence_cell(rs) for lv, rs in by_level.items() if rs},
+        "bins": [round((b + 0.5) / BINS, 4) for b in range(BINS)],
+    }

@@ -1,0 +1,307 @@
+"""Step-level grounding: regions on the vision-token grid, the measuring pass, evidence records and
+contrastive region masking, each against an independent reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mpcc.errors import ConfigError, ValidationError
+from mpcc.evaluation import attention
+from mpcc.evaluation.attention import measure, resolve_layers
+from mpcc.evaluation.config import EvalConfig
+from mpcc.evaluation.crm import (
+    gone_categories,
+    hallucinated,
+    names,
+    region_sets,
+    step_deltas,
+    step_similarity,
+    summarise_crm,
+)
+from mpcc.evaluation.diagnostics import Diagnostics
+from mpcc.evaluation.generation import conversation
+from mpcc.evaluation.grounding import answer_tokens, evidence_record, summarise_evidence, teacher_forced
+from mpcc.evaluation.harness import eval_rows
+from mpcc.evaluation.regions import cell_coverage, region_tokens, token_grid
+from mpcc.evaluation.steps import split_steps, token_steps
+from mpcc.models import random_vlm
+
+TRACE = "<think>The table holds a plate. A fork lies beside it.\nSo a knife is likely.</think> " + (
+    "<answer>knife</answer>"
+)
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def tiny(request):
+    model, processor = random_vlm(request.param)
+    return model.eval(), processor
+
+
+def _prompt(image: Image.Image) -> list[dict]:
+    return [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "what?"}]}
+    ]
+
+
+def _inputs(processor, image):
+    return processor.apply_chat_template(
+        [_prompt(image)], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+
+
+@pytest.mark.parametrize("size", [(300, 200), (640, 480), (123, 457), (1000, 90), (56, 56)])
+def test_a_region_of_known_cells_gets_exactly_those_tokens(tiny, size):
+    """Pixels whose centres fall in chosen cells of the processor's own grid -> exactly those tokens,
+    on images the processor resizes up, down and to another aspect ratio."""
+    model, processor = tiny
+    width, height = size
+    inputs = _inputs(processor, Image.new("RGB", size))
+    rows, cols = token_grid(inputs["image_grid_thw"][0], processor.image_processor.merge_size)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == rows * cols
+    rng = np.random.default_rng(width)
+    chosen = rng.random((rows, cols)) < 0.3
+    cell_y = np.minimum((np.arange(height) + 0.5) * rows // height, rows - 1).astype(int)
+    cell_x = np.minimum((np.arange(width) + 0.5) * cols // width, cols - 1).astype(int)
+    mask = chosen[cell_y[:, None], cell_x[None, :]]
+    assert (region_tokens(mask, (rows, cols)) == chosen.reshape(-1)).all()
+
+
+def test_coverage_counts_fractional_pixels_by_area():
+    mask = np.zeros((200, 300), bool)
+    mask[:100, :150] = True  # 9 columns of 33.3 px: column 4 is cut in half
+    coverage = cell_coverage(mask, (6, 9))
+    assert coverage[:3, :4] == pytest.approx(1.0) and coverage[:3, 4] == pytest.approx(0.5, abs=1e-3)
+    assert coverage[3:].max() == 0 and coverage[:, 5:].max() == 0
+    assert region_tokens(mask, (6, 9)).sum() == 3 * 5  # half covered counts (threshold 1/2)
+    with pytest.raises(ValidationError, match="still image"):
+        token_grid((2, 4, 4), 2)
+
+
+def test_measuring_pass_keeps_logits_and_restores_attention(tiny):
+    model, processor = tiny
+    inputs = _inputs(processor, Image.new("RGB", (300, 200), (90, 30, 200)))
+    length = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        reference = model(**inputs).logits
+    groups = torch.ones(1, 1, length)
+    logits, mass = measure(model, inputs, groups, slice(0, length), resolve_layers(model, None))
+    assert (logits - reference).abs().max() < 1e-4
+    assert mass[0, 0] == pytest.approx(torch.ones(length), abs=1e-5)  # all keys: softmax sums to one
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
+    with pytest.raises(ConfigError, match="out of range"):
+        resolve_layers(model, (5,))
+    assert resolve_layers(model, (-1,)) == frozenset({1})
+
+
+@pytest.mark.parametrize("chunk", [1 << 24, 64])
+def test_forced_uniform_attention_gives_the_expected_mass(chunk, monkeypatch):
+    """Zero queries make every layer attend uniformly over the causal prefix, so the mass of the query
+    at position p on a key set S is |S before p| / (p + 1) exactly; also with tiny query chunks."""
+    monkeypatch.setattr(attention, "CHUNK_ELEMENTS", chunk)
+    model, processor = random_vlm("qwen2_5_vl")
+    for layer in model.model.language_model.layers:
+        layer.self_attn.q_proj.weight.data.zero_()
+        layer.self_attn.q_proj.bias.data.zero_()
+    inputs = _inputs(processor, Image.new("RGB", (300, 200)))
+    ids = inputs["input_ids"][0]
+    image = ids == model.config.image_token_id
+    some = torch.zeros_like(image)
+    some[image.nonzero().flatten()[::3]] = True
+    groups = torch.stack([image, some]).float()[None]
+    _, mass = measure(model.eval(), inputs, groups, slice(10, len(ids)), resolve_layers(model, (0,)))
+    position = torch.arange(len(ids), dtype=torch.float32)
+    for g, keys in enumerate((image, some)):
+        expected = torch.cumsum(keys.float(), 0) / (position + 1)
+        assert mass[0, g] == pytest.approx(expected[10:], abs=1e-6)
+
+
+_MEMORY_PROBE = """
+import sys, torch
+from mpcc.evaluation import attention
+from mpcc.evaluation.attention import measure, resolve_layers
+from mpcc.models import random_vlm
+attention.CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 weights per chunk
+model, _ = random_vlm("qwen2_5_vl")
+model.eval()
+ids = torch.randint(10, 900, (1, 3000))
+inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+groups = (torch.rand(1, 3, 3000) < 0.5).float()
+def peak_mb():  # VmHWM: this process's peak resident memory since the last reset
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak to what is resident now
+before = peak_mb()
+with torch.no_grad():
+    if sys.argv[1] == "plain":
+        model(**inputs)
+    elif sys.argv[1] == "measure":
+        measure(model, inputs, groups, slice(0, 3000), resolve_layers(model, None))
+    else:  # every layer's full attention map, as output_attentions gives
+        model.set_attn_implementation("eager")
+        model(**inputs, output_attentions=True)
+print(peak_mb() - before)
+"""
+
+
+def test_measuring_memory_stays_bounded_on_a_long_sequence():
+    """3,000 tokens, each pass in a fresh process: the measuring pass peaks at most 48 MB above a plain
+    forward (one chunk of weights and its temporaries), while returning every layer's full attention
+    map (2 layers x 4 heads x 3,000^2 floats = 275 MB) visibly does not."""
+    runs = {
+        mode: subprocess.Popen([sys.executable, "-c", _MEMORY_PROBE, mode], stdout=subprocess.PIPE, text=True)
+        for mode in ("plain", "measure", "full_maps")
+    }
+    extra_mb = {}
+    for mode, run in runs.items():
+        out, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, mode
+        extra_mb[mode] = float(out.strip().splitlines()[-1])
+    assert extra_mb["measure"] < extra_mb["plain"] + 48, extra_mb
+    assert extra_mb["full_maps"] > extra_mb["plain"] + 150, extra_mb  # the check can see full maps
+
+
+def test_answer_tokens_are_the_answer_span(tiny):
+    _, processor = tiny
+    encoded = processor.tokenizer(TRACE, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = [tuple(o) for o in encoded["offset_mapping"]]
+    picked = "".join(TRACE[a:b] for (a, b), keep in zip(offsets, answer_tokens(TRACE, offsets)) if keep)
+    assert "knife" in picked and "table" not in picked and len(picked) <= len(">knife")
+    assert not answer_tokens("<think>no answer</think>", offsets[:3]).any()
+
+
+@pytest.fixture(scope="module")
+def eval_row(tiny_builds):
+    diagnostics = Diagnostics(tiny_builds["eval"], k=2)
+    rows = [row for _, row in eval_rows(tiny_builds["eval"], EvalConfig(formats=("open",)))]
+    row = max(rows, key=lambda r: len(diagnostics.context_by_prediction(r)))  # the most context objects
+    return diagnostics, row
+
+
+def test_evidence_record_under_uniform_attention(eval_row):
+    """With uniform attention, a reasoning token produced at query position q puts |E| / (q + 1) on the
+    evidence tokens E: the record's masses, steps and positions follow from that exactly."""
+    diagnostics, row = eval_row
+    model, processor = random_vlm("qwen2_5_vl")
+    for layer in model.model.language_model.layers:
+        layer.self_attn.q_proj.weight.data.zero_()
+        layer.self_attn.q_proj.bias.data.zero_()
+    evidence, target = diagnostics.regions(row)
+    assert evidence.any() and target.any() and not (evidence & target).any()
+    record = evidence_record(model.eval(), processor, row, TRACE, (evidence, target), frozenset({0, 1}))
+    inputs, prompt_len, offsets = teacher_forced(processor, [row], TRACE)
+    grid = token_grid(inputs["image_grid_thw"][0], processor.image_processor.merge_size)
+    n_evidence = int(region_tokens(evidence, grid).sum())
+    assert n_evidence > 0
+    n_image = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
+    step_of = np.array(token_steps(offsets, split_steps(TRACE)))
+    query = prompt_len - 1 + np.flatnonzero(step_of >= 0)
+    assert record["evidence_mass"] == pytest.approx(np.mean(n_evidence / (query + 1)), rel=1e-5)
+    assert record["image_mass"] == pytest.approx(np.mean(n_image / (query + 1)), rel=1e-5)
+    assert record["evidence_share"] == pytest.approx(n_evidence / n_image, rel=1e-5)
+    assert [s["tokens"] for s in record["steps"]] == [int((step_of == s).sum()) for s in range(3)]
+    assert record["late"] < record["early"]  # the prefix grows, so uniform mass per key shrinks
+    assert record["entropy_answer"] is not None and record["entropy_full"] > 0
+    early, late = record["early"], record["late"]
+    summary = summarise_evidence([{**record, "difficulty": row["difficulty"]}])
+    assert summary["all"]["collapse_ratio"] == pytest.approx(late / early)
+    assert set(summary["per_level"]) == {row["difficulty"]}
+
+
+def test_teacher_forced_crm_equals_one_at_a_time(eval_row):
+    """The batched contrast equals a plain forward per image, step means taken by hand."""
+    diagnostics, row = eval_row
+    model, processor = random_vlm("qwen2_5_vl")
+    model.eval()
+    sets = region_sets(diagnostics, row, singles=2)
+    assert [kind for kind, _ in sets] == ["single", "single", "top_k"]
+    assert sets[2][1] == diagnostics.context_by_prediction(row)[:2] == [ids[0] for _, ids in sets[:2]]
+    images = [row["image"], *(diagnostics.hide(row, ids) for _, ids in sets)]
+    deltas = step_deltas(model, processor, [{**row, "image": im} for im in images], TRACE)
+    completion = processor.tokenizer(TRACE, add_special_tokens=False, return_offsets_mapping=True)
+    step_of = np.array(token_steps([tuple(o) for o in completion["offset_mapping"]], split_steps(TRACE)))
+    means = []
+    for image in images:
+        prompt = processor.apply_chat_template(
+            conversation({**row, "image": image}),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        ids = torch.cat([prompt["input_ids"][0], torch.tensor(completion["input_ids"])])
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids[None],
+                pixel_values=prompt["pixel_values"],
+                image_grid_thw=prompt["image_grid_thw"],
+            ).logits[0]
+        start = len(prompt["input_ids"][0])
+        token_lp = [logits[p - 1].log_softmax(-1)[ids[p]].item() for p in range(start, len(ids))]
+        means.append([np.mean(np.array(token_lp)[step_of == s]) for s in range(3)])
+    expected = [[a - b for a, b in zip(m, means[0])] for m in means[1:]]
+    assert np.allclose(deltas, expected, atol=1e-4)
+    assert not np.allclose(deltas, 0, atol=1e-7)  # hiding objects does change the model's view
+
+
+def test_crm_text_measures():
+    assert names("I see two Forks and a knife.", "fork") and names("a dining table", "dining table")
+    assert not names("a forklift", "fork") and not names("tables", "dining table")
+    assert hallucinated("The cup sits by the pizza.", {"cup", "bowl"}, solution="pizza") == ["cup"]
+    assert hallucinated("The pizza is there.", {"pizza"}, solution="pizza") == []
+    same = "<think>A plate. A fork.</think>"
+    assert step_similarity(same, same) == 1.0
+    assert step_similarity(same, "<think>A plate. Then nothing.</think>") == pytest.approx((1 + 0.5) / 2)
+    assert step_similarity(same, "<answer>x</answer>") == 0.0 and step_similarity("", same) is None
+
+
+def test_gone_categories_keep_visible_instances(eval_row):
+    diagnostics, row = eval_row
+    coco = diagnostics.coco
+    by_name: dict[str, list[int]] = {}
+    for ann_id in diagnostics.context_by_prediction(row):
+        by_name.setdefault(coco.cats[coco.anns[ann_id]["category_id"]]["name"], []).append(ann_id)
+    for name, ids in by_name.items():
+        assert name in gone_categories(diagnostics, row, ids)
+        if len(ids) > 1:  # another instance of the category is still visible
+            assert name not in gone_categories(diagnostics, row, ids[:1])
+
+
+def test_crm_summary_rates():
+    def pair(kind, delta, changed, similarity, halluc, collapse):
+        return {
+            "kind": kind,
+            "step_delta": delta,
+            "mean_delta": float(np.mean(delta)),
+            "answer_changed": changed,
+            "step_similarity": similarity,
+            "hallucinated": halluc,
+            "collapse": collapse,
+        }
+
+    records = [
+        {"difficulty": "easy", "sets": [pair("single", [-1.0, 0.0], True, 0.5, ["cup"], False)]},
+        {
+            "difficulty": "hard",
+            "sets": [
+                pair("single", [-0.5], False, 1.0, [], False),
+                pair("top_k", [-2.0, -1.0, 0.0], True, None, [], True),
+            ],
+        },
+    ]
+    cell = summarise_crm(records)["all"]
+    assert (cell["answers"], cell["pairs"]) == (2, 3)
+    assert cell["hallucinated_evidence_rate"] == pytest.approx(1 / 3)
+    assert cell["collapse_rate"] == pytest.approx(1 / 3) and cell["answer_change_rate"] == pytest.approx(
+        2 / 3
+    )
+    assert cell["step_similarity"] == pytest.approx(0.75)
+    assert cell["mean_delta"] == {"single": pytest.approx(-0.5), "top_k": pytest.approx(-1.0)}
+    # positions 0.25, 0.75 | 0.5 | 1/6, 0.5, 5/6 in bins of width 0.2: 1, 3 | 2 | 0, 2, 4
+    assert cell["delta_by_position"] == pytest.approx([-2.0, -1.0, -0.75, 0.0, 0.0])
