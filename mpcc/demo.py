@@ -1,7 +1,7 @@
 """The main job end to end on the embedded default: synthetic scenes (with reasoning traces written by
 the scene generator) -> MPCC train build, traces imported and verified like any teacher's -> eval build
 -> preview -> SFT on the traces -> GRPO with prior sampling, with the tiny offline model -> evaluation
-of that checkpoint (with the blind and shape diagnostics).
+of that checkpoint (with the blind and shape diagnostics, and the step-level crm and evidence ones).
 
 Each stage writes under one work directory and is skipped when its output is already there, so
 re-running the demo resumes instead of redoing.
@@ -126,7 +126,7 @@ def run_demo(
     print(f"checkpoints: SFT {paths['sft']}, GRPO with prior sampling {paths['grpo_prior']}")
     config = EvalConfig(
         formats=EVAL_FORMATS,
-        diagnostics=("blind", "shape"),
+        diagnostics=("blind", "shape", "crm", "evidence"),
         limit=60,
         decoding=Decoding(max_new_tokens=64),
     )

@@ -126,6 +126,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "eval report:" in proc.stdout
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics["diagnostics"]) == {"blind", "shape"}
+    assert {"evidence", "uncertainty", "crm"} == set(metrics["grounding"])
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Step-level grounding" in report and (tmp_path / "eval" / "grounding.png").is_file()
     assert (tmp_path / "eval" / "accuracy.png").is_file()
 
 

@@ -208,3 +208,12 @@ def test_step_diagnostics_on_a_trained_checkpoint(tiny_builds, tmp_path, monkeyp
         == 0
     )
     assert json.loads((out / "metrics.json").read_text())["grounding"] == section
+
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    assert main(["eval", "compare", str(out), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    compared = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| run | evidence mass | collapse ratio |" in compared and "CRM hallucinated evidence" in compared
+    assert compared.count(f"| {section['evidence']['all']['evidence_mass']:.4f} |") == 2
+    with Image.open(tmp_path / "cmp" / "grounding.png") as chart:
+        assert chart.format == "PNG"

@@ -354,6 +354,18 @@ def test_report_too_few_records_leaves_veto_and_interaction_out():
     assert report["risk_at_coverage"]["full_entropy"] is not None
 
 
+def test_all_wrong_answers_leave_the_model_out_but_keep_the_veto():
+    """An untrained model gets everything wrong: no P(wrong) model exists (its intercept would diverge),
+    the veto and the AURCs are still reported."""
+    records = [{**r, "correct": False} for r in make_records(60, 2)]
+    report = uncertainty_report(records)
+    assert report["interaction"] is None and report["aurc"]["interaction"] is None
+    assert report["risk_at_coverage"]["with_veto"] == report["risk_at_coverage"]["without_veto"] == 1.0
+    assert report["aurc"]["full_entropy"] == 1.0
+    with pytest.raises(ValidationError, match="all right or all wrong"):
+        fit_interaction([0.1, 0.2, 0.3], [0.5, 0.4, 0.3], [True, True, True])
+
+
 def test_report_without_answer_entropy_or_vision():
     records = [
         {

@@ -22,9 +22,10 @@ from mpcc.evaluation.charts import accuracy_chart
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, Decoding, EvalConfig
 from mpcc.evaluation.diagnostics import Diagnostics
 from mpcc.evaluation.generation import HFGenerator, VLLMGenerator
-from mpcc.evaluation.metrics import compute_metrics, markdown_report
+from mpcc.evaluation.metrics import compute_metrics, markdown_report, table
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.evaluation.step_diagnostics import charts as step_charts
+from mpcc.evaluation.step_diagnostics import compare as compare_grounding
 from mpcc.evaluation.step_diagnostics import markdown as step_markdown
 from mpcc.evaluation.step_diagnostics import run_step_diagnostics
 from mpcc.models import resolve_model_path
@@ -261,10 +262,16 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     labels = names if len(set(names)) == len(names) else [str(r) for r in runs]  # never merge two runs
     metrics = {label: read_metrics(run) for label, run in zip(labels, runs)}
     accuracy_chart(metrics, out / CHART)
-    lines = ["| run | accuracy | format compliance | n |", "|---|---|---|---|"]
-    for name, m in metrics.items():
-        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['format_compliance']:.3f} | {m['n']} |")
-    (out / "compare.md").write_text(
-        "\n".join(lines) + f"\n\n![accuracy by level and format]({CHART})\n", encoding="utf-8"
+    lines = table(
+        ("run", "accuracy", "format compliance", "n"),
+        [
+            (name, f"{m['accuracy']:.3f}", f"{m['format_compliance']:.3f}", m["n"])
+            for name, m in metrics.items()
+        ],
     )
+    lines.append(f"![accuracy by level and format]({CHART})")
+    grounded = {name: m["grounding"] for name, m in metrics.items() if "grounding" in m}
+    if grounded:
+        lines += ["", *compare_grounding(grounded, out)]
+    (out / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "compare.md"

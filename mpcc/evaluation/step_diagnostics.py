@@ -204,3 +204,34 @@ def markdown(section: dict) -> str:
     if "crm" in section:
         lines += _crm_markdown(section["crm"])
     return "\n".join(lines)
+
+
+COMPARED = {  # column: where it sits in a run's grounding section
+    "evidence mass": ("evidence", "all", "evidence_mass"),
+    "collapse ratio": ("evidence", "all", "collapse_ratio"),
+    "AURC (full-response entropy)": ("uncertainty", "aurc", "full_entropy"),
+    "risk at coverage, veto": ("uncertainty", "risk_at_coverage", "with_veto"),
+    "CRM hallucinated evidence": ("crm", "all", "hallucinated_evidence_rate"),
+    "CRM collapse": ("crm", "all", "collapse_rate"),
+}
+
+
+def _at(section: dict, path: tuple[str, ...]):
+    for key in path:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section
+
+
+def compare(sections: dict[str, dict], out: Path) -> list[str]:
+    """Markdown lines comparing runs' grounding sections, and one evidence curve per run."""
+    rows = [(name, *(_n(_at(s, path), 4) for path in COMPARED.values())) for name, s in sections.items()]
+    lines = ["## Step-level grounding", "", *table(("run", *COMPARED), rows)]
+    curves = {
+        name: (s["evidence"]["bins"], s["evidence"]["all"]["curve"])
+        for name, s in sections.items()
+        if "evidence" in s
+    }
+    if curves:
+        evidence_chart(curves, out / EVIDENCE_CHART)
+        lines.append(f"![evidence attention by reasoning position]({EVIDENCE_CHART})")
+    return lines

@@ -190,6 +190,8 @@ def fit_interaction(
     y = _labels("wrong", wrong, h.size).astype(float)
     if not ridge >= 0:
         raise ValidationError(f"ridge must be >= 0, got {ridge}")
+    if y.min() == y.max():  # the free intercept would run off to infinity
+        raise ValidationError("the fit answers are all right or all wrong: no model of P(wrong) to fit")
     (h_mean, h_std), (v_mean, v_std) = _standardise(h), _standardise(v)
     zh, zv = (h - h_mean) / h_std, (v - v_mean) / v_std
     x = np.column_stack([np.ones_like(zh), zh, zv, zh * zv])
@@ -324,7 +326,8 @@ def uncertainty_report(records: Sequence[dict], coverage: float = 0.9, min_per_h
     veto = dict.fromkeys(
         ("without_veto", "with_veto", "vetoed", "entropy_threshold", "vision_threshold", "vision_quantile")
     )
-    if enough:
+    both = enough and 0 < int(ok[in_fit].sum()) < n_fit  # right and wrong answers to fit on
+    if both:
         model = fit_interaction(h[in_fit], v[in_fit], ~ok[in_fit])
         held_out = (h[~in_fit], v[~in_fit])
         interaction_aurc = aurc(1 - model.predict(*held_out), ok[~in_fit])
@@ -335,6 +338,7 @@ def uncertainty_report(records: Sequence[dict], coverage: float = 0.9, min_per_h
             "n_fit": n_fit,
             "n_eval": n_eval,
         }
+    if enough:
         result = vision_veto(h, v, ok, in_fit, coverage)
         veto = {key: getattr(result, key) for key in veto}
 

@@ -1,0 +1,90 @@
+"""What each eval diagnostic costs: wall time and peak memory of `mpcc eval` with one diagnostic, relative
+to a plain eval of the same items, each run in a fresh process (so peaks do not mix), medians of repeats.
+
+    python benchmarks/diagnostics_cost.py --data EVAL_BUILD --items 12 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm")
+
+_RUN = """
+import json, sys, time
+from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.harness import run_eval
+model, data, out, items, tokens, variant = sys.argv[1:]
+config = EvalConfig(
+    formats=("mc4", "mc7", "yesno", "open"),
+    limit=int(items),
+    decoding=Decoding(max_new_tokens=int(tokens)),
+    diagnostics=() if variant == "plain" else (variant,),
+)
+start = time.perf_counter()
+run_eval(model, data, out, config)
+seconds = time.perf_counter() - start
+status = open("/proc/self/status").read()
+print(json.dumps({"seconds": seconds, "peak_mb": int(status.split("VmHWM:")[1].split()[0]) / 1024}))
+"""
+
+
+def run_once(model: str, data: Path, items: int, tokens: int, variant: str) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        done = subprocess.run(
+            [sys.executable, "-c", _RUN, model, str(data), out, str(items), str(tokens), variant],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="an `mpcc prepare eval` build")
+    p.add_argument("--model", default="tiny:qwen2_5_vl")
+    p.add_argument("--items", type=int, default=12, help="items (all their formats: 8 rows each)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnostics_cost.json"))
+    a = p.parse_args()
+    runs = {v: [] for v in VARIANTS}
+    for _ in range(a.repeats):  # interleaved, so drift on a shared machine hits every variant alike
+        for variant in VARIANTS:
+            runs[variant].append(run_once(a.model, a.data, a.items, a.max_new_tokens, variant))
+    median = {
+        v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb")} for v, rs in runs.items()
+    }
+    plain = median["plain"]
+    result = {
+        "command": f"python benchmarks/diagnostics_cost.py --items {a.items} --max-new-tokens "
+        f"{a.max_new_tokens} --repeats {a.repeats}",
+        "machine": platform.platform(),
+        "model": a.model,
+        "items": a.items,
+        "median": median,
+        "time_ratio": {v: m["seconds"] / plain["seconds"] for v, m in median.items()},
+        "memory_ratio": {v: m["peak_mb"] / plain["peak_mb"] for v, m in median.items()},
+        "runs": runs,
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print("| eval | seconds (median) | x plain | peak MB | x plain |\n|---|---|---|---|---|")
+    for v, m in median.items():
+        print(
+            f"| {v} | {m['seconds']:.1f} | {result['time_ratio'][v]:.2f} | {m['peak_mb']:.0f} | "
+            f"{result['memory_ratio'][v]:.2f} |"
+        )
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
