@@ -125,18 +125,19 @@ def test_samples_report_mean_and_bootstrap_interval(tiny_builds, tmp_path, monke
     assert len(completions) == 9 and len(set(completions)) > 1  # sampled, not greedy
 
 
-def test_step_diagnostics_on_a_trained_checkpoint(tiny_builds, tmp_path, monkeypatch):
-    """`mpcc train` (SFT, 2 steps) then `mpcc eval --diagnostics crm,evidence` on its output: the
-    grounding sections, charts and report; a rerun resumes without measuring again."""
+@pytest.mark.parametrize("source", ["trained", "tiny:qwen3_vl"])
+def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch):
+    """`mpcc eval --diagnostics crm,evidence` on an `mpcc train` output (SFT, 2 steps) and on a tiny
+    Qwen3-VL: the grounding sections, charts and report; a rerun resumes without measuring again; the
+    runs compare."""
     from mpcc.evaluation import crm, grounding
     from mpcc.train import main as train_main
 
     monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
-    checkpoint = tmp_path / "sft"
-    assert (
-        train_main(["tiny/sft", "--output_dir", str(checkpoint), "--max_steps", "2", "--save_strategy", "no"])
-        == 0
-    )
+    checkpoint = tmp_path / "sft" if source == "trained" else source
+    if source == "trained":
+        command = ["tiny/sft", "--output_dir", str(checkpoint), "--max_steps", "2", "--save_strategy", "no"]
+        assert train_main(command) == 0
     out = tmp_path / "run"
     options = [
         "--diagnostics",

@@ -14,7 +14,7 @@ from PIL import Image
 from mpcc.errors import ConfigError, ValidationError
 from mpcc.evaluation import attention
 from mpcc.evaluation.attention import measure, resolve_layers
-from mpcc.evaluation.config import EvalConfig
+from mpcc.evaluation.config import EvalConfig, parse_layers
 from mpcc.evaluation.crm import (
     gone_categories,
     hallucinated,
@@ -305,3 +305,12 @@ def test_crm_summary_rates():
     assert cell["mean_delta"] == {"single": pytest.approx(-0.5), "top_k": pytest.approx(-1.0)}
     # positions 0.25, 0.75 | 0.5 | 1/6, 0.5, 5/6 in bins of width 0.2: 1, 3 | 2 | 0, 2, 4
     assert cell["delta_by_position"] == pytest.approx([-2.0, -1.0, -0.75, 0.0, 0.0])
+
+
+def test_step_diagnostics_options_are_checked():
+    with pytest.raises(ConfigError, match="greedy"):
+        EvalConfig(diagnostics=("crm",), samples=2)
+    with pytest.raises(ConfigError, match="comma-separated integers"):
+        parse_layers("0,last")
+    assert parse_layers("0, -1") == (0, -1)
+    assert EvalConfig(diagnostics=("evidence", "blind")).diagnostics == ("evidence", "blind")

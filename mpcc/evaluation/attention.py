@@ -24,7 +24,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from mpcc.errors import ConfigError
 
 ATTENTION = "mpcc_measured"
-CHUNK_ELEMENTS = 1 << 22  # attention weights held at once: 16 MB in float32 (the pass peaks ~4x that)
+CHUNK_ELEMENTS = 1 << 21  # attention weights held at once: 8 MB in float32 (the pass peaks a few times that)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def measured_attention(module, query, key, value, attention_mask, scaling=None, 
         rows = slice(start, min(q_len, start + step))
         scores = torch.matmul(query[:, :, rows], key.transpose(-1, -2)).float() * scaling
         allowed = _allowed(attention_mask, rows, q_len, k_len, query.device)
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores.masked_fill_(~allowed, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         out[:, :, rows] = torch.matmul(weights.to(value.dtype), value)
         mass[:, :, rows] = torch.einsum("bhqk,bgk->bgq", weights, probe.groups) / heads
