@@ -208,6 +208,14 @@ def test_evidence_record_under_uniform_attention(eval_row):
     assert [s["tokens"] for s in record["steps"]] == [int((step_of == s).sum()) for s in range(3)]
     assert record["late"] < record["early"]  # the prefix grows, so uniform mass per key shrinks
     assert record["entropy_answer"] is not None and record["entropy_full"] > 0
+    assert record["tokens"] == {
+        "image": n_image,
+        "evidence": n_evidence,
+        "target": record["tokens"]["target"],
+    }
+    blank = evidence_record(model, processor, row, TRACE, (np.zeros_like(evidence), target), frozenset({0}))
+    assert blank["tokens"]["evidence"] == 0 and blank["evidence_mass"] is None and blank["early"] is None
+    assert blank["evidence_share"] is None and blank["image_mass"] == pytest.approx(record["image_mass"])
     early, late = record["early"], record["late"]
     summary = summarise_evidence([{**record, "difficulty": row["difficulty"]}])
     assert summary["all"]["collapse_ratio"] == pytest.approx(late / early)

@@ -10,7 +10,9 @@ token, the attention of the forward step that produced it (the query one positio
 - `target`: mass on the image tokens of the hidden region (the fill), reported apart;
 - `share` = evidence / image: where on the image the model looks;
 - the token's entropy (nats, `uncertainty.token_entropy`) and log-probability.
-Masses are averaged over heads and the measured layers (`--attention-layers`, default all).
+Masses are averaged over heads and the measured layers (`--attention-layers`, default all). A group
+with no tokens (e.g. no context object covers half a cell) has no mass (null, not zero): such answers
+are left out of that group's means, of the interaction model and of the vision veto.
 
 Reasoning tokens are those of the steps (`mpcc.evaluation.steps`); a token's reasoning position is
 (k + 0.5) / K for the k-th of K reasoning tokens. Per answer: `evidence_mass` (mean over reasoning
@@ -85,7 +87,8 @@ def answer_tokens(completion: str, offsets: list[tuple[int, int]]) -> np.ndarray
 
 
 def _mean(values: np.ndarray) -> float | None:
-    return float(values.mean()) if len(values) else None
+    """None for no values, or for a group without tokens (its masses are NaN)."""
+    return float(values.mean()) if len(values) and not np.isnan(values).any() else None
 
 
 def evidence_record(model, processor, row: dict, completion: str, regions, layers: frozenset[int]) -> dict:
@@ -102,6 +105,8 @@ def evidence_record(model, processor, row: dict, completion: str, regions, layer
     produced_by = slice(prompt_len - 1, len(ids) - 1)
     logits, mass = measure(model, inputs, groups.to(model.device), produced_by, layers)
     mass = mass[0].cpu().numpy()  # (groups, completion tokens)
+    counts = groups[0].sum(-1).long().tolist()
+    mass[[g for g, n in enumerate(counts) if n == 0]] = np.nan  # nothing to look at: no mass, not zero
     entropy = token_entropy(logits[0, produced_by]).cpu().numpy()
     logprob = completion_logprobs(logits, inputs["input_ids"], prompt_len)[0].cpu().numpy()
     steps = split_steps(completion)
@@ -111,6 +116,7 @@ def evidence_record(model, processor, row: dict, completion: str, regions, layer
     evidence = mass[1, reasoning]
     answer = answer_tokens(completion, offsets)
     return {
+        "tokens": dict(zip(GROUPS, counts)),
         "entropy_full": float(entropy.mean()),
         "entropy_answer": _mean(entropy[answer]),
         **{f"{name}_mass": _mean(mass[g, reasoning]) for g, name in enumerate(GROUPS)},
@@ -132,7 +138,7 @@ def evidence_record(model, processor, row: dict, completion: str, regions, layer
 
 
 def _share(part: float, whole: float) -> float | None:
-    return float(part / whole) if whole > 0 else None
+    return float(part / whole) if whole > 0 and np.isfinite(part) else None
 
 
 def _avg_values(values) -> float | None:

@@ -151,7 +151,7 @@ def _evidence_markdown(e: dict, u: dict) -> list[str]:
         "",
         *table(
             ("ranking (most confident first)", "AURC"),
-            [(k.replace("_", " "), _n(v)) for k, v in u["aurc"].items()],
+            [(_label(k), _n(v)) for k, v in u["aurc"].items()],
         ),
         f"Selective risk at {risk['coverage']:.0%} coverage ranked by full-response entropy: "
         f"{_n(risk['full_entropy'])} ({u['n']} answers). Vision veto (abstain when confident but visually "
