@@ -174,13 +174,7 @@ def _evidence_markdown(e: dict, u: dict) -> list[str]:
 
 def _crm_markdown(c: dict) -> list[str]:
     rows = [
-        (
-            level,
-            cell["answers"],
-            cell["pairs"],
-            _n(cell["mean_delta"]["single"]),
-            _n(cell["mean_delta"]["top_k"]),
-        )
+        (level, cell["answers"], cell["pairs"], *(_n(d, 4) for d in cell["mean_delta"].values()))
         + tuple(_n(cell[k]) for k in CRM_COLUMNS)
         for level, cell in {"all": c["all"], **c["per_level"]}.items()
     ]
