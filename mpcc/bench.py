@@ -104,11 +104,13 @@ class BenchConfig:
         "model shape: tiny (CPU-sized), 3b / 7b (Qwen2.5-VL-3B / 7B exactly, random weights)",
         choices=tuple(SHAPES),
     )
-    prompts: int = option(2, "prompts per step")
-    generations: int = option(8, "G: samples per prompt (the prior variants generate G - 1 + the trace)")
-    max_new_tokens: int = option(256, "new tokens per completion")
-    steps: int = option(5, "timed steps, after warmup")
-    warmup: int = option(2, "untimed first steps")
+    prompts: int = option(2, "prompts per step", minimum=1)
+    generations: int = option(
+        8, "G: samples per prompt (the prior variants generate G - 1 + the trace)", minimum=2
+    )
+    max_new_tokens: int = option(256, "new tokens per completion", minimum=1)
+    steps: int = option(5, "timed steps, after warmup", minimum=1)
+    warmup: int = option(2, "untimed first steps", minimum=0)
     image_size: tuple[int, int] = (640, 480)
     variants: tuple[str, ...] = option(tuple(VARIANTS), f"comma-separated of {', '.join(VARIANTS)}")
     gradient_checkpointing: bool = True

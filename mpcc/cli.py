@@ -116,7 +116,7 @@ def _eval(job, config) -> int:
         return 0
     if not job.model or not job.data:
         raise ConfigError("--model and --data are required (or use `mpcc eval compare`)")
-    metrics = run_eval(job.model, job.data, job.out, config)
+    metrics = run_eval(job.model, job.data, job.out, config, overwrite=job.overwrite)
     print(f"accuracy {metrics['accuracy']:.3f} over {metrics['n']} rows; report: {job.out / 'report.md'}")
     return 0
 

@@ -31,10 +31,10 @@ class DemoConfig:
     + eval set -> visual preview -> SFT -> GRPO with prior sampling (tiny offline model, CPU) -> eval."""
 
     out: Path = option(Path("runs/demo"), "work directory")
-    num_images: int = option(240, "synthetic scenes")
-    seed: int = option(0, "seed")
-    sft_steps: int = option(150, "SFT steps on the traces")
-    grpo_steps: int = option(30, "then GRPO + prior sampling steps")
+    num_images: int = option(240, "synthetic scenes", minimum=2)
+    seed: int = option(0, "seed", minimum=0)
+    sft_steps: int = option(150, "SFT steps on the traces", minimum=1)
+    grpo_steps: int = option(30, "then GRPO + prior sampling steps", minimum=1)
     recipes: str = option(
         "tiny", "where sft.yaml and grpo_prior.yaml are: a directory, or a packaged recipe folder's name"
     )

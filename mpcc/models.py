@@ -465,7 +465,7 @@ class TinyModelJob:
 
     arch: str = option("qwen2_5_vl", "architecture", choices=TINY_ARCHS)
     out: Path = option(help="directory to write")
-    seed: int = option(0, "weight seed")
+    seed: int = option(0, "weight seed", minimum=0)
 
 
 def build_tiny_model(arch: str, out_dir: str | os.PathLike, seed: int = TinyModelJob.seed) -> Path:

@@ -37,10 +37,15 @@ def option(
     positional: bool = False,
     metavar: str | None = None,
     default_factory: Callable[[], Any] | Any = _MISSING,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
 ) -> Any:
-    """A dataclass field that is a command-line option (see the module docstring)."""
+    """A dataclass field that is a command-line option (see the module docstring). A number may be bound:
+    `minimum` / `maximum` inclusive, `above` exclusive; values out of bounds stop the command at parse
+    time with the option's name (None, for an optional number, is always allowed)."""
     metadata = {"help": help, "choices": choices, "parse": parse, "flag": flag, "positional": positional}
-    metadata["metavar"] = metavar
+    metadata |= {"metavar": metavar, "bounds": (minimum, maximum, above)}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -244,6 +249,28 @@ def parse_options(args: argparse.Namespace, *classes: type) -> list[Any]:
     return [_build(cls, values) for cls in classes]
 
 
+def check_bounds(opt: _Option, value: Any) -> None:
+    """A ConfigError naming the option when `value` is out of its declared bounds."""
+    minimum, maximum, above = opt.field.metadata.get("bounds", (None, None, None))
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    flag = f"--{opt.key.replace('_', '-')}"
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{flag} must be <= {maximum}, got {value}")
+    if above is not None and value <= above:
+        raise ConfigError(f"{flag} must be > {above}, got {value}")
+
+
+def validate_bounds(instance: Any) -> None:
+    """Check an instance's own numbers against their options' bounds (for dataclasses also built in
+    Python, from their __post_init__)."""
+    for opt in options_of(type(instance)):
+        if opt.owner is type(instance):
+            check_bounds(opt, getattr(instance, opt.name))
+
+
 def _build(cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -256,4 +283,6 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
     for opt in options_of(cls):
         if opt.owner is cls and opt.default is _MISSING and opt.name not in kwargs:
             raise ConfigError(f"missing option --{opt.key.replace('_', '-')} (or {opt.key!r} in --config)")
+        if opt.owner is cls and opt.name in kwargs:
+            check_bounds(opt, kwargs[opt.name])
     return cls(**kwargs)

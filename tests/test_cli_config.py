@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import filecmp
 import re
+import typing
 
 import pytest
 
@@ -122,3 +123,41 @@ def test_only_mpcc_errors_are_one_line(error, tmp_path, monkeypatch, capsys):
     else:
         with pytest.raises(ValueError, match="a library failed"):
             main(["synth", "--out", str(tmp_path)])
+
+
+def test_every_numeric_option_declares_its_bounds():
+    """Limits hold everywhere: each int/float option of every command says which values are allowed."""
+    unbounded = []
+    for name in COMMANDS:
+        for opt in (o for c in command_parser(name)[1] for o in options_of(c)):
+            kind = typing.get_args(opt.annotation) or (opt.annotation,)
+            numeric = {int, float} & set(kind) and not opt.field.metadata.get("parse")
+            if numeric and opt.field.metadata["bounds"] == (None, None, None):
+                unbounded.append(f"{name} --{opt.key}")
+    assert not unbounded
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--limit", "0"], "--limit must be >= 1, got 0"),
+        (["eval", "--limit", "-3"], "--limit must be >= 1, got -3"),
+        (["eval", "--top-p", "1.5"], "--top-p must be <= 1, got 1.5"),
+        (
+            ["prepare", "train", "--annotations", "a.json", "--images", "im", "--max-area-frac", "0"],
+            "--max-area-frac must be > 0, got 0.0",
+        ),
+        (["annotate", "some_build", "--timeout", "0"], "--timeout must be > 0, got 0.0"),
+        (["demo", "--num-images", "1"], "--num-images must be >= 2, got 1"),
+    ],
+)
+def test_out_of_range_numbers_stop_at_parse_time(args, message, tmp_path, capsys):
+    """Before any work: nothing is created at --out, one line names the option (also from --config)."""
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+    flag, value = args[-2], args[-1]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{flag[2:].replace('-', '_')}: {value}\n")
+    assert main([*args[:-2], "--config", str(config), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

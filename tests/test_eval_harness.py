@@ -218,3 +218,25 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     assert compared.count(f"| {section['evidence']['all']['evidence_mass']:.4f} |") == 2
     with Image.open(tmp_path / "cmp" / "grounding.png") as chart:
         assert chart.format == "PNG"
+
+
+def test_resume_continues_only_the_same_run(tiny_builds, tmp_path, monkeypatch):
+    """Another model, limit, decoding or diagnostics into a finished --out is refused (nothing reported
+    under the wrong name); --overwrite starts over; predictions without a run record are refused."""
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    quick = ["--limit", "2", "--max-new-tokens", "4", "--formats", "mc4"]
+    assert _eval(tiny_builds["eval"], out, *quick) == 0
+    predictions = (out / "predictions.jsonl").read_bytes()
+    for changed in (["--limit", "3"], ["--max-new-tokens", "5"], ["--diagnostics", "blind"], ["--seed", "1"]):
+        assert _eval(tiny_builds["eval"], out, *quick, *changed) == 2, changed
+    other = ["eval", "--model", "tiny:qwen3_vl", "--data", str(tiny_builds["eval"]), "--out", str(out)]
+    assert main([*other, *quick]) == 2
+    assert (out / "predictions.jsonl").read_bytes() == predictions  # untouched by the refused runs
+    assert _eval(tiny_builds["eval"], out, *quick) == 0  # the same run: resumes (nothing to do)
+    assert (out / "predictions.jsonl").read_bytes() == predictions
+    assert main([*other, *quick, "--overwrite"]) == 0
+    assert (out / "predictions.jsonl").read_bytes() != predictions
+    assert "qwen3_vl" in json.loads((out / "eval_run.json").read_text())["model"]
+    (out / "eval_run.json").unlink()  # e.g. a run of an older mpcc
+    assert main([*other, *quick]) == 2

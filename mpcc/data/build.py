@@ -71,7 +71,7 @@ class BuildJob:
     images: Path = option(help="directory holding the images' file_name paths")
     out: Path = option(help="output dataset directory (written atomically)")
     overwrite: bool = option(False, "replace --out if it exists")
-    num_proc: int = option(0, "render processes; 0 = all cores (the output is the same)")
+    num_proc: int = option(0, "render processes; 0 = all cores (the output is the same)", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class BuildConfig:
         choices=("train", "eval"),
         positional=True,
     )
-    seed: int = option(0, "seed for every random choice")
+    seed: int = option(0, "seed for every random choice", minimum=0)
     mask: MaskSpec = field(default_factory=MaskSpec)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     ood_categories: tuple[str, ...] = option(
@@ -97,6 +97,7 @@ class BuildConfig:
     max_items: int | None = option(
         MPCC_EVAL_SIZE,
         "eval: hidden objects to keep, split over the three levels (MPCC-Eval's size; train builds keep all)",
+        minimum=1,
     )
     balance: bool = option(True, "eval: the same number of items per level (--no-balance: all of each)")
     stats: Path | None = option(

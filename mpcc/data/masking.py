@@ -38,9 +38,11 @@ class MaskSpec:
         flag="mask_mode",
     )
     fill: str = option("black", "what covers the region", choices=FILLS)
-    dilate_px: int = option(4, "segm_dilated: grow by at least this many pixels")
-    dilate_frac: float = option(0.05, "segm_dilated: or by this fraction of the box's longer side")
-    feather: float = option(0.0, "Gaussian radius (px) of a soft edge that fades outward only; 0: hard edge")
+    dilate_px: int = option(4, "segm_dilated: grow by at least this many pixels", minimum=0)
+    dilate_frac: float = option(0.05, "segm_dilated: or by this fraction of the box's longer side", minimum=0)
+    feather: float = option(
+        0.0, "Gaussian radius (px) of a soft edge that fades outward only; 0: hard edge", minimum=0
+    )
 
     def __post_init__(self):
         if self.mode not in MASK_MODES:

@@ -342,8 +342,8 @@ class PreviewJob:
 
     dataset: Path = option(help="a dataset written by `mpcc prepare`", positional=True)
     out: Path = option(help="directory for index.html and thumbnails")
-    num: int = option(24, "samples to show")
-    seed: int = option(0, "which samples")
+    num: int = option(24, "samples to show", minimum=1)
+    seed: int = option(0, "which samples", minimum=0)
     images: Path | None = option(None, "original images directory (default: the one recorded at build)")
 
 

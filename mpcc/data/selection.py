@@ -38,12 +38,16 @@ class SelectionConfig:
 
     options_group: ClassVar[str] = "target selection"
 
-    min_area_frac: float = option(0.005, "smallest instance area / image area")
-    max_area_frac: float = option(0.35, "largest instance area / image area")
-    min_visible_frac: float = option(0.5, "image share that must stay outside the target's box")
-    min_context: int = option(2, "fewest other annotated (non-crowd) instances in the image")
-    max_crowd_overlap: float = option(0.1, "largest share of the target covered by crowd regions")
-    max_per_image: int = option(3, "targets per image at most")
+    min_area_frac: float = option(0.005, "smallest instance area / image area", minimum=0, maximum=1)
+    max_area_frac: float = option(0.35, "largest instance area / image area", above=0, maximum=1)
+    min_visible_frac: float = option(
+        0.5, "image share that must stay outside the target's box", minimum=0, maximum=1
+    )
+    min_context: int = option(2, "fewest other annotated (non-crowd) instances in the image", minimum=0)
+    max_crowd_overlap: float = option(
+        0.1, "largest share of the target covered by crowd regions", minimum=0, maximum=1
+    )
+    max_per_image: int = option(3, "targets per image at most", minimum=1)
     exclude_categories: frozenset[str] = frozenset()  # e.g. held-out OOD categories, for training
 
     def __post_init__(self):

@@ -192,8 +192,8 @@ class SynthJob:
     images + instances.json (polygons and RLE): the embedded default data."""
 
     out: Path = option(help="directory for images/ and instances.json")
-    num_images: int = option(200, "scenes to draw")
-    seed: int = option(0, "generator seed")
+    num_images: int = option(200, "scenes to draw", minimum=1)
+    seed: int = option(0, "generator seed", minimum=0)
     traces: bool = option(
         False, "also write traces.jsonl: a reasoning trace per object, for `mpcc annotate import`"
     )

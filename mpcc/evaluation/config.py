@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from mpcc.data.options import FORMATS
 from mpcc.errors import ConfigError
-from mpcc.options import option
+from mpcc.options import option, validate_bounds
 
 EVAL_FORMATS = (*FORMATS, "open")
 IMAGE_DIAGNOSTICS = ("blind", "context", "shape")  # the same questions on a changed image
@@ -31,10 +31,10 @@ class Decoding:
 
     options_group: ClassVar[str] = "decoding"
 
-    max_new_tokens: int = option(256, "new tokens per answer at most")
+    max_new_tokens: int = option(256, "new tokens per answer at most", minimum=1)
     do_sample: bool = False
-    temperature: float = option(0.7, "when sampling")
-    top_p: float = option(0.9, "when sampling")
+    temperature: float = option(0.7, "when sampling", above=0)
+    top_p: float = option(0.9, "when sampling", above=0, maximum=1)
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,12 @@ class EvalConfig:
         1,
         "samples per row; > 1 samples (temperature/top-p) and reports mean accuracy with a 95% bootstrap "
         "interval (1: greedy)",
+        minimum=1,
     )
-    seed: int = option(0, "sampling seed")
-    batch_size: int = option(16, "rows per generate call")
+    seed: int = option(0, "sampling seed", minimum=0)
+    batch_size: int = option(16, "rows per generate call", minimum=1)
     decoding: Decoding = field(default_factory=Decoding)
-    limit: int | None = option(None, "only the first N items (all their rows), for quick looks")
+    limit: int | None = option(None, "only the first N items (all their rows), for quick looks", minimum=1)
     diagnostics: tuple[str, ...] = option(
         (),
         "comma-separated of blind (image blanked), context (the k most predictive context objects hidden "
@@ -56,8 +57,12 @@ class EvalConfig:
         "reasoning step), evidence (attention on the context objects during the reasoning, entropy, "
         "the vision veto)",
     )
-    context_k: int = option(2, "context objects the `context` diagnostic hides (and CRM's joint set)")
-    crm_regions: int = option(3, "CRM: context objects hidden one at a time, most predictive first")
+    context_k: int = option(
+        2, "context objects the `context` diagnostic hides (and CRM's joint set)", minimum=1
+    )
+    crm_regions: int = option(
+        3, "CRM: context objects hidden one at a time, most predictive first", minimum=0
+    )
     attention_layers: tuple[int, ...] | None = option(
         None,
         "evidence: comma-separated text-layer indices measured (negative: from the last); all when unset",
@@ -77,10 +82,7 @@ class EvalConfig:
             raise ConfigError(f"diagnostics must be a subset of {DIAGNOSTICS}, got {self.diagnostics}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.samples < 1 or self.batch_size < 1:
-            raise ConfigError("samples and batch_size must be >= 1")
-        if self.crm_regions < 0 or self.context_k < 1:
-            raise ConfigError("crm_regions must be >= 0 and context_k >= 1")
+        validate_bounds(self)
         if set(self.diagnostics) & set(STEP_DIAGNOSTICS) and (self.samples > 1 or self.decoding.do_sample):
             raise ConfigError(
                 f"{'/'.join(STEP_DIAGNOSTICS)} measure the greedy reasoning: use samples 1 without do_sample"
@@ -97,3 +99,6 @@ class EvalJob:
     model: str | None = option(None, "model path or hub name (or tiny:<arch>)")
     data: Path | None = option(None, "an `mpcc prepare eval` build")
     out: Path = option(help="output directory")
+    overwrite: bool = option(
+        False, "start over: remove a previous run's outputs in --out (else only the same run resumes)"
+    )

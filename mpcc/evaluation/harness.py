@@ -24,10 +24,11 @@ from mpcc.evaluation.diagnostics import Diagnostics
 from mpcc.evaluation.generation import HFGenerator, VLLMGenerator
 from mpcc.evaluation.metrics import compute_metrics, markdown_report, table
 from mpcc.evaluation.parsing import is_correct, parse_answer
+from mpcc.evaluation.run_identity import RUN_FILE, claim, run_identity
+from mpcc.evaluation.step_diagnostics import EVIDENCE_CHART, GROUNDING, RISK_CHART, run_step_diagnostics
 from mpcc.evaluation.step_diagnostics import charts as step_charts
 from mpcc.evaluation.step_diagnostics import compare as compare_grounding
 from mpcc.evaluation.step_diagnostics import markdown as step_markdown
-from mpcc.evaluation.step_diagnostics import run_step_diagnostics
 from mpcc.models import resolve_model_path
 from mpcc.outputs import write_text_atomic
 from mpcc.rewards import levenshtein_reward
@@ -35,6 +36,7 @@ from mpcc.rewards import levenshtein_reward
 logger = logging.getLogger(__name__)
 
 PREDICTIONS, METRICS, REPORT, CHART = "predictions.jsonl", "metrics.json", "report.md", "accuracy.png"
+RUN_OUTPUTS = (PREDICTIONS, GROUNDING, METRICS, REPORT, CHART, EVIDENCE_CHART, RISK_CHART, RUN_FILE)
 ROW_FIELDS = (
     "item_id",
     "format",
@@ -71,7 +73,7 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
         )
     fill = build_record(data)["config"]["mask"]["fill"]
     formats, items = dataset["format"], dataset["item_id"]
-    keep_items = list(dict.fromkeys(items))[: config.limit] if config.limit else None
+    keep_items = list(dict.fromkeys(items))[: config.limit] if config.limit is not None else None
     wanted = set(keep_items) if keep_items is not None else None
     out = []
     for i, (fmt, item) in enumerate(zip(formats, items)):
@@ -131,11 +133,19 @@ def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
     return out
 
 
-def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig) -> dict:
-    """Evaluate, writing predictions.jsonl, metrics.json, report.md and accuracy.png under `out`."""
+def run_eval(
+    model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig, overwrite: bool = False
+) -> dict:
+    """Evaluate, writing predictions.jsonl, metrics.json, report.md and accuracy.png under `out`; an
+    unfinished run of the same settings resumes, another run's outputs are refused unless `overwrite`."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = eval_rows(data, config)
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
+    claim(out, identity, (PREDICTIONS, GROUNDING))
     diagnostics = Diagnostics(data, k=config.context_k) if config.diagnostics else None
     predictions = out / PREDICTIONS
     done = _done(predictions)
@@ -145,7 +155,7 @@ def run_eval(model_name_or_path: str, data: str | Path, out: str | Path, config:
     def get_generator():
         nonlocal generator
         if generator is None:
-            path = resolve_model_path(model_name_or_path)
+            path = resolve_model_path(model_name_or_path)  # cached once built (tiny:<arch>)
             if config.backend == "vllm":
                 images = max(len(r.get("images") or [1]) for _, r in rows)
                 generator = VLLMGenerator(path, max_images=images)
