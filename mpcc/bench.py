@@ -30,8 +30,8 @@ from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError
-from mpcc.models import random_vlm, set_pixel_bounds, vision_tower
-from mpcc.options import option
+from mpcc.models import freeze_vision_tower, random_vlm, set_pixel_bounds, vision_tower
+from mpcc.options import option, validate_bounds
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import MpccGRPOConfig
 from mpcc.training.grpo import MpccGRPOTrainer
@@ -42,9 +42,12 @@ logger = logging.getLogger(__name__)
 _QWEN25_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
 _QWEN25_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
 _QWEN25_VISION |= {"fullatt_block_indexes": [7, 15, 23, 31]}
-# Config overrides of the tiny Qwen2.5-VL giving the published models' exact shapes.
+# Config overrides of the tiny Qwen2.5-VL giving the published models' exact shapes; `vision` is a CPU
+# shape where the vision work is visible: the real tower width at depth 2 and real image sizes, with
+# the tiny language model.
 SHAPES = {
     "tiny": {},
+    "vision": {"vision": {**_QWEN25_VISION, "depth": 2, "fullatt_block_indexes": [1], "out_hidden_size": 64}},
     "3b": {
         "text": {
             "hidden_size": 2048,
@@ -79,6 +82,7 @@ _FAST = {"cache_implementation": "static", "compile_generation": True}
 VARIANTS = {
     "vanilla": (trl.GRPOTrainer, {}),
     "mpcc_grpo": (MpccGRPOTrainer, {}),
+    "mpcc_grpo_no_reuse": (MpccGRPOTrainer, {"reuse_image_features": False}),
     "mpcc_prior": (PriorSamplingGRPOTrainer, {"prior_mode": "replace"}),
     "mpcc_grpo_compiled": (MpccGRPOTrainer, _FAST),
     "mpcc_prior_compiled": (PriorSamplingGRPOTrainer, {"prior_mode": "replace", **_FAST}),
@@ -101,7 +105,8 @@ class BenchJob:
 class BenchConfig:
     shape: str = option(
         "tiny",
-        "model shape: tiny (CPU-sized), 3b / 7b (Qwen2.5-VL-3B / 7B exactly, random weights)",
+        "model shape: tiny (CPU-sized), vision (tiny language model, the real vision tower's width at depth "
+        "2, real image sizes), 3b / 7b (Qwen2.5-VL-3B / 7B exactly, random weights)",
         choices=tuple(SHAPES),
     )
     prompts: int = option(2, "prompts per step", minimum=1)
@@ -122,8 +127,7 @@ class BenchConfig:
         unknown = set(self.variants) - set(VARIANTS)
         if unknown or not self.variants:
             raise ConfigError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {self.variants}")
-        if self.steps < 1 or self.warmup < 0 or self.prompts < 1 or self.generations < 2:
-            raise ConfigError("need steps >= 1, warmup >= 0, prompts >= 1 and generations >= 2")
+        validate_bounds(self)
 
 
 def _device() -> torch.device:
@@ -154,12 +158,14 @@ def bench_dataset(config: BenchConfig, root: Path):
     return dataset.select(range(rows_needed))
 
 
-def _model(config: BenchConfig):
+def bench_model(config: BenchConfig):
+    """The benchmark's random-weight model of `config.shape`, its vision tower frozen, and its processor."""
     shape, device = SHAPES[config.shape], _device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, processor = random_vlm("qwen2_5_vl", seed=config.seed, dtype=dtype, device=device, **shape)
     if shape:  # real shapes see real image sizes (Qwen2.5-VL's own pixel bounds)
         set_pixel_bounds(processor.image_processor, 56 * 56, 28 * 28 * 16384)
+    freeze_vision_tower(model)  # as `mpcc train` does by default
     return model, processor
 
 
@@ -183,6 +189,11 @@ class _PhaseTimer(TrainerCallback):
             return out
 
         trainer._generate_and_score_completions = counted
+        vision_tower(trainer.model).register_forward_pre_hook(self._count_encoding)
+
+    def _count_encoding(self, module, args):
+        self._now["vision_calls"] += 1
+        self._now["patches_encoded"] += args[0].shape[0]  # pixel_values: one row per patch
 
     def _time(self, method: str, phase: str) -> None:
         inner = getattr(self.trainer, method)
@@ -221,7 +232,7 @@ def _flops(model, step: dict) -> float:
 
 def run_variant(name: str, config: BenchConfig, dataset, out: Path) -> dict:
     trainer_class, extra = VARIANTS[name]
-    model, processor = _model(config)
+    model, processor = bench_model(config)
     device = _device()
     common = {
         "output_dir": str(out / name),
@@ -264,6 +275,8 @@ def run_variant(name: str, config: BenchConfig, dataset, out: Path) -> dict:
         "training_s": medians["training_s"],
         "generated_tokens_per_s": statistics.median(s["generated_tokens"] / s["generation"] for s in steps),
         "train_tokens_per_s": statistics.median(s["train_tokens"] / s["training_s"] for s in steps),
+        "vision_calls": statistics.median(s["vision_calls"] for s in steps),
+        "patches_encoded": statistics.median(s["patches_encoded"] for s in steps),
         "mfu": None
         if peak_tflops is None
         else statistics.median(_flops(model, s) / s["training_s"] / (peak_tflops * 1e12) for s in steps),
@@ -325,14 +338,15 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`",
         "",
         "| trainer | step (s) | generation (s) | scoring (s) | training (s) | generated tok/s "
-        "| training tok/s | MFU | peak GiB | vs vanilla |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| training tok/s | vision calls | patches encoded | MFU | peak GiB | vs vanilla |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["variants"].items():
         lines.append(
             f"| {name} | {r['step_s']:.3f} | {r['generation_s']:.3f} | {r['scoring_s']:.4f} "
             f"| {r['training_s']:.3f} | {r['generated_tokens_per_s']:.0f} | {r['train_tokens_per_s']:.0f} "
-            f"| {_fmt(r['mfu'], '.1%')} | {_fmt(r['peak_memory_gib'], '.1f')} "
+            f"| {r['vision_calls']:.0f} | {r['patches_encoded']:.0f} | {_fmt(r['mfu'], '.1%')} "
+            f"| {_fmt(r['peak_memory_gib'], '.1f')} "
             f"| {_fmt(r['speedup_vs_vanilla'], '.2f')}x |"
         )
     if not report["gpu"]:

@@ -2,8 +2,8 @@
 help, beside the library code they configure; see mpcc.options), one library call and a printed
 summary. A command's modules are imported only when it runs, so `mpcc --help` stays fast.
 
-Errors mpcc raises on purpose (mpcc.errors.MpccError) print as one line and exit with status 2; any
-other exception keeps its traceback.
+Errors mpcc raises on purpose (mpcc.errors.MpccError) print as one line (with -v: after their traceback)
+and exit with status 2; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import logging
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,5 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(top.command, top.args)
     except MpccError as e:
+        if top.verbose:  # -v: where it was raised, too
+            traceback.print_exc()
         print(f"mpcc {top.command}: error: {e}", file=sys.stderr)
         return 2

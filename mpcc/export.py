@@ -29,7 +29,7 @@ from mpcc.evaluation.harness import read_metrics
 from mpcc.evaluation.metrics import markdown_report
 from mpcc.models import load_model, load_processor
 from mpcc.options import option
-from mpcc.outputs import check_output, staged_output
+from mpcc.outputs import check_inputs, check_output, staged_output
 from mpcc.training.record import load_run_record
 
 logger = logging.getLogger(__name__)
@@ -429,7 +429,7 @@ def export(
     `name` (e.g. the Hub repo id) titles the card and its usage snippet; default: the folder name.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    check_output(out, overwrite)
+    check_output(out, overwrite, inputs=(checkpoint, base_model))
     kind = checkpoint_kind(checkpoint)
     if kind != "adapter" and (merge_lora or base_model):
         raise ConfigError(
@@ -438,6 +438,7 @@ def export(
     metrics = read_metrics(Path(eval_run)) if eval_run else None
     record = load_run_record(checkpoint)
     base = adapter_base(checkpoint, base_model) if kind == "adapter" else None
+    check_inputs(out, (base,))  # the base an adapter names, when it is a local folder
     processor = checkpoint_processor(checkpoint, base)
     model = load_checkpoint(checkpoint, kind, base).to(_device())
     reference, dtype = probe_logits(model, probe_inputs(processor)), model.dtype

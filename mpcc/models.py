@@ -192,8 +192,42 @@ def load_processor(
 _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def check_safetensors(folder: str | os.PathLike) -> list[Path]:
+    """Every `*.safetensors` in `folder` is whole: its size is 8 + the header length + the end offset of its
+    last tensor (the safetensors layout), and every shard a `*.safetensors.index.json` names exists. Reads
+    only the headers, so a truncated or missing file is named before any weights are loaded. Returns the
+    files checked."""
+    folder = Path(folder)
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise InputError(f"{index}: not a readable safetensors index ({type(e).__name__}: {e})") from e
+        missing = sorted(name for name in shards if not (folder / name).is_file())
+        if missing:
+            raise MissingInputError(f"{index}: names weight files that are missing: {missing}")
+    files = sorted(folder.glob("*.safetensors"))
+    for file in files:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or 8 + length > size:
+                raise InputError(f"{file}: truncated: {size} bytes, header says at least {8 + length}")
+            raw = f.read(length)
+        try:
+            header = json.loads(raw)
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise InputError(f"{file}: not a readable safetensors header ({type(e).__name__}: {e})") from e
+        if size != 8 + length + end:
+            state = "truncated" if size < 8 + length + end else "corrupt"
+            raise InputError(f"{file}: {state}: {size} bytes, header says {8 + length + end}")
+    return files
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: str = "auto", attn_implementation: str | None = None):
-    """An image-text-to-text model; refuses text-only checkpoints up front instead of failing in training."""
+    """An image-text-to-text model; refuses text-only checkpoints and truncated weight files up front
+    instead of failing in training."""
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     config = _load_config(name_or_path)
@@ -202,6 +236,8 @@ def load_model(name_or_path: str | os.PathLike, dtype: str = "auto", attn_implem
             f"{str(name_or_path)!r} is a {config.model_type!r} model, not an image-text-to-text "
             "(vision-language) model such as Qwen2.5-VL"
         )
+    if Path(name_or_path).is_dir():
+        check_safetensors(name_or_path)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     return AutoModelForImageTextToText.from_pretrained(
         name_or_path, config=config, dtype=_DTYPES[dtype], **kwargs

@@ -3,6 +3,9 @@
 RECIPE is a YAML file, or a packaged recipe's name from any directory (grpo_prior, tiny/grpo_prior; see
 `mpcc recipes`). (`accelerate launch RECIPE.yaml` cannot work: Accelerate needs a program to run;
 `mpcc train RECIPE` launches this module with the Accelerate config the recipe names.)
+
+A problem with the recipe or its inputs prints as one line with exit status 2 (`-m mpcc.train -v RECIPE
+...`: with its traceback).
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, get_peft_config
 
+from mpcc.errors import InputError, MissingInputError, MpccError
 from mpcc.evaluation.callback import EvalCallback
 from mpcc.models import (
+    check_safetensors,
     freeze_vision_tower,
     keep_lora_off_vision_tower,
     load_model,
@@ -24,7 +30,7 @@ from mpcc.models import (
 )
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
-from mpcc.training.data import load_train_dataset
+from mpcc.training.data import check_training_data, load_train_dataset
 from mpcc.training.grpo import MpccGRPOTrainer
 from mpcc.training.preemption import PreemptionCallback
 from mpcc.training.prior import PriorSamplingGRPOTrainer
@@ -37,7 +43,9 @@ def build_trainer(run, train_args, model_args):
     """The TRL trainer a recipe asks for, with model, processor, data and rewards in place."""
     with train_args.main_process_first(desc="tiny model and synthetic data, built once"):
         path = resolve_model_path(model_args.model_name_or_path)
-        dataset = load_train_dataset(run.dataset_path, run.trainer, run.max_train_samples)
+        dataset = load_train_dataset(
+            run.dataset_path, run.trainer, run.max_train_samples, allow_eval=run.allow_eval_data
+        )
     processor = load_processor(path, min_pixels=run.min_pixels, max_pixels=run.max_pixels)
     model = load_model(
         path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
@@ -75,6 +83,34 @@ def build_trainer(run, train_args, model_args):
     return trainer
 
 
+def resume_checkpoint(train_args) -> str | None:
+    """The checkpoint folder `resume_from_checkpoint` asks for, its weight files checked (cheaply: headers
+    and sizes), so a missing or truncated one stops the run before anything is loaded. A path; `last` or
+    `true`: the newest `checkpoint-N` in output_dir; `auto`: that when there is one (a requeued job), else
+    none (from scratch)."""
+    value = train_args.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    out = train_args.output_dir
+    newest = get_last_checkpoint(out) if os.path.isdir(out) else None
+    if value == "auto":
+        logger.info(
+            "resuming from %s" if newest else "no checkpoint in %s: starting from scratch", newest or out
+        )
+        checkpoint = newest
+    elif value in ("last", "true", "True"):
+        if newest is None:
+            raise InputError(f"resume_from_checkpoint {value}: no checkpoint-N folder in output_dir {out}")
+        checkpoint = newest
+    elif not os.path.isdir(value):
+        raise MissingInputError(f"resume_from_checkpoint {value}: no such checkpoint folder")
+    else:
+        checkpoint = value
+    if checkpoint is not None:
+        check_safetensors(checkpoint)
+    return checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
@@ -82,19 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run, train_args, model_args = load_recipe(argv[0], argv[1:])
+    # cheap checks first: the data's split, the weight files (model and checkpoint) are whole
+    check_training_data(run.dataset_path, run.allow_eval_data)
+    if model_args.model_name_or_path and os.path.isdir(model_args.model_name_or_path):
+        check_safetensors(model_args.model_name_or_path)
+    checkpoint = resume_checkpoint(train_args)
     trainer = build_trainer(run, train_args, model_args)
     if trainer.accelerator.is_main_process:  # beside the checkpoints, for `mpcc export`
         save_run_record(train_args.output_dir, run, train_args, model_args)
-    checkpoint = train_args.resume_from_checkpoint
-    if checkpoint in ("last", "true", "True"):  # the newest checkpoint in output_dir
-        checkpoint = True
-    elif checkpoint == "auto":  # the newest checkpoint when there is one (a requeued job), else from scratch
-        out = train_args.output_dir
-        checkpoint = get_last_checkpoint(out) if os.path.isdir(out) else None
-        logger.info(
-            "resuming from %s" if checkpoint else "no checkpoint in %s: starting from scratch",
-            checkpoint or out,
-        )
     preemption = PreemptionCallback()  # SIGUSR1: save a checkpoint and stop (launch/slurm/train.sbatch)
     trainer.add_callback(preemption)
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -111,5 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _cli(argv: list[str] | None = None) -> int:
+    """`python -m mpcc.train [-v] RECIPE ...`: an MpccError prints as one line with exit status 2, as in
+    `mpcc train`; with -v also its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = argv[:1] in (["-v"], ["--verbose"])
+    try:
+        return main(argv[1:] if verbose else argv)
+    except MpccError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"mpcc.train: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli())

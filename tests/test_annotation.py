@@ -14,7 +14,7 @@ from mpcc.annotation.config import AnnotateConfig
 from mpcc.annotation.importing import UNMATCHED_FILE, import_traces, read_traces
 from mpcc.annotation.prompts import GUIDED_SYSTEM, GUIDED_TASK, PROMPT_VERSION, teacher_messages
 from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
-from mpcc.annotation.teachers import LocalTeacher, api_base, message_text, openai_messages
+from mpcc.annotation.teachers import LocalTeacher, TeacherError, api_base, message_text, openai_messages
 from mpcc.annotation.verify import names_answer, verify
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, build
@@ -203,6 +203,14 @@ def test_local_teacher_annotates_resumes_and_samples_more(tiny_builds, tmp_path)
     with pytest.raises(ValueError, match="sampling"):
         greedy = LocalTeacher("tiny:qwen2_5_vl", Decoding(max_new_tokens=4), batch_size=2)
         annotate(tiny_builds["train"], tmp_path / "g", greedy, AnnotateConfig(mode="blind", tries=2))
+
+    # answers over max_answer_chars are teacher errors, never saved; none at all is an error, no output
+    with pytest.raises(TeacherError, match=r"all 2 requests .*\(2 of 2\): answer longer than 1 characters"):
+        annotate(
+            tiny_builds["train"], tmp_path / "long", teacher, AnnotateConfig(limit=2, max_answer_chars=1)
+        )
+    assert teacher.stats["too_long"] == 2 and not (tmp_path / "long").exists()
+    assert (tmp_path / "long.annotate" / PROGRESS_FILE).read_text() == ""
 
 
 def _good(solution: str) -> str:

@@ -1,6 +1,7 @@
 """The endpoint teacher against real HTTP servers on loopback: `transformers serve` running the tiny model
-behind a proxy that fails or stalls requests, a killed CLI run that resumes, and servers that always
-fail (teacher errors are reported, not saved, and retried by the next run)."""
+behind a proxy that fails or stalls requests, a killed CLI run that resumes, servers that always fail
+(teacher errors are reported, not saved, and retried by the next run; a run with no answer at all is an
+error), servers that trickle bytes past the timeout, and answers too long to keep."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from PIL import Image
 from mpcc.annotation.annotate import annotate, request_seed
 from mpcc.annotation.config import AnnotateConfig
 from mpcc.annotation.store import PROGRESS_FILE
-from mpcc.annotation.teachers import EndpointTeacher, RateLimiter
+from mpcc.annotation.teachers import EndpointTeacher, RateLimiter, Request, TeacherError
 from mpcc.annotation.verify import verify
+from mpcc.cli import main
 from mpcc.data.render import load_dataset
 from mpcc.evaluation.config import Decoding
 from mpcc.models import resolve_model_path
@@ -267,8 +269,9 @@ def test_a_killed_run_resumes_with_every_row_exactly_once(served, tiny_builds, t
 
 
 class _Canned(BaseHTTPRequestHandler):
-    """A stand-in endpoint: `status` for every request, or (200) a trace that names the answer the
-    guided prompt states, so the endpoint path can keep traces too."""
+    """A stand-in endpoint: `status` for every request (500 for the seeds in `fail`), or (200) a trace
+    that names the answer the guided prompt states, so the endpoint path can keep traces too, padded to
+    `huge` characters for the seeds in `padded`."""
 
     def log_message(self, *args):
         pass
@@ -276,20 +279,40 @@ class _Canned(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.seen.append((self.headers.get("Authorization"), body))
-        if self.server.status != 200:
+        status = 500 if body["seed"] in getattr(self.server, "fail", ()) else self.server.status
+        if status != 200:
             payload = b'{"error": "down"}'
         else:
             text = body["messages"][1]["content"][1]["text"]
             name = re.search(r"The hidden object is: (.+?)\.\n", text).group(1)
             think = f"Look at what surrounds the mask. It suggests a {name}."
+            if body["seed"] in getattr(self.server, "padded", ()):
+                think = "Look. " * (self.server.huge // 6) + think
             answer = f"<think> {think}</think><answer>{name}</answer>"
             payload = json.dumps(
                 {"choices": [{"message": {"role": "assistant", "content": answer}}]}
             ).encode()
-        self.send_response(self.server.status)
+        self.send_response(status)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+@contextlib.contextmanager
+def _serving(handler, **attributes):
+    """A stub endpoint on loopback: (server, its base URL); `attributes` are set on the server."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.seen, server.stopping = [], threading.Event()
+    for name, value in attributes.items():
+        setattr(server, name, value)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
 
 
 def test_teacher_errors_are_reported_not_saved_and_retried(tiny_builds, tmp_path, monkeypatch):
@@ -302,25 +325,43 @@ def test_teacher_errors_are_reported_not_saved_and_retried(tiny_builds, tmp_path
         tmp_path / "out",
         AnnotateConfig(limit=2),
     )
+    work = tmp_path / "out.annotate"
     try:
         teacher = EndpointTeacher(url, DECODING, model="m", retries=2, backoff=0.0)
-        result = annotate(tiny_builds["train"], out, teacher, config)
-        assert result.counts["rejected"] == {"teacher_error": 2} and result.new_answers == 0
+        with pytest.raises(TeacherError, match=r"all 2 requests .* \(2 of 2\): HTTP 500: \{\"error\""):
+            annotate(tiny_builds["train"], out, teacher, config)  # no answer at all: an error, no output
         assert (
             teacher.stats["requests"] == 6 and teacher.stats["http_500"] == 6 and teacher.stats["failed"] == 2
         )
-        assert _progress(result.work_dir) == []  # errors are not answers: the next run asks again
+        assert not out.exists() and _progress(work) == []  # errors are not answers: the next run asks again
         assert {auth for auth, _ in server.seen} == {"Bearer secret"}
 
         server.status = 400  # not worth retrying
         teacher = EndpointTeacher(url, DECODING, model="m", retries=2, backoff=0.0)
-        annotate(tiny_builds["train"], out, teacher, config, overwrite=True)
+        with pytest.raises(TeacherError, match="HTTP 400"):
+            annotate(tiny_builds["train"], out, teacher, config)
         assert teacher.stats["requests"] == 2 and teacher.stats["http_400"] == 2
+
+        second = _rows(tiny_builds["train"], 2)[1]["ann_id"]
+        server.status, server.fail = 200, {request_seed(0, second, 1)}
+        teacher = EndpointTeacher(url, DECODING, model="m", retries=1, backoff=0.0)
+        result = annotate(tiny_builds["train"], out, teacher, config)  # some answers: output and a warning
+        assert result.counts == {"rows": 2, "kept": 1, "rejected": {"teacher_error": 1}}
+        assert result.new_answers == 1 and teacher.stats["failed"] == 1
+        assert result.teacher_errors == {'HTTP 500: {"error": "down"}': 1}
+        assert load_dataset(out)["reasoning_rejection"] == [None, "teacher_error"]
+
+        server.status = 500  # this run's one request fails: an error, the output from saved answers
+        teacher = EndpointTeacher(url, DECODING, model="m", retries=0)
+        with pytest.raises(TeacherError, match=r"all 1 requests .* wrote .* from the 1 answers saved before"):
+            annotate(tiny_builds["train"], out, teacher, config, overwrite=True)
+        assert load_dataset(out)["reasoning_rejection"] == [None, "teacher_error"]
+        server.fail = set()
 
         server.status = 200
         teacher = EndpointTeacher(url, DECODING, model="m")
         result = annotate(tiny_builds["train"], out, teacher, config, overwrite=True)
-        assert result.counts == {"rows": 2, "kept": 2, "rejected": {}} and result.new_answers == 2
+        assert result.counts == {"rows": 2, "kept": 2, "rejected": {}} and result.new_answers == 1
         data = load_dataset(out)
         assert all(data["reasoning_verified"]) and data["reasoning_attempts"] == [1, 1]
         assert (
@@ -346,3 +387,101 @@ def test_rate_limit_spaces_requests():
     assert time.monotonic() - start >= 0.24
     with pytest.raises(ValueError, match="rate limit"):
         RateLimiter(0)
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """An endpoint that never finishes an answer: after the status line it sends a byte every 0.2 s,
+    of the body (`trickle` = "body") or of a header that never ends ("headers"), for up to 10 s."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.seen.append(time.monotonic())
+        self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n")
+        if self.server.trickle == "body":
+            self.wfile.write(b"\r\n")
+        else:
+            self.wfile.write(b"X-Padding: ")
+        end = time.monotonic() + 10
+        with contextlib.suppress(OSError):  # the client gave up
+            while time.monotonic() < end and not self.server.stopping.is_set():
+                self.wfile.write(b" " if self.server.trickle == "body" else b"a")
+                time.sleep(0.2)
+
+
+def _request(seed: int = 0) -> Request:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is hidden?"}]}]
+    return Request((0, 1), messages, Image.new("RGB", (8, 8)), seed)
+
+
+@pytest.mark.parametrize("trickle", ["body", "headers"])
+def test_the_timeout_bounds_the_whole_request(trickle, tiny_builds, tmp_path):
+    """httpx's timeouts are per read: a byte every 0.2 s would keep a request open for as long as the
+    server likes. `timeout` is a deadline for the whole request instead, and the run does not hang."""
+    with _serving(_Trickle, trickle=trickle) as (server, url):
+        teacher = EndpointTeacher(url, DECODING, model="m", timeout=1.0, retries=0)
+        start = time.monotonic()
+        [reply] = list(teacher.run([_request()]))
+        elapsed = time.monotonic() - start
+        assert elapsed < 3, (elapsed, reply.error)
+        assert reply.text is None and reply.error == "timeout (no complete response within 1 s)"
+        assert teacher.stats["timeouts"] == 1 and teacher.stats["failed"] == 1
+
+        teacher = EndpointTeacher(url, DECODING, model="m", timeout=1.0, retries=1, backoff=0.0)
+        start = time.monotonic()
+        with pytest.raises(TeacherError, match=r"all 2 requests .*\(2 of 2\): timeout"):
+            annotate(tiny_builds["train"], tmp_path / "out", teacher, AnnotateConfig(limit=2))
+        elapsed = time.monotonic() - start
+        assert elapsed < 8 and teacher.stats["timeouts"] == 4 and teacher.stats["retries"] == 2  # retried
+        assert len(server.seen) == 5 and not (tmp_path / "out").exists()
+
+
+def test_an_answer_too_long_is_a_teacher_error_and_never_saved(tiny_builds, tmp_path):
+    """A 5 MB answer is not read whole, not retried (the same seed writes it again) and not saved; the
+    row counts as teacher_error, the error is named in the build record. `max_answer_chars` sets the
+    bound; a run whose answers are all too long is an error."""
+    rows = _rows(tiny_builds["train"], 2)
+    big = {request_seed(0, rows[0]["ann_id"], 1)}
+    with _serving(_Canned, status=200, padded=big, huge=5_000_000) as (server, url):
+        teacher = EndpointTeacher(url, DECODING, model="m", backoff=0.0)
+        result = annotate(tiny_builds["train"], tmp_path / "out", teacher, AnnotateConfig(limit=2))
+        assert (result.work_dir / PROGRESS_FILE).stat().st_size < 10_000
+        assert [r["ann_id"] for r in _progress(result.work_dir)] == [rows[1]["ann_id"]]
+        assert result.counts == {"rows": 2, "kept": 1, "rejected": {"teacher_error": 1}}
+        assert teacher.stats["requests"] == 2 and teacher.stats["too_long"] == 1
+        [(error, count)] = result.teacher_errors.items()
+        assert count == 1
+        assert error.startswith("answer longer than 32000 characters (response body over")
+        data = load_dataset(tmp_path / "out")
+        assert data["reasoning_rejection"] == ["teacher_error", None] and data["teacher_output"][0] is None
+        record = json.loads((tmp_path / "out" / "mpcc_build.json").read_text())
+        assert record["annotation"]["teacher_errors"] == {error: 1}
+
+        server.padded = set()  # each ~80 characters: all over a bound of 40
+        teacher = EndpointTeacher(url, DECODING, model="m", backoff=0.0)
+        short = AnnotateConfig(limit=2, max_answer_chars=40)
+        with pytest.raises(TeacherError, match=r"\(2 of 2\): answer longer than 40 characters \(\d+ char"):
+            annotate(tiny_builds["train"], tmp_path / "short", teacher, short)
+        assert teacher.stats["requests"] == 2 and not (tmp_path / "short").exists()
+        assert _progress(tmp_path / "short.annotate") == []
+
+
+def test_the_command_fails_when_every_request_fails(tiny_builds, tmp_path, capsys):
+    """Endpoint up but the model name wrong: every request 404. The command says so in one line and exits
+    2, writes no output of failures, keeps its progress; the same command, once the server answers, works."""
+    out = tmp_path / "out"
+    with _serving(_Canned, status=404) as (server, url):
+        command = ["annotate", str(tiny_builds["train"]), "--teacher", url, "--teacher-model", "m"]
+        command += ["--out", str(out), "--limit", "2", "--retries", "0"]
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("mpcc annotate: error: all 2 requests to the teacher m @ ")
+        assert 'failed; commonest error (2 of 2): HTTP 404: {"error": "down"}; wrote nothing to' in err
+        assert not out.exists() and (tmp_path / "out.annotate" / "run.json").is_file()
+
+        server.status = 200
+        assert main(command) == 0
+        assert "kept 2" in capsys.readouterr().out
+        assert load_dataset(out)["reasoning_verified"] == [True, True]

@@ -69,6 +69,10 @@ def test_bench_writes_phases_tokens_and_speedups(tmp_path, capsys, monkeypatch):
     # 2 prompts x 4 samples of at most 6 new tokens; the prior variant generates 3 per group, not 4
     assert all(s["generated_tokens"] <= 8 * 6 for s in vanilla["steps"])
     assert all(s["generated_tokens"] <= 6 * 6 for s in prior["steps"])
+    # vanilla encodes each group's image for every row, twice (generation, policy forward); mpcc once per
+    # step: 2 prompts -> 2 images of the same size, whatever G
+    assert vanilla["vision_calls"] == 2 and prior["vision_calls"] == 1
+    assert vanilla["patches_encoded"] == 8 * prior["patches_encoded"] > 0
     table = (tmp_path / "grpo_bench.md").read_text()
     assert "| vanilla |" in table and "| mpcc_prior |" in table and table in capsys.readouterr().out
 

@@ -54,7 +54,9 @@ def test_prompts_images_and_decoding(fake_vllm, tiny_builds):
     generator = VLLMGenerator(path)
     texts = generator(rows, Decoding(max_new_tokens=12), seed=7)
     assert texts == ["<think>x</think><answer>A</answer>"] * 3
-    assert fake_vllm["init"] == [{"model": str(path), "limit_mm_per_prompt": {"image": 1}}]
+    assert fake_vllm["init"] == [
+        {"model": str(path), "limit_mm_per_prompt": {"image": 1}, "enable_prefix_caching": True}
+    ]
     requests, params = fake_vllm["generate"][0]
     processor = load_processor(path)
     for request, row in zip(requests, rows):

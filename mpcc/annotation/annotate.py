@@ -4,13 +4,17 @@ Tries run in rounds: round k asks again for every row whose k-1 answers all fail
 (`tries` = 1 in guided mode by default; blind mode's rejection sampling wants several). Every answer is
 saved to the work directory's progress log as it arrives (mpcc.annotation.store), so a re-run with
 the same teacher and mode continues where the last one stopped and can raise `tries` to sample more.
+A request that fails (after its retries) or brings an answer over `max_answer_chars` saves nothing, so
+the next run asks again. A run whose requests all fail (endpoint down, wrong model name) raises
+TeacherError: it writes no output made only of failures (only one from answers saved before, if any),
+and its progress stays for the next run.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -19,7 +23,7 @@ from mpcc.annotation.config import AnnotateConfig, check_sampling
 from mpcc.annotation.output import RowResult, check_paths, row_result, tally, utc_now, write_annotated
 from mpcc.annotation.prompts import PROMPT_VERSION, teacher_messages
 from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
-from mpcc.annotation.teachers import Request
+from mpcc.annotation.teachers import Request, TeacherError, one_line, too_long
 from mpcc.annotation.verify import verify
 from mpcc.data.render import build_record, load_dataset
 from mpcc.errors import InputError
@@ -37,6 +41,7 @@ class AnnotateResult:
     new_answers: int  # answers received in this run (the rest came from the progress log)
     teacher_stats: dict
     work_dir: Path
+    teacher_errors: dict = field(default_factory=dict)  # this run's failed requests: error -> count
 
 
 def default_work_dir(out: Path) -> Path:
@@ -87,7 +92,8 @@ def annotate(
         verdict = verify(text, rows[i]["solution"], config.min_words, config.max_words)
         return {"ok": verdict.ok, "reason": verdict.reason, "reasoning": verdict.reasoning}
 
-    errors: set[int] = set()
+    errors: set[int] = set()  # rows whose request failed in this run
+    failures: Counter = Counter()  # error -> failed requests
     new = 0
     with ProgressLog(work / PROGRESS_FILE) as log:
         # Saved answers are judged again, so a re-run with other length bounds decides by them.
@@ -99,13 +105,17 @@ def annotate(
             todo = [i for i in range(n) if i not in errors and _open_at(answers[i], attempt)]
             if not todo:
                 continue
-            replies = teacher.run(requests(todo, attempt))
+            replies = teacher.run(requests(todo, attempt), max_chars=config.max_answer_chars)
             for reply in tqdm(
                 replies, total=len(todo), desc=f"annotate {attempt}/{config.tries}", unit="row"
             ):
                 i = reply.request.key[0]
-                if reply.text is None:
+                error = (reply.error or "no answer") if reply.text is None else None
+                if reply.text is not None and len(reply.text) > config.max_answer_chars:
+                    error = too_long(config.max_answer_chars)  # the teachers here check it themselves
+                if error is not None:
                     errors.add(i)
+                    failures[error] += 1
                     continue
                 record = {
                     "ann_id": rows[i]["ann_id"],
@@ -134,9 +144,22 @@ def annotate(
         "date": utc_now(),
         **counts,
         "answers": dict(sorted(verdicts.items())),
+        "teacher_errors": dict(failures.most_common()),
     }
+    asked = new + failures.total()
+    all_failed = asked > 0 and new == 0
+    saved = sum(len(records) for records in answers.values())  # all from the progress log if all_failed
     subset = range(n) if config.limit is not None else None
-    write_annotated(source, out, results, summary, rows=subset, overwrite=overwrite)
+    if not (all_failed and not saved):  # never an output made only of failures
+        write_annotated(source, out, results, summary, rows=subset, overwrite=overwrite)
+    if all_failed:
+        error, count = failures.most_common(1)[0]
+        written = f"wrote {out} from the {saved} answers saved before" if saved else f"wrote nothing to {out}"
+        again = "the same command with --overwrite" if out.exists() else "the same command"
+        raise TeacherError(
+            f"all {asked} requests to the teacher {teacher.name} failed; commonest error ({count} of "
+            f"{asked}): {one_line(error)}; {written}; progress is kept in {work}, so {again} asks again"
+        )
     if errors:
         logger.warning(
             "%d rows got no answer from the teacher (see the warnings above); re-run the same command with "
@@ -145,7 +168,9 @@ def annotate(
             work,
         )
     logger.info("annotated %s: kept %d of %d rows, rejected %s", out, counts["kept"], n, counts["rejected"])
-    return AnnotateResult(out, counts, summary["answers"], new, dict(teacher.stats), work)
+    return AnnotateResult(
+        out, counts, summary["answers"], new, dict(teacher.stats), work, summary["teacher_errors"]
+    )
 
 
 def _open_at(attempts: list[dict], attempt: int) -> bool:

@@ -27,12 +27,20 @@ class AnnotateConfig:
         choices=MODES,
     )
     tries: int | None = option(
-        None, f"answers asked per row at most, until one passes (default: 1 guided, {BLIND_TRIES} blind)"
+        None,
+        f"answers asked per row at most, until one passes (default: 1 guided, {BLIND_TRIES} blind)",
+        minimum=1,
     )
-    seed: int = option(0, "sampling seed")
-    min_words: int | None = option(None, "reject traces shorter than this many words")
-    max_words: int | None = option(None, "reject traces longer than this many words")
-    limit: int | None = option(None, "only the first N rows (the output holds only them)")
+    seed: int = option(0, "sampling seed", minimum=0)
+    min_words: int | None = option(None, "reject traces shorter than this many words", minimum=0)
+    max_words: int | None = option(None, "reject traces longer than this many words", minimum=1)
+    limit: int | None = option(None, "only the first N rows (the output holds only them)", minimum=1)
+    max_answer_chars: int = option(
+        32_000,
+        "an answer longer than this many characters is a teacher error, never saved (an endpoint's "
+        "response is not read past the size this allows)",
+        minimum=1,
+    )
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -41,6 +49,8 @@ class AnnotateConfig:
             object.__setattr__(self, "tries", BLIND_TRIES if self.mode == "blind" else 1)
         if self.tries < 1 or (self.limit is not None and self.limit < 1):
             raise ConfigError(f"tries and limit must be >= 1, got {self.tries} and {self.limit}")
+        if self.max_answer_chars < 1:
+            raise ConfigError(f"max_answer_chars must be >= 1, got {self.max_answer_chars}")
 
 
 @dataclass(frozen=True)
@@ -59,15 +69,19 @@ class TeacherConfig:
         None, "the endpoint's model name (default: $MPCC_TEACHER_MODEL, else the server's only model)"
     )
     # The authors' sampling settings; a teacher's traces are longer than the student's answers.
-    max_new_tokens: int = option(512, "new tokens per answer at most")
-    temperature: float = option(0.7, "0 = greedy")
-    top_p: float = option(0.9, "nucleus sampling")
-    batch_size: int = option(8, "local teacher: rows per generate call")
-    concurrency: int = option(8, "endpoint: requests in flight")
-    timeout: float = option(120.0, "endpoint: seconds per request")
-    retries: int = option(5, "endpoint: more tries after a timeout, connection error, 429 or 5xx")
-    backoff: float = option(1.0, "endpoint: first retry delay in seconds, doubling")
-    rate_limit: float | None = option(None, "endpoint: requests per second at most (default: no limit)")
+    max_new_tokens: int = option(512, "new tokens per answer at most", minimum=1)
+    temperature: float = option(0.7, "0 = greedy", minimum=0)
+    top_p: float = option(0.9, "nucleus sampling", above=0, maximum=1)
+    batch_size: int = option(8, "local teacher: rows per generate call", minimum=1)
+    concurrency: int = option(8, "endpoint: requests in flight", minimum=1)
+    timeout: float = option(
+        120.0, "endpoint: seconds per request, all told (connecting, sending, the whole answer)", above=0
+    )
+    retries: int = option(5, "endpoint: more tries after a timeout, connection error, 429 or 5xx", minimum=0)
+    backoff: float = option(1.0, "endpoint: first retry delay in seconds, doubling", minimum=0)
+    rate_limit: float | None = option(
+        None, "endpoint: requests per second at most (default: no limit)", above=0
+    )
 
     @property
     def spec(self) -> str:

@@ -93,7 +93,7 @@ def check_paths(source: Path, out: Path, overwrite: bool) -> None:
         raise InputError(f"{source}: not a train build (traces are for `mpcc prepare train` builds)")
     if Path(out).resolve() == Path(source).resolve():
         raise ConfigError(f"{out}: the output must not be the source dataset")
-    check_output(out, overwrite)
+    check_output(out, overwrite, inputs=(source,))
 
 
 def write_annotated(

@@ -2,15 +2,18 @@
 
 Both take requests lazily and yield replies as they finish, so the caller can save each reply at once
 and a killed run loses only what was in flight. An endpoint (vLLM, `transformers serve`, a hosted API)
-gets bounded concurrency, a rate limit, a timeout per request and retries with exponential backoff on
-timeouts, connection errors, 429 and 5xx; a request that still fails comes back as an error, never
-as a fake answer.
+gets bounded concurrency, a rate limit, a deadline per request (connecting, sending and the whole
+response body together, so a server that trickles bytes cannot hold a request open) and retries with
+exponential backoff on timeouts, connection errors, 429 and 5xx; a request that still fails comes back
+as an error, never as a fake answer. An answer longer than the caller's `max_chars` is an error too, and
+an endpoint's response is not read past a size derived from it.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import random
@@ -18,18 +21,34 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from mpcc.errors import ConfigError
+from mpcc.errors import ConfigError, MpccError
 from mpcc.evaluation.config import Decoding
 
 logger = logging.getLogger(__name__)
 
 API_KEY_VARIABLES = ("MPCC_TEACHER_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# A response body is read up to this many bytes per allowed answer character (JSON may escape one
+# character as a 12-byte surrogate pair \ud83d\ude00), plus room for the rest of the JSON.
+BODY_BYTES_PER_CHAR, BODY_SLACK = 12, 64 * 1024
+MODELS_BYTES = 16 * 2**20  # the list of served models, at most
+
+
+class TeacherError(MpccError):
+    """The teacher answered none of a run's requests (endpoint down, wrong model name, ...)."""
+
+
+class DeadlineExceeded(Exception):
+    """A try that did not finish (connect, send, the whole response) within the request timeout."""
+
+
+class AnswerTooLong(Exception):
+    """An answer (or a response body) past the size allowed for one answer."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,16 @@ class Reply:
 
 def is_endpoint(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
+
+
+def too_long(max_chars: int | None) -> str:
+    return f"answer longer than {max_chars} characters"
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """`text` with its whitespace runs as single spaces, cut to `limit` characters (error messages)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------- local
@@ -72,12 +101,20 @@ class LocalTeacher:
         self._generate = HFGenerator(resolve_model_path(model))
         self.stats: Counter = Counter()
 
-    def run(self, requests: Iterable[Request]) -> Iterator[Reply]:
+    def run(self, requests: Iterable[Request], max_chars: int | None = None) -> Iterator[Reply]:
+        """Replies in request order; an answer longer than `max_chars` comes back as an error."""
         for batch in _batches(requests, self.batch_size):
             rows = [{"prompt": r.messages, "image": r.image} for r in batch]
             texts = self._generate(rows, self.decoding, batch[0].seed)
             self.stats["requests"] += len(batch)
-            yield from (Reply(r, text) for r, text in zip(batch, texts))
+            for request, text in zip(batch, texts):
+                if max_chars is not None and len(text) > max_chars:
+                    logger.warning("teacher request %s failed: %s", request.key, too_long(max_chars))
+                    self.stats["too_long"] += 1
+                    self.stats["failed"] += 1
+                    yield Reply(request, None, too_long(max_chars))
+                else:
+                    yield Reply(request, text)
 
 
 # ------------------------------------------------------------------------------------------- endpoint
@@ -152,8 +189,9 @@ def api_base(url: str) -> str:
 
 class EndpointTeacher:
     """Chat completions over HTTP with httpx: `concurrency` requests in flight, `rate_limit` starts per
-    second, `timeout` seconds per request, `retries` more tries with backoff `backoff * 2**i` seconds
-    (jittered, capped at 60 s, at least what a Retry-After header asks)."""
+    second, `timeout` seconds per try all told (connect, send, the whole response), `retries` more tries
+    with backoff `backoff * 2**i` seconds (jittered, capped at 60 s, at least what a Retry-After header
+    asks)."""
 
     def __init__(
         self,
@@ -175,7 +213,8 @@ class EndpointTeacher:
         self.decoding, self.concurrency, self.retries, self.backoff = decoding, concurrency, retries, backoff
         key = api_key or next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._timeout = httpx.Timeout(timeout)
+        self.timeout = timeout
+        self._timeout = httpx.Timeout(timeout)  # per operation: a silent server is noticed within it
         self._httpx = httpx
         self._client: httpx.Client | None = None  # open while `run` runs
         self._limiter = RateLimiter(rate_limit)
@@ -187,12 +226,15 @@ class EndpointTeacher:
     def _only_model(self) -> str:
         """The model the server serves, when it serves exactly one (vLLM, `transformers serve MODEL`)."""
         try:
-            response = self._httpx.get(f"{self.base}/models", headers=self._headers, timeout=self._timeout)
-            response.raise_for_status()
-            names = [m["id"] for m in response.json()["data"]]
-        except (self._httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            with self._httpx.Client(headers=self._headers, timeout=self._timeout) as client:
+                status, _, body = self._fetch(client, "GET", f"{self.base}/models", max_bytes=MODELS_BYTES)
+            if status != 200:
+                raise ValueError(f"HTTP {status}: {one_line(body.decode('utf-8', 'replace'))}")
+            names = [m["id"] for m in json.loads(body)["data"]]
+        except (self._httpx.HTTPError, DeadlineExceeded, AnswerTooLong, ValueError, KeyError, TypeError) as e:
+            reason = f"no answer within {self.timeout:g} s" if isinstance(e, DeadlineExceeded) else e
             raise ConfigError(
-                f"{self.base}/models: cannot list the served models ({e}); pass --teacher-model"
+                f"{self.base}/models: cannot list the served models ({reason}); pass --teacher-model"
             ) from e
         if len(names) != 1:
             raise ConfigError(
@@ -222,9 +264,46 @@ class EndpointTeacher:
         except ValueError:
             return delay
 
-    def complete(self, request: Request) -> Reply:
-        """One request with retries; the last error comes back in the reply when every try failed."""
+    def _fetch(self, client, method: str, url: str, max_bytes: int | None = None, **kwargs) -> tuple:
+        """One try: (status, headers, body), within `timeout` seconds from start to the body's last byte.
+
+        httpx's timeouts bound each connect, write or read alone, so a server sending a byte now and then
+        would keep a request open for ever; the try runs in a thread of its own and is given up at the
+        deadline (DeadlineExceeded). That thread stops reading at its next chunk, or within `timeout` of
+        a silent server, and closes the connection. A 200 body past `max_bytes` raises AnswerTooLong;
+        another status's body is cut after its first BODY_SLACK bytes (the start of an error page)."""
+        deadline = time.monotonic() + self.timeout
+        future: Future = Future()
+
+        def read() -> None:
+            try:
+                with client.stream(method, url, **kwargs) as response:
+                    chunks, size = [], 0
+                    for chunk in response.iter_bytes():
+                        if time.monotonic() > deadline:
+                            raise DeadlineExceeded
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if response.status_code != 200 and size >= BODY_SLACK:
+                            break
+                        if max_bytes is not None and size > max_bytes:
+                            raise AnswerTooLong(f"response body over {max_bytes} bytes")
+                    result = response.status_code, response.headers, b"".join(chunks)
+            except BaseException as e:  # handed to the waiting thread (or dropped, once it gave up)
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=read, name="teacher-request", daemon=True).start()
+        if not wait([future], timeout=max(0.0, deadline - time.monotonic())).done:
+            raise DeadlineExceeded
+        return future.result()
+
+    def complete(self, request: Request, max_chars: int | None = None) -> Reply:
+        """One request with retries; the last error comes back in the reply when every try failed. An
+        answer longer than `max_chars` fails the request (not retried: the same seed writes it again)."""
         body, error = self._body(request), "no try made"
+        max_bytes = None if max_chars is None else max_chars * BODY_BYTES_PER_CHAR + BODY_SLACK
         for attempt in range(self.retries + 1):
             if attempt:
                 self._count("retries")
@@ -232,22 +311,34 @@ class EndpointTeacher:
             self._count("requests")
             retry_after = None
             try:
-                response = self._client.post(f"{self.base}/chat/completions", json=body)
-                if response.status_code == 200:
-                    return Reply(request, message_text(response.json()["choices"][0]["message"]))
-                error = f"HTTP {response.status_code}: {response.text[:200]}"
-                self._count(f"http_{response.status_code}")
-                if response.status_code not in RETRY_STATUS:
+                status, headers, content = self._fetch(
+                    self._client, "POST", f"{self.base}/chat/completions", max_bytes, json=body
+                )
+                if status == 200:
+                    text = message_text(json.loads(content)["choices"][0]["message"])
+                    if max_chars is not None and len(text) > max_chars:
+                        raise AnswerTooLong(f"{len(text)} characters")
+                    return Reply(request, text)
+                error = f"HTTP {status}: {one_line(content.decode('utf-8', 'replace'))}"
+                self._count(f"http_{status}")
+                if status not in RETRY_STATUS:
                     break
-                retry_after = response.headers.get("retry-after")
+                retry_after = headers.get("retry-after")
+            except AnswerTooLong as e:
+                error = f"{too_long(max_chars)} ({e})"
+                self._count("too_long")
+                break
+            except DeadlineExceeded:
+                error = f"timeout (no complete response within {self.timeout:g} s)"
+                self._count("timeouts")
             except self._httpx.TimeoutException as e:
                 error = f"timeout ({type(e).__name__})"
                 self._count("timeouts")
             except self._httpx.TransportError as e:
-                error = f"connection error ({type(e).__name__}: {e})"
+                error = f"connection error ({type(e).__name__}: {one_line(str(e))})"
                 self._count("connection_errors")
             except (ValueError, KeyError, IndexError, TypeError) as e:
-                error = f"malformed response ({type(e).__name__}: {e})"
+                error = f"malformed response ({type(e).__name__}: {one_line(str(e))})"
                 self._count("malformed")
             if attempt < self.retries:
                 delay = self._delay(attempt, retry_after)
@@ -257,10 +348,14 @@ class EndpointTeacher:
         self._count("failed")
         return Reply(request, None, error)
 
-    def run(self, requests: Iterable[Request]) -> Iterator[Reply]:
-        """Replies in completion order, with at most 2 x `concurrency` requests prepared at a time."""
+    def run(self, requests: Iterable[Request], max_chars: int | None = None) -> Iterator[Reply]:
+        """Replies in completion order, with at most 2 x `concurrency` requests prepared at a time; an
+        answer longer than `max_chars` comes back as an error."""
         requests = iter(requests)
-        limits = self._httpx.Limits(max_connections=self.concurrency)
+        # `concurrency` workers bound the requests in flight; the pool is not capped as well, so the
+        # connection of a try given up at its deadline (its thread closes it at the next chunk, or after
+        # `timeout` of silence) never holds up a new one.
+        limits = self._httpx.Limits(max_connections=None, max_keepalive_connections=self.concurrency)
         with (
             self._httpx.Client(headers=self._headers, timeout=self._timeout, limits=limits) as self._client,
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher") as pool,
@@ -271,7 +366,7 @@ class EndpointTeacher:
                     while (
                         len(pending) < 2 * self.concurrency and (request := next(requests, None)) is not None
                     ):
-                        pending.add(pool.submit(self.complete, request))
+                        pending.add(pool.submit(self.complete, request, max_chars))
                     if not pending:
                         return
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)

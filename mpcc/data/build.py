@@ -8,6 +8,8 @@ store no pixels: `mpcc.data.render.load_dataset` renders them on access.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -458,6 +460,23 @@ class _InProcess:
         return map(fn, items)
 
 
+@contextlib.contextmanager
+def _full_disk_as_error(out: Path):
+    """A full disk while writing, which `datasets` wraps in a generic DatasetGenerationError, as one line
+    naming the output (the staging directory is removed with everything written into it)."""
+    try:
+        yield
+    except Exception as e:
+        cause, seen = e, set()
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+            cause = None if id(cause) in seen else cause
+        if cause is None:
+            raise
+        raise BuildError(f"no space left on device writing {out} ({cause}); nothing was written") from e
+
+
 @dataclass
 class BuildResult:
     path: Path
@@ -482,7 +501,7 @@ def build(
     speed only: the output bytes are the same for any value.
     """
     out = Path(out)
-    check_output(out, overwrite, error=BuildError)
+    check_output(out, overwrite, error=BuildError, inputs=(annotations, images_dir, config.stats))
     source = load_coco(annotations, images_dir)
     the_plan, stats = plan(source, config)
     report = source.report
@@ -492,17 +511,18 @@ def build(
     fingerprint = _fingerprint(asdict(config), _file_digest(source.annotations_path), "v1")
     with staged_output(out, overwrite) as staged:
         per_level: Counter = Counter()
-        dataset = Dataset.from_generator(
-            lambda: _rows_with_images(
-                source, the_plan, config, report, per_level, num_proc or os.cpu_count() or 1
-            ),
-            features=features(config.split),
-            cache_dir=str(staged / ".cache"),  # in the staging directory: a failure removes it too
-            fingerprint=fingerprint,
-        )
-        if len(dataset) == 0:
-            raise BuildError(f"no samples could be rendered; {report.summary()}")
-        dataset.save_to_disk(str(staged))
+        with _full_disk_as_error(out):
+            dataset = Dataset.from_generator(
+                lambda: _rows_with_images(
+                    source, the_plan, config, report, per_level, num_proc or os.cpu_count() or 1
+                ),
+                features=features(config.split),
+                cache_dir=str(staged / ".cache"),  # in the staging directory: a failure removes it too
+                fingerprint=fingerprint,
+            )
+            if len(dataset) == 0:
+                raise BuildError(f"no samples could be rendered; {report.summary()}")
+            dataset.save_to_disk(str(staged))
         del dataset
         shutil.rmtree(staged / ".cache")
         save_stats(stats, {"thresholds": list(the_plan.thresholds)}, staged / STATS_FILE)

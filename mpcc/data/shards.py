@@ -79,7 +79,7 @@ def merge_shards(
     out = Path(out)
     if not shards:
         raise BuildError("no shard builds given")
-    check_output(out, overwrite, error=BuildError)
+    check_output(out, overwrite, error=BuildError, inputs=shards)
     ordered = _read_shards(shards)
     first_path, first = ordered[0]
     skips = (first_path / SKIPS_FILE).read_text(encoding="utf-8").splitlines()[: first["plan_skips"]]

@@ -68,6 +68,11 @@ class EvalConfig:
         "evidence: comma-separated text-layer indices measured (negative: from the last); all when unset",
         parse=parse_layers,
     )
+    reuse_images: bool = option(
+        True,
+        "encode each image once for all the rows of its item and the diagnostics' passes over it (hf); "
+        "vllm: its prefix cache prefills a shared system prompt + image once. Same predictions.",
+    )
     backend: str = option(
         "hf",
         "hf: transformers generate, batched; vllm: vLLM's offline engine, when installed",

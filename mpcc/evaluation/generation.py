@@ -11,6 +11,7 @@ from trl.data_utils import prepare_multimodal_messages
 
 from mpcc.errors import ConfigError
 from mpcc.evaluation.config import Decoding
+from mpcc.image_features import ImageFeatureMemo
 
 
 def conversation(row: dict) -> list[dict]:
@@ -47,13 +48,20 @@ def generate(model, processor, rows: list[dict], decoding: Decoding) -> list[str
 
 
 class HFGenerator:
-    """`generate` over a model loaded once, on the GPU when there is one."""
+    """`generate` over a model loaded once, on the GPU when there is one. An item's rows share one image:
+    with `reuse_images`, each is encoded once while it is among the last `MEMO_IMAGES` seen (the
+    diagnostics' measuring passes on the same image reuse it too)."""
 
-    def __init__(self, path: str):
+    MEMO_IMAGES = 64
+
+    def __init__(self, path: str, reuse_images: bool = True):
         from mpcc.models import load_model, load_processor
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.processor = load_model(path).to(device).eval(), load_processor(path)
+        self.image_memo = ImageFeatureMemo(self.MEMO_IMAGES) if reuse_images else None
+        if self.image_memo is not None:
+            self.image_memo.attach(self.model)
 
     def __call__(self, rows: list[dict], decoding: Decoding, seed: int) -> list[str]:
         torch.manual_seed(seed)
@@ -68,7 +76,7 @@ class VLLMGenerator:
     HF backend does, so resumed runs draw the same samples.
     """
 
-    def __init__(self, path: str, max_images: int = 1):
+    def __init__(self, path: str, max_images: int = 1, prefix_caching: bool = True):
         try:
             import vllm
         except ImportError as e:
@@ -77,7 +85,9 @@ class VLLMGenerator:
 
         self._vllm = vllm
         self.processor = load_processor(path)
-        self.llm = vllm.LLM(model=str(path), limit_mm_per_prompt={"image": max_images})
+        self.llm = vllm.LLM(
+            model=str(path), limit_mm_per_prompt={"image": max_images}, enable_prefix_caching=prefix_caching
+        )
 
     def __call__(self, rows: list[dict], decoding: Decoding, seed: int) -> list[str]:
         requests = [

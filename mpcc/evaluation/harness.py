@@ -30,7 +30,7 @@ from mpcc.evaluation.step_diagnostics import charts as step_charts
 from mpcc.evaluation.step_diagnostics import compare as compare_grounding
 from mpcc.evaluation.step_diagnostics import markdown as step_markdown
 from mpcc.models import resolve_model_path
-from mpcc.outputs import write_text_atomic
+from mpcc.outputs import lock_output, write_text_atomic
 from mpcc.rewards import levenshtein_reward
 
 logger = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ def run_eval(
     """Evaluate, writing predictions.jsonl, metrics.json, report.md and accuracy.png under `out`; an
     unfinished run of the same settings resumes, another run's outputs are refused unless `overwrite`."""
     out = Path(out)
+    _lock = lock_output(out, inputs=(model_name_or_path, data))  # no other writer until this returns
     rows = eval_rows(data, config)
     if overwrite:
         for name in RUN_OUTPUTS:
@@ -158,9 +159,9 @@ def run_eval(
             path = resolve_model_path(model_name_or_path)  # cached once built (tiny:<arch>)
             if config.backend == "vllm":
                 images = max(len(r.get("images") or [1]) for _, r in rows)
-                generator = VLLMGenerator(path, max_images=images)
+                generator = VLLMGenerator(path, max_images=images, prefix_caching=config.reuse_images)
             else:
-                generator = HFGenerator(path)
+                generator = HFGenerator(path, reuse_images=config.reuse_images)
         return generator
 
     todo = [

@@ -7,6 +7,7 @@ keys and wrong types stop the run at start with the key's name) and command-line
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +29,13 @@ class RunArguments:
         metadata={
             "help": "an `mpcc prepare train` build, or `synthetic:<name>` to build (once, cached) a "
             "synthetic-scene train set with template reasoning traces"
+        },
+    )
+    allow_eval_data: bool = field(
+        default=False,
+        metadata={
+            "help": "train on an `mpcc prepare eval` build given as dataset_path (refused by default: "
+            "training on a benchmark's items makes its scores meaningless)"
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N rows"})
@@ -109,6 +117,21 @@ class MpccGRPOConfig(GRPOConfig):
             "kernel-launch overhead that makes GPU decoding slow. Same completions."
         },
     )
+    reuse_image_features: bool = field(
+        default=True,
+        metadata={
+            "help": "encode each unique image once per step and reuse its features in generation, "
+            "reference and old log-probs and (frozen tower) the policy forward; a group's G rows share one "
+            "image (mpcc.image_features). Same completions, losses and gradients."
+        },
+    )
+    share_prompt_prefill: bool = field(
+        default=True,
+        metadata={
+            "help": "HF generation: prefill each group's prompt once and share its KV cache with the group's "
+            "rows (mpcc.shared_prefill; dynamic cache, Qwen-VL). Same greedy completions."
+        },
+    )
 
     def __post_init__(self):
         choices = {
@@ -153,12 +176,61 @@ def _as_cli(config: dict) -> list[str]:
     return args
 
 
+class _ArgumentError(Exception):
+    """What argparse would print, with the whole usage, before exiting: raised instead (one line)."""
+
+
+class _RecipeParser(TrlParser):
+    def error(self, message):
+        raise _ArgumentError(message)
+
+
+_ARGUMENT = re.compile(r"argument --([\w.-]+)(?:/--[\w.-]+)*: (.*)", re.DOTALL)
+
+
+def _given(key: str, overrides: list[str]) -> bool:
+    return any(a == f"--{key}" or a.startswith(f"--{key}=") for a in overrides)
+
+
+def _argument_error(path: Path, message: str, overrides: list[str]) -> ConfigError:
+    """argparse's `argument --learning_rate/--learning-rate: invalid float value: 'fast'` as
+    `RECIPE: learning_rate: invalid float value: 'fast'`."""
+    match = _ARGUMENT.fullmatch(message.strip())
+    if match is None:
+        return ConfigError(f"{path}: {message.strip()}")
+    key, problem = match.groups()
+    where = " (command-line override)" if _given(key, overrides) else ""
+    return ConfigError(f"{path}: {key}{where}: {problem}")
+
+
+def _check_single_values(parser, path: Path, config: dict, overrides: list[str]) -> None:
+    """A list for a one-value key would reach argparse as `--key a b`, and only `b` would be reported."""
+
+    def single(key: str) -> bool:
+        action = parser._option_string_actions.get(f"--{key}")
+        return action is not None and action.nargs in (None, "?")
+
+    for key, value in config.items():
+        if isinstance(value, list) and single(key):
+            raise ConfigError(f"{path}: {key} takes one value, not a list: {value}")
+    key, values = None, []
+    for arg in [*overrides, "--"]:
+        if not arg.startswith("--"):
+            values.append(arg)
+            continue
+        if key is not None and len(values) > 1 and single(key):
+            raise ConfigError(f"{path}: {key} (command-line override) takes one value, got {values}")
+        key, _, value = arg[2:].partition("=")
+        values = [value] if "=" in arg else []
+
+
 def load_recipe(
     recipe: str | Path, overrides: list[str] = ()
 ) -> tuple[RunArguments, GRPOConfig | SFTConfig, ModelConfig]:
     """Parse a recipe (a YAML file or a packaged recipe's name) and command-line overrides into (run,
-    trainer config, model config)."""
+    trainer config, model config). Every problem is a one-line ConfigError naming the file and the key."""
     path, config = read(recipe)
+    overrides = list(overrides)
     kind = config.get("trainer", RunArguments.trainer)
     overridden = [a for a in overrides if a.startswith("--trainer")]
     if overridden:
@@ -166,16 +238,24 @@ def load_recipe(
             "the trainer kind is part of the recipe; it cannot be overridden on the command line"
         )
     train_config = SFTConfig if kind == "sft" else MpccGRPOConfig
-    parser = TrlParser((RunArguments, train_config, ModelConfig), allow_abbrev=False)
+    parser = _RecipeParser((RunArguments, train_config, ModelConfig), allow_abbrev=False)
+    _check_single_values(parser, path, config, overrides)
     try:
-        parsed = parser.parse_args_and_config(args=[*_as_cli(config), *overrides])
-    except SystemExit as e:  # argparse already printed which key is wrong
-        raise ConfigError(f"{path}: invalid recipe (see the message above)") from e
+        *parsed, remaining = parser.parse_args_and_config(
+            args=[*_as_cli(config), *overrides], return_remaining_strings=True
+        )
+    except _ArgumentError as e:  # a wrong type or choice: argparse names the key and the value
+        raise _argument_error(path, str(e), overrides) from None
     except ValueError as e:  # a config's own check
         raise ConfigError(f"{path}: {e}") from e
+    unknown = [a.partition("=")[0][2:] for a in remaining if a.startswith("--")]
+    if unknown:
+        raise ConfigError(f"{path}: unknown recipe key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    if remaining:
+        raise ConfigError(f"{path}: values without a key: {remaining}")
     for key in (k for k, v in config.items() if v is None):  # YAML null: set after parsing (argparse cannot)
         owner = next((p for p in parsed if key in {f.name for f in fields(p)}), None)
         if owner is None:
             raise ConfigError(f"{path}: unknown recipe key {key!r}")
         setattr(owner, key, None)
-    return parsed
+    return tuple(parsed)

@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from mpcc import cache_dir
 from mpcc.data.build import BuildConfig, build
-from mpcc.data.render import load_dataset
+from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError, InputError
 from mpcc.rewards import trace_completion
@@ -44,11 +44,34 @@ def resolve_dataset(spec: str) -> Path:
     return train
 
 
+def check_training_data(spec: str, allow_eval: bool = False) -> None:
+    """Refuse an `mpcc prepare eval` build as training data (its build record says so) unless allowed:
+    training on the benchmark would make its scores meaningless. Reads only the record: call it before
+    anything heavy."""
+    if spec.startswith(SYNTHETIC_PREFIX):
+        return  # train builds
+    try:
+        record = build_record(spec)  # a folder without one is no build
+    except InputError as e:
+        raise InputError(f"dataset_path: {e}") from e
+    config = record.get("config") if isinstance(record, dict) else None
+    split = config.get("split") if isinstance(config, dict) else None
+    if split == "eval" and not allow_eval:
+        raise ConfigError(
+            f"dataset_path {spec} is an eval build (its {BUILD_FILE} says split: eval), not training data; "
+            "set allow_eval_data: true to train on it anyway"
+        )
+
+
 REQUIRED = ("image", "prompt", "solution")
 
 
-def load_train_dataset(spec: str, kind: str, max_samples: int | None = None) -> Dataset:
-    """Rows for `kind` (sft, grpo, grpo_prior), with a clear error when a needed column is missing."""
+def load_train_dataset(
+    spec: str, kind: str, max_samples: int | None = None, allow_eval: bool = False
+) -> Dataset:
+    """Rows for `kind` (sft, grpo, grpo_prior), with a clear error when a needed column is missing; an
+    eval build only with `allow_eval` (check_training_data)."""
+    check_training_data(spec, allow_eval)
     path = resolve_dataset(spec)
     dataset = load_dataset(path)
     needed = REQUIRED + (("reasoning",) if kind in ("sft", "grpo_prior") else ())

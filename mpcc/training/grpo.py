@@ -12,7 +12,12 @@ launches, not by the GPU (see docs/PERFORMANCE.md).
 
 from __future__ import annotations
 
+import functools
+
 from trl import GRPOTrainer
+
+from mpcc.image_features import ImageFeatureMemo
+from mpcc.shared_prefill import generate_sharing_prefill
 
 # TRL's GRPOTrainer internals that mpcc overrides, wraps (mpcc.bench) or reads, as of TRL 1.16; private
 # names change between minor releases, so tests/test_trl_surface.py checks each one against the
@@ -90,10 +95,35 @@ class MpccGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "compile_generation", False):  # TRL builds its config with compilation off
             self.generation_config.disable_compile = False
+        self.image_memo = None
+        if getattr(self.args, "reuse_image_features", False):
+            self.image_memo = ImageFeatureMemo()
+            for model in (self.model, getattr(self, "ref_model", None)):
+                if model is not None:
+                    self.image_memo.attach(model)
+
+    def _generate_and_score_completions(self, inputs):
+        """A new batch: the previous one's image features are freed (and counted in the logs)."""
+        if self.image_memo is not None:
+            counts = self.image_memo.counts
+            if counts["images"]:
+                mode = "train" if self.model.training else "eval"
+                for key in ("images", "encoded", "patches_encoded"):
+                    self._metrics[mode][f"image_features/{key}"].append(float(counts[key]))
+            self.image_memo.clear()
+            counts.clear()
+        return super()._generate_and_score_completions(inputs)
 
     def _generate_single_turn(self, *args, **kwargs):
         drop_stale_input_hooks(self.model)
-        return super()._generate_single_turn(*args, **kwargs)
+        if self.use_vllm or not getattr(self.args, "share_prompt_prefill", False):
+            return super()._generate_single_turn(*args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model)  # the object TRL's generation unwraps to
+        model.generate = functools.partial(generate_sharing_prefill, model, model.generate)
+        try:
+            return super()._generate_single_turn(*args, **kwargs)
+        finally:
+            del model.generate  # the instance attribute: the class's method shows again
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         prompts = self._logs["prompt"]
