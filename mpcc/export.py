@@ -72,7 +72,7 @@ class ExportJob:
         help="a training output_dir or one of its checkpoint-N folders", positional=True
     )
     out: Path = option(help="folder to write (absent or empty; written atomically)")
-    overwrite: bool = option(False, "replace --out if it exists")
+    overwrite: bool = option(False, "replace a previous mpcc output at --out (never other files)")
     merge_lora: bool = option(
         False, "merge a LoRA adapter into its base and export the full model (default: the adapter alone)"
     )

@@ -104,11 +104,19 @@ def test_missing_trace_column_fails_at_start(tmp_path, tinycoco):
 
 
 def test_wandb_offline_logs_completions_with_image_prompts(tmp_path, monkeypatch):
-    """TRL + wandb crash on image prompts in completion tables; mpcc logs prompts as text instead."""
+    """What a user sees after `wandb sync`, read from the offline run: the prior-sampling metrics at each
+    step, and the completions table (TRL + wandb crash on image prompts in it; mpcc logs prompts as text)
+    with each row's masked image (wandb stages tables with media as run artifacts)."""
+    import hashlib
+    import io
+
     import pandas as pd
+    from PIL import Image
+    from wandb_records import history
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # where artifacts are staged
     out = tmp_path / "run"
     assert (
         main(
@@ -128,7 +136,24 @@ def test_wandb_offline_logs_completions_with_image_prompts(tmp_path, monkeypatch
         )
         == 0
     )
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    steps = [s for s in history(run_file) if "train/prior/groups" in s]
+    assert len(steps) == 2 and all(float(s["train/prior/traces"]) >= 1 for s in steps)
+    assert all(0 <= float(s["train/prior/injected_fraction"]) <= 1 for s in steps)
+    assert sum("completions/artifact_path" in s for s in history(run_file)) == 2  # one table per step
+    staged = list((tmp_path / "wandb_data").rglob("*"))
+    tables = [json.loads(f.read_text()) for f in staged if f.is_file() and f.read_bytes()[:1] == b"{"]
+    tables = [t for t in tables if t.get("_type") == "table" and "prompt" in t["columns"]]
+    assert tables, "no completions table staged"
+    by_hash = {hashlib.sha256(f.read_bytes()).hexdigest(): f for f in staged if f.is_file()}
+    column = tables[0]["columns"].index("image")
+    for row in tables[0]["data"]:
+        (cell,) = row[column]  # the row's one image, as an image file of the run
+        assert cell["_type"] == "image-file"
+        with Image.open(io.BytesIO(by_hash[cell["sha256"]].read_bytes())) as image:
+            assert image.size == (cell["width"], cell["height"])
+            assert (0, 0, 0) in {c for _, c in image.convert("RGB").getcolors(1 << 24)}  # the black mask
+    assert all("user: <image> One object in this image is hidden" in row[1] for row in tables[0]["data"])
     table = pd.read_parquet(out / "completions" / "completions_00002.parquet")
     assert table["prompt"].str.contains("user: <image> One object in this image is hidden").all()
 

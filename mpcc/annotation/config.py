@@ -110,7 +110,7 @@ class AnnotateJob:
         metavar="DATASET | import FILE",
     )
     out: Path = option(help="output dataset directory (written atomically)")
-    overwrite: bool = option(False, "replace --out if it exists")
+    overwrite: bool = option(False, "replace a previous mpcc output at --out (never other files)")
     work_dir: Path | None = option(None, "progress log for resuming (default: the output path + .annotate)")
     data: Path | None = option(None, "with `import`: the train build the traces belong to")
 

@@ -72,7 +72,7 @@ class BuildJob:
     annotations: Path = option(help="COCO instances JSON file")
     images: Path = option(help="directory holding the images' file_name paths")
     out: Path = option(help="output dataset directory (written atomically)")
-    overwrite: bool = option(False, "replace --out if it exists")
+    overwrite: bool = option(False, "replace a previous mpcc output at --out (never other files)")
     num_proc: int = option(0, "render processes; 0 = all cores (the output is the same)", minimum=0)
 
 

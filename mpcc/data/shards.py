@@ -69,7 +69,7 @@ class MergeJob:
 
     shards: tuple[Path, ...] = option(help="the N shard build directories, in any order", positional=True)
     out: Path = option(help="output dataset directory (written atomically)")
-    overwrite: bool = option(False, "replace --out if it exists")
+    overwrite: bool = option(False, "replace a previous mpcc output at --out (never other files)")
 
 
 def merge_shards(
