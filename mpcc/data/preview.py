@@ -280,12 +280,13 @@ def _card_html(card: _Card) -> str:
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1em;background:#fafafa;color:#222}
-header{margin-bottom:1em} header td,header th{padding:0 .6em;text-align:left}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(680px,1fr));gap:12px}
+header{margin-bottom:1em} header td,header th{padding:0 .6em;text-align:left;word-break:break-word}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(680px,100%),1fr));gap:12px}
 .card{background:#fff;border:1px solid #ccc;border-radius:6px;padding:8px}
-.pics{display:flex;gap:6px} figure{margin:0} img{display:block;max-width:320px}
+.pics{display:flex;flex-wrap:wrap;gap:6px} figure{margin:0;min-width:0}
+img{display:block;max-width:min(320px,100%);height:auto}
 figcaption{font-size:.8em;color:#555} .fallback{color:#b00}
-.question{white-space:pre-wrap;font-size:.85em;background:#f3f3f3;padding:4px}
+.question{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em;background:#f3f3f3;padding:4px}
 .options{margin:.2em 0} .correct{background:#c8f7c5;font-weight:bold}
 .tag{font-size:.8em;border:1px solid #999;border-radius:3px;padding:0 4px;margin-left:4px}
 .level-easy{background:#e0f3e0} .level-middle{background:#fff3c4} .level-hard{background:#f8d0d0}

@@ -7,6 +7,7 @@ sample index and the batch, not on what ran before, so a resumed run equals an u
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from pathlib import Path
@@ -36,7 +37,18 @@ from mpcc.rewards import levenshtein_reward
 logger = logging.getLogger(__name__)
 
 PREDICTIONS, METRICS, REPORT, CHART = "predictions.jsonl", "metrics.json", "report.md", "accuracy.png"
-RUN_OUTPUTS = (PREDICTIONS, GROUNDING, METRICS, REPORT, CHART, EVIDENCE_CHART, RISK_CHART, RUN_FILE)
+REPORT_HTML = "report.html"
+RUN_OUTPUTS = (
+    PREDICTIONS,
+    GROUNDING,
+    METRICS,
+    REPORT,
+    REPORT_HTML,
+    CHART,
+    EVIDENCE_CHART,
+    RISK_CHART,
+    RUN_FILE,
+)
 ROW_FIELDS = (
     "item_id",
     "format",
@@ -224,7 +236,9 @@ def run_eval(
     if "grounding" in metrics:
         step_charts(metrics["grounding"], out)
         report += step_markdown(metrics["grounding"])
-    (out / REPORT).write_text(f"{report}\n![accuracy by level and format]({CHART})\n", encoding="utf-8")
+    report += f"\n![accuracy by level and format]({CHART})\n"
+    (out / REPORT).write_text(report, encoding="utf-8")
+    (out / REPORT_HTML).write_text(report_html(report, f"mpcc eval: {Path(str(model_name_or_path)).name}"))
     logger.info("eval of %s written to %s", model_name_or_path, out)
     return metrics
 
@@ -254,6 +268,29 @@ def _diagnostics_markdown(metrics: dict) -> str:
         ]
         lines.append(f"| {condition} | {d['accuracy']:.3f} ({d['gap']:+.3f}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1em auto;max-width:1100px;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;display:block;overflow-x:auto;margin:.5em 0}}
+th,td{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+th:first-child,td:first-child{{text-align:left}}
+img{{max-width:100%;height:auto}} p{{overflow-wrap:anywhere}}
+</style></head><body>
+{body}</body></html>
+"""
+
+
+def report_html(markdown_text: str, title: str) -> str:
+    """The markdown report as a page a browser shows (tables scroll sideways on a narrow window)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    return _PAGE.format(title=html.escape(title), body=body)
 
 
 def read_metrics(run: Path) -> dict:
