@@ -150,21 +150,9 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
         "24",
     ]
     options += ["--formats", "mc4,open"]
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(checkpoint),
-                "--data",
-                str(tiny_builds["eval"]),
-                "--out",
-                str(out),
-                *options,
-            ]
-        )
-        == 0
-    )
+    command = ["eval", "--model", str(checkpoint), "--data", str(tiny_builds["eval"]), "--out", str(out)]
+    command += options
+    assert main(command) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     answered = [p for p in predictions if p["completion"]]
@@ -193,21 +181,7 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
 
     monkeypatch.setattr(grounding, "measure", fail)
     monkeypatch.setattr(crm, "step_deltas", fail)
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(checkpoint),
-                "--data",
-                str(tiny_builds["eval"]),
-                "--out",
-                str(out),
-                *options,
-            ]
-        )
-        == 0
-    )
+    assert main(command) == 0
     assert json.loads((out / "metrics.json").read_text())["grounding"] == section
 
     other = tmp_path / "other"

@@ -32,6 +32,11 @@ def accuracy_chart(runs: dict[str, dict], out: str | Path, formats: list[str] | 
     ax.set_xticklabels([f"{f}\n{lv}" for lv, f in groups], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
+    return _save(fig, ax, out)
+
+
+def _save(fig, ax, out: str | Path) -> Path:
+    """Legend, layout, a PNG without a timestamp-bearing Software tag (same bytes for the same chart)."""
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
@@ -47,12 +52,7 @@ def _lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, y
     ax.set_xlim(0, 1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out)
 
 
 def evidence_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:

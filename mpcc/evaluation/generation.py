@@ -20,22 +20,28 @@ def conversation(row: dict) -> list[dict]:
     return prepare_multimodal_messages([dict(m) for m in row["prompt"]], images=images)
 
 
-@torch.inference_mode()
-def generate(model, processor, rows: list[dict], decoding: Decoding) -> list[str]:
-    """Completions (special tokens stripped) for a batch of rows, in order."""
+def prompt_inputs(processor, rows: list[dict]):
+    """The rows' chats with the generation prompt, tokenized with their images as one left-padded batch."""
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        inputs = processor.apply_chat_template(
+        return processor.apply_chat_template(
             [conversation(r) for r in rows],
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
             processor_kwargs={"padding": True},
-        ).to(model.device)
+        )
     finally:
         tokenizer.padding_side = side
+
+
+@torch.inference_mode()
+def generate(model, processor, rows: list[dict], decoding: Decoding) -> list[str]:
+    """Completions (special tokens stripped) for a batch of rows, in order."""
+    tokenizer = processor.tokenizer
+    inputs = prompt_inputs(processor, rows).to(model.device)
     sampling = {"temperature": decoding.temperature, "top_p": decoding.top_p} if decoding.do_sample else {}
     ids = model.generate(
         **inputs,

@@ -33,7 +33,7 @@ import torch
 from mpcc.data.difficulty import LEVELS
 from mpcc.errors import ValidationError
 from mpcc.evaluation.attention import measure
-from mpcc.evaluation.generation import conversation
+from mpcc.evaluation.generation import prompt_inputs
 from mpcc.evaluation.regions import region_tokens, token_grid
 from mpcc.evaluation.steps import reasoning_span, split_steps, step_positions, token_steps
 from mpcc.evaluation.uncertainty import token_entropy
@@ -46,14 +46,7 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 def teacher_forced(processor, rows: list[dict], completion: str) -> tuple[dict, int, list[tuple[int, int]]]:
     """(inputs, prompt length, completion token offsets): each row's prompt followed by the same
     `completion`, as one batch. The rows' images must give equal prompt lengths (same image size)."""
-    prompts = processor.apply_chat_template(
-        [conversation(r) for r in rows],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"padding": True},
-    )
+    prompts = prompt_inputs(processor, rows)
     if not bool(prompts["attention_mask"].all()):
         raise ValidationError("teacher-forced rows must share one prompt length (images of one size)")
     encoded = processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
