@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, get_peft_config
@@ -37,6 +38,11 @@ from mpcc.training.prior import PriorSamplingGRPOTrainer
 from mpcc.training.record import save_run_record
 
 logger = logging.getLogger("mpcc.train")
+# TRL 1.16 still calls transformers' gradient_checkpointing names, renamed in transformers 5 (they work
+# until v6): one harmless FutureWarning per call, several per run, that a user can do nothing about.
+warnings.filterwarnings(
+    "ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning
+)
 
 
 def build_trainer(run, train_args, model_args):
