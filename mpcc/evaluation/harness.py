@@ -148,8 +148,8 @@ def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
 def run_eval(
     model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig, overwrite: bool = False
 ) -> dict:
-    """Evaluate, writing predictions.jsonl, metrics.json, report.md and accuracy.png under `out`; an
-    unfinished run of the same settings resumes, another run's outputs are refused unless `overwrite`."""
+    """Evaluate, writing predictions.jsonl, metrics.json, report.md, report.html and the charts under
+    `out`; an unfinished run of the same settings resumes, another run's are refused unless `overwrite`."""
     out = Path(out)
     _lock = lock_output(out, inputs=(model_name_or_path, data))  # no other writer until this returns
     rows = eval_rows(data, config)
