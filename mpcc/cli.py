@@ -103,7 +103,7 @@ def _recipes() -> int:
 def _tiny_model(job) -> int:
     from mpcc.models import build_tiny_model
 
-    print(f"wrote {build_tiny_model(job.arch, job.out, seed=job.seed)}")
+    print(f"wrote {build_tiny_model(job.arch, job.out, seed=job.seed, overwrite=job.overwrite)}")
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from transformers.models.auto.video_processing_auto import get_video_processor_c
 import mpcc
 from mpcc.errors import ConfigError, InputError, MissingInputError, UnreadableInputError
 from mpcc.options import option
-from mpcc.outputs import staged_output
+from mpcc.outputs import MARKER, check_output, staged_output
 
 logger = logging.getLogger(__name__)
 
@@ -502,15 +503,20 @@ class TinyModelJob:
     arch: str = option("qwen2_5_vl", "architecture", choices=TINY_ARCHS)
     out: Path = option(help="directory to write")
     seed: int = option(0, "weight seed", minimum=0)
+    overwrite: bool = option(False, "replace a previous mpcc output at --out (never other files)")
 
 
-def build_tiny_model(arch: str, out_dir: str | os.PathLike, seed: int = TinyModelJob.seed) -> Path:
-    """Write a tiny random-weight `arch` model and its processor to `out_dir`; offline; a seed fixes it."""
-    model, processor = random_vlm(arch, seed=seed)
+def build_tiny_model(
+    arch: str, out_dir: str | os.PathLike, seed: int = TinyModelJob.seed, overwrite: bool = False
+) -> Path:
+    """Write a tiny random-weight `arch` model and its processor to `out_dir`, whole or not at all
+    (mpcc.outputs); offline; a seed fixes it."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    check_output(out, overwrite)
+    model, processor = random_vlm(arch, seed=seed)
+    with staged_output(out, overwrite) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     n, vocab = sum(p.numel() for p in model.parameters()), len(processor.tokenizer)
     logger.info("tiny %s model (%d parameters, vocab %d) written to %s", arch, n, vocab, out)
     return out
@@ -547,10 +553,15 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
     if final.is_dir():
         return final
     with staged_output(final, first_wins=True) as staging:
-        command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(staging)]
+        built = staging / "tiny"  # the child's own output (staged too), moved up into this staging folder
+        command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(built)]
         child = subprocess.run([*command, "--seed", str(seed)], capture_output=True, text=True)
         if child.returncode != 0:
             raise RuntimeError(f"building the tiny {arch} model failed:\n{child.stderr[-3000:]}")
+        for path in built.iterdir():
+            if path.name != MARKER:  # this staging folder has its own
+                path.rename(staging / path.name)
+        shutil.rmtree(built)
     return final
 
 

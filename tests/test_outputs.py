@@ -447,3 +447,26 @@ def test_write_text_atomic_replaces_whole_or_not_at_all(tmp_path):
     with pytest.raises(TypeError):
         write_text_atomic(path, b"not text")
     assert path.read_text() == "second\n" and _names(tmp_path) == ["items.json"]
+
+
+def test_tiny_model_output_is_staged_and_never_replaces_user_files(tmp_path):
+    """`mpcc tiny-model --out` follows the same rules: a folder holding user files is refused (kept),
+    also with --overwrite; a previous tiny model is replaced with --overwrite; weights follow the umask."""
+    from mpcc.cli import main
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "precious.txt").write_text("keep")
+    assert main(["tiny-model", "--out", str(occupied)]) == 2
+    assert main(["tiny-model", "--out", str(occupied), "--overwrite"]) == 2
+    assert (occupied / "precious.txt").read_text() == "keep" and len(list(occupied.iterdir())) == 1
+    out = tmp_path / "tiny"
+    old = os.umask(0o022)
+    try:
+        assert main(["tiny-model", "--out", str(out)]) == 0
+        assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+        assert main(["tiny-model", "--out", str(out)]) == 2  # exists: not replaced without --overwrite
+        assert main(["tiny-model", "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    finally:
+        os.umask(old)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or lock left behind
