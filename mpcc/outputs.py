@@ -369,3 +369,25 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_appended(path: str | Path, keys: tuple[str, ...]) -> list[dict]:
+    """The complete records of a JSON-lines file a run appends to as it goes (and resumes from). A line
+    cut by a kill (unreadable, or without one of `keys`) is dropped from the file, with a warning, so
+    the next record appended starts on a line of its own and the cut one is made again."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    kept, records = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            if all(key in record for key in keys):
+                records.append(record)
+                kept.append(line)
+                continue
+        except (ValueError, TypeError):
+            pass
+        logger.warning("%s: dropping an unreadable line (a record cut short); it is made again", path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    return records

@@ -470,3 +470,17 @@ def test_tiny_model_output_is_staged_and_never_replaces_user_files(tmp_path):
     finally:
         os.umask(old)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or lock left behind
+
+
+def test_an_appended_file_cut_by_a_kill_keeps_its_complete_records(tmp_path):
+    """The predictions and grounding files are appended to as a run goes: a line cut by a kill is
+    dropped from the file, so the next record appended starts on its own line and reads back."""
+    from mpcc.outputs import read_appended
+
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"id": 1}\n{"id": 2}\n[3]\n{"other": 4}\n{"id": 5, "ha')
+    assert read_appended(path, ("id",)) == [{"id": 1}, {"id": 2}]
+    with open(path, "a") as f:
+        f.write('{"id": 6}\n')
+    assert read_appended(path, ("id",)) == [{"id": 1}, {"id": 2}, {"id": 6}]
+    assert read_appended(tmp_path / "absent.jsonl", ("id",)) == []

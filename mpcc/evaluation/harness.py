@@ -31,7 +31,7 @@ from mpcc.evaluation.step_diagnostics import charts as step_charts
 from mpcc.evaluation.step_diagnostics import compare as compare_grounding
 from mpcc.evaluation.step_diagnostics import markdown as step_markdown
 from mpcc.models import resolve_model_path
-from mpcc.outputs import lock_output, write_text_atomic
+from mpcc.outputs import lock_output, read_appended
 from mpcc.rewards import levenshtein_reward
 
 logger = logging.getLogger(__name__)
@@ -108,19 +108,8 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
 
 
 def _done(path: Path) -> set[tuple[str, int]]:
-    """Predictions already made; a line cut by a kill is dropped from the file (and made again)."""
-    if not path.is_file():
-        return set()
-    kept, done = [], set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            done.add((record["prompt_id"], record["sample"]))
-            kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("%s: dropping an unreadable line (a prediction cut short); it is made again", path)
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-    return done
+    """Predictions already made (a line cut by a kill is dropped and made again)."""
+    return {(r["prompt_id"], r["sample"]) for r in read_appended(path, ("prompt_id", "sample"))}
 
 
 def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:

@@ -21,6 +21,7 @@ from mpcc.evaluation.crm import crm_record, summarise_crm
 from mpcc.evaluation.grounding import evidence_record, summarise_evidence
 from mpcc.evaluation.metrics import table
 from mpcc.evaluation.uncertainty import uncertainty_report
+from mpcc.outputs import read_appended
 
 EVIDENCE_COLUMNS = (
     "image_mass", "evidence_mass", "evidence_share", "target_mass", "early", "late", "collapse_ratio",
@@ -32,16 +33,8 @@ KEPT = ("prompt_id", "item_id", "format", "difficulty", "correct")
 
 
 def _read(path: Path) -> dict[tuple[str, str], dict]:
-    """Records already made, by (kind, prompt id); a line cut by a kill is made again."""
-    done = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                done[(record["kind"], record["prompt_id"])] = record
-            except (ValueError, KeyError, TypeError):
-                continue
-    return done
+    """Records already made, by (kind, prompt id); a line cut by a kill is dropped and made again."""
+    return {(r["kind"], r["prompt_id"]): r for r in read_appended(path, ("kind", "prompt_id"))}
 
 
 def _crm_answers(answers: list[dict]) -> list[dict]:
