@@ -195,7 +195,7 @@ def test_evidence_record_under_uniform_attention(eval_row):
     evidence, target = diagnostics.regions(row)
     assert evidence.any() and target.any() and not (evidence & target).any()
     record = evidence_record(model.eval(), processor, row, TRACE, (evidence, target), frozenset({0, 1}))
-    inputs, prompt_len, offsets = teacher_forced(processor, [row], TRACE)
+    inputs, prompt_len, offsets = teacher_forced(processor, [row], TRACE, "cpu")
     grid = token_grid(inputs["image_grid_thw"][0], processor.image_processor.merge_size)
     n_evidence = int(region_tokens(evidence, grid).sum())
     assert n_evidence > 0

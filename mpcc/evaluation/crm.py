@@ -30,8 +30,7 @@ from difflib import SequenceMatcher
 import numpy as np
 import torch
 
-from mpcc.data.difficulty import LEVELS
-from mpcc.evaluation.grounding import completion_logprobs, teacher_forced
+from mpcc.evaluation.grounding import by_level, completion_logprobs, mean_or_none, teacher_forced
 from mpcc.evaluation.parsing import parse_answer
 from mpcc.evaluation.steps import split_steps, step_positions, token_steps
 
@@ -52,17 +51,12 @@ def region_sets(diagnostics, row: dict, singles: int) -> list[tuple[str, list[in
 @torch.inference_mode()
 def step_deltas(model, processor, rows: list[dict], completion: str) -> list[list[float | None]]:
     """Per ablated row (rows[1:]), per step: mean step log-prob minus the same on rows[0] (the original)."""
-    inputs, prompt_len, offsets = teacher_forced(processor, rows, completion)
-    inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    inputs, prompt_len, offsets = teacher_forced(processor, rows, completion, model.device)
     logprob = completion_logprobs(model(**inputs).logits, inputs["input_ids"], prompt_len).cpu().numpy()
     step_of = np.array(token_steps(offsets, split_steps(completion)))
     steps = range(step_of.max() + 1 if len(step_of) else 0)
-    means = [[_mean(lp[step_of == s]) for s in steps] for lp in logprob]
+    means = [[mean_or_none(lp[step_of == s]) for s in steps] for lp in logprob]
     return [[None if a is None or b is None else a - b for a, b in zip(m, means[0])] for m in means[1:]]
-
-
-def _mean(values: np.ndarray) -> float | None:
-    return float(values.mean()) if len(values) else None
 
 
 def _words(text: str) -> list[str]:
@@ -107,12 +101,7 @@ def _bin(position: float) -> int:
 
 def summarise_crm(records: list[dict]) -> dict:
     """Rates and step attributions over (answer, region set) pairs, overall and per level."""
-    by_level = {lv: [r for r in records if r.get("difficulty") == lv] for lv in LEVELS}
-    return {
-        "all": _crm_cell(records),
-        "per_level": {lv: _crm_cell(rs) for lv, rs in by_level.items() if rs},
-        "bins": [round((b + 0.5) / POSITION_BINS, 4) for b in range(POSITION_BINS)],
-    }
+    return by_level(records, _crm_cell, POSITION_BINS)
 
 
 def _crm_cell(records: list[dict]) -> dict:

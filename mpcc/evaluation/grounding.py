@@ -43,9 +43,11 @@ GROUPS = ("image", "evidence", "target")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def teacher_forced(processor, rows: list[dict], completion: str) -> tuple[dict, int, list[tuple[int, int]]]:
-    """(inputs, prompt length, completion token offsets): each row's prompt followed by the same
-    `completion`, as one batch. The rows' images must give equal prompt lengths (same image size)."""
+def teacher_forced(
+    processor, rows: list[dict], completion: str, device
+) -> tuple[dict, int, list[tuple[int, int]]]:
+    """(inputs on `device`, prompt length, completion token offsets): each row's prompt followed by the
+    same `completion`, as one batch. The rows' images must give equal prompt lengths (same image size)."""
     prompts = prompt_inputs(processor, rows)
     if not bool(prompts["attention_mask"].all()):
         raise ValidationError("teacher-forced rows must share one prompt length (images of one size)")
@@ -61,6 +63,7 @@ def teacher_forced(processor, rows: list[dict], completion: str) -> tuple[dict, 
     if "mm_token_type_ids" in inputs:  # text tokens: type 0
         types = inputs["mm_token_type_ids"]
         inputs["mm_token_type_ids"] = torch.cat([types, types.new_zeros(batch, len(completion_ids))], dim=1)
+    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
     return inputs, prompt_len, [tuple(o) for o in encoded["offset_mapping"]]
 
 
@@ -79,22 +82,21 @@ def answer_tokens(completion: str, offsets: list[tuple[int, int]]) -> np.ndarray
     return (ends >= match.start(1)) & (ends < match.end(1)) & (np.array([b > a for a, b in offsets]))
 
 
-def _mean(values: np.ndarray) -> float | None:
+def mean_or_none(values: np.ndarray) -> float | None:
     """None for no values, or for a group without tokens (its masses are NaN)."""
     return float(values.mean()) if len(values) and not np.isnan(values).any() else None
 
 
 def evidence_record(model, processor, row: dict, completion: str, regions, layers: frozenset[int]) -> dict:
     """The measures above for one answer; `regions` = (evidence, target) HxW bool masks of `row`."""
-    inputs, prompt_len, offsets = teacher_forced(processor, [row], completion)
-    ids = inputs["input_ids"][0]
+    inputs, prompt_len, offsets = teacher_forced(processor, [row], completion, model.device)
+    ids = inputs["input_ids"][0].cpu()
     image = ids == model.config.image_token_id
     grid = token_grid(inputs["image_grid_thw"][0], processor.image_processor.merge_size)
     groups = torch.zeros(1, len(GROUPS), len(ids))
     groups[0, 0, image] = 1.0
     for g, region in enumerate(regions, start=1):
         groups[0, g, image] = torch.from_numpy(region_tokens(region, grid)).float()
-    inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
     produced_by = slice(prompt_len - 1, len(ids) - 1)
     logits, mass = measure(model, inputs, groups.to(model.device), produced_by, layers)
     mass = mass[0].cpu().numpy()  # (groups, completion tokens)
@@ -111,19 +113,21 @@ def evidence_record(model, processor, row: dict, completion: str, regions, layer
     return {
         "tokens": dict(zip(GROUPS, counts)),
         "entropy_full": float(entropy.mean()),
-        "entropy_answer": _mean(entropy[answer]),
-        **{f"{name}_mass": _mean(mass[g, reasoning]) for g, name in enumerate(GROUPS)},
+        "entropy_answer": mean_or_none(entropy[answer]),
+        **{f"{name}_mass": mean_or_none(mass[g, reasoning]) for g, name in enumerate(GROUPS)},
         "evidence_share": _share(mass[1, reasoning].sum(), mass[0, reasoning].sum()),
-        "early": _mean(evidence[position < 1 / 3]),
-        "late": _mean(evidence[position >= 2 / 3]),
-        "curve": [_mean(evidence[(position >= b / BINS) & (position < (b + 1) / BINS)]) for b in range(BINS)],
+        "early": mean_or_none(evidence[position < 1 / 3]),
+        "late": mean_or_none(evidence[position >= 2 / 3]),
+        "curve": [
+            mean_or_none(evidence[(position >= b / BINS) & (position < (b + 1) / BINS)]) for b in range(BINS)
+        ],
         "steps": [
             {
                 "position": round(pos, 4),
                 "tokens": int((step_of == s).sum()),
-                **{name: _mean(mass[g, step_of == s]) for g, name in enumerate(GROUPS)},
-                "entropy": _mean(entropy[step_of == s]),
-                "logprob": _mean(logprob[step_of == s]),
+                **{name: mean_or_none(mass[g, step_of == s]) for g, name in enumerate(GROUPS)},
+                "entropy": mean_or_none(entropy[step_of == s]),
+                "logprob": mean_or_none(logprob[step_of == s]),
             }
             for s, pos in enumerate(step_positions(len(steps)))
         ],
@@ -162,11 +166,16 @@ def _evidence_cell(records: list[dict]) -> dict:
     }
 
 
+def by_level(records: list[dict], cell, bins: int) -> dict:
+    """`cell(records)` overall and per difficulty level, with the centres of `bins` position bins."""
+    levels = {lv: [r for r in records if r.get("difficulty") == lv] for lv in LEVELS}
+    return {
+        "all": cell(records),
+        "per_level": {lv: cell(rs) for lv, rs in levels.items() if rs},
+        "bins": [round((b + 0.5) / bins, 4) for b in range(bins)],
+    }
+
+
 def summarise_evidence(records: list[dict]) -> dict:
     """Run-level evidence measures, overall and per level (see the module docstring)."""
-    by_level = {lv: [r for r in records if r.get("difficulty") == lv] for lv in LEVELS}
-    return {
-        "all": _evidence_cell(records),
-        "per_level": {lv: _evidence_cell(rs) for lv, rs in by_level.items() if rs},
-        "bins": [round((b + 0.5) / BINS, 4) for b in range(BINS)],
-    }
+    return by_level(records, _evidence_cell, BINS)

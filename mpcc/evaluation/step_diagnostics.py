@@ -95,21 +95,19 @@ def run_step_diagnostics(
     return section
 
 
-def charts(section: dict, out: Path) -> list[str]:
-    """The section's PNG charts under `out`; their file names."""
-    written = []
+def charts(section: dict, out: Path) -> None:
+    """The section's PNG charts under `out` (EVIDENCE_CHART, RISK_CHART)."""
     if "evidence" in section:
         evidence = section["evidence"]
         curves = {"all": (evidence["bins"], evidence["all"]["curve"])}
         curves |= {lv: (evidence["bins"], cell["curve"]) for lv, cell in evidence["per_level"].items()}
-        written.append(evidence_chart(curves, out / EVIDENCE_CHART).name)
+        evidence_chart(curves, out / EVIDENCE_CHART)
         risk = {
             f"ranked by {_label(name)}": (curve["coverage"], curve["risk"])
             for name, curve in section["uncertainty"]["curves"].items()
             if curve
         }
-        written.append(risk_coverage_chart(risk, out / RISK_CHART).name)
-    return written
+        risk_coverage_chart(risk, out / RISK_CHART)
 
 
 def _n(value, digits: int = 3) -> str:
