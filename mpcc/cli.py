@@ -13,12 +13,11 @@ import importlib
 import logging
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpcc.errors import ConfigError, MpccError
+from mpcc.errors import ConfigError, MpccError, report
 from mpcc.options import add_options, parse_options
 
 
@@ -334,7 +333,4 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(top.command, top.args)
     except MpccError as e:
-        if top.verbose:  # -v: where it was raised, too
-            traceback.print_exc()
-        print(f"mpcc {top.command}: error: {e}", file=sys.stderr)
-        return 2
+        return report(e, f"mpcc {top.command}", top.verbose)

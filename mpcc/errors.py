@@ -7,6 +7,9 @@ that caught ValueError before keep working.
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 
 class MpccError(Exception):
     """Base of every error mpcc raises on purpose; its message names what is wrong and where."""
@@ -31,3 +34,12 @@ class MissingInputError(InputError, FileNotFoundError):
 class UnreadableInputError(InputError, OSError):
     """An input that exists but cannot be loaded (a folder without a model config); also an OSError, as
     the loaders it wraps raise and callers caught before."""
+
+
+def report(error: MpccError, program: str, verbose: bool) -> int:
+    """A deliberate error as a person reads it: one line naming the program, the traceback only when
+    `verbose`; the exit status 2."""
+    if verbose:  # where it was raised, too
+        traceback.print_exception(error)
+    print(f"{program}: error: {error}", file=sys.stderr)
+    return 2

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 import warnings
 
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, get_peft_config
 
-from mpcc.errors import InputError, MissingInputError, MpccError
+from mpcc.errors import InputError, MissingInputError, MpccError, report
 from mpcc.evaluation.callback import EvalCallback
 from mpcc.models import (
     check_safetensors,
@@ -156,10 +155,7 @@ def _cli(argv: list[str] | None = None) -> int:
     try:
         return main(argv[1:] if verbose else argv)
     except MpccError as e:
-        if verbose:
-            traceback.print_exc()
-        print(f"mpcc.train: error: {e}", file=sys.stderr)
-        return 2
+        return report(e, "mpcc.train", verbose)
 
 
 if __name__ == "__main__":
