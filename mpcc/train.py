@@ -44,6 +44,14 @@ warnings.filterwarnings(
 )
 
 
+def _hide_deepspeed_cpu_notice() -> None:
+    """DeepSpeed, imported by the trainer, warns that it found no GPU and uses the CPU: on a recipe that
+    asks for the CPU (`use_cpu: true`) that is what was asked, so only that one message is dropped."""
+    logging.getLogger("DeepSpeed").addFilter(
+        lambda record: not record.getMessage().startswith("Setting accelerator to CPU")
+    )
+
+
 def build_trainer(run, train_args, model_args):
     """The TRL trainer a recipe asks for, with model, processor, data and rewards in place."""
     with train_args.main_process_first(desc="tiny model and synthetic data, built once"):
@@ -128,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if model_args.model_name_or_path and os.path.isdir(model_args.model_name_or_path):
         check_safetensors(model_args.model_name_or_path)
     checkpoint = resume_checkpoint(train_args)
+    if train_args.use_cpu:
+        _hide_deepspeed_cpu_notice()
     trainer = build_trainer(run, train_args, model_args)
     if trainer.accelerator.is_main_process:  # beside the checkpoints, for `mpcc export`
         save_run_record(train_args.output_dir, run, train_args, model_args)
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     trainer.save_model(train_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the log history (learning curves) beside the model
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(train_args.output_dir)
         print(f"model saved to {train_args.output_dir}")

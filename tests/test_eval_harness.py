@@ -74,8 +74,25 @@ def test_compare_runs(evaluated, tmp_path):
     assert main(["eval", "compare", str(evaluated), str(other), "--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert f"| {evaluated} |" in table and f"| {other} |" in table
+    m = json.loads((evaluated / "metrics.json").read_text())
+    formats = list(m["per_format"])
+    assert f"| run | {' | '.join(formats)} | all | format compliance | n |" in table
+    by_format = " | ".join(f"{m['per_format'][f]['accuracy']:.3f}" for f in formats)
+    assert (
+        f"| {evaluated} | {by_format} | {m['accuracy']:.3f} | {m['format_compliance']:.3f} | {m['n']} |"
+        in table
+    )
+    for level, cells in m["per_level_format"].items():
+        row = " | ".join(f"{cells[f]['accuracy']:.3f}" if f in cells else "–" for f in formats)
+        assert f"| {level} | {other} | {row} | {m['per_level'][level]['accuracy']:.3f} |" in table
     with Image.open(tmp_path / "cmp" / "accuracy.png") as chart:
         assert chart.format == "PNG"
+
+
+def test_a_train_build_is_not_evaluated(tiny_builds):
+    """Train builds have a `format` column too; what they lack is the eval's items."""
+    with pytest.raises(ValueError, match="not an eval build"):
+        eval_rows(tiny_builds["train"], EvalConfig())
 
 
 def test_diagnostic_images(tiny_builds):

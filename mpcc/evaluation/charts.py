@@ -45,11 +45,14 @@ def _save(fig, ax, out: str | Path) -> Path:
     return out
 
 
-def _lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str) -> Path:
+def _lines(
+    series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str, unit_x: bool = True
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for name, (xs, ys) in series.items():
         ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", markersize=3, label=name)
-    ax.set_xlim(0, 1)
+    if unit_x:
+        ax.set_xlim(0, 1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return _save(fig, ax, out)
@@ -63,3 +66,8 @@ def evidence_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Pat
 def risk_coverage_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:
     """Selective risk vs coverage, one line per confidence ranking (lower is better)."""
     return _lines(curves, out, "coverage (answers kept, most confident first)", "risk (error rate)")
+
+
+def reward_curve_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:
+    """Mean reward of the generated samples vs training step, one line per run (learning curves)."""
+    return _lines(curves, out, "training step", "mean reward of generated samples", unit_x=False)

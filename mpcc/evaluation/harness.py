@@ -79,9 +79,9 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
         rows = blink_rows(dataset)[: config.limit]
         return [(str(i), row) for i, row in enumerate(rows)]
     dataset = load_dataset(data)
-    if "format" not in dataset.column_names:
+    if "item_id" not in dataset.column_names:  # train builds have `format` too
         raise InputError(
-            f"{data}: not an eval build (no `format` column); build one with `mpcc prepare eval`"
+            f"{data}: not an eval build (no `item_id` column); build one with `mpcc prepare eval`"
         )
     fill = build_record(data)["config"]["mask"]["fill"]
     formats, items = dataset["format"], dataset["item_id"]
@@ -290,6 +290,10 @@ def read_metrics(run: Path) -> dict:
         raise InputError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
 
 
+def _accuracy(cell: dict | None) -> str:
+    return f"{cell['accuracy']:.3f}" if cell else "–"
+
+
 def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     """Several eval runs side by side: one chart and one markdown table of their metrics."""
     out = Path(out)
@@ -299,10 +303,30 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     labels = names if len(set(names)) == len(names) else [str(r) for r in runs]  # never merge two runs
     metrics = {label: read_metrics(run) for label, run in zip(labels, runs)}
     accuracy_chart(metrics, out / CHART)
-    lines = table(
-        ("run", "accuracy", "format compliance", "n"),
+    formats = list(dict.fromkeys(f for m in metrics.values() for f in m["per_format"]))
+    lines = ["## Accuracy by format", ""] + table(
+        ("run", *formats, "all", "format compliance", "n"),
         [
-            (name, f"{m['accuracy']:.3f}", f"{m['format_compliance']:.3f}", m["n"])
+            (
+                name,
+                *(_accuracy(m["per_format"].get(f)) for f in formats),
+                f"{m['accuracy']:.3f}",
+                f"{m['format_compliance']:.3f}",
+                m["n"],
+            )
+            for name, m in metrics.items()
+        ],
+    )
+    lines += ["## Accuracy by level and format", ""] + table(
+        ("level", "run", *formats, "all"),
+        [
+            (
+                level,
+                name,
+                *(_accuracy(m["per_level_format"].get(level, {}).get(f)) for f in formats),
+                _accuracy(m["per_level"].get(level)),
+            )
+            for level in LEVELS
             for name, m in metrics.items()
         ],
     )

@@ -1,0 +1,60 @@
+"""Learning curves of GRPO runs, read from the `trainer_state.json` that `mpcc.train` saves beside the model.
+
+With prior sampling TRL's `reward` also averages the injected traces, which score high by construction;
+what shows whether the policy itself learns is the reward of the samples it generated
+(`prior/generated_reward`). For plain GRPO every sample is generated, so that is `reward`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mpcc.errors import InputError
+from mpcc.evaluation.metrics import table
+
+STATE_FILE = "trainer_state.json"
+
+
+def log_history(output_dir: str | Path) -> list[dict]:
+    """The trainer's logged entries, with an error naming the folder when there are none."""
+    path = Path(output_dir) / STATE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["log_history"]
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: no trainer log history ({e}); it is written when `mpcc train` ends") from e
+
+
+def curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one logged metric, over the entries that hold it."""
+    points = [(entry["step"], float(entry[key])) for entry in history if key in entry]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def generated_reward(history: list[dict]) -> tuple[list[int], list[float]]:
+    """Mean reward of the generated samples per logged step: `prior/generated_reward` when the run
+    injected traces, else `reward`."""
+    prior = any("prior/generated_reward" in entry for entry in history)
+    return curve(history, "prior/generated_reward" if prior else "reward")
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f}" if values else "–"
+
+
+def learning_table(histories: dict[str, list[dict]], window: int = 10) -> str:
+    """Markdown: per run, the generated samples' mean reward over the first and the last `window` logged
+    steps, and the mean share of groups whose rewards were all equal (no learning signal in GRPO)."""
+    rows = []
+    for name, history in histories.items():
+        _, rewards = generated_reward(history)
+        _, flat = curve(history, "frac_reward_zero_std")
+        rows.append((name, _mean(rewards[:window]), _mean(rewards[-window:]), _mean(flat), len(rewards)))
+    header = (
+        "run",
+        f"reward, first {window} logs",
+        f"reward, last {window} logs",
+        "zero-variance groups",
+        "logs",
+    )
+    return "\n".join(table(header, rows))
