@@ -13,7 +13,8 @@ structure is checked with linear string scans that accept exactly the same strin
 Two families:
 - ours (`format`, `exact_match`, `levenshtein`): strict tags, a normalised answer and accepted forms of
   the category name (plural, spacing, a few synonyms), multiple-choice and yes/no rows graded strictly;
-- the MPCC authors' (`paper_format`, `paper_answer`), reproduced exactly for parity runs.
+- the MPCC authors' (`paper_format`, `paper_answer`), reproduced exactly for parity runs (open rows;
+  multiple-choice and yes/no rows, which their data lacked, compare with the letter or yes/no).
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ def trace_completion(reasoning: str, solution: str) -> str:
     """A reasoning trace as the full answer the rewards check: SFT's target, prior sampling's injected
     sample and the form imported and synthetic traces are verified in."""
     return f"{THINK_OPEN} {reasoning.strip()}{THINK_CLOSE}{ANSWER_OPEN}{solution}{ANSWER_CLOSE}"
+
+
+def target_answer(row: Mapping[str, Any]) -> str:
+    """What the model is trained to answer for a row (the answer of its trace completion): the letter of a
+    multiple-choice row, yes/no of a yes/no row, else the solution (open rows and older builds without a
+    `format` column)."""
+    return _target(row.get("solution"), row.get("format"), row.get("options"), row.get("answer"))
 
 
 def completion_text(completion: Any) -> str:
@@ -226,6 +234,15 @@ def _aligned(values: Any, n: int) -> list[Any]:
     return values + [None] * (n - len(values))
 
 
+def _rows(completions: Sequence[Any], solution: Any, kwargs: Mapping[str, Any]) -> list[tuple]:
+    """(solution, format, options, answer) per completion: the columns a row is graded by, None where
+    missing (TRL passes dataset columns as keyword lists)."""
+    n = len(completions)
+    formats = [None if fmt is None else str(fmt) for fmt in _aligned(kwargs.get("format"), n)]
+    options, answers = _aligned(kwargs.get("options"), n), _aligned(kwargs.get("answer"), n)
+    return list(zip(_aligned(solution, n), formats, options, answers))
+
+
 def _letter(match: re.Match[str]) -> str:
     return (match.group(1) or match.group(2)).upper()
 
@@ -254,15 +271,26 @@ def choice_score(answer: str, options: Sequence[Any], correct: str) -> float:
     return float(named == [index])
 
 
+def _graded_as_choice(fmt: Any, options: Any, correct: Any) -> bool:
+    """Whether a row is graded as multiple choice or yes/no: its format says so and its answer columns
+    are usable (otherwise it is graded as an open question)."""
+    if fmt in MC_FORMATS:
+        return _is_list(options) and bool(correct)
+    return fmt == "yesno" and correct is not None
+
+
+def _target(solution: Any, fmt: Any, options: Any, correct: Any) -> Any:
+    return correct if _graded_as_choice(fmt, options, correct) else solution
+
+
 def _answer_score(answer: str | None, solution: Any, fmt: Any, options: Any, correct: Any) -> float:
     if answer is None:
         return 0.0
-    fmt = "" if fmt is None else str(fmt)
-    if fmt in MC_FORMATS and _is_list(options) and correct:
-        return choice_score(answer, [str(o) for o in options], str(correct).strip().upper())
-    if fmt == "yesno" and correct is not None:
+    if not _graded_as_choice(fmt, options, correct):
+        return float(_matches(answer, solution))
+    if fmt == "yesno":
         return float(normalize(answer) in ("yes", "no") and normalize(answer) == normalize(correct))
-    return float(_matches(answer, solution))
+    return choice_score(answer, [str(o) for o in options], str(correct).strip().upper())
 
 
 def _similarity(answer: str | None, solution: Any) -> float:
@@ -320,22 +348,21 @@ def exact_match_reward(completions: Sequence[Any], solution: Sequence[Any], **kw
     Open rows accept any form in `variants(solution)`; rows whose `format` is mc4/mc7 are graded
     against `options` and the correct letter in `answer`; yesno rows compare yes/no with `answer`.
     """
-    n = len(completions)
-    columns = [
-        _aligned(solution, n),
-        *(_aligned(kwargs.get(key), n) for key in ("format", "options", "answer")),
-    ]
-    return [
-        _answer_score(extract_answer(c), sol, fmt, options, correct)
-        for c, sol, fmt, options, correct in zip(completions, *columns)
-    ]
+    rows = _rows(completions, solution, kwargs)
+    return [_answer_score(extract_answer(c), *row) for c, row in zip(completions, rows)]
 
 
 def levenshtein_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
     """Levenshtein ratio in [0, 1] between the normalised final answer and the closest accepted form
-    of the solution: partial credit for near misses (spelling, compounds); 0.0 without an answer."""
-    solutions = _aligned(solution, len(completions))
-    return [_similarity(extract_answer(c), sol) for c, sol in zip(completions, solutions)]
+    of the solution: partial credit for near misses (spelling, compounds); 0.0 without an answer.
+    Multiple-choice and yes/no rows get their exact-match score: a letter one edit from the right one
+    is simply wrong."""
+    scores = []
+    for c, (sol, *choice) in zip(completions, _rows(completions, solution, kwargs)):
+        answer = extract_answer(c)
+        graded = _graded_as_choice(*choice)
+        scores.append(_answer_score(answer, sol, *choice) if graded else _similarity(answer, sol))
+    return scores
 
 
 def paper_format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
@@ -347,11 +374,14 @@ def paper_format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float
 def paper_answer_reward(completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any) -> list[float]:
     """The MPCC authors' answer reward: case-sensitive Levenshtein ratio between the solution and the
     text after the LAST `</think>` (their `split('</think>')[-1]`) with the answer tags removed and
-    stripped; 0.0 without `</think>` (or without a solution)."""
+    stripped; 0.0 without `</think>` (or without a solution). Their data had open questions only; on a
+    multiple-choice or yes/no row (ours) the text is compared with the row's target answer instead (the
+    letter, yes or no: `target_answer`), not with the category name."""
     scores = []
-    for c, sol in zip(completions, _aligned(solution, len(completions))):
+    for c, row in zip(completions, _rows(completions, solution, kwargs)):
         text = completion_text(c)
         think_end = text.rfind(THINK_CLOSE)
+        sol = _target(*row)
         if think_end < 0 or sol is None:
             scores.append(0.0)
             continue

@@ -18,6 +18,7 @@ from mpcc.annotation.teachers import LocalTeacher, TeacherError, api_base, messa
 from mpcc.annotation.verify import names_answer, verify
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, build
+from mpcc.data.prompts import conversation, open_question
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import Decoding
@@ -99,6 +100,10 @@ def test_prompts_by_mode():
     assert "The hidden object is: truck" in text and "bus, car" in text and "black mask" in text
     assert [p["type"] for p in guided[1]["content"]] == ["image", "text"]
     assert teacher_messages(row, "blind", "black") == row["prompt"]  # the student's own prompt
+    # a multiple-choice or yes/no row's trace must still name the object: blind asks the open question
+    mc = {**row, "format": "mc4", "options": ["bus", "truck", "cup", "dog"], "answer": "B"}
+    assert teacher_messages(mc, "blind", "gray") == conversation(open_question("gray"))
+    assert teacher_messages({**row, "format": "open"}, "blind", "black") == row["prompt"]
     with pytest.raises(ValueError, match="mode"):
         teacher_messages(row, "oracle", "black")
 
@@ -375,7 +380,13 @@ def test_scene_traces_are_true_verified_and_import_into_a_build(tmp_path):
             assert "another" in link and target in others
         links.add(link.split(" ")[0])
     assert links == {"In", "Nothing", "The"}  # all three kinds of reasoning occur
-    build(scenes, tmp_path / "scenes" / "images", tmp_path / "train", BuildConfig("train"), num_proc=1)
+    # a build in every question format: the traces reason about the object whatever the row asks
+    config = BuildConfig("train", formats=("open", "mc4", "mc7", "yesno"))
+    build(scenes, tmp_path / "scenes" / "images", tmp_path / "train", config, num_proc=1)
     result = import_traces(tmp_path / "scenes" / TRACES_FILE, tmp_path / "train", tmp_path / "annotated")
     assert result.counts["kept"] == result.counts["rows"] > 10 and result.rows_without_trace == 0
     assert result.unmatched_traces == {"no_row": len(traces) - result.counts["rows"]}  # not chosen as targets
+    question = ["format", "options", "answer", "candidate", "prompt"]
+    source = load_dataset(tmp_path / "train").select_columns(question).to_list()
+    assert load_dataset(tmp_path / "annotated").select_columns(question).to_list() == source
+    assert len({row["format"] for row in source}) > 1

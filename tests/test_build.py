@@ -1,4 +1,5 @@
-"""End-to-end builds on the real tinycoco subset: columns, hidden pixels, answers, levels, determinism."""
+"""End-to-end builds on the real tinycoco subset: columns, hidden pixels, answers, levels, determinism;
+train builds' question formats on synthetic scenes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from datasets import load_from_disk
 from pycocotools.coco import COCO
 
+from mpcc.data import prompts
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import MaskSpec
@@ -18,6 +20,16 @@ from mpcc.data.options import LETTERS
 from mpcc.data.render import BUILD_FILE
 from mpcc.data.schema import COMMON, EVAL, TRAIN
 from mpcc.data.selection import DEFAULT_OOD
+from mpcc.data.traces import template_trace
+from mpcc.errors import ConfigError
+from mpcc.rewards import (
+    exact_match_reward,
+    levenshtein_reward,
+    paper_answer_reward,
+    resolve_rewards,
+    target_answer,
+    trace_completion,
+)
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +267,134 @@ def test_difficulty_levels_separate_on_predictability(tiny_builds):
     ds = load_from_disk(str(tiny_builds["train"])).select_columns(["difficulty", "difficulty_score"])
     means = {lv: np.mean([r["difficulty_score"] for r in ds if r["difficulty"] == lv]) for lv in LEVELS}
     assert means["easy"] < means["middle"] < means["hard"]
+
+
+# ------------------------------------------------------------------ question formats of train builds
+
+ALL_FORMATS = ("open", "mc4", "mc7", "yesno")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from mpcc.data.synthetic import generate_scenes
+
+    root = tmp_path_factory.mktemp("format_scenes")
+    generate_scenes(root, num_images=30, seed=0)
+    return root
+
+
+def _train(scenes: Path, out: Path, **config) -> list[dict]:
+    """A lazy train build of the scenes with template traces; its rows as stored (no pixels)."""
+    config = BuildConfig("train", template_traces=True, image_format="lazy", **config)
+    build(scenes / "instances.json", scenes / "images", out, config, num_proc=1)
+    return load_from_disk(str(out)).remove_columns("image").to_list()
+
+
+@pytest.fixture(scope="module")
+def mixed_rows(scenes, tmp_path_factory):
+    return _train(scenes, tmp_path_factory.mktemp("mixed") / "train", formats=ALL_FORMATS)
+
+
+def _question(row: dict) -> str:
+    return row["prompt"][1]["content"][1]["text"]
+
+
+def test_formats_default_per_split_and_eval_refuses_open():
+    assert BuildConfig("train").formats == ("open",)
+    assert BuildConfig("eval").formats == ("mc4", "mc7", "yesno")
+    assert BuildConfig("train", formats=("yesno", "open")).formats == ("yesno", "open")
+    with pytest.raises(ConfigError, match="`open`.*mc4 row"):
+        BuildConfig("eval", formats=("open", "mc4"))
+    with pytest.raises(ConfigError, match="subset of"):
+        BuildConfig("train", formats=("open", "mc5"))
+    with pytest.raises(ConfigError, match="without repeats"):
+        BuildConfig("train", formats=("mc4", "mc4"))
+
+
+def test_open_train_build_rows_ask_the_open_question(scenes, tmp_path):
+    """The default train build: every row is the open question answered with its category, and its
+    trace is the template trace of the category, as before train builds had formats."""
+    rows = _train(scenes, tmp_path / "open")
+    record = json.loads((tmp_path / "open" / BUILD_FILE).read_text())
+    assert record["config"]["formats"] == ["open"] and len(rows) > 20
+    question = prompts.open_question("black")
+    for row in rows:
+        assert row["prompt"] == prompts.conversation(question)
+        assert (row["format"], row["options"], row["candidate"]) == ("open", [], "")
+        assert row["answer"] == row["solution"] == row["category"]
+        seed = row["ann_id"]  # seed 0: config.seed * 1_000_003 + ann_id
+        assert row["reasoning"] == template_trace(row["context"], row["solution"], seed=seed)
+
+
+def test_mixed_train_build_asks_every_format(mixed_rows, scenes, tmp_path):
+    assert set(Counter(r["format"] for r in mixed_rows)) == set(ALL_FORMATS)
+    open_rows = _train(scenes, tmp_path / "open")
+    assert [r["ann_id"] for r in mixed_rows] == [r["ann_id"] for r in open_rows]  # one row per target
+    for row in mixed_rows:
+        fmt, options, question = row["format"], row["options"], _question(row)
+        if fmt == "open":
+            assert question == prompts.open_question("black") and row["answer"] == row["solution"]
+            assert options == [] and row["candidate"] == ""
+        elif fmt == "yesno":
+            assert options == ["yes", "no"]
+            assert question == prompts.yesno_question("black", row["candidate"])
+            assert (row["answer"] == "yes") == (row["candidate"] == row["category"])
+        else:
+            assert len(options) == len(set(options)) == {"mc4": 4, "mc7": 7}[fmt]
+            assert options[LETTERS.index(row["answer"])] == row["category"]
+            assert question == prompts.choice_question("black", options) and row["candidate"] == ""
+    yes = sum(r["answer"] == "yes" for r in mixed_rows if r["format"] == "yesno")
+    assert 0 < yes < sum(r["format"] == "yesno" for r in mixed_rows)  # the answer and negatives are asked
+
+
+def test_mixed_train_build_is_deterministic_per_seed(mixed_rows, scenes, tmp_path):
+    assert _train(scenes, tmp_path / "again", formats=ALL_FORMATS) == mixed_rows
+    other = _train(scenes, tmp_path / "seed1", formats=ALL_FORMATS, seed=1)
+    assert [r["format"] for r in other] != [r["format"] for r in mixed_rows]
+
+
+def test_every_trace_completion_earns_the_full_rewards(mixed_rows):
+    """The trained answer (letter, yes/no or name) after each row's trace passes every answer reward;
+    a wrong letter or the opposite yes/no passes none."""
+    columns = {key: [r[key] for r in mixed_rows] for key in ("solution", "format", "options", "answer")}
+    traces = [trace_completion(r["reasoning"], target_answer(r)) for r in mixed_rows]
+    assert exact_match_reward(traces, **columns) == [1.0] * len(traces)
+    assert levenshtein_reward(traces, **columns) == [1.0] * len(traces)
+    funcs, weights = resolve_rewards("paper")
+    paper = sum(w * np.array(f(traces, **columns)) for f, w in zip(funcs, weights))
+    assert paper.tolist() == pytest.approx([1.6] * len(traces))
+    choice = [r for r in mixed_rows if r["format"] != "open"]
+    wrong = [{"yes": "no", "no": "yes", "A": "B"}.get(r["answer"], "A") for r in choice]
+    wrong_traces = [trace_completion(r["reasoning"], w) for r, w in zip(choice, wrong)]
+    columns = {key: [r[key] for r in choice] for key in columns}
+    for reward in (exact_match_reward, levenshtein_reward, paper_answer_reward):
+        assert reward(wrong_traces, **columns) == [0.0] * len(choice), reward.__name__
+
+
+def test_a_target_without_distractors_falls_back_or_is_rejected():
+    from mpcc.data.build import _train_rows
+    from mpcc.data.options import Distractors
+
+    row = {"ann_id": 7, "category": "cup", "solution": "cup", "context": ["bowl"]}
+    none = {7: Distractors((), (), ())}
+    rejected = Counter()
+    assert _train_rows(row, none, BuildConfig("train", formats=("mc4", "yesno")), rejected) == []
+    assert rejected == {"too_few_distractors_mc4_or_yesno": 1}
+    (kept,) = _train_rows(row, none, BuildConfig("train", formats=("mc7", "open")), rejected)
+    assert kept["format"] == "open" and rejected.total() == 1
+
+
+def test_formats_from_the_command_line(scenes, tmp_path, capsys):
+    from mpcc.cli import main
+
+    args = ["--annotations", str(scenes / "instances.json"), "--images", str(scenes / "images")]
+    code = main(["prepare", "eval", *args, "--out", str(tmp_path / "eval"), "--formats", "open"])
+    assert code == 2 and "`open`" in capsys.readouterr().err and not (tmp_path / "eval").exists()
+    out = tmp_path / "train"
+    common = ["--out", str(out), "--image-format", "lazy", "--num-proc", "1"]
+    assert main(["prepare", "train", *args, *common, "--formats", "open,mc4"]) == 0
+    assert set(load_from_disk(str(out))["format"]) == {"open", "mc4"}
+    assert json.loads((out / BUILD_FILE).read_text())["config"]["formats"] == ["open", "mc4"]
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    assert "(default: open for train, mc4,mc7,yesno for eval)" in " ".join(capsys.readouterr().out.split())

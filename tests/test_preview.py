@@ -201,3 +201,30 @@ def test_decodes_only_chosen_rows(builds, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.Image, "decode_example", counting)
     write_preview(builds["eval"], tmp_path / "out", num=3)
     assert len(calls) == 3
+
+
+def test_train_build_in_every_format(tmp_path):
+    """A train build's cards ask each row's own question and highlight its answer; no OOD line (train
+    rows have no flag), and an open card names the category."""
+    from mpcc.data.synthetic import generate_scenes
+
+    scenes, train = tmp_path / "scenes", tmp_path / "train"
+    generate_scenes(scenes, num_images=20, seed=0)
+    config = BuildConfig("train", formats=("open", "mc4", "mc7", "yesno"))
+    build(scenes / "instances.json", scenes / "images", train, config, num_proc=1)
+    text = write_preview(train, tmp_path / "out", num=12, seed=0).read_text(encoding="utf-8")
+    ds = load_from_disk(str(train))
+    for fmt, n in Counter(ds["format"]).items():
+        assert f"<td>{fmt}: {n}</td>" in text
+    assert "out-of-distribution" not in text
+    shown = set()
+    for index in _cards(text):
+        row = ds[index]
+        shown.add(row["format"])
+        card = text[text.index(f'id="row-{index}"') :].split('<div class="card"', 1)[0]
+        assert html.escape(question_text(row["prompt"])) in card
+        if row["format"] == "open":
+            assert f"answer (open): <b>{html.escape(row['category'])}</b>" in card
+        else:
+            assert f"answer: <b>{row['answer']}</b>" in card and card.count('class="correct"') == 1
+    assert shown == {"open", "mc4", "mc7", "yesno"}

@@ -1,5 +1,5 @@
 """The prior-sampling pieces that need no model: row splitting of processor outputs, slot choice,
-advantages without the trace."""
+advantages without the trace, the injected trace's answer and when a group counts as failed."""
 
 from __future__ import annotations
 
@@ -83,3 +83,49 @@ def test_advantages_centred_on_the_generated_samples():
     trainer.scale_rewards = "batch"
     with pytest.raises(ValueError, match="prior_in_group_stats"):
         PriorSamplingGRPOTrainer._advantages_without_traces(trainer, rewards, is_trace)
+
+
+MC_ROW = {
+    "reasoning": "Plates and a saucer sit by the mask.",
+    "solution": "cup",
+    "format": "mc4",
+    "options": ["bowl", "cup", "dog", "laptop"],
+    "answer": "B",
+}
+
+
+class _BytesTokenizer:
+    """Token ids are UTF-8 bytes: enough to see what text the trainer injects and grades."""
+
+    def encode(self, text, add_special_tokens=False):
+        return list(text.encode())
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [bytes(i for i in row if i < 256).decode() for row in ids]
+
+
+def test_injected_trace_answers_with_the_rows_letter():
+    fake = SimpleNamespace(
+        _tokenizer=_BytesTokenizer(), eos_token_ids=[999], max_completion_length=1000, _warned_long=False
+    )
+    ids = PriorSamplingGRPOTrainer._trace_ids(fake, MC_ROW)
+    assert ids[-1] == 999
+    text = _BytesTokenizer().batch_decode([ids])[0]
+    assert text.startswith(f"<think> {MC_ROW['reasoning']}</think>") and text.endswith("<answer>B</answer>")
+    open_ids = PriorSamplingGRPOTrainer._trace_ids(fake, {"reasoning": "r", "solution": "cup"})
+    assert _BytesTokenizer().batch_decode([open_ids])[0].endswith("<answer>cup</answer>")
+
+
+def test_a_group_fails_unless_a_sample_answers_the_rows_letter():
+    from mpcc.rewards import paper_answer_reward
+
+    fake = _fake_trainer(num_generations=2)
+    fake._tokenizer = _BytesTokenizer()
+    fake._success_reward = paper_answer_reward  # the strictest about what the answer looks like
+    fake.args.prior_success_threshold = 1.0
+    fake.accelerator = SimpleNamespace(process_index=0, device="cpu", gather=lambda t: t)
+    said = ["B", "C", "cup", "A"]  # group 1: one sample gives the letter; group 2: none (the name is not it)
+    completions = [list(f"<think>x</think><answer>{a}</answer>".encode()) for a in said]
+    assert (
+        PriorSamplingGRPOTrainer._groups_failed(fake, completions, [MC_ROW] * 4) == [False] * 2 + [True] * 2
+    )

@@ -23,6 +23,7 @@ from mpcc.rewards import (
     paper_answer_reward,
     paper_format_reward,
     resolve_rewards,
+    target_answer,
     trace_completion,
     variants,
 )
@@ -367,6 +368,44 @@ def test_missing_or_broken_choice_columns_fall_back_to_the_open_answer():
     assert paper_answer_reward(completion, None) == [0.0]
 
 
+# ------------------------------------------------------------------------------- mixed train rows
+
+YESNO = {"solution": "cup", "format": "yesno", "options": ["yes", "no"], "answer": "no", "candidate": "dog"}
+OPEN = {"solution": "cup", "format": "open", "options": [], "answer": "cup", "candidate": ""}
+
+
+def _scores(func, completion: str, row: dict) -> float:
+    return func([completion], **{key: [value] for key, value in row.items()})[0]
+
+
+def test_target_answer_is_the_letter_yes_no_or_the_solution():
+    assert [target_answer(r) for r in (MC4, MC7, YESNO, OPEN)] == ["B", "G", "no", "cup"]
+    assert target_answer({"solution": "cup"}) == "cup"  # a build from before the format column
+    assert target_answer({**MC4, "options": None}) == "cup"  # graded as open, so trained as open
+
+
+@pytest.mark.parametrize("row", [MC4, MC7, YESNO])
+def test_levenshtein_gives_no_partial_credit_on_choice_rows(row):
+    """A letter or yes/no scores its exact match: "C" is one edit from "B" but simply wrong."""
+    wrong = {"B": "C", "G": "F", "no": "yes"}[row["answer"]]
+    assert _scores(levenshtein_reward, answered(row["answer"]), row) == 1.0
+    assert _scores(levenshtein_reward, answered(wrong), row) == 0.0
+
+
+def test_levenshtein_of_open_rows_is_unchanged():
+    """Partial credit as before for open rows, with or without the format columns."""
+    for row in (OPEN, {"solution": "cup"}, {**MC4, "format": None}):
+        assert _scores(levenshtein_reward, answered("cupp"), row) == Levenshtein.ratio("cupp", "cup")
+
+
+@pytest.mark.parametrize("row", [MC4, MC7, YESNO])
+def test_paper_answer_compares_choice_rows_with_their_letter(row):
+    assert _scores(paper_answer_reward, answered(row["answer"]), row) == 1.0
+    assert _scores(paper_answer_reward, answered(row["solution"]), row) == Levenshtein.ratio(
+        row["solution"], row["answer"]
+    )
+
+
 # ------------------------------------------------------------------------------- paper rewards
 
 
@@ -415,6 +454,14 @@ def test_paper_rewards_equal_the_authors_code(text, ending, solution):
     text += ending
     assert paper_format_reward([text]) == [authors_format(text)]
     assert paper_answer_reward([text], [solution]) == [authors_answer(text, solution)]
+
+
+@given(tagged_text, st.sampled_from(["cup", "Cup", "a", ""]), st.sampled_from([None, "open", ""]))
+@settings(max_examples=200, deadline=None)
+def test_paper_answer_of_open_rows_of_train_builds_is_the_authors(text, solution, fmt):
+    """Train rows carry format/options/answer columns; on open rows the reward stays the authors'."""
+    row = {"solution": solution, "format": fmt, "options": [], "answer": solution, "candidate": ""}
+    assert _scores(paper_answer_reward, text, row) == authors_answer(text, solution)
 
 
 def test_the_authors_rewards_differ_from_a_fullmatch_and_the_first_think():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from datasets import load_from_disk
@@ -42,13 +43,10 @@ def damaged(tinycoco, tmp_path_factory, tiny_builds):
 
 def test_three_train_shards_merge_into_the_one_job_build(tinycoco, damaged, tmp_path):
     ann = tinycoco / "instances.json"
-    config = BuildConfig("train", template_traces=True)
+    config = BuildConfig("train", template_traces=True, formats=("open", "mc4", "mc7", "yesno"))
     whole = build(ann, damaged, tmp_path / "whole", config, num_proc=1)
     assert set(whole.skipped) == {"missing_image", "undecodable_image"}
-    shards = [
-        build(ann, damaged, tmp_path / f"shard{i}", BuildConfig("train", template_traces=True, shard=(i, 3)))
-        for i in range(3)
-    ]
+    shards = [build(ann, damaged, tmp_path / f"shard{i}", replace(config, shard=(i, 3))) for i in range(3)]
     assert all(0 < s.num_rows < whole.num_rows for s in shards)
     assert sum(s.num_rows for s in shards) == whole.num_rows
     assert all(s.thresholds == whole.thresholds for s in shards)  # whole-source statistics everywhere

@@ -277,3 +277,29 @@ def test_eval_callback_logs_during_training(tmp_path, tiny_builds):
         assert 0 < h["grounding/evidence_share"] < 1 and h["grounding/entropy_full"] > 0
         assert h["grounding/collapse_ratio"] > 0
     assert trainer.model.training  # back in training mode
+
+
+def test_sft_targets_answer_what_each_row_asks(tmp_path):
+    """A train build in every format: the SFT completion ends in the row's letter, yes/no or name."""
+    from mpcc.data.build import BuildConfig, build
+    from mpcc.data.options import LETTERS
+    from mpcc.data.render import load_dataset
+    from mpcc.data.synthetic import generate_scenes
+    from mpcc.training.data import load_train_dataset
+
+    generate_scenes(tmp_path / "scenes", num_images=20, seed=0)
+    config = BuildConfig("train", formats=("open", "mc4", "mc7", "yesno"), template_traces=True)
+    scenes, out = tmp_path / "scenes", tmp_path / "train"
+    build(scenes / "instances.json", scenes / "images", out, config, num_proc=1)
+    rows = load_dataset(out).remove_columns("image").to_list()
+    sft = load_train_dataset(str(out), "sft")
+    assert len(sft) == len(rows) and sft.column_names == ["image", "prompt", "completion"]
+    for row, sample in zip(rows, sft.remove_columns("image")):
+        (message,) = sample["completion"]
+        text = message["content"][0]["text"]
+        answer = row["solution"] if row["format"] == "open" else row["answer"]
+        assert sample["prompt"] == row["prompt"]
+        assert text.endswith(f"</think><answer>{answer}</answer>") and row["reasoning"] in text
+        if row["format"] in ("mc4", "mc7"):
+            assert answer in LETTERS and row["options"][LETTERS.index(answer)] == row["solution"]
+    assert {"mc4", "mc7"} & {r["format"] for r in rows}

@@ -7,7 +7,8 @@ Input: a JSON list or JSONL of objects, one trace each. Accepted layouts:
   and the trace under `cot_data` (a string, or an object holding it under `think`, `reasoning`,
   `cot`, `trace` or `text`).
 A trace is either the full answer `<think>…</think><answer>…</answer>` (verified as is) or only the
-reasoning (verified as `<think> {trace}</think><answer>{solution}</answer>`, the form SFT trains on).
+reasoning (verified as `<think> {trace}</think><answer>{solution}</answer>`, the form SFT trains on
+open rows; other rows put their letter or yes/no after the same reasoning).
 Optional provenance fields: `teacher` (or `model`), `prompt_version`, `date`.
 
 Joining: by annotation id when given (a given `image_id` must agree); else by image (id, or file name

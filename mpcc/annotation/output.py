@@ -117,10 +117,7 @@ def write_annotated(
     if rows is not None:
         dataset = dataset.select(rows)
     per_row = [results.get(ann_id, RowResult()).columns() for ann_id in dataset["ann_id"]]
-    features = {
-        **{name: f for name, (f, _) in TRAIN.items()},
-        **{name: f for name, (f, _) in ANNOTATED.items()},
-    }
+    features = {name: f for name, (f, _) in {"reasoning": TRAIN["reasoning"], **ANNOTATED}.items()}
     dataset = dataset.remove_columns([c for c in features if c in dataset.column_names])
     for name, feature in features.items():
         dataset = dataset.add_column(name, [r[name] for r in per_row], feature=feature)

@@ -2,8 +2,9 @@
 
 - `guided`: the teacher sees the masked image, the task, the annotated context and the ground truth,
   and writes the reasoning an observer who does not know the answer could follow to it.
-- `blind`: the teacher gets exactly the student's prompt (the row's `prompt`: no ground truth); only
-  answers that name the hidden object are kept (rejection sampling over `tries` samples).
+- `blind`: the teacher gets exactly the student's prompt (the row's `prompt`: no ground truth; the open
+  question for multiple-choice and yes/no rows); only answers that name the hidden object are kept
+  (rejection sampling over `tries` samples).
 
 Change any wording below -> bump PROMPT_VERSION, so datasets record which traces came from which words.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from mpcc.annotation.config import MODES
 from mpcc.data.masking import FILL_WORDS
+from mpcc.data.prompts import conversation, open_question
 from mpcc.errors import ConfigError
 
 PROMPT_VERSION = "mpcc-annotate-1"
@@ -49,8 +51,12 @@ def guided_messages(row: dict, fill: str) -> list[dict]:
     ]
 
 
-def blind_messages(row: dict) -> list[dict]:
-    """The student's own prompt: the teacher answers the task exactly as the trained model will."""
+def blind_messages(row: dict, fill: str) -> list[dict]:
+    """The student's own prompt: the teacher answers the task as the trained model will. A multiple-choice
+    or yes/no row asks the open question instead: its trace must name the object, which verification
+    checks, and is trained with the row's own answer after it."""
+    if (row.get("format") or "open") != "open":
+        return conversation(open_question(fill))
     return [dict(message) for message in row["prompt"]]
 
 
@@ -58,5 +64,5 @@ def teacher_messages(row: dict, mode: str, fill: str) -> list[dict]:
     if mode == "guided":
         return guided_messages(row, fill)
     if mode == "blind":
-        return blind_messages(row)
+        return blind_messages(row, fill)
     raise ConfigError(f"unknown annotation mode {mode!r}; choose from {MODES}")

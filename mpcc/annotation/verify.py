@@ -1,7 +1,8 @@
 """Whether a teacher's answer is a trace we can train on: our rewards, plus no answer before reasoning.
 
 A trace is trained on as `<think> {reasoning}</think><answer>{solution}</answer>` (SFT's target and the
-prior sample), so it must pass the format and exact-match rewards that grade the policy, and its
+prior sample; a multiple-choice or yes/no row puts its letter or yes/no after the same reasoning), so
+against the solution it must pass the format and exact-match rewards that grade the policy, and its
 reasoning must lead *to* the answer: a trace that names the object in its first sentence teaches the
 model to guess first and justify after, so the check is explicit. Names count in every form the
 exact-match reward accepts (`mpcc.rewards.variants`: plural, synonyms, spacing).

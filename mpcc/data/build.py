@@ -49,6 +49,11 @@ class BuildError(InputError):
     """The build as a whole cannot produce a dataset; nothing was written."""
 
 
+BUILD_FORMATS = ("open", *FORMATS)
+# The authors trained on open questions only; the eval asks open questions from its mc4 rows.
+DEFAULT_FORMATS = {"train": ("open",), "eval": FORMATS}
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """`3/8` -> (3, 8): shard 3 of 8, numbered from 0 like SLURM array task ids."""
     try:
@@ -81,8 +86,8 @@ class BuildConfig:
     """What a build makes: its options (`mpcc prepare --help`) and the record in mpcc_build.json."""
 
     split: str = option(
-        help="train: open-answer rows without the held-out categories; eval: multiple-choice and yes/no "
-        "rows with difficulty levels and an OOD flag",
+        help="train: one row per target (the open question unless --formats says otherwise) without the "
+        "held-out categories; eval: multiple-choice and yes/no rows with difficulty levels and an OOD flag",
         choices=("train", "eval"),
         positional=True,
     )
@@ -95,7 +100,13 @@ class BuildConfig:
         "eval; `none` for no held-out set",
         parse=parse_categories,
     )
-    formats: tuple[str, ...] = option(FORMATS, f"eval: comma-separated of {', '.join(FORMATS)}")
+    formats: tuple[str, ...] | None = option(
+        None,
+        f"question formats, comma-separated of {', '.join(BUILD_FORMATS)} (default: "
+        f"{','.join(DEFAULT_FORMATS['train'])} for train, {','.join(DEFAULT_FORMATS['eval'])} for eval); "
+        "train: each target gets one row in a format drawn among these; eval: one row per format item "
+        "(no open: the evaluation asks it from the mc4 rows)",
+    )
     max_items: int | None = option(
         MPCC_EVAL_SIZE,
         "eval: hidden objects to keep, split over the three levels (MPCC-Eval's size; train builds keep all)",
@@ -109,8 +120,8 @@ class BuildConfig:
     )
     distractors: Path | None = option(
         None,
-        "eval: JSON/JSONL rows {ann_id, confusable: [..], irrelevant: [..]} that replace the computed "
-        "distractors (e.g. a model's guesses)",
+        "JSON/JSONL rows {ann_id, confusable: [..], irrelevant: [..]} that replace the computed "
+        "distractors of multiple-choice and yes/no rows (e.g. a model's guesses)",
     )
     mpcc_eval: Path | None = option(
         None, "eval: the authors' MPCC-Eval JSON: its items, levels and distractors instead of selecting"
@@ -141,9 +152,18 @@ class BuildConfig:
             raise ConfigError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
         if self.mpcc_eval is not None and self.split != "eval":
             raise ConfigError("an MPCC-Eval file can only define an eval build")
-        unknown = set(self.formats) - set(FORMATS)
-        if unknown or not self.formats:
-            raise ConfigError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+        if self.formats is None:  # frozen: the split's default is recorded like a given value
+            object.__setattr__(self, "formats", DEFAULT_FORMATS[self.split])
+        unknown = set(self.formats) - set(BUILD_FORMATS)
+        if unknown or not self.formats or len(set(self.formats)) != len(self.formats):
+            raise ConfigError(
+                f"formats must be a non-empty subset of {BUILD_FORMATS} without repeats, got {self.formats}"
+            )
+        if self.split == "eval" and "open" in self.formats:
+            raise ConfigError(
+                "eval builds have no `open` format: the evaluation derives each item's open question from "
+                "its mc4 row (`mpcc eval --formats open`); build eval with mc4 instead"
+            )
         if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
             raise ConfigError(f"shard must be (index, count) with 0 <= index < count, got {self.shard}")
 
@@ -274,6 +294,7 @@ def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceSta
         )
 
     supplied = load_supplied_distractors(config.distractors) if config.distractors else {}
+    needs_distractors = config.formats != ("open",)
     rows: dict[int, list[dict]] = {}
     distractors: dict[int, Distractors] = {}
     for ann in targets:
@@ -286,7 +307,7 @@ def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceSta
         row["predictability"] = predictability
         row["difficulty_score"] = difficulty_score(predictability, len(others), row["area_frac"])
         rows[ann["id"]] = [row]
-        if config.split == "eval":
+        if needs_distractors:
             rng = random.Random(f"{config.seed}:distractors:{ann['id']}")
             d = compute_distractors(probs, stats.names, stats.supercategories, row["category"], present, rng)
             given = fixed[ann["id"]].distractors if ann["id"] in fixed else None
@@ -310,20 +331,18 @@ def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceSta
         )
 
     if config.split == "train":
-        for (row,) in rows.values():
-            row["prompt"] = prompts.conversation(prompts.open_question(config.mask.fill))
-            row["reasoning"] = (
-                template_trace(row["context"], row["solution"], seed=config.seed * 1_000_003 + row["ann_id"])
-                if config.template_traces
-                else None
-            )
+        rows = {t["id"]: _train_rows(rows[t["id"]][0], distractors, config, rejected) for t in targets}
     else:
         if not fixed:
             targets = _choose_eval_items(targets, rows, config, rejected)
         rows = {
             t["id"]: _eval_rows(rows[t["id"]][0], distractors[t["id"]], config, rejected) for t in targets
         }
-        targets = [t for t in targets if rows[t["id"]]]
+    targets = [t for t in targets if rows[t["id"]]]
+    if not targets:
+        raise BuildError(
+            f"no target can be asked in the formats {','.join(config.formats)} (rejected: {dict(rejected)})"
+        )
     return Plan(rows, targets, thresholds, rejected), stats
 
 
@@ -352,23 +371,64 @@ def _choose_eval_items(targets: list[dict], rows: dict, config: BuildConfig, rej
     return sorted(chosen, key=lambda t: (t["image_id"], t["id"]))
 
 
+def _train_rows(row: dict, distractors: dict, config: BuildConfig, rejected: Counter) -> list[dict]:
+    """The target's one row (traces are keyed by ann_id), in a format drawn uniformly among the requested
+    ones it has distractors for; [] when it has none. Options are shuffled as in an eval build."""
+    rng = random.Random(f"{config.seed}:format:{row['ann_id']}")
+    items = {fmt: _items(row, distractors.get(row["ann_id"]), fmt, config.seed) for fmt in config.formats}
+    possible = [fmt for fmt in config.formats if items[fmt]]
+    if not possible:
+        rejected[f"too_few_distractors_{'_or_'.join(config.formats)}"] += 1
+        return []
+    fmt = rng.choice(possible)
+    item = rng.choice(items[fmt])  # yesno: the answer's row or one of the 4 negatives'
+    return [
+        {
+            **row,
+            "format": fmt,
+            "options": item["options"],
+            "answer": item["answer"],
+            "candidate": item["candidate"],
+            "prompt": prompts.conversation(_question(fmt, config.mask.fill, item)),
+            "reasoning": (
+                template_trace(row["context"], row["solution"], seed=config.seed * 1_000_003 + row["ann_id"])
+                if config.template_traces
+                else None
+            ),
+        }
+    ]
+
+
+def _items(row: dict, d: Distractors | None, fmt: str, seed: int) -> list[dict]:
+    """A target's items of one format: the open question's, or make_items' ([] without enough
+    distractors), shuffled with the same seed in train and eval builds."""
+    if fmt == "open":
+        return [{"options": [], "answer": row["solution"], "candidate": ""}]
+    return make_items(row["category"], d, fmt, random.Random(f"{seed}:{fmt}:{row['ann_id']}"))
+
+
+def _question(fmt: str, fill: str, item: dict) -> str:
+    """The question of one format item, as the model sees it."""
+    if fmt == "open":
+        return prompts.open_question(fill)
+    if fmt == "yesno":
+        return prompts.yesno_question(fill, item["candidate"])
+    return prompts.choice_question(fill, item["options"])
+
+
 def _eval_rows(row: dict, d: Distractors, config: BuildConfig, rejected: Counter) -> list[dict]:
     out = []
     for fmt in config.formats:
-        items = make_items(row["category"], d, fmt, random.Random(f"{config.seed}:{fmt}:{row['ann_id']}"))
+        items = _items(row, d, fmt, config.seed)
         if not items:
             rejected[f"too_few_distractors_{fmt}"] += 1
         for item in items:
-            if fmt == "yesno":
-                question = prompts.yesno_question(config.mask.fill, item["candidate"])
-            else:
-                question = prompts.choice_question(config.mask.fill, item["options"])
             out.append(
                 {
                     **row,
                     **item,
                     "format": fmt,
-                    "prompt": prompts.conversation(question),
+                    "prompt": prompts.conversation(_question(fmt, config.mask.fill, item)),
                     "item_id": f"{row['image_id']}-{row['ann_id']}",
                     "in_distribution": row["category"] not in config.ood_categories,
                     "distractors": {

@@ -1,6 +1,6 @@
 """A static HTML preview of a built MPCC dataset, so a person can eyeball a build before training on it.
 
-For a few rows, spread over difficulty levels (and question formats for eval), the page shows the
+For a few rows, spread over difficulty levels (and question formats), the page shows the
 original image with the hidden target's mask outline and box, the masked image the model sees, the
 question, the options with the correct one highlighted, the solution and the difficulty. Only the
 chosen rows are decoded, so previewing a large build stays cheap.
@@ -20,9 +20,10 @@ import numpy as np
 from datasets import Dataset
 from PIL import Image, ImageDraw
 
+from mpcc.data.build import BUILD_FORMATS
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import decode, dilate
-from mpcc.data.options import FORMATS, LETTERS
+from mpcc.data.options import LETTERS
 from mpcc.data.render import build_record, load_dataset
 from mpcc.errors import ConfigError, InputError
 from mpcc.options import option
@@ -217,7 +218,7 @@ def _e(value) -> str:
 
 def _options_html(row: dict) -> str:
     fmt = row.get("format")
-    if not fmt:
+    if not fmt or fmt == "open":
         return f'<p class="answer">answer (open): <b>{_e(row["category"])}</b></p>'
     items = []
     kinds = row.get("option_kinds") or []
@@ -316,7 +317,7 @@ def _page(
         _counts_html("difficulty", levels, LEVELS),
     ]
     if formats is not None:
-        rows.append(_counts_html("format", formats, FORMATS))
+        rows.append(_counts_html("format", formats, BUILD_FORMATS))
     if ood is not None:
         rows.append(f"<tr><th>out-of-distribution rows</th><td>{ood}</td></tr>")
     rows.append(f"<tr><th>originals</th><td>{_e(images_dir) if images_dir else 'unknown'}</td></tr>")
@@ -366,8 +367,9 @@ def write_preview(
     dataset_dir = Path(dataset_dir).resolve()
     ds = load_dataset_dir(dataset_dir)
     originals = Path(images_dir).resolve() if images_dir is not None else _build_images_dir(dataset_dir)
-    is_eval = "format" in ds.column_names
-    light = ds.select_columns(["difficulty"] + (["format", "in_distribution"] if is_eval else [])).to_dict()
+    # eval builds and train builds since the formats option have `format`; only eval builds flag OOD
+    optional = [c for c in ("format", "in_distribution") if c in ds.column_names]
+    light = ds.select_columns(["difficulty", *optional]).to_dict()
     chosen = choose_rows(light["difficulty"], light.get("format"), num, seed)
 
     out = Path(out_dir)
@@ -388,8 +390,8 @@ def write_preview(
         dataset_dir,
         len(ds),
         Counter(light["difficulty"]),
-        Counter(light["format"]) if is_eval else None,
-        sum(1 for v in light["in_distribution"] if v is False) if is_eval else None,
+        Counter(light["format"]) if "format" in light else None,
+        sum(1 for v in light["in_distribution"] if v is False) if "in_distribution" in light else None,
         originals,
         seed,
         cards,

@@ -1,7 +1,8 @@
 """The columns of MPCC datasets, documented once. The README's schema table is this dict.
 
-Train and eval share the common columns; eval rows add the question format and answer columns;
-annotated train builds add the trace's verification and provenance columns.
+Train and eval share the common columns; both add the question format and answer columns (train: one
+row per target, eval: one per format item); annotated train builds add the trace's verification and
+provenance columns.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ COMMON = {
     "category": (Value("string"), "hidden category name"),
     "category_id": (Value("int32"), "COCO category id"),
     "supercategory": (Value("string"), "COCO supercategory"),
-    "solution": (Value("string"), "ground truth the rewards compare against (the category name)"),
+    "solution": (
+        Value("string"),
+        "the category name: the ground truth of open questions (multiple-choice and yes/no rows are graded "
+        "by `answer`)",
+    ),
     "context": (List(Value("string")), "categories of the other annotated instances, sorted, unique"),
     "context_ann_ids": (List(Value("int64")), "annotation ids of the other instances in the image"),
     "predictability": (
@@ -38,7 +43,15 @@ COMMON = {
     "difficulty": (Value("string"), "easy / middle / hard (thresholds from the training build)"),
     "prompt": (List(_MESSAGE), "chat messages (system + user with an image placeholder), as TRL expects"),
 }
+# Train builds ask one question per target; builds before these columns existed ask the open one.
 TRAIN = {
+    "format": (Value("string"), "open / mc4 / mc7 / yesno: the question the row asks (`--formats`)"),
+    "options": (List(Value("string")), "option texts in letter order (mc), ['yes', 'no'] (yesno), or []"),
+    "answer": (
+        Value("string"),
+        "what the model is trained to answer: the correct letter (mc), yes / no, or the solution (open)",
+    ),
+    "candidate": (Value("string"), "category asked about (yesno only, else empty)"),
     "reasoning": (
         Value("string"),
         "reasoning trace (the text of the think block) for SFT and prior sampling, or null",

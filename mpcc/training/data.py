@@ -12,7 +12,7 @@ from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError, InputError
-from mpcc.rewards import trace_completion
+from mpcc.rewards import target_answer, trace_completion
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _sft_rows(dataset: Dataset, path: Path) -> Dataset:
     keep = ["image", "prompt", "completion"]
 
     def to_sft(row: dict) -> dict:
-        text = trace_completion(row["reasoning"], row["solution"])
+        text = trace_completion(row["reasoning"], target_answer(row))
         return {"completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}]}
 
     dataset = dataset.map(to_sft)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mpcc.errors import ConfigError
-from mpcc.rewards import REWARDS, trace_completion
+from mpcc.rewards import REWARDS, target_answer, trace_completion
 from mpcc.training.grpo import MpccGRPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -195,8 +195,9 @@ class PriorSamplingGRPOTrainer(MpccGRPOTrainer):
         return None
 
     def _trace_ids(self, row: dict) -> list[int]:
-        """The trace's tokens + EOS, never cut: a truncated trace would teach a wrong, unrewarded answer."""
-        text = trace_completion(row["reasoning"], row["solution"])
+        """The trace's tokens + EOS, never cut: a truncated trace would teach a wrong, unrewarded answer.
+        It answers what the row asks (a letter, yes/no or the name: `target_answer`)."""
+        text = trace_completion(row["reasoning"], target_answer(row))
         ids = self._tokenizer.encode(text, add_special_tokens=False) + [self.eos_token_ids[0]]
         if len(ids) > self.max_completion_length and not self._warned_long:
             logger.warning(
