@@ -1,43 +1,75 @@
-"""The main job end to end on the embedded default: synthetic scenes (with reasoning traces written by
-the scene generator) -> MPCC train build, traces imported and verified like any teacher's -> eval build
--> preview -> SFT on the traces -> GRPO with prior sampling, with the tiny offline model -> evaluation
-of that checkpoint (with the blind and shape diagnostics, and the step-level crm and evidence ones).
+"""The main job end to end on the embedded default, as a comparison of the methods.
 
-Each stage writes under one work directory and is skipped when its output is already there, so
-re-running the demo resumes instead of redoing.
+Synthetic scenes (with reasoning traces written by the scene generator) -> MPCC train build in every
+question format, traces imported and verified like any teacher's -> eval build -> preview -> SFT of a
+tiny offline model on the traces -> from that SFT checkpoint, GRPO with prior sampling and plain GRPO
+(same recipe settings, seed and steps) -> evaluation of the start model and the three results on the
+same items -> one comparison (chart and tables by format and level, learning curves of the generated
+samples' reward) -> export of the prior-sampling checkpoint.
+
+Each stage prints what it does, where its output goes and how long it took; it is skipped when its
+output is already there, so re-running the demo resumes instead of redoing.
 """
 
 from __future__ import annotations
 
-import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mpcc.annotation.importing import import_traces
 from mpcc.data.build import BuildConfig, build
+from mpcc.data.options import FORMATS
 from mpcc.data.preview import write_preview
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
+from mpcc.evaluation.charts import reward_curve_chart
 from mpcc.evaluation.config import EVAL_FORMATS, Decoding, EvalConfig
-from mpcc.evaluation.harness import run_eval
+from mpcc.evaluation.harness import METRICS, compare_runs, run_eval
+from mpcc.export import export
 from mpcc.options import option
 from mpcc.train import main as train_main
+from mpcc.training.curves import generated_reward, learning_table, log_history
 
-logger = logging.getLogger(__name__)
+START = "tiny:qwen2_5_vl"
+# run name (also its recipe's name) -> (what the demo calls it, the run it starts from; None: START)
+TRAINED = {
+    "sft": ("SFT on the traces", None),
+    "grpo_prior": ("GRPO with prior sampling", "sft"),
+    "grpo": ("plain GRPO", "sft"),
+}
+CURVES = "learning_curves.png"
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """`mpcc demo`: synthetic scenes with reasoning traces -> MPCC train set (traces imported and verified)
-    + eval set -> visual preview -> SFT -> GRPO with prior sampling (tiny offline model, CPU) -> eval."""
+    """`mpcc demo`: synthetic scenes with reasoning traces -> MPCC train set in every format (traces
+    imported and verified) + eval set -> preview -> SFT of a tiny offline model (CPU), then from it GRPO
+    with prior sampling and plain GRPO -> eval of all four on the same items -> comparison -> export."""
 
     out: Path = option(Path("runs/demo"), "work directory")
     num_images: int = option(240, "synthetic scenes", minimum=2)
     seed: int = option(0, "seed", minimum=0)
     sft_steps: int = option(150, "SFT steps on the traces", minimum=1)
-    grpo_steps: int = option(30, "then GRPO + prior sampling steps", minimum=1)
+    grpo_steps: int = option(100, "steps of each GRPO run (with prior sampling, plain)", minimum=1)
+    eval_items: int = option(60, "eval items (hidden objects), each asked in every format", minimum=1)
     recipes: str = option(
-        "tiny", "where sft.yaml and grpo_prior.yaml are: a directory, or a packaged recipe folder's name"
+        "tiny", "where sft.yaml, grpo_prior.yaml and grpo.yaml are: a directory, or a packaged recipe folder"
     )
+
+
+def _stages(stages: list[tuple[str, Path, Callable[[], bool], Callable[[], object]]]) -> None:
+    """Run (what, where, done, work) in order: a numbered line before each, its time after; a stage
+    whose output is already there is reported and skipped."""
+    for k, (what, where, done, work) in enumerate(stages, 1):
+        head = f"[{k}/{len(stages)}] {what}"
+        if done():
+            print(f"{head}: already done, in {where}", flush=True)
+            continue
+        print(f"{head} -> {where}", flush=True)
+        start = time.monotonic()
+        work()
+        print(f"[{k}/{len(stages)}] done in {time.monotonic() - start:.0f} s", flush=True)
 
 
 def run_demo(
@@ -46,90 +78,157 @@ def run_demo(
     seed: int = DemoConfig.seed,
     sft_steps: int = DemoConfig.sft_steps,
     grpo_steps: int = DemoConfig.grpo_steps,
+    eval_items: int = DemoConfig.eval_items,
     recipes: str | Path = DemoConfig.recipes,
 ) -> dict[str, Path]:
     """Train scenes and held-out eval scenes (half as many, another seed), as COCO has train and val;
-    then `sft_steps` SFT steps and `grpo_steps` GRPO-with-prior-sampling steps from the SFT checkpoint;
-    then an evaluation of that checkpoint on the eval set. `recipes` holds sft.yaml and grpo_prior.yaml:
-    a directory, or a packaged recipe folder's name."""
+    SFT of the tiny start model, then GRPO with prior sampling and plain GRPO from the SFT checkpoint,
+    on the same train set; the start and the three results evaluated on the same `eval_items` items;
+    their comparison in `out/compare`; the prior-sampling checkpoint exported to `out/export`."""
+    import datasets
+
+    datasets.disable_progress_bars()  # the stage lines say what is built; the trainers keep their bars
     out = Path(out)
-    paths = {
-        "train_build": out / "data" / "train_build",
+    scenes = {"train": out / "scenes" / "train", "val": out / "scenes" / "val"}
+    data = {
+        "build": out / "data" / "train_build",
         "train": out / "data" / "train",
         "eval": out / "data" / "eval",
-        "preview": out / "preview",
-        "sft": out / "sft",
-        "grpo_prior": out / "grpo_prior",
-        "report": out / "eval",
     }
-    scenes = {
-        "train": (out / "scenes" / "train", num_images, seed),
-        "eval": (out / "scenes" / "val", max(1, num_images // 2), seed + 1),
-    }
-    for split, (where, n, scene_seed) in scenes.items():
-        wanted = [where / "instances.json"] + ([where / TRACES_FILE] if split == "train" else [])
-        if not all(f.is_file() for f in wanted):
-            logger.info("demo: drawing %d synthetic %s scenes into %s", n, split, where)
-            generate_scenes(where, num_images=n, seed=scene_seed, traces=split == "train")
-    train_scenes, eval_scenes = scenes["train"][0], scenes["eval"][0]
-    if not paths["train_build"].is_dir():
-        logger.info("demo: MPCC train set -> %s", paths["train_build"])
-        build(
-            train_scenes / "instances.json",
-            train_scenes / "images",
-            paths["train_build"],
-            BuildConfig("train", seed=seed),
-        )
-    if not paths["train"].is_dir():
-        imported = import_traces(train_scenes / TRACES_FILE, paths["train_build"], paths["train"])
+    evals = {name: out / "eval" / name for name in ("start", *TRAINED)}
+    paths = {**data, "preview": out / "preview", **{n: out / n for n in TRAINED}, "compare": out / "compare"}
+    paths["export"] = out / "export"
+
+    def draw_scenes():
+        generate_scenes(scenes["train"], num_images=num_images, seed=seed, traces=True)
+        generate_scenes(scenes["val"], num_images=max(1, num_images // 2), seed=seed + 1, traces=False)
+
+    def train_set():
+        formats = ("open", *FORMATS)
+        if not (data["build"] / "mpcc_build.json").is_file():  # resumed after the build: import only
+            build(
+                scenes["train"] / "instances.json",
+                scenes["train"] / "images",
+                data["build"],
+                BuildConfig("train", seed=seed, formats=formats),
+            )
+        imported = import_traces(scenes["train"] / TRACES_FILE, data["build"], data["train"])
         print(
-            f"traces: kept {imported.counts['kept']} of {imported.counts['rows']} train rows "
-            f"(rejected: {imported.counts['rejected'] or 'none'})",
+            f"  traces: kept {imported.counts['kept']} of {imported.counts['rows']} rows "
+            f"(rejected: {imported.counts['rejected'] or 'none'}); formats {', '.join(formats)}",
             flush=True,
         )
-    if not paths["eval"].is_dir():
-        logger.info("demo: MPCC eval set -> %s", paths["eval"])
+
+    def eval_set():
         build(
-            eval_scenes / "instances.json",
-            eval_scenes / "images",
-            paths["eval"],
-            BuildConfig("eval", seed=seed, stats=paths["train"]),
+            scenes["val"] / "instances.json",
+            scenes["val"] / "images",
+            data["eval"],
+            BuildConfig("eval", seed=seed, stats=data["train"]),
         )
-    page = write_preview(paths["eval"], paths["preview"], num=24, seed=seed)
-    print(f"data: train {paths['train']}, eval {paths['eval']}\npreview: {page}", flush=True)
-    # Scene traces take about 47 tokens of the tiny tokenizer (up to 69; longer ones are kept whole).
-    stages = {
-        "sft": ("tiny:qwen2_5_vl", sft_steps, []),
-        "grpo_prior": (str(paths["sft"]), grpo_steps, ["--max_completion_length", "64"]),
-    }
-    for stage, (model, steps, extra) in stages.items():
-        if not (paths[stage] / "model.safetensors").is_file():
-            logger.info("demo: %s for %d steps -> %s", stage, steps, paths[stage])
-            train_main(
-                [
-                    str(Path(recipes) / f"{stage}.yaml"),  # a file, else a packaged recipe's name
-                    "--model_name_or_path",
-                    model,
-                    "--dataset_path",
-                    str(paths["train"]),
-                    "--output_dir",
-                    str(paths[stage]),
-                    "--max_steps",
-                    str(steps),
-                    "--save_strategy",
-                    "no",
-                    "--seed",
-                    str(seed),
-                    *extra,
-                ]
+
+    def start(name: str) -> str:
+        return START if TRAINED[name][1] is None else str(paths[TRAINED[name][1]])
+
+    def train(name: str, steps: int):
+        train_main(
+            [
+                str(Path(recipes) / f"{name}.yaml"),  # a file, else a packaged recipe's name
+                "--model_name_or_path",
+                start(name),
+                "--dataset_path",
+                str(data["train"]),
+                "--output_dir",
+                str(paths[name]),
+                "--max_steps",
+                str(steps),
+                "--save_strategy",
+                "no",
+                "--seed",
+                str(seed),
+                # scene traces: about 47 tokens of the tiny tokenizer (up to 69; longer ones are kept whole)
+                *([] if name == "sft" else ["--max_completion_length", "64"]),
+            ]
+        )
+
+    def evaluate(name: str):
+        model = START if name == "start" else str(paths[name])
+        config = EvalConfig(
+            formats=EVAL_FORMATS,
+            diagnostics=("blind", "shape", "crm", "evidence"),
+            limit=eval_items,
+            decoding=Decoding(max_new_tokens=64),
+        )
+        run_eval(model, data["eval"], evals[name], config)
+
+    def compare():
+        compare_runs(list(evals.values()), paths["compare"])
+        histories = {TRAINED[n][0]: log_history(paths[n]) for n in ("grpo_prior", "grpo")}
+        with open(paths["compare"] / "compare.md", "a", encoding="utf-8") as f:
+            f.write(f"\n## Learning curves\n\n{learning_table(histories)}\n![learning curves]({CURVES})\n")
+        curves = {name: generated_reward(history) for name, history in histories.items()}
+        reward_curve_chart(curves, paths["compare"] / CURVES)  # last: it marks the stage done
+
+    def ready(path: Path, marker: str) -> Callable[[], bool]:
+        return lambda: (path / marker).is_file()
+
+    stages = [
+        (
+            "draw synthetic scenes (train with traces, held-out val)",
+            out / "scenes",
+            lambda: (
+                (scenes["train"] / TRACES_FILE).is_file() and (scenes["val"] / "instances.json").is_file()
+            ),
+            draw_scenes,
+        ),
+        (
+            "build the MPCC train set in every format and import the scenes' traces",
+            data["train"],
+            ready(data["train"], "mpcc_build.json"),
+            train_set,
+        ),
+        (
+            "build the MPCC eval set (levels from the train set's statistics)",
+            data["eval"],
+            ready(data["eval"], "mpcc_build.json"),
+            eval_set,
+        ),
+        (
+            "write a visual preview of the eval set",
+            paths["preview"],
+            ready(paths["preview"], "index.html"),
+            lambda: write_preview(data["eval"], paths["preview"], num=24, seed=seed),
+        ),
+        *[
+            (
+                f"{TRAINED[name][0]} from {start(name)}, {steps} steps",
+                paths[name],
+                ready(paths[name], "trainer_state.json"),
+                lambda name=name, steps=steps: train(name, steps),
             )
-    print(f"checkpoints: SFT {paths['sft']}, GRPO with prior sampling {paths['grpo_prior']}")
-    config = EvalConfig(
-        formats=EVAL_FORMATS,
-        diagnostics=("blind", "shape", "crm", "evidence"),
-        limit=60,
-        decoding=Decoding(max_new_tokens=64),
+            for name, steps in (("sft", sft_steps), ("grpo_prior", grpo_steps), ("grpo", grpo_steps))
+        ],
+        *[
+            (
+                f"evaluate {START if name == 'start' else name} on {eval_items} items",
+                where,
+                ready(where, METRICS),
+                lambda name=name: evaluate(name),
+            )
+            for name, where in evals.items()
+        ],
+        ("compare the four models", paths["compare"], ready(paths["compare"], CURVES), compare),
+        (
+            "export the prior-sampling model with its eval results",
+            paths["export"],
+            ready(paths["export"], "config.json"),
+            lambda: export(paths["grpo_prior"], paths["export"], eval_run=evals["grpo_prior"]),
+        ),
+    ]
+    _stages(stages)
+    print(
+        f"comparison: {paths['compare'] / 'compare.md'} (charts: accuracy.png, {CURVES})\n"
+        f"preview: {paths['preview'] / 'index.html'}; reports: {out / 'eval'}/*/report.html",
+        flush=True,
     )
-    run_eval(str(paths["grpo_prior"]), paths["eval"], paths["report"], config)
-    print(f"eval report: {paths['report'] / 'report.md'} (chart: {paths['report'] / 'accuracy.png'})")
-    return paths
+    return {**paths, **{f"eval_{n}": p for n, p in evals.items()}}

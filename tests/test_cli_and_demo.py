@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 from mpcc.cli import main
 from mpcc.data.render import load_dataset
 from mpcc.data.schema import markdown_table
@@ -95,41 +97,59 @@ def test_bad_option_values_exit_with_a_message(tinycoco, tmp_path, capsys):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """The README demo, smaller: scenes -> train + eval builds -> preview -> SFT -> GRPO with prior."""
+    """The README demo, smaller: scenes -> train set in every format + eval set -> preview -> SFT, GRPO
+    with prior sampling, plain GRPO -> the start and the three evaluated on the same items -> comparison
+    -> export; every stage announced with its output."""
     env = {**os.environ, "MPCC_CACHE": str(tmp_path / "cache")}
-    command = [
-        sys.executable,
-        "-m",
-        "mpcc",
-        "demo",
-        "--out",
-        str(tmp_path),
-        "--num-images",
-        "40",
-        "--sft-steps",
-        "2",
-        "--grpo-steps",
-        "2",
-    ]
+    command = [sys.executable, "-m", "mpcc", "demo", "--out", str(tmp_path), "--num-images", "40"]
+    command += ["--sft-steps", "2", "--grpo-steps", "2", "--eval-items", "4"]
     # from outside the checkout: the default recipes are the packaged ones
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "preview:" in proc.stdout and "checkpoints:" in proc.stdout
+    stages = re.findall(r"^\[(\d+)/(\d+)\] (.*) -> (\S+)$", proc.stdout, re.M)
+    assert [int(k) for k, *_ in stages] == list(range(1, 14)) and {n for _, n, *_ in stages} == {"13"}
+    assert all(Path(where).exists() for *_, where in stages)  # every stage's output is where it said
+    assert len(re.findall(r"^\[\d+/13\] done in \d+ s$", proc.stdout, re.M)) == 13
+    assert "Setting accelerator to CPU" not in proc.stdout + proc.stderr
     train, evald = load_dataset(tmp_path / "data" / "train"), load_dataset(tmp_path / "data" / "eval")
     assert len(train) > 20 and len(evald) > 20 and all(train["reasoning"])
+    assert set(train["format"]) == {"open", "mc4", "mc7", "yesno"}
     # the scene generator's traces, imported and verified like a teacher's
     assert all(train["reasoning_verified"]) and set(train["reasoning_mode"]) == {"import"}
     assert "traces: kept" in proc.stdout
     assert (tmp_path / "preview" / "index.html").is_file()
-    for stage in ("sft", "grpo_prior"):
+    for stage in ("sft", "grpo_prior", "grpo"):
         assert (tmp_path / stage / "model.safetensors").is_file(), stage
-    assert "eval report:" in proc.stdout
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics["diagnostics"]) == {"blind", "shape"}
-    assert {"evidence", "uncertainty", "crm"} == set(metrics["grounding"])
-    report = (tmp_path / "eval" / "report.md").read_text()
-    assert "## Step-level grounding" in report and (tmp_path / "eval" / "grounding.png").is_file()
-    assert (tmp_path / "eval" / "accuracy.png").is_file()
+        assert (tmp_path / stage / "trainer_state.json").is_file(), stage
+    runs = ("start", "sft", "grpo_prior", "grpo")
+    metrics = {run: json.loads((tmp_path / "eval" / run / "metrics.json").read_text()) for run in runs}
+    assert len({m["items"] for m in metrics.values()}) == 1 and metrics["start"]["items"] == 4  # same items
+    for m in metrics.values():
+        assert set(m["per_format"]) == {"mc4", "mc7", "yesno", "open"}
+        assert set(m["diagnostics"]) == {"blind", "shape"} and {"evidence", "uncertainty", "crm"} == set(
+            m["grounding"]
+        )
+    report = (tmp_path / "eval" / "grpo_prior" / "report.md").read_text()
+    assert (
+        "## Step-level grounding" in report and (tmp_path / "eval" / "grpo_prior" / "grounding.png").is_file()
+    )
+    compared = (tmp_path / "compare" / "compare.md").read_text()
+    assert "## Accuracy by format" in compared and "## Accuracy by level and format" in compared
+    assert all(f"| {run} |" in compared for run in runs)
+    assert re.search(
+        r"^\| GRPO with prior sampling \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| 2 \|$", compared, re.M
+    )
+    assert re.search(r"^\| plain GRPO \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| 2 \|$", compared, re.M)
+    for chart in ("accuracy.png", "learning_curves.png"):
+        with Image.open(tmp_path / "compare" / chart) as image:
+            assert image.format == "PNG"
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    assert "## Evaluation (`mpcc eval`)" in (tmp_path / "export" / "README.md").read_text()  # its card
+    assert "comparison:" in proc.stdout
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(re.findall(r"^\[\d+/13\] .*: already done, in \S+$", again.stdout, re.M)) == 13
 
 
 def test_readme_commands_and_ci_agree():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,14 +46,11 @@ def _save(fig, ax, out: str | Path) -> Path:
     return out
 
 
-def _lines(
-    series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str, unit_x: bool = True
-) -> Path:
+def _lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for name, (xs, ys) in series.items():
         ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", markersize=3, label=name)
-    if unit_x:
-        ax.set_xlim(0, 1)
+    ax.set_xlim(0, 1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return _save(fig, ax, out)
@@ -68,6 +66,14 @@ def risk_coverage_chart(curves: dict[str, tuple[list, list]], out: str | Path) -
     return _lines(curves, out, "coverage (answers kept, most confident first)", "risk (error rate)")
 
 
-def reward_curve_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:
-    """Mean reward of the generated samples vs training step, one line per run (learning curves)."""
-    return _lines(curves, out, "training step", "mean reward of generated samples", unit_x=False)
+def reward_curve_chart(curves: dict[str, tuple[list, list]], out: str | Path, window: int = 10) -> Path:
+    """Mean reward of the generated samples vs training step, one colour per run: each step as a faint
+    dot (a step's few groups make it noisy), the mean of the last `window` steps as the line."""
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, (xs, ys) in curves.items():
+        (dots,) = ax.plot(xs, ys, ".", alpha=0.35)
+        running = [float(np.mean(ys[max(0, i + 1 - window) : i + 1])) for i in range(len(ys))]
+        ax.plot(xs, running, color=dots.get_color(), label=f"{name} (mean of the last {window} steps)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean reward of generated samples")
+    return _save(fig, ax, out)
