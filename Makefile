@@ -26,8 +26,12 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check mpcc tests benchmarks
 
+# Two workers (pytest-xdist), each test file whole on one worker: on 2 cores the suite's single-threaded
+# parts (imports, subprocess start-up, data building) overlap. `make test WORKERS=0` runs it in one process.
+WORKERS ?= 2
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile
 
 # What mpcc writes, loaded by stock transformers + torchvision without mpcc (tests/test_stock_transformers.py),
 # in a second venv: torchvision cannot sit beside the CPU torch (about 5.5 GB: a CUDA build of torch).

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from ports import free_port
 
 from mpcc.annotation.annotate import annotate, request_seed
 from mpcc.annotation.config import AnnotateConfig
@@ -39,12 +39,6 @@ from mpcc.models import resolve_model_path
 DECODING = Decoding(max_new_tokens=16, do_sample=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """`transformers serve` with the tiny model on loopback. The model's files name the stock processor
@@ -54,7 +48,7 @@ def served(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPCC_CACHE", str(cache))
         model = resolve_model_path("tiny:qwen2_5_vl")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     code = (
         "import sys, transformers.models.qwen2_5_vl as stock, mpcc.models as m; "

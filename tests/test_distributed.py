@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "grpo_prior.yaml"
@@ -54,7 +55,8 @@ def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory):
         "PYTHONUNBUFFERED": "1",
     }
     out = tmp_path / "out"
-    command = [*LAUNCHERS[launcher], "-m", "mpcc.train", str(RECIPE), "--output_dir", str(out), *ARGS]
+    port = ["--master_port" if launcher == "ddp" else "--main_process_port", str(free_port())]
+    command = [*LAUNCHERS[launcher], *port, "-m", "mpcc.train", str(RECIPE), "--output_dir", str(out), *ARGS]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]

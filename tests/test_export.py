@@ -16,6 +16,7 @@ import pytest
 import torch
 from huggingface_hub import CommitInfo, HfApi, ModelCard
 from PIL import Image
+from ports import free_port
 from stock_files import assert_stock_folders
 
 import mpcc.export
@@ -316,7 +317,8 @@ def test_zero3_shards(tmp_path, tmp_path_factory, capsys):
     run = tmp_path / "run"
     zero3 = str(ROOT / "recipes/accelerate/zero3.yaml")
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", zero3,
-              "--num_processes", "2", "--mixed_precision", "no"]  # fmt: skip
+              "--num_processes", "2", "--mixed_precision", "no",
+              "--main_process_port", str(free_port())]  # fmt: skip
     args = [
         "--output_dir",
         str(run),

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from datasets import load_from_disk
+from ports import free_port
 
 from mpcc import train
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
@@ -353,12 +353,6 @@ def _install_slurm() -> None:
             policy.unlink()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SLURM_CONF = """\
 ClusterName=mpcctest
 SlurmctldHost=localhost(127.0.0.1)
@@ -419,7 +413,7 @@ class Cluster:
         (root / "plugstack.conf").write_text("")
         self.conf.write_text(
             SLURM_CONF.format(
-                root=root, ctld_port=_free_port(), slurmd_port=_free_port(), cpus=os.cpu_count() or 1
+                root=root, ctld_port=free_port(), slurmd_port=free_port(), cpus=os.cpu_count() or 1
             )
         )
         munge = root / "munge"
