@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from stock_files import assert_stock_folders
 
 from mpcc.train import build_trainer, main
 from mpcc.training.config import load_recipe
+from mpcc.training.curves import log_history
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
@@ -49,6 +51,13 @@ def test_tiny_recipe_trains_and_saves(recipe, tmp_path, capsys):
     assert_stock_folders(out, out / "checkpoint-4")  # the Trainer's checkpoints too
     steps = [h for h in _history(out) if "loss" in h]
     assert len(steps) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in steps)
+    # the final state beside the model: the learning curves of the whole run (mpcc.training.curves)
+    assert [h["step"] for h in log_history(out) if "loss" in h] == [1, 2, 3, 4]
+    # a use_cpu recipe: DeepSpeed's "no GPU found, using the CPU" notice is dropped, nothing else of it
+    deepspeed = logging.getLogger("DeepSpeed")
+    notice = "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."
+    assert not deepspeed.filter(logging.makeLogRecord({"msg": notice}))
+    assert deepspeed.filter(logging.makeLogRecord({"msg": "Setting ds_accelerator to cpu (override)"}))
 
 
 def test_prior_sampling_one_trace_per_group(tmp_path):
