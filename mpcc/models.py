@@ -359,6 +359,9 @@ def _corpus() -> list[str]:
     lines = _BASE_CORPUS.splitlines()
     names = [c["name"] for c in COCO_CATEGORIES]
     lines += names + [f"<think> The hidden object is a {n}. </think><answer>{n}</answer>" for n in names]
+    # every answer a format asks (letters, yes / no) merges with its tag's ">" as the names do, so
+    # `<answer` is followed by one answer token in every format
+    lines += [f"<answer>{a}</answer>" for a in (*"ABCDEFG", "yes", "no")]
     try:  # the live prompt wording, so prompts tokenize compactly even after edits
         from mpcc.data.masking import FILL_WORDS
         from mpcc.data.prompts import SYSTEM_PROMPT, choice_question, open_question, yesno_question
