@@ -4,6 +4,8 @@ train builds' question formats on synthetic scenes."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -398,3 +400,27 @@ def test_formats_from_the_command_line(scenes, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "--help"])
     assert "(default: open for train, mc4,mc7,yesno for eval)" in " ".join(capsys.readouterr().out.split())
+
+
+# ------------------------------------------------------------------ render processes
+
+
+def test_a_dead_render_process_ends_the_build_with_an_error_not_a_hang(scenes, tmp_path):
+    """A script that builds without `if __name__ == "__main__":`: each spawned render process imports the
+    script, starts a build of its own while bootstrapping and dies. multiprocessing.Pool replaced such
+    workers and waited forever; the build must stop, say why, and leave nothing at --out."""
+    out = tmp_path / "train"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from mpcc.data.build import BuildConfig, build\n"
+        f"build({str(scenes / 'instances.json')!r}, {str(scenes / 'images')!r}, {str(out)!r}, "
+        "BuildConfig('train'), num_proc=2)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode != 0
+    assert (
+        "BuildError: a render process died" in proc.stderr and '`if __name__ == "__main__":`' in proc.stderr
+    )
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["unguarded.py"]

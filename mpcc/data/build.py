@@ -17,6 +17,8 @@ import os
 import random
 import shutil
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -491,8 +493,12 @@ def _rows_with_images(
                 yield {**row, "image": None}
         return
     tasks = list(_render_tasks(source, plan_, config))
-    with get_context("spawn").Pool(procs) if procs > 1 else _InProcess() as pool:
-        results = pool.imap(_render_image, tasks, chunksize=max(1, min(16, len(tasks) // (procs * 8) or 1)))
+    # An executor, not multiprocessing.Pool: a worker that dies (killed, out of memory, or a script
+    # without `if __name__ == "__main__":` whose spawned children rerun it) breaks the pool with an
+    # error, where a Pool replaces the worker and waits forever for its lost results.
+    pool = ProcessPoolExecutor(procs, mp_context=get_context("spawn")) if procs > 1 else _InProcess()
+    try:
+        results = pool.map(_render_image, tasks, chunksize=max(1, min(16, len(tasks) // (procs * 8) or 1)))
         for (image_id, path, targets, *_), (_, result) in tqdm(
             zip(tasks, results), total=len(tasks), desc=f"render {config.split}", unit="img"
         ):
@@ -504,31 +510,40 @@ def _rows_with_images(
                 for row in plan_.rows[ann_id]:
                     counts[row["difficulty"]] += 1
                     yield {**row, "image": {"bytes": result[ann_id], "path": None}}
+    except BrokenProcessPool as e:
+        raise BuildError(
+            f"a render process died ({e}): killed or out of memory? From a script, start the build "
+            'under `if __name__ == "__main__":` (its processes are spawned and import the script); '
+            "nothing was written"
+        ) from e
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 class _InProcess:
-    """The Pool interface for num_proc=1: same code path, no subprocesses."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    """The executor interface for num_proc=1: same code path, no subprocesses."""
 
     @staticmethod
-    def imap(fn, items, chunksize=1):
+    def map(fn, items, chunksize=1):
         return map(fn, items)
+
+    @staticmethod
+    def shutdown(cancel_futures=False):
+        pass
 
 
 @contextlib.contextmanager
-def _full_disk_as_error(out: Path):
-    """A full disk while writing, which `datasets` wraps in a generic DatasetGenerationError, as one line
-    naming the output (the staging directory is removed with everything written into it)."""
+def _build_errors(out: Path):
+    """What `datasets` wraps in a generic DatasetGenerationError, as one line: a full disk while writing
+    (naming the output), or the BuildError the rows' generator raised. The staging directory is removed
+    with everything written into it."""
     try:
         yield
     except Exception as e:
         cause, seen = e, set()
         while cause is not None and not (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
+            if isinstance(cause, BuildError) and cause is not e:  # raised in the rows' generator
+                raise cause from cause.__cause__
             seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__
             cause = None if id(cause) in seen else cause
@@ -571,7 +586,7 @@ def build(
     fingerprint = _fingerprint(asdict(config), _file_digest(source.annotations_path), "v1")
     with staged_output(out, overwrite) as staged:
         per_level: Counter = Counter()
-        with _full_disk_as_error(out):
+        with _build_errors(out):
             dataset = Dataset.from_generator(
                 lambda: _rows_with_images(
                     source, the_plan, config, report, per_level, num_proc or os.cpu_count() or 1
