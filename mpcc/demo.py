@@ -75,6 +75,13 @@ def _stages(stages: list[tuple[str, Path, Callable[[], bool], Callable[[], objec
         print(f"[{k}/{len(stages)}] done in {time.monotonic() - start:.0f} s", flush=True)
 
 
+def _summary(compared: str) -> str:
+    """The comparison's two headline tables (accuracy by format, learning curves), for the terminal."""
+    sections = {part.split("\n", 1)[0]: part for part in compared.split("## ")[1:]}
+    keep = [sections[title] for title in ("Accuracy by format", "Learning curves") if title in sections]
+    return "\n".join("## " + part.split("![")[0].rstrip() + "\n" for part in keep)
+
+
 def run_demo(
     out: str | Path = DemoConfig.out,
     num_images: int = DemoConfig.num_images,
@@ -228,6 +235,7 @@ def run_demo(
         ),
     ]
     _stages(stages)
+    print(_summary((paths["compare"] / "compare.md").read_text(encoding="utf-8")), flush=True)
     print(
         f"comparison: {paths['compare'] / 'compare.md'} (charts: accuracy.png, {CURVES})\n"
         f"preview: {paths['preview'] / 'index.html'}; reports: {out / 'eval'}/*/report.html",

@@ -146,6 +146,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "export" / "model.safetensors").is_file()
     assert "## Evaluation (`mpcc eval`)" in (tmp_path / "export" / "README.md").read_text()  # its card
     assert "comparison:" in proc.stdout
+    # it ends with the comparison's headline tables, printed
+    assert (
+        proc.stdout.index("[13/13] done")
+        < proc.stdout.index("## Accuracy by format")
+        < proc.stdout.index("## Learning curves")
+    )
+    assert "| grpo_prior |" in proc.stdout.split("## Accuracy by format")[1]
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
