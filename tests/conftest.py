@@ -22,6 +22,16 @@ REQUIRE_TINYCOCO = os.environ.get("MPCC_REQUIRE_TINYCOCO") == "1"
 
 datasets.disable_progress_bars()
 
+# Under pytest-xdist (`make test`: two workers) each worker, and what it launches, gets its share of the
+# cores: two workers with one OpenMP thread per core each would oversubscribe them, and spinning
+# threads then wait on each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def pytest_collection_modifyitems(items):
     """Mark every test that needs tinycoco, so `-m real_coco` (or `not real_coco`) selects them."""
