@@ -22,6 +22,7 @@ from mpcc.annotation.importing import import_traces
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.options import FORMATS
 from mpcc.data.preview import write_preview
+from mpcc.data.render import BUILD_FILE
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
 from mpcc.evaluation.charts import reward_curve_chart
 from mpcc.evaluation.config import EVAL_FORMATS, Decoding, EvalConfig
@@ -106,8 +107,8 @@ def run_demo(
         "eval": out / "data" / "eval",
     }
     evals = {name: out / "eval" / name for name in ("start", *TRAINED)}
-    paths = {**data, "preview": out / "preview", **{n: out / n for n in TRAINED}, "compare": out / "compare"}
-    paths["export"] = out / "export"
+    paths = {**data, "preview": out / "preview", **{n: out / n for n in TRAINED}}
+    paths.update(compare=out / "compare", export=out / "export")
 
     def draw_scenes():
         generate_scenes(scenes["train"], num_images=num_images, seed=seed, traces=True)
@@ -115,7 +116,7 @@ def run_demo(
 
     def train_set():
         formats = ("open", *FORMATS)
-        if not (data["build"] / "mpcc_build.json").is_file():  # resumed after the build: import only
+        if not (data["build"] / BUILD_FILE).is_file():  # resumed after the build: import only
             build(
                 scenes["train"] / "instances.json",
                 scenes["train"] / "images",
@@ -193,13 +194,13 @@ def run_demo(
         (
             "build the MPCC train set in every format and import the scenes' traces",
             data["train"],
-            ready(data["train"], "mpcc_build.json"),
+            ready(data["train"], BUILD_FILE),
             train_set,
         ),
         (
             "build the MPCC eval set (levels from the train set's statistics)",
             data["eval"],
-            ready(data["eval"], "mpcc_build.json"),
+            ready(data["eval"], BUILD_FILE),
             eval_set,
         ),
         (

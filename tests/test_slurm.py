@@ -36,6 +36,7 @@ from mpcc.launch import (
     vllm_node,
     vllm_serve_args,
 )
+from mpcc.training.curves import log_history
 from mpcc.training.preemption import PreemptionCallback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +258,7 @@ def test_sigusr1_saves_stops_and_auto_resumes(tmp_path, monkeypatch, caplog):
     caplog.clear()
     assert train.main(common) == 0
     assert f"resuming from {out / 'checkpoint-1'}" in caplog.text
-    history = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    history = log_history(out / "checkpoint-3")
     assert [h["step"] for h in history if "reward" in h] == [1, 2, 3]
     assert (out / "model.safetensors").is_file()
 
@@ -578,7 +579,7 @@ def test_preemption_warning_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert 1 <= step < 8 and f"requeueing job {job}" in first
     assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
     assert f"resuming from {out / f'checkpoint-{step}'}" in second and f"model saved to {out}" in second
-    history = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
+    history = log_history(out / "checkpoint-8")
     assert [h["step"] for h in history if "reward" in h] == list(range(1, 9))
 
 

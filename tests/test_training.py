@@ -25,8 +25,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _history(output_dir: Path) -> list[dict]:
-    state = sorted(output_dir.glob("checkpoint-*/trainer_state.json"))[-1]
-    return json.loads(state.read_text())["log_history"]
+    return log_history(sorted(output_dir.glob("checkpoint-*"))[-1])
 
 
 @pytest.mark.parametrize("recipe", ["sft", "grpo", "grpo_prior"])
