@@ -49,6 +49,18 @@ def _messages(image=None) -> list[dict]:
     ]
 
 
+def test_tiny_tokenizer_gives_every_format_one_answer_token(tiny):
+    """The answer tag's last piece is followed by one token holding `>` and the whole answer, for a
+    letter, yes / no and a category name alike: a tokenizer that merged `>` with names only left a bare
+    `>` before letters, and a model trained on every format then ended open answers right after it."""
+    tokenizer = load_processor(tiny["qwen2_5_vl"]).tokenizer
+    for answer in ("B", "G", "yes", "no", "umbrella"):
+        for text in (f"</think><answer>{answer}</answer>", f"<answer>{answer}</answer>"):
+            tokens = tokenizer.tokenize(text)
+            tag = next(i for i, token in enumerate(tokens) if token.endswith("answer"))
+            assert tokens[tag + 1 : tag + 3] == [f">{answer}", "</"], (text, tokens)
+
+
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_tiny_build_ties_config_to_tokenizer(tiny, arch):
     path = tiny[arch]
