@@ -1,21 +1,32 @@
-# Thin wrapper: a virtualenv in .venv with the CPU build of torch, then the project.
-# GPU users: `make TORCH="torch --index-url https://download.pytorch.org/whl/cu128" test`, or
+# Thin wrapper: a virtualenv in .venv with the versions of requirements.lock (the suite passed on them).
+# torch comes first, from TORCH (the lock's CPU build by default); then the lock without its torch line.
+# GPU users: `make TORCH="torch==2.14.1 --index-url https://download.pytorch.org/whl/cu128" test`, or
 # install torch into .venv first (any build >= 2.13) and `touch .venv/.torch`.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+LOCK := requirements.lock
+TORCH ?= $(or $(shell grep -sE '^torch==' $(LOCK)),torch==2.13.0)  # the second: before a first lock
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint stock-check clean
+.PHONY: setup demo test lint lock test-latest latest-venv stock-check clean
 
-$(VENV)/.torch:
+$(LOCK):
+	@echo "$(LOCK) is missing: run \`make lock\`" >&2; exit 1
+
+$(VENV)/.torch: | $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q $$(grep -E '^pip==' $(LOCK))
 	$(BIN)/pip install -q $(TORCH)
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml
-	$(BIN)/pip install -q -e ".[dev]"
+# The lock must cover pyproject.toml (tools/lock.py check) before anything else is installed from it.
+$(VENV)/.installed: $(VENV)/.torch $(LOCK) pyproject.toml
+	$(BIN)/pip install -q $$(grep -E '^packaging==' $(LOCK))
+	$(BIN)/python tools/lock.py check
+	grep -vE '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
+	$(BIN)/pip install -q -r $(VENV)/lock-without-torch.txt
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 setup: $(VENV)/.installed
@@ -24,7 +35,7 @@ demo: setup
 	$(BIN)/mpcc demo --out runs/demo
 
 lint: setup
-	$(BIN)/ruff check mpcc tests benchmarks
+	$(BIN)/ruff check mpcc tests benchmarks tools
 
 # Two workers (pytest-xdist), each test file whole on one worker: on 2 cores the suite's single-threaded
 # parts (imports, subprocess start-up, data building) overlap. `make test WORKERS=0` runs it in one process.
@@ -32,6 +43,27 @@ WORKERS ?= 2
 
 test: lint
 	$(BIN)/pytest -n $(WORKERS) --dist loadfile
+
+# Drift, checked on purpose: a throwaway virtualenv (never .venv) with the newest versions pyproject.toml
+# allows (torch stays TORCH: the build is the machine's choice). `make test-latest` prints what differs
+# from the lock and runs the suite there; `make lock` writes its versions to the lock.
+LATEST ?= .latest-venv
+
+latest-venv:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q -U pip
+	$(LATEST)/bin/pip install -q $(TORCH)
+	$(LATEST)/bin/pip freeze | grep -E '^torch==' > $(LATEST)/torch.txt
+	$(LATEST)/bin/pip install -q -U --upgrade-strategy eager -c $(LATEST)/torch.txt -e ".[dev]"
+
+test-latest: latest-venv
+	$(LATEST)/bin/python tools/lock.py diff
+	$(LATEST)/bin/ruff check mpcc tests benchmarks tools
+	$(LATEST)/bin/pytest -n $(WORKERS) --dist loadfile
+
+lock: latest-venv
+	$(LATEST)/bin/python tools/lock.py write
 
 # What mpcc writes, loaded by stock transformers + torchvision without mpcc (tests/test_stock_transformers.py),
 # in a second venv: torchvision cannot sit beside the CPU torch (about 5.5 GB: a CUDA build of torch).

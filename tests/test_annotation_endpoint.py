@@ -1,7 +1,7 @@
-"""The endpoint teacher against real HTTP servers on loopback: `transformers serve` running the tiny model
-behind a proxy that fails or stalls requests, a killed CLI run that resumes, servers that always fail
-(teacher errors are reported, not saved, and retried by the next run; a run with no answer at all is an
-error), servers that trickle bytes past the timeout, and answers too long to keep."""
+"""The endpoint teacher against real HTTP servers on loopback: the tiny model served over the OpenAI API
+(tests/openai_server.py) behind a proxy that fails or stalls requests, a killed CLI run that resumes,
+servers that always fail (teacher errors are reported, not saved, and retried by the next run; a run with
+no answer at all is an error), servers that trickle bytes past the timeout, and answers too long to keep."""
 
 from __future__ import annotations
 
@@ -41,30 +41,24 @@ DECODING = Decoding(max_new_tokens=16, do_sample=True)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """`transformers serve` with the tiny model on loopback. The model's files name the stock processor
-    class, which needs torchvision; this machine has none, so the server process gets mpcc's image-only
-    class in its place (a machine with torchvision serves the folder as it is)."""
+    """The tiny model behind a real OpenAI-compatible server on loopback (tests/openai_server.py, mpcc's
+    own generation: no `transformers serve`, whose internals change between releases)."""
     cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPCC_CACHE", str(cache))
         model = resolve_model_path("tiny:qwen2_5_vl")
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    code = (
-        "import sys, transformers.models.qwen2_5_vl as stock, mpcc.models as m; "
-        "stock.Qwen2_5_VLProcessor = m.Qwen2_5_VLImageOnlyProcessor; "
-        "from transformers.cli.transformers import main; sys.exit(main())"
-    )
-    command = [sys.executable, "-c", code, "serve", model, "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, str(Path(__file__).with_name("openai_server.py")), model, "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(cache)}
     with open(log, "w") as out:
-        proc = subprocess.Popen([*command, "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+                f"the test server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
             )
         try:
             if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
@@ -73,7 +67,7 @@ def served(tmp_path_factory):
             pass
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"the test server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
     yield {"url": url, "model": model, "cache": cache}
     proc.terminate()
@@ -182,7 +176,7 @@ def test_retries_and_timeouts_against_a_failing_stalling_server(served, tiny_bui
         start = time.monotonic()
         result = annotate(tiny_builds["train"], tmp_path / "out", teacher, AnnotateConfig(limit=9))
         elapsed = time.monotonic() - start
-    print(f"annotate via flaky transformers serve: 9 rows in {elapsed:.1f} s; {dict(teacher.stats)}")
+    print(f"annotate via a flaky server: 9 rows in {elapsed:.1f} s; {dict(teacher.stats)}")
     stats = teacher.stats
     assert stats["http_500"] == 3 and stats["timeouts"] >= 3 and stats["retries"] >= 6 and not stats["failed"]
     assert len(proxy.first) == 9  # each row's request was new to the proxy once
