@@ -246,7 +246,7 @@ def _hidden(out: Path, kind: str = "") -> Path:
 
 
 def _place(staging: Path, out: Path, overwrite: bool, first_wins: bool) -> None:
-    _set_modes(staging)
+    set_modes(staging)
     _write_marker(
         staging, {"written_by": _command(), "mpcc_version": mpcc.__version__}
     )  # same bytes each run
@@ -346,7 +346,7 @@ def _umask() -> int:
     return mask
 
 
-def _set_modes(root: Path) -> None:
+def set_modes(root: Path) -> None:
     """The modes the user's umask gives new files and directories, for everything under `root`."""
     mask = _umask()
     for folder, _, files in os.walk(root):

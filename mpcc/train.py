@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTTrainer, get_peft_config
+import datasets
+from trl import get_peft_config
 
 from mpcc.errors import InputError, MissingInputError, MpccError, report
 from mpcc.evaluation.callback import EvalCallback
@@ -28,13 +29,16 @@ from mpcc.models import (
     load_processor,
     resolve_model_path,
 )
+from mpcc.outputs import set_modes
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
 from mpcc.training.data import check_training_data, load_train_dataset
 from mpcc.training.grpo import MpccGRPOTrainer
+from mpcc.training.output_dir import CompleteCheckpoints, claim, is_complete, newest_complete, resume_point
 from mpcc.training.preemption import PreemptionCallback
 from mpcc.training.prior import PriorSamplingGRPOTrainer
-from mpcc.training.record import save_run_record
+from mpcc.training.record import run_record, save_run_record
+from mpcc.training.sft import MpccSFTTrainer
 
 logger = logging.getLogger("mpcc.train")
 # TRL 1.16 still calls transformers' gradient_checkpointing names, renamed in transformers 5 (they work
@@ -77,7 +81,7 @@ def build_trainer(run, train_args, model_args):
         "peft_config": peft_config,
     }
     if run.trainer == "sft":
-        trainer = SFTTrainer(**common)
+        trainer = MpccSFTTrainer(**common)
     else:
         funcs, weights = resolve_rewards(train_args.rewards)
         train_args.reward_weights = weights
@@ -96,32 +100,38 @@ def build_trainer(run, train_args, model_args):
     return trainer
 
 
-def resume_checkpoint(train_args) -> str | None:
-    """The checkpoint folder `resume_from_checkpoint` asks for, its weight files checked (cheaply: headers
-    and sizes), so a missing or truncated one stops the run before anything is loaded. A path; `last` or
-    `true`: the newest `checkpoint-N` in output_dir; `auto`: that when there is one (a requeued job), else
-    none (from scratch)."""
+def resume_checkpoint(train_args, same_run: bool) -> str | None:
+    """The checkpoint folder to resume from, its weight files checked (cheaply: headers and sizes), so a
+    missing or truncated one stops the run before anything is loaded. `resume_from_checkpoint` a path;
+    `last` or `true`: the newest complete `checkpoint-N` in output_dir; `auto`: that when there is one (a
+    requeued job), else none (from scratch). Unset: that too when output_dir holds this same run."""
     value = train_args.resume_from_checkpoint
-    if value in (None, "", "false", "False"):
-        return None
     out = train_args.output_dir
-    newest = get_last_checkpoint(out) if os.path.isdir(out) else None
-    if value == "auto":
+    if value in (None, "", "false", "False"):
+        checkpoint = resume_point(out, same_run)
+    elif value == "auto":
+        checkpoint = newest_complete(out)
         logger.info(
-            "resuming from %s" if newest else "no checkpoint in %s: starting from scratch", newest or out
+            "resuming from %s" if checkpoint else "no checkpoint in %s: starting from scratch",
+            checkpoint or out,
         )
-        checkpoint = newest
     elif value in ("last", "true", "True"):
-        if newest is None:
-            raise InputError(f"resume_from_checkpoint {value}: no checkpoint-N folder in output_dir {out}")
-        checkpoint = newest
+        checkpoint = newest_complete(out)
+        if checkpoint is None:
+            raise InputError(
+                f"resume_from_checkpoint {value}: no complete checkpoint-N folder in output_dir {out}"
+            )
     elif not os.path.isdir(value):
         raise MissingInputError(f"resume_from_checkpoint {value}: no such checkpoint folder")
+    elif not is_complete(Path(value)):
+        raise InputError(
+            f"resume_from_checkpoint {value}: an incomplete checkpoint (its save did not finish)"
+        )
     else:
         checkpoint = value
     if checkpoint is not None:
         check_safetensors(checkpoint)
-    return checkpoint
+    return None if checkpoint is None else str(checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,12 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     check_training_data(run.dataset_path, run.allow_eval_data)
     if model_args.model_name_or_path and os.path.isdir(model_args.model_name_or_path):
         check_safetensors(model_args.model_name_or_path)
-    checkpoint = resume_checkpoint(train_args)
+    main_process = train_args.process_index == 0
+    # the output_dir is this run's (held until training ends); the main process first: it builds data
+    with train_args.main_process_first(desc="output_dir and data"):
+        record = run_record(run, train_args, model_args)
+        inputs = (record["dataset"]["path"], model_args.model_name_or_path)
+        lock, same_run = claim(train_args.output_dir, record, run.overwrite_output_dir, main_process, inputs)
+        if main_process and not same_run:  # beside the checkpoints, for `mpcc export`
+            save_run_record(train_args.output_dir, record)
+    checkpoint = resume_checkpoint(train_args, same_run)
     if train_args.use_cpu:
         _hide_deepspeed_cpu_notice()
+    datasets.disable_caching()  # map/filter results go to a temporary folder, never into the input build
     trainer = build_trainer(run, train_args, model_args)
-    if trainer.accelerator.is_main_process:  # beside the checkpoints, for `mpcc export`
-        save_run_record(train_args.output_dir, run, train_args, model_args)
+    trainer.add_callback(CompleteCheckpoints())
     preemption = PreemptionCallback()  # SIGUSR1: save a checkpoint and stop (launch/slurm/train.sbatch)
     trainer.add_callback(preemption)
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -154,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer.save_state()  # trainer_state.json: the log history (learning curves) beside the model
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(train_args.output_dir)
+        set_modes(train_args.output_dir)
         print(f"model saved to {train_args.output_dir}")
+    del lock  # the output_dir is free for the next run
     return 0
 
 

@@ -57,9 +57,7 @@ def served(tmp_path_factory):
     deadline = time.monotonic() + 180
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"the test server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            )
+            raise RuntimeError(f"the test server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                 break

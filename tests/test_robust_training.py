@@ -18,6 +18,8 @@ from mpcc.errors import ConfigError, InputError
 from mpcc.models import build_tiny_model, load_model
 from mpcc.training.config import load_recipe
 from mpcc.training.data import load_train_dataset
+from mpcc.training.output_dir import COMPLETE
+from mpcc.training.record import run_record, save_run_record
 
 RECIPE = "tiny/grpo"  # no accelerate_config: `mpcc train` runs it in this process
 
@@ -177,9 +179,11 @@ def test_resuming_from_a_truncated_checkpoint_fails_before_anything_loads(
     tiny_model, tmp_path, no_trainer, resume
 ):
     out = tmp_path / "run"
-    out.mkdir()
+    save_run_record(out, run_record(*load_recipe(RECIPE, ["--output_dir", str(out)])))  # this run's folder
     _truncated_copy(tiny_model, out / "checkpoint-1")
     weights, _ = _truncated_copy(tiny_model, out / "checkpoint-2")  # the newest one is resumed from
+    for checkpoint in ("checkpoint-1", "checkpoint-2"):  # saves that finished: the file was cut later
+        (out / checkpoint / COMPLETE).write_text("")
     value = str(out / "checkpoint-2") if resume == "path" else resume
     with pytest.raises(InputError, match=rf"{weights}: truncated"):
         mpcc.train.main([RECIPE, "--output_dir", str(out), "--resume_from_checkpoint", value])
@@ -187,7 +191,8 @@ def test_resuming_from_a_truncated_checkpoint_fails_before_anything_loads(
 
 def test_resuming_without_a_checkpoint_fails_at_start(tmp_path, no_trainer):
     out = str(tmp_path / "run")
-    with pytest.raises(InputError, match=rf"resume_from_checkpoint last: no checkpoint-N folder in .*{out}"):
+    none = rf"resume_from_checkpoint last: no complete checkpoint-N folder in .*{out}"
+    with pytest.raises(InputError, match=none):
         mpcc.train.main([RECIPE, "--output_dir", out, "--resume_from_checkpoint", "last"])
     with pytest.raises(InputError, match=r"resume_from_checkpoint .*nowhere: no such checkpoint folder"):
         mpcc.train.main([RECIPE, "--output_dir", out, "--resume_from_checkpoint", str(tmp_path / "nowhere")])

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from datasets import load_from_disk
 from ports import free_port
+from safetensors.torch import load_file
 
 from mpcc import train
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
@@ -240,7 +242,8 @@ class _SignalAtStep(PreemptionCallback):
 @pytest.mark.slow
 def test_sigusr1_saves_stops_and_auto_resumes(tmp_path, monkeypatch, caplog):
     """SIGUSR1 during step 1: a checkpoint at step 1, no final model; `--resume_from_checkpoint auto`
-    then continues from it (and starts from scratch when there is none)."""
+    then continues from it (and starts from scratch when there is none) and ends with the weights of the
+    uninterrupted run."""
     out = tmp_path / "run"
     common = [str(TINY), "--output_dir", str(out), "--max_steps", "3", "--save_steps", "3"]
     common += ["--resume_from_checkpoint", "auto"]
@@ -260,7 +263,16 @@ def test_sigusr1_saves_stops_and_auto_resumes(tmp_path, monkeypatch, caplog):
     assert f"resuming from {out / 'checkpoint-1'}" in caplog.text
     history = log_history(out / "checkpoint-3")
     assert [h["step"] for h in history if "reward" in h] == [1, 2, 3]
-    assert (out / "model.safetensors").is_file()
+
+    # the same run: the uninterrupted one ends with the same weights (and they moved after step 1)
+    whole = tmp_path / "whole"
+    assert train.main([*common[:2], str(whole), *common[3:]]) == 0
+    expected, resumed = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
+    step1 = load_file(out / "checkpoint-1" / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert max((expected[k] - step1[k]).abs().max().item() for k in expected) > 1e-4
 
 
 @pytest.mark.slow

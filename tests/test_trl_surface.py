@@ -13,6 +13,7 @@ import inspect
 from importlib.metadata import requires
 
 import pytest
+import torch
 import transformers
 import trl
 from trl import GRPOTrainer
@@ -20,6 +21,7 @@ from trl import GRPOTrainer
 from mpcc.train import build_trainer
 from mpcc.training.config import load_recipe
 from mpcc.training.grpo import GRAD_HOOK, GRAD_HOOK_HANDLES, TRL_ATTRIBUTES, TRL_METHODS
+from mpcc.training.resume import TRANSFORMERS_METHOD
 
 TESTED = next(r for r in requires("mpcc") if r.startswith("trl"))  # the pin in pyproject.toml
 
@@ -58,3 +60,31 @@ def test_internal_names_mpcc_uses(name, trainer):
             )
         finally:
             model.disable_input_require_grads()
+
+
+def test_the_trainer_method_resume_overrides(trainer, tmp_path):
+    """transformers' `Trainer._load_from_checkpoint`, which mpcc.training.resume overrides: its parameters,
+    and the upstream bug that needs the override (transformers #43701): on its own it leaves the Qwen-VL
+    weights it cannot name as they were. When this stops failing to load, the override can go."""
+    name, parameters = TRANSFORMERS_METHOD
+    method = getattr(transformers.Trainer, name)
+    assert tuple(inspect.signature(method).parameters)[1:] == parameters, (
+        f"Trainer.{name} takes {tuple(inspect.signature(method).parameters)[1:]}: mpcc is tested with "
+        f"transformers {transformers.__version__}"
+    )
+    model = trainer.model
+    model.save_pretrained(tmp_path)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    try:
+        method(trainer, str(tmp_path))  # the upstream method alone
+        restored = [n for n, p in model.named_parameters() if torch.equal(p, saved[n])]
+        assert len(restored) < len(saved) // 2, "transformers now restores Qwen-VL checkpoints by itself"
+        trainer._load_from_checkpoint(str(tmp_path))  # mpcc's
+        assert all(torch.equal(p, saved[n]) for n, p in model.named_parameters())
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(saved[n])

@@ -57,6 +57,13 @@ class RunArguments:
             "reasoning, its collapse ratio and full-response entropy (mpcc.evaluation.grounding)"
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "replace the training run already in output_dir (its mpcc_run.json has other settings); "
+            "without it such an output_dir is refused, and one with the same settings is resumed"
+        },
+    )
     accelerate_config: str | None = field(
         default=None,
         metadata={

@@ -18,6 +18,7 @@ from trl import GRPOTrainer
 
 from mpcc.image_features import ImageFeatureMemo
 from mpcc.shared_prefill import generate_sharing_prefill
+from mpcc.training.resume import ExactResumeMixin
 
 # TRL's GRPOTrainer internals that mpcc overrides, wraps (mpcc.bench) or reads, as of TRL 1.16; private
 # names change between minor releases, so tests/test_trl_surface.py checks each one against the
@@ -90,7 +91,7 @@ def drop_stale_input_hooks(model) -> int:
     return dropped
 
 
-class MpccGRPOTrainer(GRPOTrainer):
+class MpccGRPOTrainer(ExactResumeMixin, GRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "compile_generation", False):  # TRL builds its config with compilation off

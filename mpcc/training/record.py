@@ -13,16 +13,19 @@ from pathlib import Path
 import mpcc
 from mpcc.data.render import BUILD_FILE, build_record
 from mpcc.errors import InputError
+from mpcc.outputs import write_text_atomic
 from mpcc.training.data import resolve_dataset
 
 RUN_FILE = "mpcc_run.json"
 
 
 def run_record(run, train_args, model_args) -> dict:
-    """JSON-ready settings. `train_args.to_dict()` is transformers' own dump: it masks every *_token."""
+    """The settings as JSON values. `train_args.to_dict()` is transformers' own dump: it masks every
+    *_token."""
     dataset = resolve_dataset(run.dataset_path)
-    return {
+    record = {
         "mpcc_version": mpcc.__version__,
+        "checkpoint_marker": True,  # its checkpoints are complete only once marked (mpcc.training.output_dir)
         "run": asdict(run),
         "trainer": train_args.to_dict(),
         "model": asdict(model_args),
@@ -31,14 +34,14 @@ def run_record(run, train_args, model_args) -> dict:
             "build": build_record(dataset) if (dataset / BUILD_FILE).is_file() else None,
         },
     }
+    return json.loads(json.dumps(record, default=str))  # as read back from the file
 
 
-def save_run_record(output_dir: str | Path, run, train_args, model_args) -> Path:
+def save_run_record(output_dir: str | Path, record: dict) -> Path:
     """Write `output_dir/mpcc_run.json` (call on the main process only)."""
     path = Path(output_dir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = run_record(run, train_args, model_args)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
 
 

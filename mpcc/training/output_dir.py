@@ -1,0 +1,154 @@
+"""A training output_dir belongs to one run, and its checkpoints are complete or ignored.
+
+* One writer: the run holds the output lock (mpcc.outputs) from its start to its end; a second run into
+  the same output_dir fails at its start naming the holder.
+* One run: a used output_dir (not empty) is accepted only when its run record (mpcc_run.json) has the
+  same settings as this run, less those that do not change what is trained (`IGNORED`); training then
+  goes on from its newest complete checkpoint, as a requeued job does. Another run's folder is refused,
+  unless `overwrite_output_dir` (which replaces only an mpcc training output, never a folder of other
+  files).
+* Complete checkpoints: the Trainer writes `checkpoint-N` from every rank (weights, DeepSpeed shards,
+  optimizer, per-rank RNG states, then trainer_state.json); once every rank is done, the main process
+  adds `COMPLETE` to it. A kill or a full disk during the save leaves the folder without it, and resume
+  (`auto`, `last`) passes over it with a warning. Checkpoints of runs from before the marker count as
+  complete when they hold trainer_state.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from mpcc.errors import InputError
+from mpcc.outputs import OutputExistsError, check_inputs, lock_output, set_modes
+from mpcc.training.record import load_run_record
+
+logger = logging.getLogger(__name__)
+
+COMPLETE = ".mpcc-complete"
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+STATE_FILE = "trainer_state.json"
+# Settings that name where or how a run is continued, not what it trains.
+IGNORED = {
+    "mpcc_version": None,
+    "checkpoint_marker": None,
+    "trainer": ("output_dir", "resume_from_checkpoint", "logging_dir"),
+    "run": ("overwrite_output_dir",),
+}
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _settings(record: dict) -> dict:
+    kept = {}
+    for key, value in record.items():
+        if key in IGNORED and IGNORED[key] is None:
+            continue
+        if isinstance(value, dict) and key in IGNORED:
+            value = {k: v for k, v in value.items() if k not in IGNORED[key]}
+        kept[key] = value
+    return _flat(kept)
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """`key: old -> new` for each setting that differs between two run records."""
+    a, b = _settings(old), _settings(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, oldest step first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir() if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def is_complete(checkpoint: Path) -> bool:
+    if (checkpoint / COMPLETE).is_file():
+        return True
+    record = load_run_record(checkpoint.parent) or {}
+    return not record.get("checkpoint_marker") and (checkpoint / STATE_FILE).is_file()
+
+
+def newest_complete(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint; newer incomplete ones are named in a warning and passed over."""
+    for checkpoint in reversed(checkpoints(output_dir)):
+        if is_complete(checkpoint):
+            return checkpoint
+        logger.warning("%s is incomplete (a save that did not finish): not resuming from it", checkpoint)
+    return None
+
+
+def claim(output_dir: str | Path, record: dict, overwrite: bool, main_process: bool, inputs=()):
+    """Take `output_dir` for the run described by `record`: returns the output lock (hold it while
+    training; None on other ranks) and whether the folder holds this same run already. Refuses a used
+    folder of another run unless `overwrite`, any folder of other files, and one that is, holds or lies
+    in one of `inputs`."""
+    out = Path(output_dir)
+    check_inputs(out, inputs, OutputExistsError)
+    lock = lock_output(out) if main_process else None
+    used = out.is_dir() and any(out.iterdir())
+    previous = load_run_record(out) if used else None
+    if used and previous is None:
+        names = ", ".join(sorted(os.listdir(out))[:5])
+        raise OutputExistsError(
+            f"output_dir {out} holds files of no mpcc training run ({names}): choose another output_dir"
+        )
+    same = False
+    if previous is not None:
+        changed = differences(previous, record)
+        if not changed:
+            same = True
+        elif not overwrite:
+            shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+            raise OutputExistsError(
+                f"output_dir {out} holds another run ({shown}): resume it with its own settings, choose "
+                "another output_dir, or set overwrite_output_dir: true to replace it"
+            )
+        elif main_process:
+            logger.warning("overwrite_output_dir: replacing the run in %s", out)
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    return lock, same
+
+
+def resume_point(output_dir: str | Path, same_run: bool) -> Path | None:
+    """What to resume from when the recipe did not say: the same run's newest complete checkpoint."""
+    if not same_run:
+        return None
+    newest = newest_complete(output_dir)
+    if newest is not None:
+        logger.info("output_dir holds this run: going on from %s", newest)
+    return newest
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """After each save (every rank has written its part), the main process marks the checkpoint complete
+    and gives its files the modes the user's umask asks for (safetensors writes them 0600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if not checkpoint.is_dir():
+                raise InputError(f"{checkpoint}: the Trainer reported a save but wrote no such folder")
+            set_modes(checkpoint)
+            (checkpoint / COMPLETE).write_text("")
+        return control
