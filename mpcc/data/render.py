@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mpcc.data.masking import MaskSpec, decode, render_masked
+from mpcc.data.masking import MaskSpec, decode, render_masked, to_rgb
 from mpcc.errors import ConfigError, InputError
 
 IMAGE_FORMATS = (
@@ -37,7 +37,7 @@ def render_targets(
 ) -> dict[int, Image.Image]:
     """Decode one image file once and hide each of its targets (ann_id, mask column, bbox) in turn."""
     with Image.open(path) as im:
-        image = im.convert("RGB")
+        image = to_rgb(im)
     return {
         ann_id: render_masked(image, decode(mask_rle(mask)), bbox, spec, seed=target_seed(seed, ann_id))
         for ann_id, mask, bbox in targets
