@@ -16,6 +16,9 @@ import logging
 import os
 import random
 import shutil
+import signal
+import threading
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -483,7 +486,13 @@ def _render_tasks(source: CocoSource, plan_: Plan, config: BuildConfig):
 
 
 def _rows_with_images(
-    source: CocoSource, plan_: Plan, config: BuildConfig, report: SkipReport, counts: Counter, procs: int
+    source: CocoSource,
+    plan_: Plan,
+    config: BuildConfig,
+    report: SkipReport,
+    counts: Counter,
+    pool,
+    procs: int,
 ):
     """Rows in plan order with their encoded image; lazy builds store none (rendered on access)."""
     if config.image_format == "lazy":
@@ -493,10 +502,6 @@ def _rows_with_images(
                 yield {**row, "image": None}
         return
     tasks = list(_render_tasks(source, plan_, config))
-    # An executor, not multiprocessing.Pool: a worker that dies (killed, out of memory, or a script
-    # without `if __name__ == "__main__":` whose spawned children rerun it) breaks the pool with an
-    # error, where a Pool replaces the worker and waits forever for its lost results.
-    pool = ProcessPoolExecutor(procs, mp_context=get_context("spawn")) if procs > 1 else _InProcess()
     try:
         results = pool.map(_render_image, tasks, chunksize=max(1, min(16, len(tasks) // (procs * 8) or 1)))
         for (image_id, path, targets, *_), (_, result) in tqdm(
@@ -516,8 +521,57 @@ def _rows_with_images(
             'under `if __name__ == "__main__":` (its processes are spawned and import the script); '
             "nothing was written"
         ) from e
+
+
+@contextlib.contextmanager
+def _render_pool(procs: int):
+    """The render processes, ending with the build however it ends. An executor, not
+    multiprocessing.Pool: a worker that dies (killed, out of memory, or a script without
+    `if __name__ == "__main__":` whose spawned children rerun it) breaks the pool with an error, where a
+    Pool replaces the worker and waits forever for its lost results. Each worker exits once the build's
+    process is gone (a SIGKILL or an OOM kill runs no cleanup; multiprocessing's resource tracker then
+    exits too), and SIGTERM (kill, scancel) ends the build as an error does: pool shut down, nothing
+    left beside --out."""
+    with _sigterm_exits():
+        if procs <= 1:
+            yield _InProcess()
+            return
+        context = get_context("spawn")
+        pool = ProcessPoolExecutor(
+            procs, mp_context=context, initializer=_watch_parent, initargs=(os.getpid(),)
+        )
+        try:
+            yield pool
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _watch_parent(parent: int) -> None:
+    """Render process initializer: exit as soon as the build's process (`parent`) is gone."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM raises SystemExit(143) in the build (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
     finally:
-        pool.shutdown(cancel_futures=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _InProcess:
@@ -586,11 +640,10 @@ def build(
     fingerprint = _fingerprint(asdict(config), _file_digest(source.annotations_path), "v1")
     with staged_output(out, overwrite) as staged:
         per_level: Counter = Counter()
-        with _build_errors(out):
+        procs = 1 if config.image_format == "lazy" else num_proc or os.cpu_count() or 1
+        with _build_errors(out), _render_pool(procs) as pool:
             dataset = Dataset.from_generator(
-                lambda: _rows_with_images(
-                    source, the_plan, config, report, per_level, num_proc or os.cpu_count() or 1
-                ),
+                lambda: _rows_with_images(source, the_plan, config, report, per_level, pool, procs),
                 features=features(config.split),
                 cache_dir=str(staged / ".cache"),  # in the staging directory: a failure removes it too
                 fingerprint=fingerprint,
