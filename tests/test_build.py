@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 from datasets import load_from_disk
+from PIL import Image
 from pycocotools.coco import COCO
 
 from mpcc.data import prompts
@@ -487,3 +489,28 @@ def test_render_processes_die_with_the_build(scenes, tmp_path, how):
         for process in children:
             with contextlib.suppress(psutil.Error):
                 process.kill()
+
+
+def test_the_build_record_identifies_the_inputs_content(scenes, tmp_path):
+    """Rebuilt from the same files, a build's record is the same; after the distractors file or one
+    image is edited in place (same paths), it differs, so results keyed on it are not reused."""
+    images = tmp_path / "images"
+    shutil.copytree(scenes / "images", images)
+    distractors = tmp_path / "distractors.jsonl"
+    distractors.write_text(json.dumps({"ann_id": 1, "confusable": ["cat"], "irrelevant": ["kite"]}) + "\n")
+    config = BuildConfig("train", formats=("mc4",), distractors=distractors)
+
+    def record(name: str) -> str:
+        build(scenes / "instances.json", images, tmp_path / name, config, num_proc=1)
+        return (tmp_path / name / BUILD_FILE).read_text()
+
+    first = record("first")
+    assert record("again") == first
+    distractors.write_text(json.dumps({"ann_id": 1, "confusable": ["dog"], "irrelevant": ["kite"]}) + "\n")
+    new_distractors = record("new_distractors")
+    file = images / load_from_disk(str(tmp_path / "first"))[0]["file_name"]
+    with Image.open(file) as im:
+        edited = im.convert("RGB")
+    edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
+    edited.save(file, format=im.format)
+    assert len({first, new_distractors, record("new_image")}) == 3

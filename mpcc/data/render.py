@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -33,9 +34,10 @@ def mask_rle(mask: dict) -> dict:
 
 
 def render_targets(
-    path: str | Path, targets: list[tuple[int, dict, list]], spec: MaskSpec, seed: int
+    path: str | Path | BinaryIO, targets: list[tuple[int, dict, list]], spec: MaskSpec, seed: int
 ) -> dict[int, Image.Image]:
-    """Decode one image file once and hide each of its targets (ann_id, mask column, bbox) in turn."""
+    """Decode one image file (a path, or the file's bytes as a file object) once and hide each of its
+    targets (ann_id, mask column, bbox) in turn."""
     with Image.open(path) as im:
         image = to_rgb(im)
     return {
