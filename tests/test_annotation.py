@@ -297,6 +297,7 @@ def test_import_joins_by_id_image_and_box_and_reports_unmatched(tiny_builds, tmp
     )
     record = json.loads((out / "mpcc_build.json").read_text())["annotation"]
     assert record["kept"] == 4 and record["rejected"]["no_trace"] == len(rows) - 6
+    assert record["file_sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()  # content, not only path
     assert record["unmatched_traces"] == {
         "ambiguous": 1,
         "image_mismatch": 1,

@@ -3,15 +3,21 @@ train builds' question formats on synthetic scenes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from datasets import load_from_disk
+from PIL import Image
 from pycocotools.coco import COCO
 
 from mpcc.data import prompts
@@ -424,3 +430,87 @@ def test_a_dead_render_process_ends_the_build_with_an_error_not_a_hang(scenes, t
         "BuildError: a render process died" in proc.stderr and '`if __name__ == "__main__":`' in proc.stderr
     )
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["unguarded.py"]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _render_processes(proc: subprocess.Popen, workers: int) -> list[psutil.Process]:
+    """The build's child processes, once its `workers` render processes have started."""
+    main = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        children = main.children(recursive=True)
+        with contextlib.suppress(psutil.Error):
+            if sum("spawn_main" in " ".join(p.cmdline()) for p in children) >= workers:
+                return children
+        time.sleep(0.05)
+    raise AssertionError(f"the build never ran {workers} render processes (exit code {proc.poll()})")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_render_processes_die_with_the_build(scenes, tmp_path, how):
+    """`mpcc prepare` killed mid-render (an OOM kill, scancel): no render process (nor multiprocessing's
+    resource tracker) outlives it. The build is stopped (SIGSTOP) once its workers run, so it cannot
+    finish first; a terminated build also leaves nothing beside --out."""
+    out = tmp_path / "train"
+    command = [
+        sys.executable,
+        "-m",
+        "mpcc",
+        "prepare",
+        "train",
+        "--annotations",
+        str(scenes / "instances.json"),
+    ]
+    command += ["--images", str(scenes / "images"), "--out", str(out), "--num-proc", "3"]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: orphans would hold a pipe open
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    children = []
+    try:
+        children = _render_processes(proc, workers=3)
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(getattr(signal, how))
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=60) != 0
+        deadline = time.monotonic() + 10
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p.cmdline() for p in children if _alive(p)]
+        if how == "SIGTERM":
+            assert [p.name for p in tmp_path.iterdir()] == [log.name], log.read_text()
+    finally:  # whatever happened, leave no process behind
+        proc.kill()
+        for process in children:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+def test_the_build_record_identifies_the_inputs_content(scenes, tmp_path):
+    """Rebuilt from the same files, a build's record is the same; after the distractors file or one
+    image is edited in place (same paths), it differs, so results keyed on it are not reused."""
+    images = tmp_path / "images"
+    shutil.copytree(scenes / "images", images)
+    distractors = tmp_path / "distractors.jsonl"
+    distractors.write_text(json.dumps({"ann_id": 1, "confusable": ["cat"], "irrelevant": ["kite"]}) + "\n")
+    config = BuildConfig("train", formats=("mc4",), distractors=distractors)
+
+    def record(name: str) -> str:
+        build(scenes / "instances.json", images, tmp_path / name, config, num_proc=1)
+        return (tmp_path / name / BUILD_FILE).read_text()
+
+    first = record("first")
+    assert record("again") == first
+    distractors.write_text(json.dumps({"ann_id": 1, "confusable": ["dog"], "irrelevant": ["kite"]}) + "\n")
+    new_distractors = record("new_distractors")
+    file = images / load_from_disk(str(tmp_path / "first"))[0]["file_name"]
+    with Image.open(file) as im:
+        edited = im.convert("RGB")
+    edited.putpixel((0, 0), tuple(255 - v for v in edited.getpixel((0, 0))))
+    edited.save(file, format=im.format)
+    assert len({first, new_distractors, record("new_image")}) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -154,3 +155,50 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys, tinycoco):
     err = capsys.readouterr().err
     assert "bad.json" in err and "malformed JSON" in err
     assert not (tmp_path / "out").exists()
+
+
+BAD_GEOMETRY = {  # one target's geometry -> the reason it is skipped under
+    "nan_x": (lambda a, im: a["bbox"].__setitem__(0, float("nan")), "bad_bbox"),
+    "inf_height": (lambda a, im: a["bbox"].__setitem__(3, float("inf")), "bad_bbox"),
+    "negative_width": (lambda a, im: a["bbox"].__setitem__(2, -a["bbox"][2]), "bad_bbox"),
+    "nan_area": (lambda a, im: a.__setitem__("area", float("nan")), "bad_annotation"),
+    "nan_polygon": (lambda a, im: a["segmentation"][0].__setitem__(1, float("nan")), "bad_polygon"),
+    "polygon_outside": (lambda a, im: a["segmentation"][0].__setitem__(0, 1e12), "out_of_bounds"),
+    "garbage_rle": (
+        lambda a, im: a.__setitem__("segmentation", {"size": [im["height"], im["width"]], "counts": "0"}),
+        "bad_rle",
+    ),
+}
+
+
+def test_bad_geometry_costs_its_target_not_the_image(tmp_path, tinycoco, original, tiny_builds):
+    """NaN / inf / negative boxes, NaN areas, broken polygons and garbage compressed RLE in one target
+    each: that target is skipped under its own reason, the other targets of its image are still built."""
+    rows = load_from_disk(str(tiny_builds["train"])).select_columns(["image_id", "ann_id"]).to_list()
+    per_image = Counter(r["image_id"] for r in rows)
+    instances = Counter(a["image_id"] for a in original["annotations"])  # the rest keep 2 others as context
+    shared = sorted(
+        {
+            r["image_id"]: r["ann_id"]
+            for r in rows
+            if per_image[r["image_id"]] > 1 and instances[r["image_id"]] > 3
+        }.items()
+    )
+    data = copy.deepcopy(original)
+    anns = {a["id"]: a for a in data["annotations"]}
+    images = {im["id"]: im for im in data["images"]}
+    broken = {}
+    for (image_id, ann_id), (damage, reason) in zip(shared, BAD_GEOMETRY.values()):
+        damage(anns[ann_id], images[image_id])
+        broken[ann_id] = (image_id, reason)
+    assert len(broken) == len(BAD_GEOMETRY)
+    out = tmp_path / "train"
+    result = build(_write(tmp_path, data), tinycoco / "images", out, BuildConfig("train"), num_proc=2)
+    assert result.skipped == dict(sorted(Counter(reason for _, reason in broken.values()).items()))
+    skips = [json.loads(line) for line in (out / SKIPS_FILE).read_text().splitlines()]
+    assert sorted((s["record"], s["reason"]) for s in skips) == sorted(
+        (f"annotation {ann_id} (image {image_id})", reason) for ann_id, (image_id, reason) in broken.items()
+    )
+    kept = load_from_disk(str(out)).select_columns(["image_id", "ann_id"]).to_list()
+    assert not {r["ann_id"] for r in kept} & set(broken)
+    assert {image_id for image_id, _ in broken.values()} <= {r["image_id"] for r in kept}

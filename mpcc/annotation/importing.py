@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from mpcc.annotation.output import check_paths, row_result, tally, utc_now, write_annotated
 from mpcc.annotation.verify import verify
+from mpcc.data.build import file_sha256
 from mpcc.data.mpcc_eval import MATCH_IOU, box_iou
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
@@ -251,6 +252,7 @@ def import_traces(
     summary = {
         "mode": "import",
         "file": str(Path(file).resolve()),
+        "file_sha256": file_sha256(Path(file)),
         "date": utc_now(),
         "verification": {"min_words": min_words, "max_words": max_words},
         **counts,

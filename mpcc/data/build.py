@@ -11,12 +11,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
 import random
 import shutil
+import signal
+import threading
+import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
@@ -187,7 +192,7 @@ def _fingerprint(*parts) -> str:
     return h.hexdigest()[:32]
 
 
-def _file_digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -195,9 +200,27 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def image_digest(file_name: str, data: bytes) -> int:
+    """One image's share of a build's `images_digest`: its sha256 over name and bytes, as a number."""
+    h = hashlib.sha256(file_name.encode())
+    h.update(b"\0")
+    h.update(data)
+    return int.from_bytes(h.digest(), "big")
+
+
+def digest_sum(digests: Iterable[int]) -> str:
+    """The images' digests added up mod 2**256: independent of the order images were rendered in, and
+    shard builds' sums add up to the one-job build's (`mpcc merge-shards`)."""
+    return f"{sum(digests) % 2**256:064x}"
+
+
+def _stats_file(path: Path) -> Path:
+    return path / STATS_FILE if path.is_dir() else path
+
+
 def load_stats(path: Path) -> tuple[CooccurrenceStats, tuple[float, float]]:
     """Co-occurrence statistics and difficulty thresholds saved by a train build."""
-    file = path / STATS_FILE if path.is_dir() else path
+    file = _stats_file(path)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
         return CooccurrenceStats.from_json(data), tuple(data["thresholds"])
@@ -457,14 +480,17 @@ def shard_plan(plan_: Plan, index: int, count: int) -> Plan:
     return Plan({t["id"]: plan_.rows[t["id"]] for t in targets}, targets, plan_.thresholds, plan_.rejected)
 
 
-def _render_image(task: tuple) -> tuple[int, dict[int, bytes] | str]:
-    """Worker: one image file, all its targets. Encoded bytes per ann_id, or the error as text."""
-    image_id, path, targets, spec, seed, image_format = task
+def _render_image(task: tuple) -> tuple[int, dict[int, bytes] | str, int | None]:
+    """Worker: one image file, all its targets. Encoded bytes per ann_id and the file's image_digest,
+    or the error as text."""
+    image_id, file_name, path, targets, spec, seed, image_format = task
     try:
-        masked = render_targets(path, targets, spec, seed)
-        return image_id, {ann_id: encode(image, image_format) for ann_id, image in masked.items()}
+        data = Path(path).read_bytes()
+        masked = render_targets(io.BytesIO(data), targets, spec, seed)
+        encoded = {ann_id: encode(image, image_format) for ann_id, image in masked.items()}
+        return image_id, encoded, image_digest(file_name, data)
     except Exception as e:  # a file that decodes badly must cost one image, not the build
-        return image_id, f"{path}: {type(e).__name__}: {e}"
+        return image_id, f"{path}: {type(e).__name__}: {e}", None
 
 
 def _render_tasks(source: CocoSource, plan_: Plan, config: BuildConfig):
@@ -474,6 +500,7 @@ def _render_tasks(source: CocoSource, plan_: Plan, config: BuildConfig):
     for image_id in sorted(by_image):
         yield (
             image_id,
+            source.coco.imgs[image_id]["file_name"],
             str(source.image_path(image_id)),
             by_image[image_id],
             config.mask,
@@ -482,33 +509,41 @@ def _render_tasks(source: CocoSource, plan_: Plan, config: BuildConfig):
         )
 
 
+@dataclass
+class _Tally:
+    """What the rows' generator counts: rows per level and the image_digest of each image they show."""
+
+    per_level: Counter = field(default_factory=Counter)
+    images: list[int] = field(default_factory=list)
+
+
 def _rows_with_images(
-    source: CocoSource, plan_: Plan, config: BuildConfig, report: SkipReport, counts: Counter, procs: int
+    source: CocoSource, plan_: Plan, config: BuildConfig, report: SkipReport, tally: _Tally, pool, procs: int
 ):
-    """Rows in plan order with their encoded image; lazy builds store none (rendered on access)."""
-    if config.image_format == "lazy":
-        for t in plan_.targets:
-            for row in plan_.rows[t["id"]]:
-                counts[row["difficulty"]] += 1
-                yield {**row, "image": None}
-        return
+    """Rows in plan order with their encoded image; lazy builds store none (rendered on access) but
+    read the files for their digests."""
     tasks = list(_render_tasks(source, plan_, config))
-    # An executor, not multiprocessing.Pool: a worker that dies (killed, out of memory, or a script
-    # without `if __name__ == "__main__":` whose spawned children rerun it) breaks the pool with an
-    # error, where a Pool replaces the worker and waits forever for its lost results.
-    pool = ProcessPoolExecutor(procs, mp_context=get_context("spawn")) if procs > 1 else _InProcess()
+    if config.image_format == "lazy":
+        for _, file_name, path, targets, *_ in tasks:
+            tally.images.append(image_digest(file_name, Path(path).read_bytes()))
+            for ann_id, *_ in targets:
+                for row in plan_.rows[ann_id]:
+                    tally.per_level[row["difficulty"]] += 1
+                    yield {**row, "image": None}
+        return
     try:
         results = pool.map(_render_image, tasks, chunksize=max(1, min(16, len(tasks) // (procs * 8) or 1)))
-        for (image_id, path, targets, *_), (_, result) in tqdm(
+        for (image_id, _, path, targets, *_), (_, result, digest) in tqdm(
             zip(tasks, results), total=len(tasks), desc=f"render {config.split}", unit="img"
         ):
             if isinstance(result, str):
                 name = f"image {image_id} ({Path(path).name})"
                 report.add(source.annotations_path, name, "undecodable_image", result)
                 continue
+            tally.images.append(digest)
             for ann_id, *_ in targets:
                 for row in plan_.rows[ann_id]:
-                    counts[row["difficulty"]] += 1
+                    tally.per_level[row["difficulty"]] += 1
                     yield {**row, "image": {"bytes": result[ann_id], "path": None}}
     except BrokenProcessPool as e:
         raise BuildError(
@@ -516,8 +551,57 @@ def _rows_with_images(
             'under `if __name__ == "__main__":` (its processes are spawned and import the script); '
             "nothing was written"
         ) from e
+
+
+@contextlib.contextmanager
+def _render_pool(procs: int):
+    """The render processes, ending with the build however it ends. An executor, not
+    multiprocessing.Pool: a worker that dies (killed, out of memory, or a script without
+    `if __name__ == "__main__":` whose spawned children rerun it) breaks the pool with an error, where a
+    Pool replaces the worker and waits forever for its lost results. Each worker exits once the build's
+    process is gone (a SIGKILL or an OOM kill runs no cleanup; multiprocessing's resource tracker then
+    exits too), and SIGTERM (kill, scancel) ends the build as an error does: pool shut down, nothing
+    left beside --out."""
+    with _sigterm_exits():
+        if procs <= 1:
+            yield _InProcess()
+            return
+        context = get_context("spawn")
+        pool = ProcessPoolExecutor(
+            procs, mp_context=context, initializer=_watch_parent, initargs=(os.getpid(),)
+        )
+        try:
+            yield pool
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _watch_parent(parent: int) -> None:
+    """Render process initializer: exit as soon as the build's process (`parent`) is gone."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM raises SystemExit(143) in the build (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
     finally:
-        pool.shutdown(cancel_futures=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _InProcess:
@@ -583,14 +667,16 @@ def build(
     plan_skips = len(report.skips)  # found while planning the whole source: the same in every shard
     if config.shard is not None:
         the_plan = shard_plan(the_plan, *config.shard)
-    fingerprint = _fingerprint(asdict(config), _file_digest(source.annotations_path), "v1")
+    inputs = {"annotations": source.annotations_path, "distractors": config.distractors}
+    inputs.update(mpcc_eval=config.mpcc_eval, stats=config.stats and _stats_file(config.stats))
+    input_sha256 = {name: file_sha256(path) for name, path in inputs.items() if path is not None}
+    fingerprint = _fingerprint(asdict(config), input_sha256, "v1")
     with staged_output(out, overwrite) as staged:
-        per_level: Counter = Counter()
-        with _build_errors(out):
+        tally = _Tally()
+        procs = 1 if config.image_format == "lazy" else num_proc or os.cpu_count() or 1
+        with _build_errors(out), _render_pool(procs) as pool:
             dataset = Dataset.from_generator(
-                lambda: _rows_with_images(
-                    source, the_plan, config, report, per_level, num_proc or os.cpu_count() or 1
-                ),
+                lambda: _rows_with_images(source, the_plan, config, report, tally, pool, procs),
                 features=features(config.split),
                 cache_dir=str(staged / ".cache"),  # in the staging directory: a failure removes it too
                 fingerprint=fingerprint,
@@ -604,8 +690,8 @@ def build(
         report.write_jsonl(staged / SKIPS_FILE)
         result = BuildResult(
             out,
-            sum(per_level.values()),
-            dict(sorted(per_level.items())),
+            sum(tally.per_level.values()),
+            dict(sorted(tally.per_level.items())),
             dict(sorted(the_plan.rejected.items())),
             report.counts(),
             the_plan.thresholds,
@@ -614,7 +700,8 @@ def build(
             "config": asdict(config),
             "annotations": str(source.annotations_path.resolve()),
             "images_dir": str(Path(images_dir).resolve()),
-            "annotations_sha256": _file_digest(source.annotations_path),
+            "input_sha256": input_sha256,
+            "images_digest": digest_sum(tally.images),
             "prompt_version": prompts.PROMPT_VERSION,
             "num_rows": result.num_rows,
             "rows_per_level": result.rows_per_level,

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,10 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _is_finite(x) -> bool:
+    return _is_number(x) and math.isfinite(x)
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -167,22 +172,26 @@ def _check_annotation(ann: dict, images: dict, categories: dict) -> tuple[str, s
     if ann.get("category_id") not in categories:
         return "unknown_category", f"category_id {ann.get('category_id')!r} is not a (valid) category"
     bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        return "bad_bbox", f"bbox must be 4 numbers, got {bbox!r}"
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite(v) for v in bbox)):
+        return "bad_bbox", f"bbox must be 4 finite numbers, got {bbox!r}"
     x, y, w, h = bbox
-    if w <= 0 or h <= 0 or (_is_number(ann.get("area")) and ann["area"] <= 0):
-        return "zero_area", f"bbox {bbox} / area {ann.get('area')!r} is empty"
+    if w < 0 or h < 0:
+        return "bad_bbox", f"bbox {bbox} has a negative width or height"
+    if not _is_finite(ann.get("area")):
+        return "bad_annotation", f"area must be a finite number, got {ann.get('area')!r}"
+    if w == 0 or h == 0 or ann["area"] <= 0:
+        return "zero_area", f"bbox {bbox} / area {ann['area']!r} is empty"
     W, H = image["width"], image["height"]
     if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > W + BOX_TOLERANCE or y + h > H + BOX_TOLERANCE:
         return "out_of_bounds", f"bbox {bbox} leaves the {W}x{H} image"
-    if not _is_number(ann.get("area")):
-        return "bad_annotation", f"area must be a number, got {ann.get('area')!r}"
     if ann.get("iscrowd", 0) not in (0, 1):
         return "bad_annotation", f"iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}"
     return _check_segmentation(ann.get("segmentation"), H, W)
 
 
 def _check_segmentation(segm, H: int, W: int) -> tuple[str, str] | None:
+    """Geometry pycocotools can rasterize: it crashes or allocates without bound on non-finite or far-off
+    polygon points and on malformed compressed RLE, so these cost their annotation, not the image."""
     if isinstance(segm, list):
         if not segm:
             return "bad_polygon", "empty polygon list"
@@ -191,19 +200,52 @@ def _check_segmentation(segm, H: int, W: int) -> tuple[str, str] | None:
                 return "bad_polygon", "a polygon must be a flat list of numbers"
             if len(part) < 6 or len(part) % 2:
                 return "bad_polygon", f"a polygon needs >= 3 (x, y) points, got {len(part)} numbers"
+            if not all(map(math.isfinite, part)):
+                return "bad_polygon", "polygon coordinates must be finite numbers"
+            xs, ys = part[0::2], part[1::2]
+            if (
+                min(xs) < -BOX_TOLERANCE
+                or min(ys) < -BOX_TOLERANCE
+                or max(xs) > W + BOX_TOLERANCE
+                or max(ys) > H + BOX_TOLERANCE
+            ):
+                return "out_of_bounds", f"a polygon point leaves the {W}x{H} image"
         return None
     if isinstance(segm, dict):
         size, counts = segm.get("size"), segm.get("counts")
         if size != [H, W]:
             return "bad_rle", f"RLE size {size!r} differs from image size [{H}, {W}]"
+        if isinstance(counts, str):
+            counts = _compressed_counts(counts)
+            if counts is None:
+                return "bad_rle", "compressed RLE counts are not a valid COCO RLE string"
         if isinstance(counts, list):
             if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != H * W:
-                return "bad_rle", "uncompressed RLE counts must be non-negative ints summing to height*width"
-            return None
-        if isinstance(counts, str) and counts:
+                return "bad_rle", "RLE counts must be non-negative ints summing to height*width"
             return None
         return "bad_rle", "RLE counts must be a list of ints or a compressed string"
     return "bad_segmentation", f"segmentation must be polygons or RLE, got {type(segm).__name__}"
+
+
+def _compressed_counts(text: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string, decoded as pycocotools' rleFrString does (6-bit
+    chars from '0', 5 data bits, a continuation and a sign bit; runs after the second are deltas), or
+    None when the string is malformed."""
+    counts: list[int] = []
+    value = shift = 0
+    for char in text:
+        c = ord(char) - 48
+        if not 0 <= c < 64:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift
+        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
+        value = shift = 0
+    return counts if text and shift == 0 else None
 
 
 def load_coco(annotations: str | Path, images_dir: str | Path | None = None) -> CocoSource:

@@ -173,12 +173,34 @@ def _fill_pixels(image: np.ndarray, region_bbox, spec: MaskSpec, seed: int) -> n
     return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)), dtype=float)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode, where `convert("RGB")` clips 16-bit and 32-bit samples to white and
+    drops transparency. Integer modes (I;16, I;16B, ...; I, as Pillow reads some 16-bit files) are
+    16-bit samples: clipped to 0-65535, then the high byte (v >> 8, as Pillow reads 16-bit RGB files);
+    F is on PIL's 0-255 scale, rounded and clipped (NaN: 0); transparency (alpha, a palette's or a
+    colour key) is composited onto white; other modes convert as PIL does (CMYK: (255-C)(255-K)/255).
+    Always a new, loaded image: the caller may close a file it came from."""
+    if image.mode.startswith("I") or image.mode == "F":
+        samples = np.asarray(image)
+        if image.mode == "F":
+            grey = np.rint(np.nan_to_num(samples, nan=0.0)).clip(0, 255)
+        else:
+            grey = samples.astype(np.int64).clip(0, 65535) >> 8
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    if image.has_transparency_data:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint32)
+        rgb, alpha = rgba[..., :3], rgba[..., 3:]
+        return Image.fromarray(((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def render_masked(image: Image.Image, target: np.ndarray, bbox, spec: MaskSpec, seed: int = 0) -> Image.Image:
-    """`image` (RGB) with the target's region replaced by the fill; deterministic in all arguments.
+    """`image` (converted by `to_rgb`) with the target's region replaced by the fill; deterministic in all
+    arguments.
 
     Work is confined to the region's window, so cost follows the object's size, not the image's.
     """
-    pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
+    pixels = np.array(image if image.mode == "RGB" else to_rgb(image))
     if target.shape != pixels.shape[:2]:
         raise InputError(f"mask shape {target.shape} differs from image shape {pixels.shape[:2]}")
     win, inside = _region(target, bbox, spec)

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from mpcc.data.build import BUILD_FORMATS
 from mpcc.data.difficulty import LEVELS
-from mpcc.data.masking import decode, dilate
+from mpcc.data.masking import decode, dilate, to_rgb
 from mpcc.data.options import LETTERS
 from mpcc.data.render import build_record, load_dataset
 from mpcc.errors import ConfigError, InputError
@@ -175,7 +175,7 @@ def _load_original(images_dir: Path | None, row: dict) -> tuple[Image.Image | No
         return None, f"original not found: {file}"
     try:
         with Image.open(file) as im:
-            image = im.convert("RGB")
+            image = to_rgb(im)
     except Exception as e:  # a bad file must cost one panel, not the preview
         return None, f"original unreadable: {file} ({type(e).__name__}: {e})"
     if image.size != (row["width"], row["height"]):

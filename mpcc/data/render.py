@@ -8,10 +8,11 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
-from mpcc.data.masking import MaskSpec, decode, render_masked
+from mpcc.data.masking import MaskSpec, decode, render_masked, to_rgb
 from mpcc.errors import ConfigError, InputError
 
 IMAGE_FORMATS = (
@@ -33,11 +34,12 @@ def mask_rle(mask: dict) -> dict:
 
 
 def render_targets(
-    path: str | Path, targets: list[tuple[int, dict, list]], spec: MaskSpec, seed: int
+    path: str | Path | BinaryIO, targets: list[tuple[int, dict, list]], spec: MaskSpec, seed: int
 ) -> dict[int, Image.Image]:
-    """Decode one image file once and hide each of its targets (ann_id, mask column, bbox) in turn."""
+    """Decode one image file (a path, or the file's bytes as a file object) once and hide each of its
+    targets (ann_id, mask column, bbox) in turn."""
     with Image.open(path) as im:
-        image = im.convert("RGB")
+        image = to_rgb(im)
     return {
         ann_id: render_masked(image, decode(mask_rle(mask)), bbox, spec, seed=target_seed(seed, ann_id))
         for ann_id, mask, bbox in targets

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from datasets import concatenate_datasets, load_from_disk
 
-from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildError, BuildResult
+from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildError, BuildResult, digest_sum
 from mpcc.data.render import build_record, write_build_record
 from mpcc.options import option
 from mpcc.outputs import check_output, staged_output
@@ -27,7 +27,7 @@ from mpcc.outputs import check_output, staged_output
 logger = logging.getLogger(__name__)
 
 # Record keys that differ between the shards of one build.
-PER_SHARD = ("num_rows", "rows_per_level", "skipped", "plan_skips")
+PER_SHARD = ("num_rows", "rows_per_level", "skipped", "plan_skips", "images_digest")
 
 
 def _common(record: dict) -> dict:
@@ -93,6 +93,7 @@ def merge_shards(
         "num_rows": sum(r["num_rows"] for _, r in ordered),
         "rows_per_level": dict(sorted(per_level.items())),
         "skipped": dict(sorted(Counter(json.loads(line)["reason"] for line in skips).items())),
+        "images_digest": digest_sum(int(r["images_digest"], 16) for _, r in ordered),
         "merged_shards": len(ordered),
     }
     with staged_output(out, overwrite) as staged:
