@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mpcc.errors import ConfigError, MpccError, report
 from mpcc.options import add_options, parse_options
+from mpcc.outputs import check_inputs, option_inputs
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,12 @@ def _run(name: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if name == "train":
         return _train(args.recipe, args.overrides)
-    return COMMANDS[name].run(*parse_options(args, *classes)) if classes else COMMANDS[name].run()
+    if not classes:
+        return COMMANDS[name].run()
+    options = parse_options(args, *classes)
+    if isinstance(getattr(options[0], "out", None), Path):  # inputs the library call may not list
+        check_inputs(options[0].out, option_inputs(*options))
+    return COMMANDS[name].run(*options)
 
 
 def main(argv: list[str] | None = None) -> int:

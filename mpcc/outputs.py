@@ -5,6 +5,8 @@ tiny-model cache) follows these rules; this module is the one place they are imp
 
 * Inputs. `out` must not be, contain, or lie inside one of the command's inputs, with or without
   `--overwrite` (paths compared once resolved; inputs that do not exist, such as a Hub id, are skipped).
+  Every path-valued option of a command is an input (`option_inputs`), as are the models and runs
+  the library functions name.
 * Staging. A folder is written into a hidden staging directory `.{name}.XXXXXXXX` beside `out` and
   renamed into place once complete (one filesystem, so the rename is atomic); a failure removes it.
   A single file likewise goes through a hidden temporary file (`write_text_atomic`).
@@ -18,8 +20,11 @@ tiny-model cache) follows these rules; this module is the one place they are imp
   non-empty directory, so nothing written meanwhile is lost). With `overwrite`, it may also be a
   previous mpcc output: a directory (not a symlink) holding one of `PREVIOUS_OUTPUT_FILES` (the
   marker; `mpcc_build.json`: builds; `eval_run.json`: eval runs; `mpcc_run.json`: training outputs).
-  Anything else (a file, a symlink, another directory) is refused and left alone; outputs written
-  before the marker existed without one of those records (exports) are removed by hand. The old output
+  A command that names its `kind` (eval, compare, export) replaces only an output of that kind: the
+  marker records the kind, the records above stand for theirs, and a marker without one (written
+  before kinds were recorded) stands for any. Anything else (a file, a symlink, another directory)
+  is refused and left alone; outputs written before the marker existed without one of those records
+  (exports) are removed by hand. The old output
   is renamed aside (`.{name}.old.XXXXXXXX`), the new one renamed in, then the old one deleted: an
   exception in between puts the old one back, a kill leaves it aside (the next run warns), never
   neither.
@@ -40,6 +45,7 @@ tiny-model cache) follows these rules; this module is the one place they are imp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -90,6 +96,20 @@ def check_inputs(out: str | Path, inputs: Iterable[str | Path | None], error: ty
         else:
             continue
         raise error(f"the output {out} {relation} the input {given}: choose an output outside the inputs")
+
+
+def option_inputs(*options) -> list[Path]:
+    """Every path a command's parsed options (dataclasses) hold, its `out` aside: each is an input."""
+    found = []
+    for value in options:
+        if dataclasses.is_dataclass(value):
+            fields = dataclasses.fields(value)
+            found += option_inputs(*(getattr(value, f.name) for f in fields if f.name != "out"))
+        elif isinstance(value, tuple):
+            found += option_inputs(*value)
+        elif isinstance(value, Path):
+            found.append(value)
+    return found
 
 
 def check_output(

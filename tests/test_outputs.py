@@ -166,6 +166,21 @@ def test_prepare_refuses_an_output_that_would_delete_its_inputs(scenes, tmp_path
     assert _files(scenes) == before and not (images / "out").exists()
 
 
+def test_overwrite_never_deletes_an_input_given_as_an_option(scenes, tmp_path, capsys):
+    """Every path option is an input: a distractors or MPCC-Eval file inside a previous output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text("{}")  # a previous mpcc output, which --overwrite may replace
+    for flag, name in [("--distractors", "d.jsonl"), ("--mpcc-eval", "me.json")]:
+        (out / name).write_text("")
+        argv = ["prepare", "eval", "--annotations", str(scenes / "instances.json"), "--images"]
+        argv += [str(scenes / "images"), flag, str(out / name), "--out", str(out), "--overwrite"]
+        assert main([*argv, "--num-proc", "1"]) == 2, flag
+        err = capsys.readouterr().err
+        assert f"the output {out} contains the input {out / name}" in err, err
+    assert _names(out) == ["d.jsonl", "me.json"]
+
+
 def test_every_directory_writer_refuses_its_inputs(train_build, tmp_path, capsys):
     before = _files(train_build)
     inside = train_build / "out"
