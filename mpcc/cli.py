@@ -113,7 +113,7 @@ def _eval(job, config) -> int:
     if job.runs:
         if job.runs[0] != "compare" or len(job.runs) < 2:
             raise ConfigError("positional arguments are only for `mpcc eval compare RUN [RUN ...] --out DIR`")
-        print(f"comparison: {compare_runs(list(job.runs[1:]), job.out)}")
+        print(f"comparison: {compare_runs(list(job.runs[1:]), job.out, job.overwrite)}")
         return 0
     if not job.model or not job.data:
         raise ConfigError("--model and --data are required (or use `mpcc eval compare`)")

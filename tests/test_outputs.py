@@ -241,6 +241,28 @@ def test_overwrite_replaces_only_a_previous_mpcc_output(tmp_path):
     assert _names(tmp_path) == ["eval_run", "file", "link", "mpcc_build", "mpcc_run", "out"]
 
 
+def test_overwrite_with_a_kind_replaces_only_an_output_of_that_kind(tmp_path):
+    with staged_output(tmp_path / "export", kind="export") as staging:
+        (staging / "a.txt").write_text("a")
+    assert json.loads((tmp_path / "export" / MARKER).read_text())["kind"] == "export"
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / MARKER).write_text("{}")  # from before kinds were recorded: any kind
+    for name in ("export", "legacy"):
+        with staged_output(tmp_path / name, overwrite=True, kind="export") as staging:
+            (staging / "b.txt").write_text("b")
+        assert _names(tmp_path / name) == ["b.txt"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "eval_run.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="is an mpcc eval output: .* replaces only a previous export"):
+        check_output(tmp_path / "run", overwrite=True, kind="export")
+    with (
+        pytest.raises(OutputExistsError, match="mpcc export output"),
+        staged_output(tmp_path / "export", overwrite=True, kind="compare"),
+    ):
+        pass
+    assert _names(tmp_path / "run") == ["eval_run.json"] and _names(tmp_path / "export") == ["b.txt"]
+
+
 def test_something_written_to_out_during_the_run_is_never_replaced(tmp_path):
     def racing(out: Path, overwrite: bool, appear) -> None:
         with pytest.raises(OutputExistsError), staged_output(out, overwrite) as staging:

@@ -19,9 +19,10 @@ from mpcc.data.prompts import PROMPT_VERSION
 from mpcc.data.render import BUILD_FILE
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
-from mpcc.outputs import write_text_atomic
+from mpcc.outputs import check_output, mark_output, write_text_atomic
 
 RUN_FILE = "eval_run.json"
+KIND = "eval"  # what its marker records (mpcc.outputs: --overwrite replaces only an output of its kind)
 WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _EDGE = 1 << 20  # bytes hashed at each end of a weights file
 
@@ -65,30 +66,32 @@ def run_identity(model: str, model_path: str, data: str | Path, config: EvalConf
     }
 
 
-def claim(out: Path, identity: dict, produced: tuple[str, ...]) -> None:
-    """Record `identity` for `out`, or check it against the run that already wrote there. `produced` are
-    the files a run appends to: present without a record, they belong to a run we cannot identify."""
+def check_claim(out: Path, identity: dict, overwrite: bool) -> None:
+    """Refuse an `out` this run may not write: one holding another eval run (unless `overwrite`), or
+    anything but an eval run (mpcc.outputs' rules: nothing of the user's is written into or replaced)."""
     record = out / RUN_FILE
-    if record.is_file():
-        try:
-            before = json.loads(record.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise InputError(f"{record}: unreadable ({e}); start over with --overwrite") from e
-        changed = [
-            f"{key}: {before.get(key)!r} -> {value!r}"
-            for key, value in identity.items()
-            if before.get(key) != value
-        ]
-        if changed:
-            raise InputError(
-                f"{out} holds another eval run ({'; '.join(changed)}): resuming would report its predictions "
-                "under the new settings; start over with --overwrite or choose another --out"
-            )
+    if overwrite or not record.is_file():
+        check_output(out, overwrite, kind=KIND)
         return
-    found = [name for name in produced if (out / name).exists()]
-    if found:
+    try:
+        before = json.loads(record.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(f"{record}: unreadable ({e}); start over with --overwrite") from e
+    changed = [
+        f"{key}: {before.get(key)!r} -> {value!r}"
+        for key, value in identity.items()
+        if before.get(key) != value
+    ]
+    if changed:
         raise InputError(
-            f"{out} holds {', '.join(found)} without {RUN_FILE} (an unidentified run): start over with "
-            "--overwrite or choose another --out"
+            f"{out} holds another eval run ({'; '.join(changed)}): resuming would report its predictions "
+            "under the new settings; start over with --overwrite or choose another --out"
         )
-    write_text_atomic(record, json.dumps(identity, indent=1) + "\n")
+
+
+def claim(out: Path, identity: dict) -> None:
+    """Make `out` this run's (after check_claim, once the run has started): its marker and record."""
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, KIND)
+    if not (out / RUN_FILE).is_file():
+        write_text_atomic(out / RUN_FILE, json.dumps(identity, indent=1) + "\n")
