@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -10,9 +11,11 @@ from PIL import Image
 
 from mpcc.cli import main
 from mpcc.data.difficulty import LEVELS
+from mpcc.evaluation import run_identity
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.diagnostics import CANVAS, Diagnostics
 from mpcc.evaluation.harness import eval_rows
+from mpcc.evaluation.run_identity import weights_fingerprint
 from mpcc.models import resolve_model_path
 
 ARGS = ["--limit", "6", "--max-new-tokens", "8", "--formats", "mc4,yesno,open", "--batch-size", "8"]
@@ -288,3 +291,29 @@ def test_a_failed_start_leaves_nothing_new(tiny_builds, tmp_path, monkeypatch):
     assert main([*command, str(previous), "--overwrite"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "empty", "model", "previous"]
     assert list((tmp_path / "empty").iterdir()) == [] and _files(previous) == before
+
+
+def test_weights_fingerprint_reads_every_byte_once(tmp_path, monkeypatch):
+    """A change in the middle of a weights file (a merged LoRA) changes it; a rerun reuses the digest
+    cached beside the weights for the same size and mtime; a read-only folder is only hashed."""
+    model = tmp_path / "model"
+    model.mkdir()
+    weights = model / "model.safetensors"
+    weights.write_bytes(bytes(3 << 20))  # the middle MiB is neither the first nor the last
+    first = weights_fingerprint(model)
+    stat = weights.stat()
+    with open(weights, "r+b") as f:
+        f.seek(3 << 19)
+        f.write(b"\x01")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights_fingerprint(model) == first  # same size and mtime: the cached digest, not a read
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    changed = weights_fingerprint(model)
+    assert changed != first
+
+    def read_only(*args):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(run_identity, "write_text_atomic", read_only)
+    weights.write_bytes(bytes(3 << 20))  # the first bytes again, a new mtime: hashed, not cached
+    assert weights_fingerprint(model) == first

@@ -10,6 +10,7 @@ with what differs, until `--overwrite` (start over) or another `--out`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,23 +25,33 @@ from mpcc.outputs import check_output, mark_output, write_text_atomic
 RUN_FILE = "eval_run.json"
 KIND = "eval"  # what its marker records (mpcc.outputs: --overwrite replaces only an output of its kind)
 WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-_EDGE = 1 << 20  # bytes hashed at each end of a weights file
+DIGESTS_FILE = ".mpcc-weights-sha256.json"  # beside the weights: {file: [size, mtime_ns, sha256]}
 
 
 def weights_fingerprint(path: str | Path) -> str | None:
-    """sha256 over each weights file's name, size and first and last MiB (a retrained checkpoint differs
-    there; a copy does not); None for a Hub name, identified by its name alone."""
+    """sha256 over each weights file's name, size and sha256 of its whole content (a change anywhere,
+    e.g. a merged LoRA, is seen; a copy is the same); None for a Hub name, identified by its name alone.
+    The files' digests are cached beside them for their (size, mtime_ns), so a rerun reads nothing
+    again; a folder that is not writable is hashed every time."""
     path = Path(path)
     if not path.is_dir():
         return None
-    digest = hashlib.sha256()
+    try:
+        cached = json.loads((path / DIGESTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    digests, digest = {}, hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.suffix in WEIGHTS_SUFFIXES and p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path)}:{size}".encode())
-        with open(file, "rb") as f:
-            digest.update(f.read(_EDGE))
-            f.seek(max(0, size - _EDGE))
-            digest.update(f.read(_EDGE))
+        name, stat = file.relative_to(path).as_posix(), file.stat()
+        known = cached.get(name) if isinstance(cached, dict) else None
+        if not (isinstance(known, list) and known[:2] == [stat.st_size, stat.st_mtime_ns]):
+            with open(file, "rb") as f:
+                known = [stat.st_size, stat.st_mtime_ns, hashlib.file_digest(f, "sha256").hexdigest()]
+        digests[name] = known
+        digest.update(f"{name}:{known[0]}:{known[2]}\n".encode())
+    if digests != cached:
+        with contextlib.suppress(OSError):
+            write_text_atomic(path / DIGESTS_FILE, json.dumps(digests, indent=1) + "\n")
     return digest.hexdigest()
 
 
