@@ -55,6 +55,21 @@ def weights_fingerprint(path: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+def read_run(run: str | Path) -> dict:
+    """The identity an `mpcc eval` output recorded: which model it evaluated, on what, how."""
+    try:
+        return json.loads((Path(run) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{run}: not an `mpcc eval` output ({RUN_FILE} unreadable: {e})") from e
+
+
+def evaluated(identity: dict, model: str | Path) -> bool:
+    """Whether the run of `identity` evaluated `model`: the same weights (a local folder), else name."""
+    if Path(model).is_dir():
+        return identity.get("weights") is not None and identity["weights"] == weights_fingerprint(model)
+    return identity.get("model") == str(model)
+
+
 def data_fingerprint(data: str | Path) -> str:
     """sha256 of the build record (an mpcc build) or of a saved dataset's state files."""
     data = Path(data)
