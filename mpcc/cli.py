@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mpcc.errors import ConfigError, MpccError, report
 from mpcc.options import add_options, parse_options
+from mpcc.outputs import check_inputs, option_inputs
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def _eval(job, config) -> int:
     if job.runs:
         if job.runs[0] != "compare" or len(job.runs) < 2:
             raise ConfigError("positional arguments are only for `mpcc eval compare RUN [RUN ...] --out DIR`")
-        print(f"comparison: {compare_runs(list(job.runs[1:]), job.out)}")
+        print(f"comparison: {compare_runs(list(job.runs[1:]), job.out, job.overwrite)}")
         return 0
     if not job.model or not job.data:
         raise ConfigError("--model and --data are required (or use `mpcc eval compare`)")
@@ -322,7 +323,12 @@ def _run(name: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if name == "train":
         return _train(args.recipe, args.overrides)
-    return COMMANDS[name].run(*parse_options(args, *classes)) if classes else COMMANDS[name].run()
+    if not classes:
+        return COMMANDS[name].run()
+    options = parse_options(args, *classes)
+    if isinstance(getattr(options[0], "out", None), Path):  # inputs the library call may not list
+        check_inputs(options[0].out, option_inputs(*options))
+    return COMMANDS[name].run(*options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,7 +172,8 @@ def run_demo(
         run_eval(model, data["eval"], evals[name], config)
 
     def compare():
-        compare_runs(list(evals.values()), paths["compare"])
+        # overwrite: a comparison cut short before its curves is made again
+        compare_runs(list(evals.values()), paths["compare"], overwrite=True)
         histories = {TRAINED[n][0]: log_history(paths[n]) for n in ("grpo_prior", "grpo")}
         with open(paths["compare"] / "compare.md", "a", encoding="utf-8") as f:
             f.write(f"\n## Learning curves\n\n{learning_table(histories)}\n![learning curves]({CURVES})\n")

@@ -27,10 +27,11 @@ from mpcc.errors import ConfigError, InputError, MissingInputError, MpccError, V
 from mpcc.evaluation.generation import conversation
 from mpcc.evaluation.harness import read_metrics
 from mpcc.evaluation.metrics import markdown_report
-from mpcc.models import load_model, load_processor
+from mpcc.evaluation.run_identity import evaluated, read_run, weights_fingerprint
+from mpcc.models import TINY_PREFIX, load_model, load_processor
 from mpcc.options import option
 from mpcc.outputs import check_inputs, check_output, staged_output
-from mpcc.training.record import load_run_record
+from mpcc.training.record import RUN_FILE, load_run_record
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 ADAPTER_FILE = "adapter_config.json"
 ZERO_TAG_FILE = "latest"  # DeepSpeed: names the global_stepN folder holding the shards
 CARD_FILE = "README.md"
+KIND = "export"  # what the output's marker records (--overwrite replaces only a previous export)
 # Accepted max |exported - checkpoint| logit, relative to max |checkpoint logit|. Saving and reloading
 # is exact; merging LoRA rounds the merged weights once in the model's dtype.
 RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -151,6 +153,34 @@ def _zero_model(path: Path):
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
+
+
+def _same_model(a: str, b: str) -> bool:
+    """One model: the same name, or local folders with the same weights (a copy, a moved folder)."""
+    return a == b or (
+        Path(a).is_dir() and Path(b).is_dir() and weights_fingerprint(a) == weights_fingerprint(b)
+    )
+
+
+def check_base(path: Path, base_model: str, record: dict | None) -> None:
+    """Refuse a --base-model that is not the base the adapter was trained on (adapter_config.json, and
+    mpcc_run.json when there) nor a copy of it; a recorded base that is a path no longer there (it has
+    moved) cannot be compared, and is not."""
+    recorded = {ADAPTER_FILE: adapter_base(path)}
+    if record:
+        recorded[RUN_FILE] = record["model"]["model_name_or_path"]
+    if any(_same_model(base_model, name) for name in recorded.values()):
+        return
+    if all(
+        not Path(n).exists() and not HUB_ID.match(n) and not n.startswith(TINY_PREFIX)
+        for n in recorded.values()
+    ):
+        return
+    named = "; ".join(f"{file} names {name}" for file, name in recorded.items())
+    raise ConfigError(
+        f"{path}: --base-model {base_model} is not the base the adapter was trained on ({named}): pass "
+        "that base or a copy of it, or leave --base-model out"
+    )
 
 
 def _adapter_model(path: Path, base: str):
@@ -318,11 +348,32 @@ def _data_section(record: dict | None) -> str:
     )
 
 
-def _eval_section(metrics: dict | None) -> str:
-    if metrics is None:
+def evaluation(run: Path, checkpoint: Path, bases: list[str]) -> dict:
+    """The metrics of the eval `run` and the model it evaluated: the checkpoint, else one of its `bases`;
+    an eval of another model is refused (its metrics would describe another model)."""
+    metrics, identity = read_metrics(run), read_run(run)
+    if evaluated(identity, checkpoint):
+        return {"metrics": metrics, "model": identity["model"], "base": False}
+    for base in bases:
+        if evaluated(identity, base):
+            return {"metrics": metrics, "model": base, "base": True}
+    raise InputError(
+        f"--eval-run {run} evaluated {identity.get('model')}, not {checkpoint} (nor its base "
+        f"{' / '.join(bases) or 'unknown'}): pass an `mpcc eval` of this checkpoint or of its base"
+    )
+
+
+def _eval_section(evaluation: dict | None) -> str:
+    if evaluation is None:
         return ""
-    report = markdown_report(metrics, "Evaluation (`mpcc eval`)")
-    return re.sub(r"^(#+) ", r"#\1 ", report, flags=re.MULTILINE) + "\n"
+    title, tables = markdown_report(evaluation["metrics"], "Evaluation (`mpcc eval`)").split("\n", 1)
+    model = evaluation["model"]
+    what = (
+        f"Of the **base model** `{model}`, not of these fine-tuned weights: a baseline to compare with."
+        if evaluation["base"]
+        else f"Of these weights (`mpcc eval` of `{model}`)."
+    )
+    return re.sub(r"^(#+) ", r"#\1 ", f"{title}\n\n{what}\n{tables}", flags=re.MULTILINE) + "\n"
 
 
 def _usage(adapter_only: bool, name: str, base: str) -> str:
@@ -361,12 +412,13 @@ def model_card(
     base: str,
     adapter_only: bool,
     merged: bool,
-    metrics: dict | None,
+    evaluation: dict | None,
     name: str,
     license: str | None = None,
     step: int | None = None,
 ) -> ModelCard:
-    """README.md with Hub metadata: what the weights are, how they were trained, on what, and results."""
+    """README.md with Hub metadata: what the weights are, how they were trained, on what, and results
+    (`evaluation`: from `evaluation`, naming the model evaluated)."""
     kind = record["run"]["trainer"] if record else None
     license = license or base_license(base) or "other"
     data = ModelCardData(
@@ -388,7 +440,7 @@ def model_card(
         "is hidden and the model names it from the visible context and commonsense.\n\n"
         f"- Base model: `{base}`\n- Weights: {weights}\n\n"
         f"{_usage(adapter_only, name, base)}\n{_training_section(record, step)}\n{_data_section(record)}\n"
-        f"{_eval_section(metrics)}"
+        f"{_eval_section(evaluation)}"
         f"## Licence\n\n`{license}`. The weights derive from `{base}`, whose licence terms apply.\n\n"
         f"## Citation\n\n```bibtex\n{CITATION}\n```\n"
     )
@@ -429,27 +481,37 @@ def export(
     `name` (e.g. the Hub repo id) titles the card and its usage snippet; default: the folder name.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    check_output(out, overwrite, inputs=(checkpoint, base_model))
+    check_output(out, overwrite, inputs=(checkpoint, base_model, eval_run), kind=KIND)
     kind = checkpoint_kind(checkpoint)
     if kind != "adapter" and (merge_lora or base_model):
         raise ConfigError(
             f"{checkpoint}: --merge-lora / --base-model apply to LoRA adapters, not to a {kind} checkpoint"
         )
-    metrics = read_metrics(Path(eval_run)) if eval_run else None
     record = load_run_record(checkpoint)
+    if base_model:
+        check_base(checkpoint, base_model, record)
     base = adapter_base(checkpoint, base_model) if kind == "adapter" else None
     check_inputs(out, (base,))  # the base an adapter names, when it is a local folder
+    card_base = (record or {}).get("model", {}).get("model_name_or_path") or base or "unknown"
+    bases = list(dict.fromkeys(b for b in (card_base, base) if b and b != "unknown"))
+    evaluated_by = evaluation(Path(eval_run), checkpoint, bases) if eval_run else None
     processor = checkpoint_processor(checkpoint, base)
     model = load_checkpoint(checkpoint, kind, base).to(_device())
     reference, dtype = probe_logits(model, probe_inputs(processor)), model.dtype
-    with staged_output(out, overwrite) as staging:
+    with staged_output(out, overwrite, kind=KIND) as staging:
         save_folder(model, processor, staging, merge_lora)
         del model
         diff, tolerance = validate(staging, reference, dtype, base)
-        card_base = (record or {}).get("model", {}).get("model_name_or_path") or base or "unknown"
         adapter_only = kind == "adapter" and not merge_lora
         card = model_card(
-            record, card_base, adapter_only, merge_lora, metrics, name or out.name, license, _step(checkpoint)
+            record,
+            card_base,
+            adapter_only,
+            merge_lora,
+            evaluated_by,
+            name or out.name,
+            license,
+            _step(checkpoint),
         )
         card.save(staging / CARD_FILE)
     logger.info("exported %s (%s) to %s; max logit difference %.3g", checkpoint, kind, out, diff)

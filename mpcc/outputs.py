@@ -5,6 +5,8 @@ tiny-model cache) follows these rules; this module is the one place they are imp
 
 * Inputs. `out` must not be, contain, or lie inside one of the command's inputs, with or without
   `--overwrite` (paths compared once resolved; inputs that do not exist, such as a Hub id, are skipped).
+  Every path-valued option of a command is an input (`option_inputs`), as are the models and runs
+  the library functions name.
 * Staging. A folder is written into a hidden staging directory `.{name}.XXXXXXXX` beside `out` and
   renamed into place once complete (one filesystem, so the rename is atomic); a failure removes it.
   A single file likewise goes through a hidden temporary file (`write_text_atomic`).
@@ -18,8 +20,11 @@ tiny-model cache) follows these rules; this module is the one place they are imp
   non-empty directory, so nothing written meanwhile is lost). With `overwrite`, it may also be a
   previous mpcc output: a directory (not a symlink) holding one of `PREVIOUS_OUTPUT_FILES` (the
   marker; `mpcc_build.json`: builds; `eval_run.json`: eval runs; `mpcc_run.json`: training outputs).
-  Anything else (a file, a symlink, another directory) is refused and left alone; outputs written
-  before the marker existed without one of those records (exports) are removed by hand. The old output
+  A command that names its `kind` (eval, compare, export) replaces only an output of that kind: the
+  marker records the kind, the records above stand for theirs, and a marker without one (written
+  before kinds were recorded) stands for any. Anything else (a file, a symlink, another directory)
+  is refused and left alone; outputs written before the marker existed without one of those records
+  (exports) are removed by hand. The old output
   is renamed aside (`.{name}.old.XXXXXXXX`), the new one renamed in, then the old one deleted: an
   exception in between puts the old one back, a kill leaves it aside (the next run warns), never
   neither.
@@ -40,6 +45,7 @@ tiny-model cache) follows these rules; this module is the one place they are imp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -61,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = ".mpcc-output"
 PREVIOUS_OUTPUT_FILES = (MARKER, "mpcc_build.json", "eval_run.json", "mpcc_run.json")
+RECORD_KINDS = {"mpcc_build.json": "prepare", "eval_run.json": "eval", "mpcc_run.json": "train"}
 
 
 class OutputExistsError(ConfigError):
@@ -92,18 +99,33 @@ def check_inputs(out: str | Path, inputs: Iterable[str | Path | None], error: ty
         raise error(f"the output {out} {relation} the input {given}: choose an output outside the inputs")
 
 
+def option_inputs(*options) -> list[Path]:
+    """Every path a command's parsed options (dataclasses) hold, its `out` aside: each is an input."""
+    found = []
+    for value in options:
+        if dataclasses.is_dataclass(value):
+            fields = dataclasses.fields(value)
+            found += option_inputs(*(getattr(value, f.name) for f in fields if f.name != "out"))
+        elif isinstance(value, tuple):
+            found += option_inputs(*value)
+        elif isinstance(value, Path):
+            found.append(value)
+    return found
+
+
 def check_output(
     out: str | Path,
     overwrite: bool = False,
     error: type[MpccError] = OutputExistsError,
     inputs: Iterable[str | Path | None] = (),
+    kind: str | None = None,
 ) -> None:
-    """Refuse `out` if it is or holds an input, holds what may not be replaced (see the module's rules),
-    or another process is writing it. Call it before the work, so a run does not fail at its end;
-    `error` keeps the type an API documents (BuildError)."""
+    """Refuse `out` if it is or holds an input, holds what may not be replaced (see the module's rules;
+    `kind`: only a previous output of that kind), or another process is writing it. Call it before the
+    work, so a run does not fail at its end; `error` keeps the type an API documents (BuildError)."""
     out = Path(out)
     check_inputs(out, inputs, error)
-    problem = _obstacle(out, overwrite)
+    problem = _obstacle(out, overwrite, kind)
     if problem:
         raise error(problem)
     if _lock_path(out) not in _held and out.parent.is_dir():
@@ -113,7 +135,7 @@ def check_output(
             raise error(str(e)) from None
 
 
-def _obstacle(out: Path, overwrite: bool) -> str | None:
+def _obstacle(out: Path, overwrite: bool, kind: str | None = None) -> str | None:
     """Why `out` may not be replaced, or None."""
     if not os.path.lexists(out) or _empty_dir(out):
         return None
@@ -121,7 +143,13 @@ def _obstacle(out: Path, overwrite: bool) -> str | None:
         return f"{out} exists and is not empty: choose another output, or replace it with --overwrite"
     if out.is_dir() and not out.is_symlink():
         if any((out / name).is_file() for name in PREVIOUS_OUTPUT_FILES):
-            return None
+            found = output_kind(out)
+            if kind is None or found in (None, kind):
+                return None
+            return (
+                f"{out} is an mpcc {found} output: --overwrite here replaces only a previous {kind} output; "
+                "remove it yourself or choose another output"
+            )
         names = sorted(os.listdir(out))
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         what = f"a directory mpcc did not write (it holds {shown})"
@@ -131,6 +159,15 @@ def _obstacle(out: Path, overwrite: bool) -> str | None:
         f"{out} is {what}: --overwrite replaces only an mpcc output (a directory holding one of "
         f"{', '.join(PREVIOUS_OUTPUT_FILES)}); remove it yourself or choose another output"
     )
+
+
+def output_kind(out: Path) -> str | None:
+    """The kind of mpcc output `out` is: its marker's, else its record's; None when not recorded."""
+    try:
+        kind = json.loads((out / MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    return kind or next((k for name, k in RECORD_KINDS.items() if (out / name).is_file()), None)
 
 
 def _empty_dir(path: Path) -> bool:
@@ -215,13 +252,16 @@ def lock_output(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> _L
 
 
 @contextlib.contextmanager
-def staged_output(out: str | Path, overwrite: bool = False, first_wins: bool = False) -> Iterator[Path]:
+def staged_output(
+    out: str | Path, overwrite: bool = False, first_wins: bool = False, kind: str | None = None
+) -> Iterator[Path]:
     """A new directory beside `out` (holding only the marker) to write the output into: renamed to `out`
     when the block succeeds, removed on any failure (`out` is then as it was).
 
-    `out` is replaced as the module's rules say, else OutputExistsError (something was written to `out`
-    meanwhile). With `first_wins`, for a cache that racing processes fill with the same content, the
-    copy already there is kept and this one dropped.
+    `out` is replaced as the module's rules say (`kind`: only an output of that kind, which the marker
+    records), else OutputExistsError (something was written to `out` meanwhile). With `first_wins`, for
+    a cache that racing processes fill with the same content, the copy already there is kept and this
+    one dropped.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +273,7 @@ def staged_output(out: str | Path, overwrite: bool = False, first_wins: bool = F
         try:
             _write_marker(staging, {"written_by": _command(), **_owner()})
             yield staging
-            _place(staging, out, overwrite, first_wins)
+            _place(staging, out, overwrite, first_wins, kind)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     finally:
@@ -245,11 +285,9 @@ def _hidden(out: Path, kind: str = "") -> Path:
     return out.with_name(f".{out.name}.{kind}{uuid.uuid4().hex[:8]}")
 
 
-def _place(staging: Path, out: Path, overwrite: bool, first_wins: bool) -> None:
+def _place(staging: Path, out: Path, overwrite: bool, first_wins: bool, kind: str | None) -> None:
     set_modes(staging)
-    _write_marker(
-        staging, {"written_by": _command(), "mpcc_version": mpcc.__version__}
-    )  # same bytes each run
+    mark_output(staging, kind)
     if first_wins:
         try:
             os.rename(staging, out)
@@ -258,7 +296,7 @@ def _place(staging: Path, out: Path, overwrite: bool, first_wins: bool) -> None:
                 raise
             logger.info("%s was written meanwhile by another process; keeping that copy", out)
         return
-    problem = _obstacle(out, overwrite)
+    problem = _obstacle(out, overwrite, kind)
     if problem:
         raise OutputExistsError(f"{problem} (found when the output was complete)")
     old = _hidden(out, "old.") if _occupied(out) else None  # a previous output, with `overwrite`
@@ -279,6 +317,13 @@ def _place(staging: Path, out: Path, overwrite: bool, first_wins: bool) -> None:
             shutil.rmtree(old)
         except OSError as e:  # the new output is in place: say so, and what is left
             logger.warning("could not remove the previous %s, set aside as %s: %s", out.name, old, e)
+
+
+def mark_output(folder: Path, kind: str | None = None) -> None:
+    """The finished output's marker: the command, its kind if named and the mpcc version (the same bytes
+    every run)."""
+    kinds = {"kind": kind} if kind else {}
+    _write_marker(folder, {"written_by": _command(), **kinds, "mpcc_version": mpcc.__version__})
 
 
 def _write_marker(folder: Path, record: dict) -> None:

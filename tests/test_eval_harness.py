@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -10,9 +11,12 @@ from PIL import Image
 
 from mpcc.cli import main
 from mpcc.data.difficulty import LEVELS
+from mpcc.evaluation import run_identity
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.diagnostics import CANVAS, Diagnostics
 from mpcc.evaluation.harness import eval_rows
+from mpcc.evaluation.run_identity import weights_fingerprint
+from mpcc.models import resolve_model_path
 
 ARGS = ["--limit", "6", "--max-new-tokens", "8", "--formats", "mc4,yesno,open", "--batch-size", "8"]
 
@@ -231,3 +235,85 @@ def test_resume_continues_only_the_same_run(tiny_builds, tmp_path, monkeypatch):
     assert "qwen3_vl" in json.loads((out / "eval_run.json").read_text())["model"]
     (out / "eval_run.json").unlink()  # e.g. a run of an older mpcc
     assert main([*other, *quick]) == 2
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_eval_and_compare_write_only_into_what_they_own(evaluated, tiny_builds, tmp_path, monkeypatch):
+    """A folder of the user's is refused (with --overwrite too), a run is never a comparison's output,
+    and --overwrite replaces only an output of the same kind."""
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report")
+    (mine / "metrics.json").write_text("{}")
+    quick = ["--limit", "1", "--max-new-tokens", "2", "--formats", "mc4"]
+    for overwrite in ([], ["--overwrite"]):
+        assert _eval(tiny_builds["eval"], mine, *quick, *overwrite) == 2, overwrite
+        assert main(["eval", "compare", str(evaluated), "--out", str(mine), *overwrite]) == 2, overwrite
+    assert _files(mine) == {"report.md": b"my report", "metrics.json": b"{}"}
+
+    run = _files(evaluated)
+    for overwrite in ([], ["--overwrite"]):
+        assert (
+            main(["eval", "compare", str(evaluated), str(tmp_path), "--out", str(evaluated), *overwrite]) == 2
+        )
+    assert _files(evaluated) == run
+
+    cmp = tmp_path / "cmp"
+    assert main(["eval", "compare", str(evaluated), "--out", str(cmp)]) == 0
+    assert main(["eval", "compare", str(evaluated), "--out", str(cmp)]) == 2  # occupied
+    assert main(["eval", "compare", str(evaluated), "--out", str(cmp), "--overwrite"]) == 0
+    assert _eval(tiny_builds["eval"], cmp, *quick, "--overwrite") == 2  # a comparison, not an eval run
+    assert (cmp / "compare.md").is_file() and not (cmp / "predictions.jsonl").exists()
+
+
+def test_a_failed_start_leaves_nothing_new(tiny_builds, tmp_path, monkeypatch):
+    """Weights that do not load: no run record, no folder; an --overwrite of a previous run keeps it."""
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model_path("tiny:qwen2_5_vl"), model)
+    quick = ["--limit", "1", "--max-new-tokens", "2", "--formats", "mc4"]
+    previous = tmp_path / "previous"
+    assert _eval(tiny_builds["eval"], previous, *quick) == 0
+    before = _files(previous)
+    weights = model / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size - 1000)
+    command = ["eval", "--model", str(model), "--data", str(tiny_builds["eval"]), *quick, "--out"]
+    assert main([*command, str(tmp_path / "new")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main([*command, str(tmp_path / "empty")]) == 2
+    assert main([*command, str(previous), "--overwrite"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "empty", "model", "previous"]
+    assert list((tmp_path / "empty").iterdir()) == [] and _files(previous) == before
+
+
+def test_weights_fingerprint_reads_every_byte_once(tmp_path, monkeypatch):
+    """A change in the middle of a weights file (a merged LoRA) changes it; a rerun reuses the digest
+    cached beside the weights for the same size and mtime; a read-only folder is only hashed."""
+    model = tmp_path / "model"
+    model.mkdir()
+    weights = model / "model.safetensors"
+    weights.write_bytes(bytes(3 << 20))  # the middle MiB is neither the first nor the last
+    first = weights_fingerprint(model)
+    stat = weights.stat()
+    with open(weights, "r+b") as f:
+        f.seek(3 << 19)
+        f.write(b"\x01")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights_fingerprint(model) == first  # same size and mtime: the cached digest, not a read
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    changed = weights_fingerprint(model)
+    assert changed != first
+
+    def read_only(*args):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(run_identity, "write_text_atomic", read_only)
+    weights.write_bytes(bytes(3 << 20))  # the first bytes again, a new mtime: hashed, not cached
+    assert weights_fingerprint(model) == first

@@ -24,6 +24,7 @@ from mpcc.cli import main as cli
 from mpcc.data import prompts
 from mpcc.evaluation.generation import conversation
 from mpcc.evaluation.metrics import compute_metrics
+from mpcc.evaluation.run_identity import weights_fingerprint
 from mpcc.models import load_model, load_processor, resolve_model_path
 from mpcc.rewards import resolve_rewards
 from mpcc.train import main as train
@@ -83,8 +84,8 @@ def _card(out: Path) -> tuple[dict, str]:
     return card.data.to_dict(), card.text
 
 
-def _metrics_run(path: Path) -> Path:
-    """An `mpcc eval` output folder: metrics.json from a few scored records."""
+def _metrics_run(path: Path, model: str | Path) -> Path:
+    """An `mpcc eval` output folder of `model`: metrics.json from a few scored records, eval_run.json."""
     records = [
         {"item_id": f"{i}", "format": "mc4", "difficulty": level, "in_distribution": True,
          "supercategory": "kitchen", "correct": i % 2 == 0, "format_ok": True, "parsed": "A"}
@@ -92,6 +93,8 @@ def _metrics_run(path: Path) -> Path:
     ]  # fmt: skip
     path.mkdir()
     (path / "metrics.json").write_text(json.dumps(compute_metrics(records)))
+    named = str(Path(model).resolve()) if Path(model).exists() else str(model)
+    (path / "eval_run.json").write_text(json.dumps({"model": named, "weights": weights_fingerprint(model)}))
     return path
 
 
@@ -127,7 +130,7 @@ def test_card_describes_grpo_with_prior_sampling(tmp_path_factory, monkeypatch):
 
 def test_full_finetune_checkpoint(full_run, tmp_path, capsys):
     checkpoint, out = full_run / "checkpoint-2", tmp_path / "export"
-    eval_run = _metrics_run(tmp_path / "eval")
+    eval_run = _metrics_run(tmp_path / "eval", checkpoint)
     assert cli(["export", str(checkpoint), "--out", str(out), "--eval-run", str(eval_run)]) == 0
     printed = capsys.readouterr().out
     assert "(model checkpoint)" in printed and "validated: max |logit difference| 0 <=" in printed
@@ -159,6 +162,7 @@ def test_full_finetune_checkpoint(full_run, tmp_path, capsys):
     assert f"{build['thresholds'][0]:.4f} / {build['thresholds'][1]:.4f}" in text
     assert ", ".join(build["config"]["ood_categories"]) in text
     assert "## Evaluation (`mpcc eval`)" in text and "### Accuracy by level and format" in text
+    assert f"Of these weights (`mpcc eval` of `{checkpoint.resolve()}`)" in text
     assert "| easy | 0.500 (n=2)" in text
     assert "arXiv 2510.21807" in text and "Proceedings of the AAAI Conference" in text
     assert "Reward" not in text and "Prior sampling" not in text  # SFT has neither
@@ -263,7 +267,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(full_run, lora_run, tmp_
         "not a training checkpoint": [str(not_ckpt)],
         "no such checkpoint directory": [str(tmp_path / "missing")],
         "apply to LoRA adapters": [str(full_run), "--merge-lora"],
-        "not an `mpcc eval` output": [str(full_run), "--eval-run", str(tmp_path)],
+        "not an `mpcc eval` output": [str(full_run), "--eval-run", str(not_ckpt)],
         "need --push-to-hub": [str(full_run), "--dry-run"],
         "Repo id must be": [str(full_run), "--push-to-hub", "bad id//x", "--dry-run"],
     }
@@ -286,6 +290,32 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(full_run, lora_run, tmp_
     rc, err = _rc_err(["export", str(full_run), "--out", str(out)], capsys)
     assert rc == 2 and "exists and is not empty" in err and os.listdir(out) == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "notes", "out"]  # no staging left
+
+
+def test_the_eval_run_must_be_of_this_model_or_its_base(full_run, tmp_path, capsys):
+    checkpoint, out = full_run / "checkpoint-2", tmp_path / "export"
+    other = _metrics_run(tmp_path / "other", "tiny:qwen3_vl")
+    rc, err = _rc_err(["export", str(checkpoint), "--out", str(out), "--eval-run", str(other)], capsys)
+    assert rc == 2 and f"--eval-run {other} evaluated tiny:qwen3_vl, not {checkpoint}" in err, err
+    assert "nor its base tiny:qwen2_5_vl" in err and not out.exists()
+    of_base = _metrics_run(tmp_path / "base", "tiny:qwen2_5_vl")  # the record's model_name_or_path
+    assert cli(["export", str(checkpoint), "--out", str(out), "--eval-run", str(of_base)]) == 0
+    text = _card(out)[1]
+    assert "Of the **base model** `tiny:qwen2_5_vl`, not of these fine-tuned weights" in text
+
+
+def test_base_model_must_be_the_adapters_recorded_base(lora_run, full_run, tmp_path, capsys):
+    recorded = json.loads((lora_run / "adapter_config.json").read_text())["base_model_name_or_path"]
+    another = str(full_run / "checkpoint-2")  # the same architecture: it would merge without an error
+    out = tmp_path / "export"
+    rc, err = _rc_err(
+        ["export", str(lora_run), "--out", str(out), "--merge-lora", "--base-model", another], capsys
+    )
+    assert rc == 2 and f"--base-model {another} is not the base the adapter was trained on" in err, err
+    assert recorded in err and "tiny:qwen2_5_vl" in err and not out.exists()
+    copy = tmp_path / "base copy"
+    shutil.copytree(recorded, copy)  # a base that has moved: the same weights
+    assert cli(["export", str(lora_run), "--out", str(out), "--base-model", str(copy)]) == 0
 
 
 def test_a_mismatch_fails_validation_and_writes_nothing(full_run, tmp_path, capsys, monkeypatch):

@@ -166,6 +166,21 @@ def test_prepare_refuses_an_output_that_would_delete_its_inputs(scenes, tmp_path
     assert _files(scenes) == before and not (images / "out").exists()
 
 
+def test_overwrite_never_deletes_an_input_given_as_an_option(scenes, tmp_path, capsys):
+    """Every path option is an input: a distractors or MPCC-Eval file inside a previous output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text("{}")  # a previous mpcc output, which --overwrite may replace
+    for flag, name in [("--distractors", "d.jsonl"), ("--mpcc-eval", "me.json")]:
+        (out / name).write_text("")
+        argv = ["prepare", "eval", "--annotations", str(scenes / "instances.json"), "--images"]
+        argv += [str(scenes / "images"), flag, str(out / name), "--out", str(out), "--overwrite"]
+        assert main([*argv, "--num-proc", "1"]) == 2, flag
+        err = capsys.readouterr().err
+        assert f"the output {out} contains the input {out / name}" in err, err
+    assert _names(out) == ["d.jsonl", "me.json"]
+
+
 def test_every_directory_writer_refuses_its_inputs(train_build, tmp_path, capsys):
     before = _files(train_build)
     inside = train_build / "out"
@@ -224,6 +239,28 @@ def test_overwrite_replaces_only_a_previous_mpcc_output(tmp_path):
             (staging / "new.txt").write_text("new")
         assert _names(previous) == ["new.txt"]
     assert _names(tmp_path) == ["eval_run", "file", "link", "mpcc_build", "mpcc_run", "out"]
+
+
+def test_overwrite_with_a_kind_replaces_only_an_output_of_that_kind(tmp_path):
+    with staged_output(tmp_path / "export", kind="export") as staging:
+        (staging / "a.txt").write_text("a")
+    assert json.loads((tmp_path / "export" / MARKER).read_text())["kind"] == "export"
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / MARKER).write_text("{}")  # from before kinds were recorded: any kind
+    for name in ("export", "legacy"):
+        with staged_output(tmp_path / name, overwrite=True, kind="export") as staging:
+            (staging / "b.txt").write_text("b")
+        assert _names(tmp_path / name) == ["b.txt"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "eval_run.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="is an mpcc eval output: .* replaces only a previous export"):
+        check_output(tmp_path / "run", overwrite=True, kind="export")
+    with (
+        pytest.raises(OutputExistsError, match="mpcc export output"),
+        staged_output(tmp_path / "export", overwrite=True, kind="compare"),
+    ):
+        pass
+    assert _names(tmp_path / "run") == ["eval_run.json"] and _names(tmp_path / "export") == ["b.txt"]
 
 
 def test_something_written_to_out_during_the_run_is_never_replaced(tmp_path):

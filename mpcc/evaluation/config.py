@@ -105,5 +105,7 @@ class EvalJob:
     data: Path | None = option(None, "an `mpcc prepare eval` build")
     out: Path = option(help="output directory")
     overwrite: bool = option(
-        False, "start over: remove a previous run's outputs in --out (else only the same run resumes)"
+        False,
+        "start over: replace a previous eval run (or comparison) in --out, never other files (else only "
+        "the same run resumes)",
     )

@@ -25,19 +25,20 @@ from mpcc.evaluation.diagnostics import Diagnostics
 from mpcc.evaluation.generation import HFGenerator, VLLMGenerator
 from mpcc.evaluation.metrics import compute_metrics, markdown_report, table
 from mpcc.evaluation.parsing import is_correct, parse_answer
-from mpcc.evaluation.run_identity import RUN_FILE, claim, run_identity
+from mpcc.evaluation.run_identity import RUN_FILE, check_claim, claim, run_identity
 from mpcc.evaluation.step_diagnostics import EVIDENCE_CHART, GROUNDING, RISK_CHART, run_step_diagnostics
 from mpcc.evaluation.step_diagnostics import charts as step_charts
 from mpcc.evaluation.step_diagnostics import compare as compare_grounding
 from mpcc.evaluation.step_diagnostics import markdown as step_markdown
 from mpcc.models import resolve_model_path
-from mpcc.outputs import lock_output, read_appended
+from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
 from mpcc.rewards import levenshtein_reward
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS, METRICS, REPORT, CHART = "predictions.jsonl", "metrics.json", "report.md", "accuracy.png"
 REPORT_HTML = "report.html"
+COMPARE = "compare"  # the kind of output `mpcc eval compare` writes
 RUN_OUTPUTS = (
     PREDICTIONS,
     GROUNDING,
@@ -142,15 +143,11 @@ def run_eval(
     out = Path(out)
     _lock = lock_output(out, inputs=(model_name_or_path, data))  # no other writer until this returns
     rows = eval_rows(data, config)
-    if overwrite:
-        for name in RUN_OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
-    claim(out, identity, (PREDICTIONS, GROUNDING))
+    check_claim(out, identity, overwrite)
     diagnostics = Diagnostics(data, k=config.context_k) if config.diagnostics else None
     predictions = out / PREDICTIONS
-    done = _done(predictions)
+    done = set() if overwrite else _done(predictions)
     conditions = ("normal", *(d for d in config.diagnostics if d in IMAGE_DIAGNOSTICS))
     generator = None
 
@@ -173,7 +170,12 @@ def run_eval(
         if (f"{pid}:{c}", s) not in done
     ]
     if todo:
-        get_generator()
+        get_generator()  # weights that do not load stop the run here, before anything is written
+    if overwrite:
+        for name in (*RUN_OUTPUTS, MARKER):
+            (out / name).unlink(missing_ok=True)
+    claim(out, identity)
+    if todo:
         sampling = config.samples > 1 or config.decoding.do_sample
         decoding = Decoding(
             config.decoding.max_new_tokens, sampling, config.decoding.temperature, config.decoding.top_p
@@ -294,11 +296,17 @@ def _accuracy(cell: dict | None) -> str:
     return f"{cell['accuracy']:.3f}" if cell else "–"
 
 
-def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
-    """Several eval runs side by side: one chart and one markdown table of their metrics."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = [Path(r) for r in runs]
+def compare_runs(runs: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
+    """Several eval runs side by side: one chart and one markdown table of their metrics, written to `out`
+    as every mpcc output (mpcc.outputs: whole or not at all; `overwrite` replaces only a comparison)."""
+    out, runs = Path(out), [Path(r) for r in runs]
+    check_output(out, overwrite, inputs=runs, kind=COMPARE)
+    with staged_output(out, overwrite, kind=COMPARE) as staging:
+        _write_comparison(runs, staging)
+    return out / "compare.md"
+
+
+def _write_comparison(runs: list[Path], out: Path) -> None:
     names = [r.name for r in runs]
     labels = names if len(set(names)) == len(names) else [str(r) for r in runs]  # never merge two runs
     metrics = {label: read_metrics(run) for label, run in zip(labels, runs)}
@@ -335,4 +343,3 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     if grounded:
         lines += ["", *compare_grounding(grounded, out)]
     (out / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out / "compare.md"

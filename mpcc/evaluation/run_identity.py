@@ -10,6 +10,7 @@ with what differs, until `--overwrite` (start over) or another `--out`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,28 +20,54 @@ from mpcc.data.prompts import PROMPT_VERSION
 from mpcc.data.render import BUILD_FILE
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
-from mpcc.outputs import write_text_atomic
+from mpcc.outputs import check_output, mark_output, write_text_atomic
 
 RUN_FILE = "eval_run.json"
+KIND = "eval"  # what its marker records (mpcc.outputs: --overwrite replaces only an output of its kind)
 WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-_EDGE = 1 << 20  # bytes hashed at each end of a weights file
+DIGESTS_FILE = ".mpcc-weights-sha256.json"  # beside the weights: {file: [size, mtime_ns, sha256]}
 
 
 def weights_fingerprint(path: str | Path) -> str | None:
-    """sha256 over each weights file's name, size and first and last MiB (a retrained checkpoint differs
-    there; a copy does not); None for a Hub name, identified by its name alone."""
+    """sha256 over each weights file's name, size and sha256 of its whole content (a change anywhere,
+    e.g. a merged LoRA, is seen; a copy is the same); None for a Hub name, identified by its name alone.
+    The files' digests are cached beside them for their (size, mtime_ns), so a rerun reads nothing
+    again; a folder that is not writable is hashed every time."""
     path = Path(path)
     if not path.is_dir():
         return None
-    digest = hashlib.sha256()
+    try:
+        cached = json.loads((path / DIGESTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    digests, digest = {}, hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.suffix in WEIGHTS_SUFFIXES and p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path)}:{size}".encode())
-        with open(file, "rb") as f:
-            digest.update(f.read(_EDGE))
-            f.seek(max(0, size - _EDGE))
-            digest.update(f.read(_EDGE))
+        name, stat = file.relative_to(path).as_posix(), file.stat()
+        known = cached.get(name) if isinstance(cached, dict) else None
+        if not (isinstance(known, list) and known[:2] == [stat.st_size, stat.st_mtime_ns]):
+            with open(file, "rb") as f:
+                known = [stat.st_size, stat.st_mtime_ns, hashlib.file_digest(f, "sha256").hexdigest()]
+        digests[name] = known
+        digest.update(f"{name}:{known[0]}:{known[2]}\n".encode())
+    if digests != cached:
+        with contextlib.suppress(OSError):
+            write_text_atomic(path / DIGESTS_FILE, json.dumps(digests, indent=1) + "\n")
     return digest.hexdigest()
+
+
+def read_run(run: str | Path) -> dict:
+    """The identity an `mpcc eval` output recorded: which model it evaluated, on what, how."""
+    try:
+        return json.loads((Path(run) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{run}: not an `mpcc eval` output ({RUN_FILE} unreadable: {e})") from e
+
+
+def evaluated(identity: dict, model: str | Path) -> bool:
+    """Whether the run of `identity` evaluated `model`: the same weights (a local folder), else name."""
+    if Path(model).is_dir():
+        return identity.get("weights") is not None and identity["weights"] == weights_fingerprint(model)
+    return identity.get("model") == str(model)
 
 
 def data_fingerprint(data: str | Path) -> str:
@@ -65,30 +92,32 @@ def run_identity(model: str, model_path: str, data: str | Path, config: EvalConf
     }
 
 
-def claim(out: Path, identity: dict, produced: tuple[str, ...]) -> None:
-    """Record `identity` for `out`, or check it against the run that already wrote there. `produced` are
-    the files a run appends to: present without a record, they belong to a run we cannot identify."""
+def check_claim(out: Path, identity: dict, overwrite: bool) -> None:
+    """Refuse an `out` this run may not write: one holding another eval run (unless `overwrite`), or
+    anything but an eval run (mpcc.outputs' rules: nothing of the user's is written into or replaced)."""
     record = out / RUN_FILE
-    if record.is_file():
-        try:
-            before = json.loads(record.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise InputError(f"{record}: unreadable ({e}); start over with --overwrite") from e
-        changed = [
-            f"{key}: {before.get(key)!r} -> {value!r}"
-            for key, value in identity.items()
-            if before.get(key) != value
-        ]
-        if changed:
-            raise InputError(
-                f"{out} holds another eval run ({'; '.join(changed)}): resuming would report its predictions "
-                "under the new settings; start over with --overwrite or choose another --out"
-            )
+    if overwrite or not record.is_file():
+        check_output(out, overwrite, kind=KIND)
         return
-    found = [name for name in produced if (out / name).exists()]
-    if found:
+    try:
+        before = json.loads(record.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(f"{record}: unreadable ({e}); start over with --overwrite") from e
+    changed = [
+        f"{key}: {before.get(key)!r} -> {value!r}"
+        for key, value in identity.items()
+        if before.get(key) != value
+    ]
+    if changed:
         raise InputError(
-            f"{out} holds {', '.join(found)} without {RUN_FILE} (an unidentified run): start over with "
-            "--overwrite or choose another --out"
+            f"{out} holds another eval run ({'; '.join(changed)}): resuming would report its predictions "
+            "under the new settings; start over with --overwrite or choose another --out"
         )
-    write_text_atomic(record, json.dumps(identity, indent=1) + "\n")
+
+
+def claim(out: Path, identity: dict) -> None:
+    """Make `out` this run's (after check_claim, once the run has started): its marker and record."""
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, KIND)
+    if not (out / RUN_FILE).is_file():
+        write_text_atomic(out / RUN_FILE, json.dumps(identity, indent=1) + "\n")
