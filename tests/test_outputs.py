@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mpcc.cli import main
+from mpcc.data.build import BuildConfig, BuildError, build
 from mpcc.errors import InputError, MpccError
 from mpcc.outputs import (
     MARKER,
@@ -178,6 +179,11 @@ def test_overwrite_never_deletes_an_input_given_as_an_option(scenes, tmp_path, c
         assert main([*argv, "--num-proc", "1"]) == 2, flag
         err = capsys.readouterr().err
         assert f"the output {out} contains the input {out / name}" in err, err
+    assert _names(out) == ["d.jsonl", "me.json"]
+    for field, name in [("distractors", "d.jsonl"), ("mpcc_eval", "me.json")]:  # the library call too
+        config = BuildConfig("eval", **{field: out / name})
+        with pytest.raises(BuildError, match=f"the output {out} contains the input {out / name}"):
+            build(scenes / "instances.json", scenes / "images", out, config, overwrite=True, num_proc=1)
     assert _names(out) == ["d.jsonl", "me.json"]
 
 

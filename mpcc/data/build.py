@@ -660,7 +660,12 @@ def build(
     speed only: the output bytes are the same for any value.
     """
     out = Path(out)
-    check_output(out, overwrite, error=BuildError, inputs=(annotations, images_dir, config.stats))
+    check_output(
+        out,
+        overwrite,
+        error=BuildError,
+        inputs=(annotations, images_dir, config.stats, config.distractors, config.mpcc_eval),
+    )
     source = load_coco(annotations, images_dir)
     the_plan, stats = plan(source, config)
     report = source.report
