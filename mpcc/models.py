@@ -40,6 +40,7 @@ from transformers.models.auto.video_processing_auto import get_video_processor_c
 
 import mpcc
 from mpcc.errors import ConfigError, InputError, MissingInputError, UnreadableInputError
+from mpcc.inputs import read_json
 from mpcc.options import option
 from mpcc.outputs import MARKER, check_output, staged_output
 
@@ -201,7 +202,7 @@ def check_safetensors(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     for index in sorted(folder.glob("*.safetensors.index.json")):
         try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            shards = set(read_json(index)["weight_map"].values())
         except (OSError, ValueError, KeyError, AttributeError) as e:
             raise InputError(f"{index}: not a readable safetensors index ({type(e).__name__}: {e})") from e
         missing = sorted(name for name in shards if not (folder / name).is_file())

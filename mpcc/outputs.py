@@ -56,6 +56,7 @@ from pathlib import Path
 
 import mpcc
 from mpcc.errors import ConfigError, MpccError
+from mpcc.inputs import read_json, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def _remove_stale(out: Path) -> None:
         if not staging.fullmatch(path.name):
             continue
         try:
-            owner = json.loads((path / MARKER).read_text(encoding="utf-8"))
+            owner = read_json(path / MARKER)
         except (OSError, ValueError):
             continue  # not known to be ours
         if not isinstance(owner, dict):
@@ -379,7 +380,7 @@ def read_appended(path: str | Path, keys: tuple[str, ...]) -> list[dict]:
     if not path.is_file():
         return []
     kept, records = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path).splitlines():
         try:
             record = json.loads(line)
             if all(key in record for key in keys):

@@ -30,6 +30,7 @@ from mpcc.evaluation.step_diagnostics import EVIDENCE_CHART, GROUNDING, RISK_CHA
 from mpcc.evaluation.step_diagnostics import charts as step_charts
 from mpcc.evaluation.step_diagnostics import compare as compare_grounding
 from mpcc.evaluation.step_diagnostics import markdown as step_markdown
+from mpcc.inputs import read_json, read_text
 from mpcc.models import resolve_model_path
 from mpcc.outputs import lock_output, read_appended
 from mpcc.rewards import levenshtein_reward
@@ -205,7 +206,7 @@ def run_eval(
                 f.flush()
                 bar.update(len(batch))
     by_condition: dict[str, list[dict]] = {c: [] for c in conditions}
-    for line in predictions.read_text(encoding="utf-8").splitlines():
+    for line in read_text(predictions).splitlines():
         record = json.loads(line)
         by_condition.setdefault(record.get("condition", "normal"), []).append(record)
     metrics = compute_metrics(by_condition["normal"])
@@ -285,7 +286,7 @@ def report_html(markdown_text: str, title: str) -> str:
 def read_metrics(run: Path) -> dict:
     """The metrics an `mpcc eval` run wrote, with an error naming the folder when it is not one."""
     try:
-        return json.loads((run / METRICS).read_text(encoding="utf-8"))
+        return read_json(run / METRICS)
     except (OSError, ValueError) as e:
         raise InputError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
 

@@ -19,6 +19,7 @@ from mpcc.data.prompts import PROMPT_VERSION
 from mpcc.data.render import BUILD_FILE
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
+from mpcc.inputs import read_bytes, read_json
 from mpcc.outputs import write_text_atomic
 
 RUN_FILE = "eval_run.json"
@@ -49,7 +50,7 @@ def data_fingerprint(data: str | Path) -> str:
     files = [data / BUILD_FILE] if (data / BUILD_FILE).is_file() else sorted(data.rglob("state.json"))
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.read_bytes())
+        digest.update(read_bytes(file))
     return digest.hexdigest()
 
 
@@ -71,7 +72,7 @@ def claim(out: Path, identity: dict, produced: tuple[str, ...]) -> None:
     record = out / RUN_FILE
     if record.is_file():
         try:
-            before = json.loads(record.read_text(encoding="utf-8"))
+            before = read_json(record)
         except ValueError as e:
             raise InputError(f"{record}: unreadable ({e}); start over with --overwrite") from e
         changed = [
