@@ -278,6 +278,13 @@ def keep_lora_off_vision_tower(peft_config, model):
 TINY_PREFIX = "tiny:"
 
 
+def model_type(name_or_path: str) -> str:
+    """The model's type (`qwen2_5_vl`) from its config; a `tiny:<arch>` spec's without building it."""
+    if name_or_path.startswith(TINY_PREFIX):
+        return name_or_path[len(TINY_PREFIX) :]
+    return _load_config(name_or_path).model_type
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """`tiny:<arch>` is a tiny random-weight model built on first use and cached; anything else as given."""
     if name_or_path.startswith(TINY_PREFIX):
@@ -556,16 +563,22 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
     final = root / f"{arch}-{_tiny_fingerprint(arch, seed)}"
     if final.is_dir():
         return final
-    with staged_output(final, first_wins=True) as staging:
-        built = staging / "tiny"  # the child's own output (staged too), moved up into this staging folder
-        command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(built)]
-        child = subprocess.run([*command, "--seed", str(seed)], capture_output=True, text=True)
-        if child.returncode != 0:
-            raise RuntimeError(f"building the tiny {arch} model failed:\n{child.stderr[-3000:]}")
-        for path in built.iterdir():
-            if path.name != MARKER:  # this staging folder has its own
-                path.rename(staging / path.name)
-        shutil.rmtree(built)
+    try:
+        with staged_output(final, first_wins=True) as staging:
+            built = staging / "tiny"  # the child's own output (staged too), moved up into this staging folder
+            command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(built)]
+            child = subprocess.run([*command, "--seed", str(seed)], capture_output=True, text=True)
+            if child.returncode != 0:
+                raise RuntimeError(f"building the tiny {arch} model failed:\n{child.stderr[-3000:]}")
+            for path in built.iterdir():
+                if path.name != MARKER:  # this staging folder has its own
+                    path.rename(staging / path.name)
+            shutil.rmtree(built)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the tiny-model cache {root} ({e.filename or root}: {e.strerror}); "
+            "set MPCC_CACHE to a writable folder"
+        ) from e
     return final
 
 

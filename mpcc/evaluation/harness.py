@@ -18,7 +18,7 @@ from mpcc.data import prompts
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.errors import InputError
-from mpcc.evaluation.blink import blink_rows
+from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
 from mpcc.evaluation.charts import accuracy_chart
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, Decoding, EvalConfig
 from mpcc.evaluation.diagnostics import Diagnostics
@@ -77,6 +77,12 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
             dataset = load_from_disk(str(data))
         except OSError as e:
             raise InputError(f"neither an mpcc build nor a saved dataset: {e}") from e
+        missing = [key for key in BLINK_KEYS if key not in dataset.column_names]
+        if missing:
+            raise InputError(
+                f"{data}: neither an mpcc build (no {BUILD_FILE}) nor a BLINK-style dataset "
+                f"(no {', '.join(missing)} column)"
+            )
         rows = blink_rows(dataset)[: config.limit]
         return [(str(i), row) for i, row in enumerate(rows)]
     dataset = load_dataset(data)
