@@ -126,9 +126,17 @@ def _is_missing_local_path(name_or_path: str | os.PathLike) -> bool:
 
 
 def _load_config(name_or_path: str | os.PathLike):
-    """The checkpoint's config, with an error that names the path (and no hub lookup for a local path)."""
+    """The checkpoint's config, with an error that names the path (and no hub lookup for a local path).
+    A local config.json that is not JSON is named as such: the loaders' error reads as a missing config,
+    which load_processor takes for a processor saved without its model."""
     if _is_missing_local_path(name_or_path):
         raise MissingInputError(f"no model at {str(name_or_path)!r}: the path does not exist")
+    file = Path(name_or_path) / "config.json"
+    if file.is_file():
+        try:
+            read_json(file)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{file}: invalid JSON ({e})") from e
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:

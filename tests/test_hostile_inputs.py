@@ -5,6 +5,7 @@ Ctrl-C, recipes that would fail only after loading the model."""
 from __future__ import annotations
 
 import errno
+import shutil
 
 import datasets
 import pytest
@@ -15,8 +16,8 @@ import mpcc.train
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.synthetic import generate_scenes
-from mpcc.errors import ConfigError
-from mpcc.models import build_tiny_model
+from mpcc.errors import ConfigError, InputError
+from mpcc.models import build_tiny_model, load_processor
 from mpcc.training.config import load_recipe
 
 
@@ -222,3 +223,17 @@ def test_peft_without_target_modules_fails_at_start_naming_the_key(tmp_path, mon
     assert main(["train", "tiny/grpo", "--use_peft", "true"]) == 2
     assert "lora_target_modules" in _one_line(capsys, "mpcc train: error:")
     load_recipe("tiny/grpo", ["--use_peft", "true", "--lora_target_modules", "all-linear"])  # given: fine
+
+
+# ----------------------------------------------------------------------------------- messages
+
+
+def test_an_invalid_config_json_is_named_as_such(tiny_model, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl",\n')
+    with pytest.raises(InputError, match=rf"^{model / 'config.json'}: invalid JSON \(.*line 2"):
+        load_processor(model)
+    assert main(["export", str(model), "--out", str(tmp_path / "out")]) == 2
+    line = _one_line(capsys, "mpcc export: error:")
+    assert "config.json: invalid JSON" in line and "no processor" not in line
