@@ -2,8 +2,9 @@
 help, beside the library code they configure; see mpcc.options), one library call and a printed
 summary. A command's modules are imported only when it runs, so `mpcc --help` stays fast.
 
-Errors mpcc raises on purpose (mpcc.errors.MpccError) print as one line (with -v: after their traceback)
-and exit with status 2; any other exception keeps its traceback.
+Errors mpcc raises on purpose (mpcc.errors.MpccError) and the machine's refusals (a full disk, a path it
+may not write) print as one line (with -v: after their traceback) and exit with status 2; Ctrl-C prints
+`interrupted` and exits with status 130; any other exception keeps its traceback (mpcc.errors.run_command).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpcc.errors import ConfigError, MpccError, report
+from mpcc.errors import ConfigError, run_command
 from mpcc.options import add_options, parse_options
 from mpcc.outputs import check_inputs, option_inputs
 
@@ -318,7 +319,8 @@ def command_parser(name: str) -> tuple[argparse.ArgumentParser, tuple[type, ...]
     return parser, classes
 
 
-def _run(name: str, argv: list[str]) -> int:
+def _run(name: str, argv: list[str], job: dict) -> int:
+    """Parse and run one command; `job` gets its output folder, for errors that name no path."""
     parser, classes = command_parser(name)
     args = parser.parse_args(argv)
     if name == "train":
@@ -326,8 +328,9 @@ def _run(name: str, argv: list[str]) -> int:
     if not classes:
         return COMMANDS[name].run()
     options = parse_options(args, *classes)
-    if isinstance(getattr(options[0], "out", None), Path):  # inputs the library call may not list
-        check_inputs(options[0].out, option_inputs(*options))
+    job["out"] = getattr(options[0], "out", None)
+    if isinstance(job["out"], Path):  # inputs the library call may not list
+        check_inputs(job["out"], option_inputs(*options))
     return COMMANDS[name].run(*options)
 
 
@@ -336,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if top.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return _run(top.command, top.args)
-    except MpccError as e:
-        return report(e, f"mpcc {top.command}", top.verbose)
+    job: dict = {}
+    program = f"mpcc {top.command}"
+    return run_command(lambda: _run(top.command, top.args, job), program, top.verbose, lambda: job.get("out"))

@@ -10,7 +10,6 @@ cached login), so it cannot end up in logs, output or the card.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from mpcc.evaluation.generation import conversation
 from mpcc.evaluation.harness import read_metrics
 from mpcc.evaluation.metrics import markdown_report
 from mpcc.evaluation.run_identity import evaluated, read_run, weights_fingerprint
+from mpcc.inputs import read_json
 from mpcc.models import TINY_PREFIX, load_model, load_processor
 from mpcc.options import option
 from mpcc.outputs import check_inputs, check_output, staged_output
@@ -452,7 +452,7 @@ def model_card(
 
 def _step(path: Path) -> int | None:
     state = path / "trainer_state.json"
-    return json.loads(state.read_text(encoding="utf-8")).get("global_step") if state.is_file() else None
+    return read_json(state).get("global_step") if state.is_file() else None
 
 
 def save_folder(model, processor, folder: Path, merge: bool):

@@ -40,6 +40,7 @@ from transformers.models.auto.video_processing_auto import get_video_processor_c
 
 import mpcc
 from mpcc.errors import ConfigError, InputError, MissingInputError, UnreadableInputError
+from mpcc.inputs import read_json
 from mpcc.options import option
 from mpcc.outputs import MARKER, check_output, staged_output
 
@@ -125,9 +126,17 @@ def _is_missing_local_path(name_or_path: str | os.PathLike) -> bool:
 
 
 def _load_config(name_or_path: str | os.PathLike):
-    """The checkpoint's config, with an error that names the path (and no hub lookup for a local path)."""
+    """The checkpoint's config, with an error that names the path (and no hub lookup for a local path).
+    A local config.json that is not JSON is named as such: the loaders' error reads as a missing config,
+    which load_processor takes for a processor saved without its model."""
     if _is_missing_local_path(name_or_path):
         raise MissingInputError(f"no model at {str(name_or_path)!r}: the path does not exist")
+    file = Path(name_or_path) / "config.json"
+    if file.is_file():
+        try:
+            read_json(file)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{file}: invalid JSON ({e})") from e
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
@@ -201,7 +210,7 @@ def check_safetensors(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     for index in sorted(folder.glob("*.safetensors.index.json")):
         try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            shards = set(read_json(index)["weight_map"].values())
         except (OSError, ValueError, KeyError, AttributeError) as e:
             raise InputError(f"{index}: not a readable safetensors index ({type(e).__name__}: {e})") from e
         missing = sorted(name for name in shards if not (folder / name).is_file())
@@ -275,6 +284,13 @@ def keep_lora_off_vision_tower(peft_config, model):
 
 
 TINY_PREFIX = "tiny:"
+
+
+def model_type(name_or_path: str) -> str:
+    """The model's type (`qwen2_5_vl`) from its config; a `tiny:<arch>` spec's without building it."""
+    if name_or_path.startswith(TINY_PREFIX):
+        return name_or_path[len(TINY_PREFIX) :]
+    return _load_config(name_or_path).model_type
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -555,16 +571,22 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
     final = root / f"{arch}-{_tiny_fingerprint(arch, seed)}"
     if final.is_dir():
         return final
-    with staged_output(final, first_wins=True) as staging:
-        built = staging / "tiny"  # the child's own output (staged too), moved up into this staging folder
-        command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(built)]
-        child = subprocess.run([*command, "--seed", str(seed)], capture_output=True, text=True)
-        if child.returncode != 0:
-            raise RuntimeError(f"building the tiny {arch} model failed:\n{child.stderr[-3000:]}")
-        for path in built.iterdir():
-            if path.name != MARKER:  # this staging folder has its own
-                path.rename(staging / path.name)
-        shutil.rmtree(built)
+    try:
+        with staged_output(final, first_wins=True) as staging:
+            built = staging / "tiny"  # the child's own output (staged too), moved up into this staging folder
+            command = [sys.executable, "-m", "mpcc", "tiny-model", "--arch", arch, "--out", str(built)]
+            child = subprocess.run([*command, "--seed", str(seed)], capture_output=True, text=True)
+            if child.returncode != 0:
+                raise RuntimeError(f"building the tiny {arch} model failed:\n{child.stderr[-3000:]}")
+            for path in built.iterdir():
+                if path.name != MARKER:  # this staging folder has its own
+                    path.rename(staging / path.name)
+            shutil.rmtree(built)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the tiny-model cache {root} ({e.filename or root}: {e.strerror}); "
+            "set MPCC_CACHE to a writable folder"
+        ) from e
     return final
 
 

@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mpcc.errors import ConfigError, MpccError
+from mpcc.inputs import read_yaml
 
 _MISSING = dataclasses.MISSING
 
@@ -202,8 +201,8 @@ def _convert(opt: _Option, text: str) -> Any:
 def _from_file(path: Path, options: dict[str, _Option]) -> dict[str, Any]:
     """Values from a YAML config file, converted as their flags would be; errors name the key."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
+        data = read_yaml(path) or {}
+    except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a YAML mapping of option: value")

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import mpcc
 from mpcc.errors import ConfigError, MpccError
+from mpcc.inputs import read_json, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def _obstacle(out: Path, overwrite: bool, kind: str | None = None) -> str | None
 def output_kind(out: Path) -> str | None:
     """The kind of mpcc output `out` is: its marker's, else its record's; None when not recorded."""
     try:
-        kind = json.loads((out / MARKER).read_text(encoding="utf-8")).get("kind")
+        kind = read_json(out / MARKER).get("kind")
     except (OSError, ValueError, AttributeError):
         kind = None
     return kind or next((k for name, k in RECORD_KINDS.items() if (out / name).is_file()), None)
@@ -360,7 +361,7 @@ def _remove_stale(out: Path) -> None:
         if not staging.fullmatch(path.name):
             continue
         try:
-            owner = json.loads((path / MARKER).read_text(encoding="utf-8"))
+            owner = read_json(path / MARKER)
         except (OSError, ValueError):
             continue  # not known to be ours
         if not isinstance(owner, dict):
@@ -424,7 +425,7 @@ def read_appended(path: str | Path, keys: tuple[str, ...]) -> list[dict]:
     if not path.is_file():
         return []
     kept, records = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path).splitlines():
         try:
             record = json.loads(line)
             if all(key in record for key in keys):

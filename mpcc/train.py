@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 from trl import get_peft_config
 
-from mpcc.errors import InputError, MissingInputError, MpccError, report
+from mpcc.errors import InputError, MissingInputError, run_command
 from mpcc.evaluation.callback import EvalCallback
 from mpcc.models import (
     check_safetensors,
@@ -179,14 +179,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cli(argv: list[str] | None = None) -> int:
-    """`python -m mpcc.train [-v] RECIPE ...`: an MpccError prints as one line with exit status 2, as in
-    `mpcc train`; with -v also its traceback."""
+    """`python -m mpcc.train [-v] RECIPE ...`: an MpccError or a system error prints as one line with exit
+    status 2, Ctrl-C as `interrupted` with 130, as in `mpcc train`; with -v also its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = argv[:1] in (["-v"], ["--verbose"])
-    try:
-        return main(argv[1:] if verbose else argv)
-    except MpccError as e:
-        return report(e, "mpcc.train", verbose)
+    return run_command(lambda: main(argv[1:] if verbose else argv), "mpcc.train", verbose)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from mpcc.data.build import file_sha256
 from mpcc.data.mpcc_eval import MATCH_IOU, box_iou
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
+from mpcc.inputs import read_text
 from mpcc.rewards import THINK_OPEN, normalize, trace_completion
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def read_traces(path: str | Path) -> list[Trace]:
     """Traces from a JSON list or a JSONL file; errors name the file and the line (or list item)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as e:
         raise InputError(f"cannot read the traces file: {e}") from e
     default_teacher = f"import:{path.name}"

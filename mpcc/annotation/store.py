@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from mpcc.errors import ConfigError, InputError
+from mpcc.inputs import read_bytes, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def check_run(work_dir: Path, run: dict) -> None:
     """Create `work_dir` for `run`, or check that the progress already there was made for the same run."""
     file = work_dir / RUN_FILE
     if file.is_file():
-        saved = json.loads(file.read_text(encoding="utf-8"))
+        saved = read_json(file)
         differ = {key: (saved.get(key), value) for key, value in run.items() if saved.get(key) != value}
         if differ:
             raise ConfigError(
@@ -47,7 +48,7 @@ class ProgressLog:
         self._file = None
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
+        data = read_bytes(self.path)
         end = data.rfind(b"\n") + 1
         if end < len(data):
             logger.warning(

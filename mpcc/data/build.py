@@ -43,6 +43,7 @@ from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig, select_targets
 from mpcc.data.traces import template_trace
 from mpcc.errors import ConfigError, InputError
+from mpcc.inputs import read_json, read_text
 from mpcc.options import comma_list, option
 from mpcc.outputs import check_output, staged_output
 
@@ -222,7 +223,7 @@ def load_stats(path: Path) -> tuple[CooccurrenceStats, tuple[float, float]]:
     """Co-occurrence statistics and difficulty thresholds saved by a train build."""
     file = _stats_file(path)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = read_json(file)
         return CooccurrenceStats.from_json(data), tuple(data["thresholds"])
     except (OSError, ValueError, KeyError) as e:
         raise BuildError(f"{file}: not a readable mpcc stats file ({e})") from e
@@ -231,7 +232,7 @@ def load_stats(path: Path) -> tuple[CooccurrenceStats, tuple[float, float]]:
 def load_supplied_distractors(path: Path) -> dict[int, dict]:
     """Rows {ann_id, confusable, irrelevant} from JSON (a list) or JSONL; errors name the line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as e:
         raise BuildError(f"cannot read the distractors file: {e}") from e
     try:

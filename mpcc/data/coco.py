@@ -23,6 +23,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from mpcc.errors import InputError
+from mpcc.inputs import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ def _is_int(x) -> bool:
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            data = json.load(f)
+        data = read_json(path)
     except FileNotFoundError as e:
         raise CocoFormatError(f"{path}: annotation file not found") from e
     except json.JSONDecodeError as e:

@@ -16,6 +16,7 @@ from mpcc.data.difficulty import LEVELS
 from mpcc.data.options import Distractors
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
+from mpcc.inputs import read_json
 from mpcc.options import option
 from mpcc.outputs import write_text_atomic
 
@@ -41,7 +42,7 @@ def box_iou(a, b) -> float:
 def read_items(path: Path, source: CocoSource) -> list[EvalItem]:
     """Items of an MPCC-Eval file matched to `source`'s annotations (same image, category, box)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: cannot read MPCC-Eval JSON: {e}") from e
     if not isinstance(data, dict) or not any(lv in data for lv in LEVELS):

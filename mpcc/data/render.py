@@ -14,6 +14,7 @@ from PIL import Image
 
 from mpcc.data.masking import MaskSpec, decode, render_masked, to_rgb
 from mpcc.errors import ConfigError, InputError
+from mpcc.inputs import read_json
 
 IMAGE_FORMATS = (
     "png",
@@ -65,7 +66,7 @@ def build_record(path: str | Path) -> dict:
     """A build's `mpcc_build.json` (configuration, input paths, counts)."""
     file = Path(path) / BUILD_FILE
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        return read_json(file)
     except (OSError, ValueError) as e:
         raise InputError(f"{file}: not an mpcc build record ({type(e).__name__}: {e})") from e
 

@@ -21,6 +21,7 @@ from datasets import concatenate_datasets, load_from_disk
 
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildError, BuildResult, digest_sum
 from mpcc.data.render import build_record, write_build_record
+from mpcc.inputs import read_bytes, read_text
 from mpcc.options import option
 from mpcc.outputs import check_output, staged_output
 
@@ -52,12 +53,12 @@ def _read_shards(shards: Sequence[Path]) -> list[tuple[Path, dict]]:
         by_index[index] = (path, record)
     ordered = [by_index[i] for i in sorted(by_index)]
     first_path, first = ordered[0]
-    stats = (first_path / STATS_FILE).read_bytes()
+    stats = read_bytes(first_path / STATS_FILE)
     for path, record in ordered[1:]:
         if _common(record) != _common(first):
             keys = sorted(k for k in _common(record) if _common(record)[k] != _common(first).get(k))
             raise BuildError(f"{path} and {first_path} are shards of different builds (differing: {keys})")
-        if (path / STATS_FILE).read_bytes() != stats:
+        if read_bytes(path / STATS_FILE) != stats:
             raise BuildError(f"{path}: statistics differ from {first_path}'s")
     return ordered
 
@@ -82,9 +83,9 @@ def merge_shards(
     check_output(out, overwrite, error=BuildError, inputs=shards)
     ordered = _read_shards(shards)
     first_path, first = ordered[0]
-    skips = (first_path / SKIPS_FILE).read_text(encoding="utf-8").splitlines()[: first["plan_skips"]]
+    skips = read_text(first_path / SKIPS_FILE).splitlines()[: first["plan_skips"]]
     for path, record in ordered:
-        skips += (path / SKIPS_FILE).read_text(encoding="utf-8").splitlines()[record["plan_skips"] :]
+        skips += read_text(path / SKIPS_FILE).splitlines()[record["plan_skips"] :]
     per_level = Counter()
     for _, record in ordered:
         per_level.update(record["rows_per_level"])

@@ -10,6 +10,7 @@ from mpcc.data.options import LETTERS
 from mpcc.errors import InputError
 
 IMAGE_KEYS = ("image_1", "image_2", "image_3", "image_4")
+BLINK_KEYS = ("question", "choices", "answer")  # every BLINK-style row has these
 
 
 def _images(row: dict) -> list:

@@ -18,7 +18,7 @@ from mpcc.data import prompts
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.errors import InputError
-from mpcc.evaluation.blink import blink_rows
+from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
 from mpcc.evaluation.charts import accuracy_chart
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, Decoding, EvalConfig
 from mpcc.evaluation.diagnostics import Diagnostics
@@ -30,6 +30,7 @@ from mpcc.evaluation.step_diagnostics import EVIDENCE_CHART, GROUNDING, RISK_CHA
 from mpcc.evaluation.step_diagnostics import charts as step_charts
 from mpcc.evaluation.step_diagnostics import compare as compare_grounding
 from mpcc.evaluation.step_diagnostics import markdown as step_markdown
+from mpcc.inputs import read_json, read_text
 from mpcc.models import resolve_model_path
 from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
 from mpcc.rewards import levenshtein_reward
@@ -77,6 +78,12 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
             dataset = load_from_disk(str(data))
         except OSError as e:
             raise InputError(f"neither an mpcc build nor a saved dataset: {e}") from e
+        missing = [key for key in BLINK_KEYS if key not in dataset.column_names]
+        if missing:
+            raise InputError(
+                f"{data}: neither an mpcc build (no {BUILD_FILE}) nor a BLINK-style dataset "
+                f"(no {', '.join(missing)} column)"
+            )
         rows = blink_rows(dataset)[: config.limit]
         return [(str(i), row) for i, row in enumerate(rows)]
     dataset = load_dataset(data)
@@ -207,7 +214,7 @@ def run_eval(
                 f.flush()
                 bar.update(len(batch))
     by_condition: dict[str, list[dict]] = {c: [] for c in conditions}
-    for line in predictions.read_text(encoding="utf-8").splitlines():
+    for line in read_text(predictions).splitlines():
         record = json.loads(line)
         by_condition.setdefault(record.get("condition", "normal"), []).append(record)
     metrics = compute_metrics(by_condition["normal"])
@@ -287,7 +294,7 @@ def report_html(markdown_text: str, title: str) -> str:
 def read_metrics(run: Path) -> dict:
     """The metrics an `mpcc eval` run wrote, with an error naming the folder when it is not one."""
     try:
-        return json.loads((run / METRICS).read_text(encoding="utf-8"))
+        return read_json(run / METRICS)
     except (OSError, ValueError) as e:
         raise InputError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
 

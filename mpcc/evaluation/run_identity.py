@@ -20,6 +20,7 @@ from mpcc.data.prompts import PROMPT_VERSION
 from mpcc.data.render import BUILD_FILE
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
+from mpcc.inputs import read_bytes, read_json
 from mpcc.outputs import check_output, mark_output, write_text_atomic
 
 RUN_FILE = "eval_run.json"
@@ -37,7 +38,7 @@ def weights_fingerprint(path: str | Path) -> str | None:
     if not path.is_dir():
         return None
     try:
-        cached = json.loads((path / DIGESTS_FILE).read_text(encoding="utf-8"))
+        cached = read_json(path / DIGESTS_FILE)
     except (OSError, ValueError):
         cached = {}
     digests, digest = {}, hashlib.sha256()
@@ -58,7 +59,7 @@ def weights_fingerprint(path: str | Path) -> str | None:
 def read_run(run: str | Path) -> dict:
     """The identity an `mpcc eval` output recorded: which model it evaluated, on what, how."""
     try:
-        return json.loads((Path(run) / RUN_FILE).read_text(encoding="utf-8"))
+        return read_json(Path(run) / RUN_FILE)
     except (OSError, ValueError) as e:
         raise InputError(f"{run}: not an `mpcc eval` output ({RUN_FILE} unreadable: {e})") from e
 
@@ -76,7 +77,7 @@ def data_fingerprint(data: str | Path) -> str:
     files = [data / BUILD_FILE] if (data / BUILD_FILE).is_file() else sorted(data.rglob("state.json"))
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.read_bytes())
+        digest.update(read_bytes(file))
     return digest.hexdigest()
 
 
@@ -100,7 +101,7 @@ def check_claim(out: Path, identity: dict, overwrite: bool) -> None:
         check_output(out, overwrite, kind=KIND)
         return
     try:
-        before = json.loads(record.read_text(encoding="utf-8"))
+        before = read_json(record)
     except ValueError as e:
         raise InputError(f"{record}: unreadable ({e}); start over with --overwrite") from e
     changed = [

@@ -1,17 +1,16 @@
 """The packaged recipes and Accelerate configs, found by name so they work from any directory.
 
 The YAML files ship inside the package (a checkout also shows them as the top-level `recipes/`, a
-symlink to this directory). Only the standard library is imported: mpcc.launch runs this on every node
-before Accelerate starts.
+symlink to this directory). Only the standard library and PyYAML are imported: mpcc.launch runs this on
+every node before Accelerate starts.
 """
 
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-import yaml
-
 from mpcc.errors import ConfigError
+from mpcc.inputs import read_yaml
 
 HERE = Path(__file__).parent
 ACCELERATE = HERE / "accelerate"
@@ -27,10 +26,11 @@ def names(kind: str = "recipe") -> list[str]:
 
 
 def resolve(name_or_path: str | Path, kind: str = "recipe") -> Path:
-    """An existing file as given, else the packaged file of that name (`.yaml` optional; Accelerate
-    configs also as `accelerate/NAME`). ValueError listing the packaged names when neither exists."""
+    """An existing file as given (not a folder; /dev/zero too, to be refused as not a regular file), else
+    the packaged file of that name (`.yaml` optional; Accelerate configs also as `accelerate/NAME`).
+    ValueError listing the packaged names when neither exists."""
     path = Path(name_or_path)
-    if path.is_file():
+    if path.exists() and not path.is_dir():
         return path
     name = PurePosixPath(path.as_posix())
     name = name.with_suffix("") if name.suffix == ".yaml" else name
@@ -49,8 +49,8 @@ def read(recipe: str | Path) -> tuple[Path, dict]:
     launchers (mpcc.launch), which stay free of heavy imports."""
     path = resolve(recipe)
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        config = read_yaml(path)
+    except OSError as e:
         raise ConfigError(f"{path}: cannot read recipe: {e}") from e
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping of option: value")

@@ -265,4 +265,22 @@ def load_recipe(
         if owner is None:
             raise ConfigError(f"{path}: unknown recipe key {key!r}")
         setattr(owner, key, None)
+    _check_lora_targets(path, parsed[2])
     return tuple(parsed)
+
+
+def _check_lora_targets(path: Path, model_args: ModelConfig) -> None:
+    """PEFT picks LoRA's target modules by model type, and knows none for Qwen VL models: without
+    lora_target_modules their run would stop only after the model is loaded."""
+    if not model_args.use_peft or model_args.lora_target_modules or not model_args.model_name_or_path:
+        return
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+    from mpcc.models import model_type
+
+    kind = model_type(model_args.model_name_or_path)
+    if kind not in defaults:
+        raise ConfigError(
+            f"{path}: use_peft needs lora_target_modules: PEFT has no default for {kind} models "
+            "(e.g. lora_target_modules: all-linear)"
+        )

@@ -7,11 +7,11 @@ what shows whether the policy itself learns is the reward of the samples it gene
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mpcc.errors import InputError
 from mpcc.evaluation.metrics import table
+from mpcc.inputs import read_json
 
 STATE_FILE = "trainer_state.json"
 
@@ -20,7 +20,7 @@ def log_history(output_dir: str | Path) -> list[dict]:
     """The trainer's logged entries, with an error naming the folder when there are none."""
     path = Path(output_dir) / STATE_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["log_history"]
+        return read_json(path)["log_history"]
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: no trainer log history ({e}); it is written when `mpcc train` ends") from e
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import mpcc
 from mpcc.data.render import BUILD_FILE, build_record
 from mpcc.errors import InputError
+from mpcc.inputs import read_json
 from mpcc.outputs import write_text_atomic
 from mpcc.training.data import resolve_dataset
 
@@ -52,7 +53,7 @@ def load_run_record(checkpoint: str | Path) -> dict | None:
         file = folder / RUN_FILE
         if file.is_file():
             try:
-                return json.loads(file.read_text(encoding="utf-8"))
+                return read_json(file)
             except ValueError as e:
                 raise InputError(f"{file}: not a readable run record ({e})") from e
     return None
