@@ -34,7 +34,14 @@ from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
 from mpcc.training.data import check_training_data, load_train_dataset
 from mpcc.training.grpo import MpccGRPOTrainer
-from mpcc.training.output_dir import CompleteCheckpoints, claim, is_complete, newest_complete, resume_point
+from mpcc.training.output_dir import (
+    CompleteCheckpoints,
+    claim,
+    has_steps_left,
+    is_complete,
+    newest_complete,
+    resume_point,
+)
 from mpcc.training.preemption import PreemptionCallback
 from mpcc.training.prior import PriorSamplingGRPOTrainer
 from mpcc.training.record import run_record, save_run_record
@@ -154,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         if main_process and not same_run:  # beside the checkpoints, for `mpcc export`
             save_run_record(train_args.output_dir, record)
     checkpoint = resume_checkpoint(train_args, same_run)
+    out = train_args.output_dir
+    if checkpoint is not None and not has_steps_left(out, checkpoint, train_args.max_steps):
+        print(f"nothing to train: {out} holds this run's final model (max_steps reached)")
+        return 0
     if train_args.use_cpu:
         _hide_deepspeed_cpu_notice()
     datasets.disable_caching()  # map/filter results go to a temporary folder, never into the input build

@@ -183,3 +183,16 @@ def test_trained_files_have_the_umask_modes(finished):
     os.umask(mask)
     for path in (finished / "model.safetensors", finished / "checkpoint-2" / "model.safetensors"):
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def test_a_finished_run_trains_no_step_past_max_steps(finished, tmp_path, capsys):
+    """transformers resumed at max_steps trains one more step: the same command again has nothing to do."""
+    out = _copy(finished, tmp_path / "run")
+    before = (out / "model.safetensors").read_bytes()
+    for resume in ([], ["--resume_from_checkpoint", str(out / "checkpoint-2")]):
+        assert _train(out, *resume) == 0
+        assert f"nothing to train: {out} holds this run's final model" in capsys.readouterr().out
+    assert not (out / "checkpoint-3").exists() and (out / "model.safetensors").read_bytes() == before
+    (out / "model.safetensors").unlink()  # stopped while saving the final model: say how to get it
+    with pytest.raises(InputError, match=r"checkpoint-2 already reached max_steps 2, but .* holds no final"):
+        _train(out)

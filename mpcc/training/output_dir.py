@@ -25,6 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from mpcc.errors import InputError
+from mpcc.inputs import read_json
 from mpcc.outputs import OutputExistsError, check_inputs, lock_output, set_modes
 from mpcc.training.record import load_run_record
 
@@ -83,6 +84,31 @@ def is_complete(checkpoint: Path) -> bool:
         return True
     record = load_run_record(checkpoint.parent) or {}
     return not record.get("checkpoint_marker") and (checkpoint / STATE_FILE).is_file()
+
+
+def trained_steps(folder: str | Path) -> int | None:
+    """The global step a checkpoint (or a finished output_dir) recorded in its trainer_state.json."""
+    state = Path(folder) / STATE_FILE
+    return int(read_json(state).get("global_step", 0)) if state.is_file() else None
+
+
+def has_steps_left(output_dir: str | Path, checkpoint: str, max_steps: int) -> bool:
+    """Whether training from `checkpoint` has steps left before `max_steps`. transformers checks the
+    limit only after a step, so resuming a checkpoint at max_steps would train one step past it: when
+    none is left, the run's final model must be in output_dir already (else InputError, saying how to
+    get it)."""
+    done = trained_steps(checkpoint) or 0
+    if max_steps <= 0 or done < max_steps:
+        return True
+    out = Path(output_dir)
+    weights = any((out / name).is_file() for name in ("model.safetensors", "adapter_model.safetensors"))
+    if not (weights and (trained_steps(out) or 0) >= done):
+        raise InputError(
+            f"{checkpoint} already reached max_steps {max_steps}, but {out} holds no final model (the run "
+            f"stopped while saving it): export the checkpoint (`mpcc export {checkpoint}`), or raise "
+            "max_steps to train on"
+        )
+    return False
 
 
 def newest_complete(output_dir: str | Path) -> Path | None:
