@@ -1,21 +1,25 @@
 """Two CPU ranks: DDP (torchrun) and DeepSpeed ZeRO-2 / ZeRO-3 (Accelerate). Groups of 4 over 2 x 6
-rows straddle the ranks; every group must still get exactly one trace."""
+rows straddle the ranks; every group must still get exactly one trace. A run resumed from its step-1
+checkpoint ends with the uninterrupted run's weights (DeepSpeed restores its engine's own state)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from ports import free_port
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "grpo_prior.yaml"
 BIN = Path(sys.executable).parent
-ARGS = ["--max_steps", "2", "--per_device_train_batch_size", "6", "--save_strategy", "no"]
+ARGS = ["--max_steps", "2", "--per_device_train_batch_size", "6", "--save_steps", "1"]
 
 LAUNCHERS = {
     "ddp": [str(BIN / "torchrun"), "--nproc_per_node", "2"],
@@ -54,12 +58,31 @@ def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory):
         "DS_ACCELERATOR": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
-    out = tmp_path / "out"
-    port = ["--master_port" if launcher == "ddp" else "--main_process_port", str(free_port())]
-    command = [*LAUNCHERS[launcher], *port, "-m", "mpcc.train", str(RECIPE), "--output_dir", str(out), *ARGS]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+
+    def train(out: Path, *extra: str) -> str:
+        port = ["--master_port" if launcher == "ddp" else "--main_process_port", str(free_port())]
+        command = [*LAUNCHERS[launcher], *port, "-m", "mpcc.train", str(RECIPE), "--output_dir", str(out)]
+        proc = subprocess.run(
+            [*command, *ARGS, *extra], capture_output=True, text=True, timeout=900, env=env, cwd=ROOT
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        return output
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    output = train(full)
     # 12 rows per step = 3 groups of 4 (3 generated + the trace), 2 logged steps
     assert re.findall(r"'prior/traces': '([0-9.]+)'", output) == ["3", "3"]
-    assert (out / "model.safetensors").is_file()
+    assert (full / "model.safetensors").is_file()
+
+    cut.mkdir()  # as a kill right after the step-1 checkpoint leaves it
+    shutil.copytree(full / "checkpoint-1", cut / "checkpoint-1")
+    shutil.copy(full / "mpcc_run.json", cut)
+    output = train(cut, "--resume_from_checkpoint", "auto")
+    assert re.findall(r"'prior/traces': '([0-9.]+)'", output) == ["3"]  # step 2 only
+    expected, resumed = load_file(full / "model.safetensors"), load_file(cut / "model.safetensors")
+    step1 = load_file(full / "checkpoint-1" / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert max((expected[k] - step1[k]).abs().max().item() for k in expected) > 1e-5  # step 2 moved them
