@@ -1,4 +1,5 @@
-"""Shared fixtures: the real tinycoco subset beside the project, and builds made from it once.
+"""Shared fixtures: the real tinycoco subset beside the project, and builds made from it once; small
+synthetic scenes, an eval build of them and a tiny model, made once per test module that asks.
 
 The subset is read from $MPCC_TINYCOCO (a path relative to the project root, or absolute), by default
 ../shared/data/tinycoco. A clone without it still runs: every test that uses the `tinycoco` fixture
@@ -59,3 +60,27 @@ def tiny_builds(tinycoco, tmp_path_factory) -> dict[str, Path]:
     build(ann, images, out / "train", BuildConfig("train"), num_proc=2)
     build(ann, images, out / "eval", BuildConfig("eval", stats=out / "train"), num_proc=2)
     return {"train": out / "train", "eval": out / "eval", "root": out}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """Six synthetic scenes in COCO format (a module may define its own)."""
+    from mpcc.data.synthetic import generate_scenes
+
+    root = tmp_path_factory.mktemp("scenes")
+    generate_scenes(root, num_images=6, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def eval_build(scenes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("builds") / "eval"
+    build(scenes / "instances.json", scenes / "images", out, BuildConfig("eval", balance=False), num_proc=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from mpcc.models import build_tiny_model
+
+    return build_tiny_model("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "model")

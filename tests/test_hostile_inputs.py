@@ -15,17 +15,9 @@ import mpcc.evaluation.harness
 import mpcc.train
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, build
-from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError, InputError
-from mpcc.models import build_tiny_model, load_processor
+from mpcc.models import load_processor
 from mpcc.training.config import load_recipe
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    generate_scenes(root, num_images=6, seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +25,6 @@ def train_build(scenes, tmp_path_factory):
     out = tmp_path_factory.mktemp("builds") / "train"
     build(scenes / "instances.json", scenes / "images", out, BuildConfig("train"), num_proc=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def eval_build(scenes, tmp_path_factory):
-    out = tmp_path_factory.mktemp("builds") / "eval"
-    build(scenes / "instances.json", scenes / "images", out, BuildConfig("eval", balance=False), num_proc=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_model("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _one_line(capsys, prefix: str) -> str:

@@ -13,9 +13,8 @@ import mpcc.models
 import mpcc.train
 from mpcc.cli import main as cli_main
 from mpcc.data.build import BuildConfig, BuildError, build
-from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError, InputError
-from mpcc.models import build_tiny_model, load_model
+from mpcc.models import load_model
 from mpcc.training.config import load_recipe
 from mpcc.training.data import load_train_dataset
 from mpcc.training.output_dir import COMPLETE
@@ -36,25 +35,6 @@ def no_trainer(monkeypatch):
         raise Built
 
     monkeypatch.setattr(mpcc.train, "build_trainer", refuse)
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    generate_scenes(root, num_images=6, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def eval_build(scenes, tmp_path_factory):
-    out = tmp_path_factory.mktemp("builds") / "eval"
-    build(scenes / "instances.json", scenes / "images", out, BuildConfig("eval", balance=False), num_proc=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_model("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _truncated_copy(model, dest):
