@@ -90,8 +90,7 @@ def build_trainer(run, train_args, model_args):
     if run.trainer == "sft":
         trainer = MpccSFTTrainer(**common)
     else:
-        funcs, weights = resolve_rewards(train_args.rewards)
-        train_args.reward_weights = weights
+        funcs, _ = resolve_rewards(train_args.rewards)  # weights: set from `rewards` when parsed
         trainer_class = PriorSamplingGRPOTrainer if run.trainer == "grpo_prior" else MpccGRPOTrainer
         trainer = trainer_class(reward_funcs=funcs, **common)
     if run.eval_dataset_path and run.eval_every_steps > 0:

@@ -18,9 +18,11 @@ import pytest
 import mpcc.train
 from mpcc.errors import InputError
 from mpcc.outputs import OutputBusyError, OutputExistsError
+from mpcc.training.config import load_recipe
 from mpcc.training.curves import log_history
 from mpcc.training.data import resolve_dataset
 from mpcc.training.output_dir import COMPLETE
+from mpcc.training.record import run_record
 
 SFT = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "sft.yaml")
 
@@ -196,3 +198,13 @@ def test_a_finished_run_trains_no_step_past_max_steps(finished, tmp_path, capsys
     (out / "model.safetensors").unlink()  # stopped while saving the final model: say how to get it
     with pytest.raises(InputError, match=r"checkpoint-2 already reached max_steps 2, but .* holds no final"):
         _train(out)
+
+
+def test_the_record_written_at_start_holds_the_reward_weights(tmp_path):
+    """mpcc_run.json is written before the trainer exists: the weights come from `rewards` at parse time
+    (export's model card reads them)."""
+    recipe = str(Path(SFT).with_name("grpo_prior.yaml"))
+    record = run_record(*load_recipe(recipe, ["--output_dir", str(tmp_path), "--rewards", "paper"]))
+    assert record["trainer"]["reward_weights"] == [1.0, 1.0]
+    record = run_record(*load_recipe(recipe, ["--output_dir", str(tmp_path)]))
+    assert record["trainer"]["reward_weights"] == [0.5, 1.0, 0.5]  # the default preset

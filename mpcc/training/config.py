@@ -15,6 +15,7 @@ from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from mpcc.errors import ConfigError
 from mpcc.recipes import read
+from mpcc.rewards import resolve_rewards
 
 TRAINERS = ("sft", "grpo", "grpo_prior")
 
@@ -153,6 +154,7 @@ class MpccGRPOConfig(GRPOConfig):
             raise ConfigError("compile_generation needs cache_implementation: static")
         if not 0 <= self.prior_prob <= 1:
             raise ConfigError(f"prior_prob must lie in [0, 1], got {self.prior_prob}")
+        _, self.reward_weights = resolve_rewards(self.rewards)  # at parse time: the run record shows them
         self._as_given = {}
         if self.prior_mode == "append":
             # A group of G generated + the trace slot is a `replace` group of G + 1.
