@@ -80,12 +80,12 @@ def test_a_checkpoint_missing_a_tensor_stops_the_resume_naming_it(tmp_path):
     common = [str(RECIPES / "sft.yaml"), "--max_steps", "2", "--save_steps", "1"]
     out = tmp_path / "run"
     assert main([*common, "--output_dir", str(out)]) == 0
-    weights = out / "checkpoint-2" / "model.safetensors"
+    weights = out / "checkpoint-1" / "model.safetensors"
     tensors = load_file(weights)
     dropped = sorted(tensors)[3]
     del tensors[dropped]
     save_file(tensors, weights, metadata={"format": "pt"})
     suffix = dropped.split(".", 1)[1]  # the model's name for it may differ in its prefix
-    lacks = rf"checkpoint-2: the checkpoint lacks 1 of the model's tensors, first '[\w.]*{suffix}'"
+    lacks = rf"checkpoint-1: the checkpoint lacks 1 of the model's tensors, first '[\w.]*{suffix}'"
     with pytest.raises(ResumeError, match=lacks):
-        main([*common, "--output_dir", str(out), "--resume_from_checkpoint", "last"])
+        main([*common, "--output_dir", str(out), "--resume_from_checkpoint", str(out / "checkpoint-1")])
