@@ -5,7 +5,7 @@ prior sample; a multiple-choice or yes/no row puts its letter or yes/no after th
 against the solution it must pass the format and exact-match rewards that grade the policy, and its
 reasoning must lead *to* the answer: a trace that names the object in its first sentence teaches the
 model to guess first and justify after, so the check is explicit. Names count in every form the
-exact-match reward accepts (`mpcc.rewards.variants`: plural, synonyms, spacing).
+exact-match reward accepts (`mpcc.text.variants`: plural, synonyms, spacing).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mpcc.rewards import THINK_CLOSE, THINK_OPEN, exact_match_reward, format_reward, normalize, variants
+from mpcc.rewards import exact_match_reward, format_reward
+from mpcc.text import THINK_CLOSE, THINK_OPEN, normalize, variants
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 

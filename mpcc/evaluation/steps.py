@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import re
 
-_THINK, _END_THINK, _ANSWER = "<think>", "</think>", "<answer>"
+from mpcc.text import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+
 _LINE = re.compile(r"[^\r\n]+")
 _NON_SPACE = re.compile(r"\S")
 _SENTENCE_END = re.compile(r"(?P<mark>[.!?…]+)[\"')\]”’]*(?=\s)")
@@ -46,12 +47,12 @@ _NUMBER_NEXT = re.compile(r"\s+\d")
 
 def reasoning_span(completion: str) -> tuple[int, int]:
     """(start, end) of the reasoning; tagless completions still reason, up to the answer."""
-    think = completion.find(_THINK)
-    start = 0 if think < 0 else think + len(_THINK)
-    end_think = completion.find(_END_THINK, start)
+    think = completion.find(THINK_OPEN)
+    start = 0 if think < 0 else think + len(THINK_OPEN)
+    end_think = completion.find(THINK_CLOSE, start)
     if think >= 0 and end_think >= 0:
         return start, end_think
-    ends = [found for found in (end_think, completion.find(_ANSWER, start)) if found >= 0]
+    ends = [found for found in (end_think, completion.find(ANSWER_OPEN, start)) if found >= 0]
     return start, min(ends, default=len(completion))
 
 
