@@ -1,8 +1,9 @@
 """The model's text, read one way everywhere: the tags, the final answer, and category names in every
 accepted form.
 
-Rewards grade the answer `extract_answer` reads and evaluation parses the same one, so they cannot
-disagree on what a completion says. Scans are linear (`str.find`/`rfind`, no backtracking regex over a
+Rewards grade the answer `extract_answer` reads and evaluation parses the same one; trace verification
+and CRM find names with `mentions`, in the forms exact match accepts. So none of them can disagree on
+what a completion says or names. Scans are linear (`str.find`/`rfind`, no backtracking regex over a
 completion): models emit arbitrary text.
 """
 
@@ -172,3 +173,10 @@ def variants(name: Any) -> set[str]:
     named = set().union(*(_GROUPS.get(root, {root}) for root in roots))
     forms = set().union(*(_inflections(form) for form in named))
     return forms | {form.replace(" ", "") for form in forms}
+
+
+def mentions(text: str, name: Any) -> bool:
+    """True when `text` contains `name` in any form `variants` accepts, as whole words ("cup" is not in
+    "cupboard"); compared after `normalize`, so case, punctuation and hyphens do not hide it."""
+    words = f" {normalize(text)} "
+    return any(f" {form} " in words for form in variants(name))
