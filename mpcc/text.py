@@ -1,7 +1,8 @@
 """The model's text, read one way everywhere: the tags, the final answer, and category names in every
 accepted form.
 
-Rewards grade the answer `extract_answer` reads and evaluation parses the same one; trace verification
+Rewards grade the answer `extract_answer` reads, evaluation parses the same one and grounding measures
+the tokens of its block (`answer_span`); trace verification
 and CRM find names with `mentions`, in the forms exact match accepts. So none of them can disagree on
 what a completion says or names. Scans are linear (`str.find`/`rfind`, no backtracking regex over a
 completion): models emit arbitrary text.
@@ -87,25 +88,31 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def _last_block(text: str) -> str | None:
-    """Content of the last `</answer>` and the nearest `<answer>` before it (innermost when nested)."""
-    close = text.rfind(ANSWER_CLOSE)
+def _last_block(text: str, start: int = 0) -> tuple[int, int] | None:
+    """Content span of the last `</answer>` in text[start:] and the nearest `<answer>` before it
+    (innermost when nested)."""
+    close = text.rfind(ANSWER_CLOSE, start)
     if close < 0:
         return None
-    start = text.rfind(ANSWER_OPEN, 0, close)
-    return None if start < 0 else text[start + len(ANSWER_OPEN) : close]
+    opening = text.rfind(ANSWER_OPEN, start, close)
+    return None if opening < 0 else (opening + len(ANSWER_OPEN), close)
+
+
+def answer_span(text: str) -> tuple[int, int] | None:
+    """(start, end) of the final answer's block content in `text`: the last complete answer block after
+    the last `</think>`, else the last one anywhere (a model that never closes its thinking may still
+    answer); None without one."""
+    think_end = text.rfind(THINK_CLOSE)
+    span = _last_block(text, think_end + len(THINK_CLOSE)) if think_end >= 0 else None
+    return _last_block(text) if span is None else span
 
 
 def extract_answer(text: Any) -> str | None:
-    """The final answer of a completion (text or messages): the last complete answer block after the
-    last `</think>`, else the last one anywhere (a model that never closes its thinking may still
-    answer); stripped; None without one."""
+    """The final answer of a completion (text or messages): the content of its `answer_span`, stripped;
+    None without one."""
     text = completion_text(text)
-    think_end = text.rfind(THINK_CLOSE)
-    answer = _last_block(text[think_end + len(THINK_CLOSE) :]) if think_end >= 0 else None
-    if answer is None:
-        answer = _last_block(text)
-    return None if answer is None else answer.strip()
+    span = answer_span(text)
+    return None if span is None else text[span[0] : span[1]].strip()
 
 
 def normalize(text: Any) -> str:

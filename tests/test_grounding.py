@@ -30,7 +30,7 @@ from mpcc.evaluation.harness import eval_rows
 from mpcc.evaluation.regions import cell_coverage, region_tokens, token_grid
 from mpcc.evaluation.steps import split_steps, token_steps
 from mpcc.models import random_vlm
-from mpcc.text import mentions
+from mpcc.text import extract_answer, mentions
 
 TRACE = "<think>The table holds a plate. A fork lies beside it.\nSo a knife is likely.</think> " + (
     "<answer>knife</answer>"
@@ -174,6 +174,16 @@ def test_answer_tokens_are_the_answer_span(tiny):
     picked = "".join(TRACE[a:b] for (a, b), keep in zip(offsets, answer_tokens(TRACE, offsets)) if keep)
     assert "knife" in picked and "table" not in picked and len(picked) <= len(">knife")
     assert not answer_tokens("<think>no answer</think>", offsets[:3]).any()
+
+
+def test_answer_tokens_are_the_block_the_reward_grades():
+    """Two answer blocks: the measured span is the last one, the answer `extract_answer` (and so every
+    reward) reads, not the first after the reasoning."""
+    completion = "<think>A plate. So a cup.</think><answer>cup</answer> <answer>knife</answer>"
+    offsets = [(i, i + 1) for i in range(len(completion))]
+    kept = answer_tokens(completion, offsets)
+    picked = "".join(completion[a:b] for (a, b), keep in zip(offsets, kept) if keep)
+    assert picked == extract_answer(completion) == "knife"
 
 
 @pytest.fixture(scope="module")
