@@ -63,6 +63,11 @@ VERDICTS = [
     ),
     ("<think> In the cupboard. Then a cup.</think><answer>cup</answer>", "cup", None),  # cupboard != cup
     ("<think> People walk by. One more person.</think><answer>person</answer>", "person", "answer_first"),
+    (  # "etc." ends no sentence (the reasoning steps' rule): the first sentence names the cup
+        "<think> Plates, forks, etc. suggest a cup. So it is a cup.</think><answer>cup</answer>",
+        "cup",
+        "answer_first",
+    ),
 ]
 
 

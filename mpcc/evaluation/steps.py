@@ -90,14 +90,16 @@ def _line_steps(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return steps
 
 
+def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """The steps of text[start:end] by the module docstring's rule, as (start, end) offsets into `text`:
+    also the sentences trace verification checks, so both read a think text the same way."""
+    end = len(text) if end is None else end
+    return [step for line in _LINE.finditer(text, start, end) for step in _line_steps(text, *line.span())]
+
+
 def split_steps(completion: str) -> list[tuple[int, int]]:
     """The reasoning's steps as (start, end) offsets into `completion`, by the module docstring's rule."""
-    start, end = reasoning_span(completion)
-    return [
-        step
-        for line in _LINE.finditer(completion, start, end)
-        for step in _line_steps(completion, *line.span())
-    ]
+    return sentence_spans(completion, *reasoning_span(completion))
 
 
 def token_steps(offsets: list[tuple[int, int]], steps: list[tuple[int, int]]) -> list[int]:
