@@ -1,5 +1,5 @@
 """The model's text, read one way everywhere: the tags, the final answer, and category names in every
-accepted form.
+accepted form (and written with the right article in generated traces).
 
 Rewards grade the answer `extract_answer` reads, evaluation parses the same one and grounding measures
 the tokens of its block (`answer_span`); trace verification
@@ -180,6 +180,13 @@ def variants(name: Any) -> set[str]:
     named = set().union(*(_GROUPS.get(root, {root}) for root in roots))
     forms = set().union(*(_inflections(form) for form in named))
     return forms | {form.replace(" ", "") for form in forms}
+
+
+def with_article(name: str) -> str:
+    """`name` after "an" when it starts with a vowel letter, else after "a" ("an apple", "an umbrella",
+    "a cup"). By spelling, not sound: right for every COCO and synthetic name, wrong only for names like
+    "unicorn" or "hour", which generated traces do not use."""
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
 
 
 def mentions(text: str, name: Any) -> bool:
