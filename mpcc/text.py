@@ -2,10 +2,9 @@
 accepted form (and written with the right article in generated traces).
 
 Rewards grade the answer `extract_answer` reads, evaluation parses the same one and grounding measures
-the tokens of its block (`answer_span`); trace verification
-and CRM find names with `mentions`, in the forms exact match accepts. So none of them can disagree on
-what a completion says or names. Scans are linear (`str.find`/`rfind`, no backtracking regex over a
-completion): models emit arbitrary text.
+the tokens of its block (`answer_span`); trace verification and CRM find names with `mentions`, in the
+forms exact match accepts. So none of them can disagree on what a completion says or names. Scans are
+linear (`str.find`/`rfind`, no backtracking regex over a completion): models emit arbitrary text.
 """
 
 from __future__ import annotations
