@@ -15,7 +15,7 @@ from mpcc.annotation.importing import UNMATCHED_FILE, import_traces, read_traces
 from mpcc.annotation.prompts import GUIDED_SYSTEM, GUIDED_TASK, PROMPT_VERSION, teacher_messages
 from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
 from mpcc.annotation.teachers import LocalTeacher, TeacherError, api_base, message_text, openai_messages
-from mpcc.annotation.verify import names_answer, verify
+from mpcc.annotation.verify import verify
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.prompts import conversation, open_question
@@ -23,6 +23,7 @@ from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import Decoding
 from mpcc.rewards import exact_match_reward, format_reward, trace_completion
+from mpcc.text import mentions
 from mpcc.training.data import load_train_dataset
 
 
@@ -62,6 +63,11 @@ VERDICTS = [
     ),
     ("<think> In the cupboard. Then a cup.</think><answer>cup</answer>", "cup", None),  # cupboard != cup
     ("<think> People walk by. One more person.</think><answer>person</answer>", "person", "answer_first"),
+    (  # "etc." ends no sentence (the reasoning steps' rule): the first sentence names the cup
+        "<think> Plates, forks, etc. suggest a cup. So it is a cup.</think><answer>cup</answer>",
+        "cup",
+        "answer_first",
+    ),
 ]
 
 
@@ -82,9 +88,9 @@ def test_length_bounds_and_names():
     assert verify(text, "cup", min_words=n + 1).reason == "too_short"
     assert verify(text, "cup", max_words=n - 1).reason == "too_long"
     assert verify(text, "cup", min_words=n, max_words=n).ok
-    assert names_answer("a TV-set", "tv") and names_answer("the television", "tv")
-    assert not names_answer("a category", "cat") and not names_answer("cupboards", "cup")
-    assert names_answer("two hotdogs", "hot dog") and not names_answer("", "cup")
+    assert mentions("a TV-set", "tv") and mentions("the television", "tv")
+    assert not mentions("a category", "cat") and not mentions("cupboards", "cup")
+    assert mentions("two hotdogs", "hot dog") and not mentions("", "cup")
 
 
 def test_prompts_by_mode():

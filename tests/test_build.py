@@ -334,6 +334,13 @@ def test_open_train_build_rows_ask_the_open_question(scenes, tmp_path):
         assert row["reasoning"] == template_trace(row["context"], row["solution"], seed=seed)
 
 
+def test_template_trace_articles():
+    """An before a vowel letter, "a" otherwise, in the listing and before the answer."""
+    trace = template_trace(["apple"], "umbrella", seed=0)
+    assert "an apple" in trace and trace.endswith("an umbrella, so the hidden object is an umbrella.")
+    assert "a cup," in template_trace([], "cup", seed=0)
+
+
 def test_mixed_train_build_asks_every_format(mixed_rows, scenes, tmp_path):
     assert set(Counter(r["format"] for r in mixed_rows)) == set(ALL_FORMATS)
     open_rows = _train(scenes, tmp_path / "open")

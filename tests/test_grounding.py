@@ -18,7 +18,6 @@ from mpcc.evaluation.config import EvalConfig, parse_layers
 from mpcc.evaluation.crm import (
     gone_categories,
     hallucinated,
-    names,
     region_sets,
     step_deltas,
     step_similarity,
@@ -31,6 +30,7 @@ from mpcc.evaluation.harness import eval_rows
 from mpcc.evaluation.regions import cell_coverage, region_tokens, token_grid
 from mpcc.evaluation.steps import split_steps, token_steps
 from mpcc.models import random_vlm
+from mpcc.text import extract_answer, mentions
 
 TRACE = "<think>The table holds a plate. A fork lies beside it.\nSo a knife is likely.</think> " + (
     "<answer>knife</answer>"
@@ -176,6 +176,16 @@ def test_answer_tokens_are_the_answer_span(tiny):
     assert not answer_tokens("<think>no answer</think>", offsets[:3]).any()
 
 
+def test_answer_tokens_are_the_block_the_reward_grades():
+    """Two answer blocks: the measured span is the last one, the answer `extract_answer` (and so every
+    reward) reads, not the first after the reasoning."""
+    completion = "<think>A plate. So a cup.</think><answer>cup</answer> <answer>knife</answer>"
+    offsets = [(i, i + 1) for i in range(len(completion))]
+    kept = answer_tokens(completion, offsets)
+    picked = "".join(completion[a:b] for (a, b), keep in zip(offsets, kept) if keep)
+    assert picked == extract_answer(completion) == "knife"
+
+
 @pytest.fixture(scope="module")
 def eval_row(tiny_builds):
     diagnostics = Diagnostics(tiny_builds["eval"], k=2)
@@ -259,14 +269,20 @@ def test_teacher_forced_crm_equals_one_at_a_time(eval_row):
 
 
 def test_crm_text_measures():
-    assert names("I see two Forks and a knife.", "fork") and names("a dining table", "dining table")
-    assert not names("a forklift", "fork") and not names("tables", "dining table")
+    assert mentions("I see two Forks and a knife.", "fork") and mentions("a dining table", "dining table")
+    assert not mentions("a forklift", "fork") and not mentions("dining chairs", "dining table")
     assert hallucinated("The cup sits by the pizza.", {"cup", "bowl"}, solution="pizza") == ["cup"]
     assert hallucinated("The pizza is there.", {"pizza"}, solution="pizza") == []
     same = "<think>A plate. A fork.</think>"
     assert step_similarity(same, same) == 1.0
     assert step_similarity(same, "<think>A plate. Then nothing.</think>") == pytest.approx((1 + 0.5) / 2)
     assert step_similarity(same, "<answer>x</answer>") == 0.0 and step_similarity("", same) is None
+
+
+def test_crm_names_categories_as_exact_match_does():
+    """Irregular plurals and synonyms count as naming a category, as they do for the reward."""
+    reasoning = "Two knives lie by the television."
+    assert hallucinated(reasoning, {"knife", "tv", "cup"}, solution="pizza") == ["knife", "tv"]
 
 
 def test_gone_categories_keep_visible_instances(eval_row):

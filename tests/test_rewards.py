@@ -16,17 +16,15 @@ from mpcc.rewards import (
     PRESETS,
     REWARDS,
     exact_match_reward,
-    extract_answer,
     format_reward,
     levenshtein_reward,
-    normalize,
     paper_answer_reward,
     paper_format_reward,
     resolve_rewards,
     target_answer,
     trace_completion,
-    variants,
 )
+from mpcc.text import extract_answer, normalize, variants
 
 # The authors' code (train_script/reward_zoo.py), verbatim in its logic: the references ours must equal.
 PAPER_FORMAT = re.compile(r"^<think>.*?</think>.*?<answer>.*?</answer>$", re.DOTALL)

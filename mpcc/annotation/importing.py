@@ -32,7 +32,8 @@ from mpcc.data.mpcc_eval import MATCH_IOU, box_iou
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
 from mpcc.inputs import read_text
-from mpcc.rewards import THINK_OPEN, normalize, trace_completion
+from mpcc.rewards import trace_completion
+from mpcc.text import THINK_OPEN, normalize
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from mpcc.errors import ConfigError, MpccError
 from mpcc.evaluation.config import Decoding
+from mpcc.text import THINK_CLOSE, THINK_OPEN
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +177,8 @@ def message_text(message: dict) -> str:
     if isinstance(content, list):
         content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
     thinking = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(thinking, str) and thinking.strip() and "<think>" not in content:
-        content = f"<think>{thinking}</think>{content}"
+    if isinstance(thinking, str) and thinking.strip() and THINK_OPEN not in content:
+        content = f"{THINK_OPEN}{thinking}{THINK_CLOSE}{content}"
     return content
 
 

@@ -5,17 +5,18 @@ prior sample; a multiple-choice or yes/no row puts its letter or yes/no after th
 against the solution it must pass the format and exact-match rewards that grade the policy, and its
 reasoning must lead *to* the answer: a trace that names the object in its first sentence teaches the
 model to guess first and justify after, so the check is explicit. Names count in every form the
-exact-match reward accepts (`mpcc.rewards.variants`: plural, synonyms, spacing).
+exact-match reward accepts (`mpcc.text.mentions`: plural, synonyms, spacing). Sentences are split as
+the reasoning steps of evaluation are (`mpcc.evaluation.steps.sentence_spans`: "e.g." or an enumerator
+"1." ends no sentence).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from mpcc.rewards import THINK_CLOSE, THINK_OPEN, exact_match_reward, format_reward, normalize, variants
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+from mpcc.evaluation.steps import sentence_spans
+from mpcc.rewards import exact_match_reward, format_reward
+from mpcc.text import THINK_CLOSE, THINK_OPEN, mentions
 
 
 @dataclass(frozen=True)
@@ -23,18 +24,6 @@ class Verdict:
     ok: bool
     reason: str | None  # when not ok, the first check that failed (see `verify`)
     reasoning: str | None  # the think text (stripped), as `reasoning` stores it; None when not ok
-
-
-def sentences(text: str) -> list[str]:
-    """Sentences of a think text: split after . ! ? followed by space, and at line breaks."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
-
-
-def names_answer(text: str, solution: str) -> bool:
-    """True when `text` contains the solution in any accepted form, as whole words ("cup" is not in
-    "cupboard"); compared after `normalize`, so case, punctuation and hyphens do not hide it."""
-    words = f" {normalize(text)} "
-    return any(f" {form} " in words for form in variants(solution))
 
 
 def think_text(text: str) -> str:
@@ -55,12 +44,12 @@ def verify(text: str, solution: str, min_words: int | None = None, max_words: in
     if exact_match_reward([text], solution=[solution])[0] != 1.0:
         return Verdict(False, "wrong_answer", None)
     reasoning = think_text(text)
-    parts = sentences(reasoning)
+    parts = [reasoning[a:b] for a, b in sentence_spans(reasoning)]
     if not parts:
         return Verdict(False, "empty_reasoning", None)
-    if names_answer(parts[0], solution):
+    if mentions(parts[0], solution):
         return Verdict(False, "answer_first", None)
-    if not names_answer(parts[-1], solution):
+    if not mentions(parts[-1], solution):
         return Verdict(False, "no_conclusion", None)
     words = len(reasoning.split())
     if min_words is not None and words < min_words:

@@ -52,6 +52,7 @@ from mpcc.data.coco_categories import COCO_CATEGORIES
 from mpcc.errors import ConfigError
 from mpcc.options import option
 from mpcc.rewards import trace_completion
+from mpcc.text import with_article
 
 logger = logging.getLogger(__name__)
 
@@ -502,10 +503,6 @@ _SHAPE_WORDS = {  # plain words: traces are for tiny models with tiny vocabulari
 }
 
 
-def _a(name: str) -> str:
-    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
-
-
 def _listing(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
 
@@ -524,9 +521,9 @@ def scene_trace(scene: str, target: str, visible: list[str], area_frac: float) -
     if target in visible:
         link = f"The {mask} fits another {target} like the one in view."
     elif target in expected:
-        link = f"In {place}, the {mask} fits {_a(target)}."
+        link = f"In {place}, the {mask} fits {with_article(target)}."
     else:
-        link = f"Nothing usual in {place} fits the {mask}, but {_a(target)} does."
+        link = f"Nothing usual in {place} fits the {mask}, but {with_article(target)} does."
     return f"This is {place}{around}. {link}"
 
 

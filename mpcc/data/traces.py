@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+from mpcc.text import with_article
+
 OPENINGS = ("I see {context}.", "Visible: {context}.", "Around the mask: {context}.")
 LINKS = ("These usually go together with", "Scenes like this often have", "Such objects often come with")
 
@@ -17,7 +19,7 @@ def _listing(names: list[str]) -> str:
     if not names:
         return "no other annotated objects"
     if len(names) == 1:
-        return f"a {names[0]}"
+        return with_article(names[0])
     return ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
@@ -26,4 +28,5 @@ def template_trace(context: list[str], solution: str, seed: int) -> str:
     rng = random.Random(seed)
     shown = [c for c in context if c != solution][:3]
     opening = rng.choice(OPENINGS).format(context=_listing(shown))
-    return f"{opening} {rng.choice(LINKS)} a {solution}, so the hidden object is a {solution}."
+    named = with_article(solution)
+    return f"{opening} {rng.choice(LINKS)} {named}, so the hidden object is {named}."

@@ -15,9 +15,9 @@ row's image with those objects hidden too (their segmentation, the target's fill
     - `step_similarity`: for each original step the best word-level similarity
       (difflib ratio) with any regenerated step, averaged over the original steps (0 when the
       regeneration has no steps);
-    - `hallucinated`: the regenerated reasoning names (whole word, singular or plural, any case) a
-      category that is no longer visible anywhere (all its context instances hidden by the set), the
-      answer's own category excepted: evidence cited that is not there;
+    - `hallucinated`: the regenerated reasoning names (whole words, in any form the exact-match reward
+      accepts: `mpcc.text.mentions`) a category that is no longer visible anywhere (all its context
+      instances hidden by the set), the answer's own category excepted: evidence cited that is not there;
     - `collapse`: the original was well-formed and the regeneration is not (strict parse fails).
 Rates are over (answer, region set) pairs; steps are placed at normalised positions (i + 0.5) / n.
 """
@@ -33,6 +33,7 @@ import torch
 from mpcc.evaluation.grounding import by_level, completion_logprobs, mean_or_none, teacher_forced
 from mpcc.evaluation.parsing import parse_answer
 from mpcc.evaluation.steps import split_steps, step_positions, token_steps
+from mpcc.text import mentions
 
 POSITION_BINS = 5
 
@@ -74,15 +75,9 @@ def step_similarity(original: str, regenerated: str) -> float | None:
     return float(np.mean([max(SequenceMatcher(None, b, a).ratio() for a in after) for b in before]))
 
 
-def names(text: str, category: str) -> bool:
-    """Does `text` name `category` (whole words, optional plural s/es, any case)?"""
-    pattern = r"\b" + r"\s+".join(map(re.escape, category.lower().split())) + r"(?:e?s)?\b"
-    return re.search(pattern, text.lower()) is not None
-
-
 def hallucinated(reasoning: str, gone: set[str], solution: str) -> list[str]:
     """The categories in `gone` (no instance left visible) that `reasoning` still names."""
-    return sorted(c for c in gone if c != solution and names(reasoning, c))
+    return sorted(c for c in gone if c != solution and mentions(reasoning, c))
 
 
 def gone_categories(diagnostics, row: dict, hidden: list[int]) -> set[str]:

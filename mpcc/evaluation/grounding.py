@@ -20,12 +20,11 @@ tokens), `early` / `late` (mean evidence mass over positions < 1/3 / >= 2/3), th
 evidence mass in `BINS` equal position bins), and per step the means of every measure. Per run and
 level: the means of those over answers, and the collapse ratio = mean late / mean early (1: no
 collapse; the paper's 57-91% drops are ratios 0.43-0.09). Full-response entropy = mean token entropy
-over the whole completion; answer-span entropy = mean over the tokens inside <answer></answer>.
+over the whole completion; answer-span entropy = mean over the tokens inside the final <answer></answer>
+(the block the rewards grade).
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import torch
@@ -35,12 +34,12 @@ from mpcc.errors import ValidationError
 from mpcc.evaluation.attention import measure
 from mpcc.evaluation.generation import prompt_inputs
 from mpcc.evaluation.regions import region_tokens, token_grid
-from mpcc.evaluation.steps import reasoning_span, split_steps, step_positions, token_steps
+from mpcc.evaluation.steps import split_steps, step_positions, token_steps
 from mpcc.evaluation.uncertainty import token_entropy
+from mpcc.text import answer_span
 
 BINS = 10
 GROUPS = ("image", "evidence", "target")
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def teacher_forced(
@@ -74,12 +73,13 @@ def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_le
 
 
 def answer_tokens(completion: str, offsets: list[tuple[int, int]]) -> np.ndarray:
-    """Bool per token: does its last character lie inside the first <answer></answer> after the reasoning?"""
-    match = _ANSWER.search(completion, reasoning_span(completion)[1])
+    """Bool per token: does its last character lie inside the answer block the rewards grade
+    (`mpcc.text.answer_span`)?"""
+    span = answer_span(completion)
     ends = np.array([b - 1 for _, b in offsets])
-    if match is None:
+    if span is None:
         return np.zeros(len(offsets), dtype=bool)
-    return (ends >= match.start(1)) & (ends < match.end(1)) & (np.array([b > a for a, b in offsets]))
+    return (ends >= span[0]) & (ends < span[1]) & (np.array([b > a for a, b in offsets]))
 
 
 def mean_or_none(values: np.ndarray) -> float | None:

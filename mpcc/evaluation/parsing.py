@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mpcc.errors import InputError
-from mpcc.rewards import MC_FORMATS, choice_score, completion_text, extract_answer, normalize, variants
+from mpcc.rewards import MC_FORMATS, choice_score
+from mpcc.text import completion_text, extract_answer, normalize, variants
 
 YES_NO = ("yes", "no")
 FORMATS = (*MC_FORMATS, "yesno", "open")

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import re
 
-_THINK, _END_THINK, _ANSWER = "<think>", "</think>", "<answer>"
+from mpcc.text import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+
 _LINE = re.compile(r"[^\r\n]+")
 _NON_SPACE = re.compile(r"\S")
 _SENTENCE_END = re.compile(r"(?P<mark>[.!?…]+)[\"')\]”’]*(?=\s)")
@@ -46,12 +47,12 @@ _NUMBER_NEXT = re.compile(r"\s+\d")
 
 def reasoning_span(completion: str) -> tuple[int, int]:
     """(start, end) of the reasoning; tagless completions still reason, up to the answer."""
-    think = completion.find(_THINK)
-    start = 0 if think < 0 else think + len(_THINK)
-    end_think = completion.find(_END_THINK, start)
+    think = completion.find(THINK_OPEN)
+    start = 0 if think < 0 else think + len(THINK_OPEN)
+    end_think = completion.find(THINK_CLOSE, start)
     if think >= 0 and end_think >= 0:
         return start, end_think
-    ends = [found for found in (end_think, completion.find(_ANSWER, start)) if found >= 0]
+    ends = [found for found in (end_think, completion.find(ANSWER_OPEN, start)) if found >= 0]
     return start, min(ends, default=len(completion))
 
 
@@ -89,14 +90,16 @@ def _line_steps(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return steps
 
 
+def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """The steps of text[start:end] by the module docstring's rule, as (start, end) offsets into `text`:
+    also the sentences trace verification checks, so both read a think text the same way."""
+    end = len(text) if end is None else end
+    return [step for line in _LINE.finditer(text, start, end) for step in _line_steps(text, *line.span())]
+
+
 def split_steps(completion: str) -> list[tuple[int, int]]:
     """The reasoning's steps as (start, end) offsets into `completion`, by the module docstring's rule."""
-    start, end = reasoning_span(completion)
-    return [
-        step
-        for line in _LINE.finditer(completion, start, end)
-        for step in _line_steps(completion, *line.span())
-    ]
+    return sentence_spans(completion, *reasoning_span(completion))
 
 
 def token_steps(offsets: list[tuple[int, int]], steps: list[tuple[int, int]]) -> list[int]:
