@@ -208,3 +208,14 @@ def test_the_record_written_at_start_holds_the_reward_weights(tmp_path):
     assert record["trainer"]["reward_weights"] == [1.0, 1.0]
     record = run_record(*load_recipe(recipe, ["--output_dir", str(tmp_path)]))
     assert record["trainer"]["reward_weights"] == [0.5, 1.0, 0.5]  # the default preset
+
+
+def test_an_unwritable_output_dir_is_one_line(tmp_path, capsys):
+    """An output_dir under a regular file (what a read-only folder is to root) fails at start, one line."""
+    from mpcc.cli import main as cli_main
+
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"
+    assert cli_main(["train", SFT, "--output_dir", str(out), "--dataset_path", str(BUILD)]) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("mpcc train")]
+    assert line.startswith("mpcc train: error: ") and str(tmp_path / "file") in line
