@@ -1,5 +1,6 @@
 """Input files read whole, within a size cap, so that a wrong path (/dev/zero, a huge file) fails in one
-line instead of filling memory; YAML without aliases, whose expansion can do the same ("billion laughs").
+line instead of filling memory; YAML without aliases, whose expansion can do the same ("billion laughs");
+and the one streamed sha256 of a file that build records, imports and the weights fingerprint use.
 
 Recipes and config files, written by hand, may hold up to CONFIG_CAP; data files (annotations, traces,
 predictions, records) up to $MPCC_MAX_INPUT_MB MiB. Only the standard library and PyYAML are imported:
@@ -8,6 +9,7 @@ the launchers read recipes through here before Accelerate starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -90,3 +92,9 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: {where}{e.problem or e.context}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's whole content, streamed (no cap: nothing is held in memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

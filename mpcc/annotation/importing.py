@@ -27,11 +27,10 @@ from pathlib import Path, PurePosixPath
 
 from mpcc.annotation.output import check_paths, row_result, tally, utc_now, write_annotated
 from mpcc.annotation.verify import verify
-from mpcc.data.build import file_sha256
 from mpcc.data.mpcc_eval import MATCH_IOU, box_iou
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
-from mpcc.inputs import read_text
+from mpcc.inputs import file_sha256, read_text
 from mpcc.rewards import trace_completion
 from mpcc.text import THINK_OPEN, normalize
 

@@ -43,7 +43,7 @@ from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig, select_targets
 from mpcc.data.traces import template_trace
 from mpcc.errors import ConfigError, InputError
-from mpcc.inputs import read_json, read_text
+from mpcc.inputs import file_sha256, read_json, read_text
 from mpcc.options import comma_list, option
 from mpcc.outputs import check_output, staged_output
 
@@ -191,14 +191,6 @@ def _fingerprint(*parts) -> str:
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def image_digest(file_name: str, data: bytes) -> int:

@@ -20,7 +20,7 @@ from mpcc.data.prompts import PROMPT_VERSION
 from mpcc.data.render import BUILD_FILE
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
-from mpcc.inputs import read_bytes, read_json
+from mpcc.inputs import file_sha256, read_bytes, read_json
 from mpcc.outputs import check_output, mark_output, write_text_atomic
 
 RUN_FILE = "eval_run.json"
@@ -46,8 +46,7 @@ def weights_fingerprint(path: str | Path) -> str | None:
         name, stat = file.relative_to(path).as_posix(), file.stat()
         known = cached.get(name) if isinstance(cached, dict) else None
         if not (isinstance(known, list) and known[:2] == [stat.st_size, stat.st_mtime_ns]):
-            with open(file, "rb") as f:
-                known = [stat.st_size, stat.st_mtime_ns, hashlib.file_digest(f, "sha256").hexdigest()]
+            known = [stat.st_size, stat.st_mtime_ns, file_sha256(file)]
         digests[name] = known
         digest.update(f"{name}:{known[0]}:{known[2]}\n".encode())
     if digests != cached:
