@@ -27,41 +27,36 @@ from transformers import TrainerCallback
 from mpcc.errors import InputError
 from mpcc.inputs import read_json
 from mpcc.outputs import OutputExistsError, check_inputs, lock_output, set_modes
+from mpcc.training.curves import STATE_FILE
 from mpcc.training.record import load_run_record
+from mpcc.training.resume import ADAPTER, WEIGHTS
 
 logger = logging.getLogger(__name__)
 
 COMPLETE = ".mpcc-complete"
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-STATE_FILE = "trainer_state.json"
-# Settings that name where or how a run is continued, not what it trains.
-IGNORED = {
-    "mpcc_version": None,
-    "checkpoint_marker": None,
-    "trainer": ("output_dir", "resume_from_checkpoint", "logging_dir"),
-    "run": ("overwrite_output_dir",),
-}
+# Settings that name where or how a run is continued, not what it trains (keys of the flattened record).
+IGNORED = frozenset(
+    {
+        "mpcc_version",
+        "checkpoint_marker",
+        "trainer.output_dir",
+        "trainer.resume_from_checkpoint",
+        "trainer.logging_dir",
+        "run.overwrite_output_dir",
+    }
+)
 
 
-def _flat(record: dict, prefix: str = "") -> dict:
+def _settings(record: dict, prefix: str = "") -> dict:
+    """The record as {dotted key: value}, less the IGNORED keys."""
     flat = {}
     for key, value in record.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
+            flat.update(_settings(value, f"{prefix}{key}."))
+        elif f"{prefix}{key}" not in IGNORED:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _settings(record: dict) -> dict:
-    kept = {}
-    for key, value in record.items():
-        if key in IGNORED and IGNORED[key] is None:
-            continue
-        if isinstance(value, dict) and key in IGNORED:
-            value = {k: v for k, v in value.items() if k not in IGNORED[key]}
-        kept[key] = value
-    return _flat(kept)
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -79,11 +74,19 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def is_complete(checkpoint: Path) -> bool:
+def _marks_checkpoints(output_dir: Path) -> bool:
+    """Whether the run in `output_dir` marks its complete checkpoints (runs from before the marker do not)."""
+    return bool((load_run_record(output_dir) or {}).get("checkpoint_marker"))
+
+
+def is_complete(checkpoint: Path, marked: bool | None = None) -> bool:
+    """Marked complete; or, in a run from before the marker (`marked`: read from its record when None),
+    holding its trainer_state.json."""
     if (checkpoint / COMPLETE).is_file():
         return True
-    record = load_run_record(checkpoint.parent) or {}
-    return not record.get("checkpoint_marker") and (checkpoint / STATE_FILE).is_file()
+    if marked is None:
+        marked = _marks_checkpoints(checkpoint.parent)
+    return not marked and (checkpoint / STATE_FILE).is_file()
 
 
 def trained_steps(folder: str | Path) -> int | None:
@@ -101,7 +104,7 @@ def has_steps_left(output_dir: str | Path, checkpoint: str, max_steps: int) -> b
     if max_steps <= 0 or done < max_steps:
         return True
     out = Path(output_dir)
-    weights = any((out / name).is_file() for name in ("model.safetensors", "adapter_model.safetensors"))
+    weights = any((out / name).is_file() for name in (WEIGHTS, ADAPTER))
     if not (weights and (trained_steps(out) or 0) >= done):
         raise InputError(
             f"{checkpoint} already reached max_steps {max_steps}, but {out} holds no final model (the run "
@@ -113,8 +116,9 @@ def has_steps_left(output_dir: str | Path, checkpoint: str, max_steps: int) -> b
 
 def newest_complete(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint; newer incomplete ones are named in a warning and passed over."""
+    marked = _marks_checkpoints(Path(output_dir))
     for checkpoint in reversed(checkpoints(output_dir)):
-        if is_complete(checkpoint):
+        if is_complete(checkpoint, marked):
             return checkpoint
         logger.warning("%s is incomplete (a save that did not finish): not resuming from it", checkpoint)
     return None
