@@ -51,30 +51,38 @@ def trl_messages(messages: list[dict]) -> tuple[list[dict], list]:
     return out, images
 
 
-class _Handler(BaseHTTPRequestHandler):
+class QuietJsonHandler(BaseHTTPRequestHandler):
+    """A handler that logs nothing and answers JSON bodies (the endpoint tests' stub servers use it too)."""
+
     def log_message(self, *args):
         pass
 
-    def _reply(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
+    def reply(self, status: int, body: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    def reply_json(self, status: int, payload: dict) -> None:
+        self.reply(status, json.dumps(payload).encode())
+
+
+class _Handler(QuietJsonHandler):
     def do_GET(self):
         if self.path.rstrip("/") != "/v1/models":
-            return self._reply(404, {"error": f"no route {self.path}"})
-        return self._reply(200, {"object": "list", "data": [{"id": self.server.model, "object": "model"}]})
+            return self.reply_json(404, {"error": f"no route {self.path}"})
+        return self.reply_json(
+            200, {"object": "list", "data": [{"id": self.server.model, "object": "model"}]}
+        )
 
     def do_POST(self):
         if self.path.rstrip("/") != "/v1/chat/completions":
-            return self._reply(404, {"error": f"no route {self.path}"})
+            return self.reply_json(404, {"error": f"no route {self.path}"})
         try:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if body.get("model") != self.server.model:
-                return self._reply(404, {"error": f"model {body.get('model')!r} is not served"})
+                return self.reply_json(404, {"error": f"model {body.get('model')!r} is not served"})
             messages, images = trl_messages(body["messages"])
             temperature = float(body.get("temperature", 1.0))
             decoding = Decoding(
@@ -86,11 +94,11 @@ class _Handler(BaseHTTPRequestHandler):
             if not images:
                 raise ValueError("no image in the messages (the tiny model is served for image prompts)")
         except (ValueError, KeyError, TypeError) as e:
-            return self._reply(400, {"error": f"bad request: {e}"})
+            return self.reply_json(400, {"error": f"bad request: {e}"})
         row = {"prompt": messages, "images": images}
         with self.server.lock:  # one model, one generation at a time
             [text] = self.server.generate([row], decoding, int(body.get("seed", 0)))
-        return self._reply(
+        return self.reply_json(
             200,
             {
                 "id": f"chatcmpl-{time.monotonic_ns()}",

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from openai_server import QuietJsonHandler
 from PIL import Image
 from ports import free_port
 
@@ -115,26 +116,16 @@ class Proxy(ThreadingHTTPServer):
         self.server_close()
 
 
-class _ProxyHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class _ProxyHandler(QuietJsonHandler):
     def do_GET(self):
         response = httpx.get(self.server.upstream + self.path, timeout=30)
-        self._reply(response.status_code, response.content)
+        self.reply(response.status_code, response.content)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         action = self.server.decide(body)
         if action == "fail":
-            return self._reply(500, b'{"error": "injected failure"}')
+            return self.reply(500, b'{"error": "injected failure"}')
         if action == "stall":
             time.sleep(self.server.stall)  # the client has timed out by now; it gets nothing
             return None
@@ -146,7 +137,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             timeout=120,
         )
         with contextlib.suppress(OSError):  # the client gave up (timeout) while the model answered
-            self._reply(response.status_code, response.content)
+            self.reply(response.status_code, response.content)
 
 
 def _rows(path: Path, limit: int) -> list[dict]:
@@ -254,13 +245,10 @@ def test_a_killed_run_resumes_with_every_row_exactly_once(served, tiny_builds, t
     assert load_dataset(out)["ann_id"] == ann_ids
 
 
-class _Canned(BaseHTTPRequestHandler):
+class _Canned(QuietJsonHandler):
     """A stand-in endpoint: `status` for every request (500 for the seeds in `fail`), or (200) a trace
     that names the answer the guided prompt states, so the endpoint path can keep traces too, padded to
     `huge` characters for the seeds in `padded`."""
-
-    def log_message(self, *args):
-        pass
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -278,10 +266,7 @@ class _Canned(BaseHTTPRequestHandler):
             payload = json.dumps(
                 {"choices": [{"message": {"role": "assistant", "content": answer}}]}
             ).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self.reply(status, payload)
 
 
 @contextlib.contextmanager
