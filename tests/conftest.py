@@ -1,5 +1,5 @@
 """Shared fixtures: the real tinycoco subset beside the project, and builds made from it once; small
-synthetic scenes, an eval build of them and a tiny model, made once per test module that asks.
+synthetic scenes, train and eval builds of them and a tiny model, made once per test module that asks.
 
 The subset is read from $MPCC_TINYCOCO (a path relative to the project root, or absolute), by default
 ../shared/data/tinycoco. A clone without it still runs: every test that uses the `tinycoco` fixture
@@ -70,6 +70,13 @@ def scenes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scenes")
     generate_scenes(root, num_images=6, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def train_build(scenes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("builds") / "train"
+    build(scenes / "instances.json", scenes / "images", out, BuildConfig("train"), num_proc=1)
+    return out
 
 
 @pytest.fixture(scope="module")

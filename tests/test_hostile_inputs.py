@@ -14,17 +14,9 @@ from safetensors import SafetensorError
 import mpcc.evaluation.harness
 import mpcc.train
 from mpcc.cli import main
-from mpcc.data.build import BuildConfig, build
 from mpcc.errors import ConfigError, InputError
 from mpcc.models import load_processor
 from mpcc.training.config import load_recipe
-
-
-@pytest.fixture(scope="module")
-def train_build(scenes, tmp_path_factory):
-    out = tmp_path_factory.mktemp("builds") / "train"
-    build(scenes / "instances.json", scenes / "images", out, BuildConfig("train"), num_proc=1)
-    return out
 
 
 def _one_line(capsys, prefix: str) -> str:

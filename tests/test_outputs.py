@@ -109,24 +109,6 @@ def test_an_output_written_meanwhile_is_kept_with_first_wins_and_refused_without
 # ----------------------------------------------------------------------------------- inputs (1)
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
-    from mpcc.data.synthetic import generate_scenes
-
-    root = tmp_path_factory.mktemp("scenes")
-    generate_scenes(root, num_images=4, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def train_build(scenes, tmp_path_factory) -> Path:
-    from mpcc.data.build import BuildConfig, build
-
-    out = tmp_path_factory.mktemp("builds") / "train"
-    build(scenes / "instances.json", scenes / "images", out, BuildConfig("train"), num_proc=1)
-    return out
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
