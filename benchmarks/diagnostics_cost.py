@@ -19,7 +19,8 @@ VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm")
 
 _RUN = """
 import json, sys, time
-from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.config import EvalConfig
+from mpcc.generation.decoding import Decoding
 from mpcc.evaluation.harness import run_eval
 model, data, out, items, tokens, variant = sys.argv[1:]
 config = EvalConfig(

@@ -1,6 +1,6 @@
 """How the difficulty levels separate on a COCO-format source: a markdown table per level.
 
-    python benchmarks/difficulty_levels.py ../shared/data/tinycoco/{instances.json,images}
+python benchmarks/difficulty_levels.py ../shared/data/tinycoco/{instances.json,images}
 """
 
 from __future__ import annotations
@@ -27,16 +27,20 @@ def main() -> None:
         build(a.annotations, a.images, Path(tmp) / "train", BuildConfig("train", image_format="lazy"))
         columns = ["difficulty", "difficulty_score", "predictability", "context_ann_ids", "area_frac"]
         rows = load_dataset(Path(tmp) / "train").select_columns(columns).to_list()
-    print("| level | targets | difficulty score (min-max) | predictability (mean) | other instances (mean) "
-          "| area % (mean) |")
+    print(
+        "| level | targets | difficulty score (min-max) | predictability (mean) | other instances (mean) "
+        "| area % (mean) |"
+    )
     print("|---|---|---|---|---|---|")
     for lv in LEVELS:
         r = [x for x in rows if x["difficulty"] == lv]
         score = [x["difficulty_score"] for x in r]
-        print(f"| {lv} | {len(r)} | {min(score):.3f}-{max(score):.3f} | "
-              f"{np.mean([x['predictability'] for x in r]):.2f} | "
-              f"{np.mean([len(x['context_ann_ids']) for x in r]):.1f} | "
-              f"{100 * np.mean([x['area_frac'] for x in r]):.1f} |")
+        print(
+            f"| {lv} | {len(r)} | {min(score):.3f}-{max(score):.3f} | "
+            f"{np.mean([x['predictability'] for x in r]):.2f} | "
+            f"{np.mean([len(x['context_ann_ids']) for x in r]):.1f} | "
+            f"{100 * np.mean([x['area_frac'] for x in r]):.1f} |"
+        )
 
 
 if __name__ == "__main__":

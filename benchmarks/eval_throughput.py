@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from mpcc.bench import SHAPES, BenchConfig, bench_model
-from mpcc.evaluation.config import EVAL_FORMATS, Decoding, EvalConfig
-from mpcc.evaluation.generation import generate
+from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import eval_rows
-from mpcc.image_features import ImageFeatureMemo
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.generators import generate
+from mpcc.generation.image_features import ImageFeatureMemo
 
 
 def seconds(model, processor, rows, batch_size: int, decoding: Decoding) -> float:

@@ -30,7 +30,7 @@ from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError
-from mpcc.models import freeze_vision_tower, random_vlm, set_pixel_bounds, vision_tower
+from mpcc.models import best_device, freeze_vision_tower, random_vlm, set_pixel_bounds, vision_tower
 from mpcc.options import option, validate_bounds
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import MpccGRPOConfig
@@ -130,10 +130,6 @@ class BenchConfig:
         validate_bounds(self)
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -160,7 +156,7 @@ def bench_dataset(config: BenchConfig, root: Path):
 
 def bench_model(config: BenchConfig):
     """The benchmark's random-weight model of `config.shape`, its vision tower frozen, and its processor."""
-    shape, device = SHAPES[config.shape], _device()
+    shape, device = SHAPES[config.shape], best_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, processor = random_vlm("qwen2_5_vl", seed=config.seed, dtype=dtype, device=device, **shape)
     if shape:  # real shapes see real image sizes (Qwen2.5-VL's own pixel bounds)
@@ -233,7 +229,7 @@ def _flops(model, step: dict) -> float:
 def run_variant(name: str, config: BenchConfig, dataset, out: Path) -> dict:
     trainer_class, extra = VARIANTS[name]
     model, processor = bench_model(config)
-    device = _device()
+    device = best_device()
     common = {
         "output_dir": str(out / name),
         "per_device_train_batch_size": config.prompts * config.generations,

@@ -19,16 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpcc.annotation.importing import import_traces
+from mpcc.data.answer_options import FORMATS
 from mpcc.data.build import BuildConfig, build
-from mpcc.data.options import FORMATS
 from mpcc.data.preview import write_preview
 from mpcc.data.render import BUILD_FILE
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
-from mpcc.evaluation.charts import reward_curve_chart
-from mpcc.evaluation.config import EVAL_FORMATS, Decoding, EvalConfig
+from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import METRICS, compare_runs, run_eval
 from mpcc.export import export
+from mpcc.generation.decoding import Decoding
 from mpcc.options import option
+from mpcc.reports.charts import reward_curve_chart
 from mpcc.train import main as train_main
 from mpcc.training.curves import generated_reward, learning_table, log_history
 

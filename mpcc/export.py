@@ -23,12 +23,12 @@ from PIL import Image
 from mpcc.data import prompts
 from mpcc.data.difficulty import WEIGHTS
 from mpcc.errors import ConfigError, InputError, MissingInputError, MpccError, ValidationError
-from mpcc.evaluation.generation import conversation
 from mpcc.evaluation.harness import read_metrics
 from mpcc.evaluation.metrics import markdown_report
 from mpcc.evaluation.run_identity import evaluated, read_run, weights_fingerprint
+from mpcc.generation.generators import conversation
 from mpcc.inputs import read_json
-from mpcc.models import TINY_PREFIX, load_model, load_processor
+from mpcc.models import TINY_PREFIX, best_device, load_model, load_processor
 from mpcc.options import option
 from mpcc.outputs import check_inputs, check_output, staged_output
 from mpcc.training.record import RUN_FILE, load_run_record
@@ -237,17 +237,13 @@ def probe_logits(model, inputs) -> torch.Tensor:
     return model(**inputs.to(model.device)).logits.float().cpu()
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def validate(
     folder: Path, reference: torch.Tensor, dtype: torch.dtype, base: str | None
 ) -> tuple[float, float]:
     """Reload `folder` as a user would (processor included) and compare logits; raise on a mismatch."""
     model = _adapter_model(folder, base) if (folder / ADAPTER_FILE).is_file() else load_model(folder)
     inputs = probe_inputs(load_processor(folder))
-    logits = probe_logits(model.eval().to(_device()), inputs)
+    logits = probe_logits(model.eval().to(best_device()), inputs)
     tolerance = RTOL.get(dtype, RTOL[torch.bfloat16]) * reference.abs().max().item()
     if logits.shape != reference.shape:
         raise ExportValidationError(
@@ -496,7 +492,7 @@ def export(
     bases = list(dict.fromkeys(b for b in (card_base, base) if b and b != "unknown"))
     evaluated_by = evaluation(Path(eval_run), checkpoint, bases) if eval_run else None
     processor = checkpoint_processor(checkpoint, base)
-    model = load_checkpoint(checkpoint, kind, base).to(_device())
+    model = load_checkpoint(checkpoint, kind, base).to(best_device())
     reference, dtype = probe_logits(model, probe_inputs(processor)), model.dtype
     with staged_output(out, overwrite, kind=KIND) as staging:
         save_folder(model, processor, staging, merge_lora)

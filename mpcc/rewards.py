@@ -28,16 +28,15 @@ from typing import Any
 import Levenshtein
 
 from mpcc.errors import ConfigError
-from mpcc.text import (
+from mpcc.text.answers import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
     THINK_CLOSE,
     THINK_OPEN,
     completion_text,
     extract_answer,
-    normalize,
-    variants,
 )
+from mpcc.text.names import normalize, variants
 
 RewardFunc = Callable[..., list[float]]
 

@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
-from mpcc.evaluation.config import Decoding
-from mpcc.evaluation.generation import HFGenerator
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.generators import HFGenerator
 
 DATA_URL = "data:image/png;base64,"
 

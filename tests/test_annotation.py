@@ -21,9 +21,9 @@ from mpcc.data.build import BuildConfig, build
 from mpcc.data.prompts import conversation, open_question
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes
-from mpcc.evaluation.config import Decoding
+from mpcc.generation.decoding import Decoding
 from mpcc.rewards import exact_match_reward, format_reward, trace_completion
-from mpcc.text import mentions
+from mpcc.text.names import mentions
 from mpcc.training.data import load_train_dataset
 
 

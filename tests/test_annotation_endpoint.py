@@ -34,7 +34,7 @@ from mpcc.annotation.teachers import EndpointTeacher, RateLimiter, Request, Teac
 from mpcc.annotation.verify import verify
 from mpcc.cli import main
 from mpcc.data.render import load_dataset
-from mpcc.evaluation.config import Decoding
+from mpcc.generation.decoding import Decoding
 from mpcc.models import resolve_model_path
 
 DECODING = Decoding(max_new_tokens=16, do_sample=True)

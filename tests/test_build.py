@@ -21,10 +21,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from mpcc.data import prompts
+from mpcc.data.answer_options import LETTERS
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import MaskSpec
-from mpcc.data.options import LETTERS
 from mpcc.data.render import BUILD_FILE
 from mpcc.data.schema import COMMON, EVAL, TRAIN
 from mpcc.data.selection import DEFAULT_OOD
@@ -387,8 +387,8 @@ def test_every_trace_completion_earns_the_full_rewards(mixed_rows):
 
 
 def test_a_target_without_distractors_falls_back_or_is_rejected():
+    from mpcc.data.answer_options import Distractors
     from mpcc.data.build import _train_rows
-    from mpcc.data.options import Distractors
 
     row = {"ann_id": 7, "category": "cup", "solution": "cup", "context": ["bowl"]}
     none = {7: Distractors((), (), ())}

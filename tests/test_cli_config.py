@@ -19,7 +19,8 @@ from mpcc.cli import COMMANDS, command_parser, main
 from mpcc.data.build import BuildConfig
 from mpcc.data.selection import SelectionConfig
 from mpcc.errors import InputError
-from mpcc.evaluation.config import Decoding, EvalConfig
+from mpcc.evaluation.config import EvalConfig
+from mpcc.generation.decoding import Decoding
 from mpcc.options import options_of, parse_options
 
 

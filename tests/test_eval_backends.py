@@ -14,9 +14,10 @@ import types
 import pytest
 
 from mpcc.cli import main
-from mpcc.evaluation.config import Decoding, EvalConfig
-from mpcc.evaluation.generation import VLLMGenerator, conversation
+from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.harness import eval_rows
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.generators import VLLMGenerator, conversation
 from mpcc.models import load_processor, resolve_model_path
 
 

@@ -13,7 +13,7 @@ from mpcc.cli import main
 from mpcc.data.difficulty import LEVELS
 from mpcc.evaluation import run_identity
 from mpcc.evaluation.config import EvalConfig
-from mpcc.evaluation.diagnostics import CANVAS, Diagnostics
+from mpcc.evaluation.grounding.conditions import CANVAS, Diagnostics
 from mpcc.evaluation.harness import eval_rows
 from mpcc.evaluation.run_identity import weights_fingerprint
 from mpcc.models import resolve_model_path
@@ -151,7 +151,7 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     """`mpcc eval --diagnostics crm,evidence` on an `mpcc train` output (SFT, 2 steps) and on a tiny
     Qwen3-VL: the grounding sections, charts and report; a rerun resumes without measuring again; the
     runs compare."""
-    from mpcc.evaluation import crm, grounding
+    from mpcc.evaluation.grounding import crm, evidence
     from mpcc.train import main as train_main
 
     monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
@@ -200,7 +200,7 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     def fail(*args, **kwargs):
         raise AssertionError("measured again on resume")
 
-    monkeypatch.setattr(grounding, "measure", fail)
+    monkeypatch.setattr(evidence, "measure", fail)
     monkeypatch.setattr(crm, "step_deltas", fail)
     assert main(command) == 0
     assert json.loads((out / "metrics.json").read_text())["grounding"] == section

@@ -22,9 +22,9 @@ from stock_files import assert_stock_folders
 import mpcc.export
 from mpcc.cli import main as cli
 from mpcc.data import prompts
-from mpcc.evaluation.generation import conversation
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.run_identity import weights_fingerprint
+from mpcc.generation.generators import conversation
 from mpcc.models import load_model, load_processor, resolve_model_path
 from mpcc.rewards import resolve_rewards
 from mpcc.train import main as train

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from mpcc.errors import ConfigError, ValidationError
-from mpcc.evaluation import attention
-from mpcc.evaluation.attention import measure, resolve_layers
 from mpcc.evaluation.config import EvalConfig, parse_layers
-from mpcc.evaluation.crm import (
+from mpcc.evaluation.grounding import attention
+from mpcc.evaluation.grounding.attention import measure, resolve_layers
+from mpcc.evaluation.grounding.conditions import Diagnostics
+from mpcc.evaluation.grounding.crm import (
     gone_categories,
     hallucinated,
     region_sets,
@@ -23,14 +24,15 @@ from mpcc.evaluation.crm import (
     step_similarity,
     summarise_crm,
 )
-from mpcc.evaluation.diagnostics import Diagnostics
-from mpcc.evaluation.generation import conversation
-from mpcc.evaluation.grounding import answer_tokens, evidence_record, summarise_evidence, teacher_forced
+from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
+from mpcc.evaluation.grounding.forcing import answer_tokens, teacher_forced, token_steps
+from mpcc.evaluation.grounding.regions import cell_coverage, region_tokens, token_grid
 from mpcc.evaluation.harness import eval_rows
-from mpcc.evaluation.regions import cell_coverage, region_tokens, token_grid
-from mpcc.evaluation.steps import split_steps, token_steps
+from mpcc.generation.generators import conversation
 from mpcc.models import random_vlm
-from mpcc.text import extract_answer, mentions
+from mpcc.text.answers import extract_answer
+from mpcc.text.names import mentions
+from mpcc.text.steps import split_steps
 
 TRACE = "<think>The table holds a plate. A fork lies beside it.\nSo a knife is likely.</think> " + (
     "<answer>knife</answer>"
@@ -123,8 +125,8 @@ def test_forced_uniform_attention_gives_the_expected_mass(chunk, monkeypatch):
 
 _MEMORY_PROBE = """
 import sys, torch
-from mpcc.evaluation import attention
-from mpcc.evaluation.attention import measure, resolve_layers
+from mpcc.evaluation.grounding import attention
+from mpcc.evaluation.grounding.attention import measure, resolve_layers
 from mpcc.models import random_vlm
 attention.CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 weights per chunk
 model, _ = random_vlm("qwen2_5_vl")

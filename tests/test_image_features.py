@@ -1,5 +1,5 @@
-"""Encode each image once (mpcc.image_features): the same outputs as without the memo, fewer encodes,
-never one image's features for another, and GRPO steps equal to vanilla TRL's."""
+"""Encode each image once (mpcc.generation.image_features): the same outputs as without the memo, fewer
+encodes, never one image's features for another, and GRPO steps equal to vanilla TRL's."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from PIL import Image
 from test_bench import _one_step
 from transformers import AutoModelForImageTextToText
 
-from mpcc import image_features
 from mpcc.bench import BenchConfig, bench_dataset
-from mpcc.evaluation.config import Decoding
-from mpcc.evaluation.generation import generate
-from mpcc.image_features import ImageFeatureMemo
+from mpcc.generation import image_features
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.generators import generate
+from mpcc.generation.image_features import ImageFeatureMemo
 from mpcc.models import freeze_vision_tower, random_vlm
 from mpcc.training.config import MpccGRPOConfig
 from mpcc.training.grpo import MpccGRPOTrainer
@@ -142,8 +142,8 @@ def test_grpo_steps_with_reuse_equal_vanilla_trl(frozen, tmp_path, monkeypatch):
 
 def test_eval_predictions_equal_with_and_without_reuse(tiny_builds, tmp_path, monkeypatch):
     from mpcc.evaluation.config import EvalConfig
-    from mpcc.evaluation.generation import HFGenerator
     from mpcc.evaluation.harness import run_eval
+    from mpcc.generation.generators import HFGenerator
 
     monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     encoded = []

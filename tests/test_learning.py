@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mpcc.data.render import load_dataset
-from mpcc.evaluation.config import Decoding
-from mpcc.evaluation.generation import generate
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.generators import generate
 from mpcc.rewards import format_reward
 from mpcc.train import build_trainer
 from mpcc.training.config import load_recipe

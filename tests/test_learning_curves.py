@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mpcc.errors import InputError
-from mpcc.evaluation.charts import reward_curve_chart
+from mpcc.reports.charts import reward_curve_chart
 from mpcc.training.curves import curve, generated_reward, learning_table, log_history
 
 PLAIN = [

@@ -9,9 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mpcc.data.answer_options import (
+    LETTERS,
+    Distractors,
+    compute_distractors,
+    make_items,
+    override_distractors,
+)
 from mpcc.data.cooccurrence import CooccurrenceStats, rank_score
 from mpcc.data.difficulty import difficulty_score, level, level_thresholds
-from mpcc.data.options import LETTERS, Distractors, compute_distractors, make_items, override_distractors
 
 NAMES = [f"cat{i}" for i in range(12)]
 SUPERS = ["a"] * 4 + ["b"] * 4 + ["c"] * 4

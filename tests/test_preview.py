@@ -14,9 +14,9 @@ import pytest
 from datasets import load_from_disk
 from PIL import Image
 
+from mpcc.data.answer_options import LETTERS
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.masking import decode
-from mpcc.data.options import LETTERS
 from mpcc.data.preview import (
     OUTLINE_COLOUR,
     OUTLINE_WIDTH,

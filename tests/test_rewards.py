@@ -24,7 +24,8 @@ from mpcc.rewards import (
     target_answer,
     trace_completion,
 )
-from mpcc.text import extract_answer, normalize, variants
+from mpcc.text.answers import extract_answer
+from mpcc.text.names import normalize, variants
 
 # The authors' code (train_script/reward_zoo.py), verbatim in its logic: the references ours must equal.
 PAPER_FORMAT = re.compile(r"^<think>.*?</think>.*?<answer>.*?</answer>$", re.DOTALL)

@@ -1,5 +1,5 @@
-"""Prefill each distinct prompt once (mpcc.shared_prefill): the same greedy tokens as plain `generate`,
-with each repeated prompt run through the language model once."""
+"""Prefill each distinct prompt once (mpcc.generation.shared_prefill): the same greedy tokens as plain
+`generate`, with each repeated prompt run through the language model once."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mpcc.generation.shared_prefill import generate_sharing_prefill
 from mpcc.models import random_vlm
-from mpcc.shared_prefill import generate_sharing_prefill
 
 
 def _batch(processor, order, questions=("what is hidden here?", "name the object")):

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpcc.evaluation.steps import reasoning_span, split_steps, step_positions, token_steps
+from mpcc.evaluation.grounding.forcing import step_positions, token_steps
+from mpcc.text.steps import reasoning_span, split_steps
 
 CASES = {
     "think tags": (

@@ -268,8 +268,8 @@ def test_eval_callback_logs_during_training(tmp_path, tiny_builds):
 
 def test_sft_targets_answer_what_each_row_asks(tmp_path):
     """A train build in every format: the SFT completion ends in the row's letter, yes/no or name."""
+    from mpcc.data.answer_options import LETTERS
     from mpcc.data.build import BuildConfig, build
-    from mpcc.data.options import LETTERS
     from mpcc.data.render import load_dataset
     from mpcc.data.synthetic import generate_scenes
     from mpcc.training.data import load_train_dataset

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mpcc.errors import ValidationError
-from mpcc.evaluation.uncertainty import (
+from mpcc.evaluation.grounding.uncertainty import (
     VETO_QUANTILES,
     aurc,
     fit_interaction,

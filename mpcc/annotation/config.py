@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mpcc.errors import ConfigError
-from mpcc.evaluation.config import Decoding
+from mpcc.generation.decoding import Decoding
 from mpcc.options import option
 
 MODES = ("guided", "blind")

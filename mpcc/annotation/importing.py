@@ -32,7 +32,8 @@ from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
 from mpcc.inputs import file_sha256, read_text
 from mpcc.rewards import trace_completion
-from mpcc.text import THINK_OPEN, normalize
+from mpcc.text.answers import THINK_OPEN
+from mpcc.text.names import normalize
 
 logger = logging.getLogger(__name__)
 

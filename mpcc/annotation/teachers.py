@@ -27,8 +27,8 @@ from itertools import islice
 from typing import Any
 
 from mpcc.errors import ConfigError, MpccError
-from mpcc.evaluation.config import Decoding
-from mpcc.text import THINK_CLOSE, THINK_OPEN
+from mpcc.generation.decoding import Decoding
+from mpcc.text.answers import THINK_CLOSE, THINK_OPEN
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class LocalTeacher:
     """A vision-language checkpoint run with mpcc's batched, left-padded `generate` (GPU when present)."""
 
     def __init__(self, model: str, decoding: Decoding, batch_size: int = 8):
-        from mpcc.evaluation.generation import HFGenerator
+        from mpcc.generation.generators import HFGenerator
         from mpcc.models import resolve_model_path
 
         self.name = model

@@ -5,8 +5,8 @@ prior sample; a multiple-choice or yes/no row puts its letter or yes/no after th
 against the solution it must pass the format and exact-match rewards that grade the policy, and its
 reasoning must lead *to* the answer: a trace that names the object in its first sentence teaches the
 model to guess first and justify after, so the check is explicit. Names count in every form the
-exact-match reward accepts (`mpcc.text.mentions`: plural, synonyms, spacing). Sentences are split as
-the reasoning steps of evaluation are (`mpcc.evaluation.steps.sentence_spans`: "e.g." or an enumerator
+exact-match reward accepts (`mpcc.text.names.mentions`: plural, synonyms, spacing). Sentences are split as
+the reasoning steps of evaluation are (`mpcc.text.steps.sentence_spans`: "e.g." or an enumerator
 "1." ends no sentence).
 """
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpcc.evaluation.steps import sentence_spans
 from mpcc.rewards import exact_match_reward, format_reward
-from mpcc.text import THINK_CLOSE, THINK_OPEN, mentions
+from mpcc.text.answers import THINK_CLOSE, THINK_OPEN
+from mpcc.text.names import mentions
+from mpcc.text.steps import sentence_spans
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,18 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
+from mpcc.data.answer_options import (
+    FORMATS,
+    Distractors,
+    compute_distractors,
+    make_items,
+    override_distractors,
+)
 from mpcc.data.coco import CocoSource, SkipReport, check_images, load_coco
 from mpcc.data.cooccurrence import CooccurrenceStats, rank_score, save_stats
 from mpcc.data.difficulty import LEVELS, difficulty_score, level, level_thresholds
 from mpcc.data.masking import MaskSpec, segmentation_to_rle
 from mpcc.data.mpcc_eval import EvalItem, read_items
-from mpcc.data.options import FORMATS, Distractors, compute_distractors, make_items, override_distractors
 from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, write_build_record
 from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig, select_targets

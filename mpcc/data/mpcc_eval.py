@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpcc.data.answer_options import Distractors
 from mpcc.data.coco import CocoSource
 from mpcc.data.difficulty import LEVELS
-from mpcc.data.options import Distractors
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
 from mpcc.inputs import read_json

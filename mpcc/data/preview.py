@@ -20,10 +20,10 @@ import numpy as np
 from datasets import Dataset
 from PIL import Image, ImageDraw
 
+from mpcc.data.answer_options import LETTERS
 from mpcc.data.build import BUILD_FORMATS
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import decode, dilate, to_rgb
-from mpcc.data.options import LETTERS
 from mpcc.data.render import build_record, load_dataset
 from mpcc.errors import ConfigError, InputError
 from mpcc.options import option

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from mpcc.data.answer_options import LETTERS
 from mpcc.data.masking import FILL_WORDS
-from mpcc.data.options import LETTERS
 
 PROMPT_VERSION = "mpcc-1"
 

@@ -52,7 +52,7 @@ from mpcc.data.coco_categories import COCO_CATEGORIES
 from mpcc.errors import ConfigError
 from mpcc.options import option
 from mpcc.rewards import trace_completion
-from mpcc.text import with_article
+from mpcc.text.names import with_article
 
 logger = logging.getLogger(__name__)
 

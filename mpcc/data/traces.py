@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from mpcc.text import with_article
+from mpcc.text.names import with_article
 
 OPENINGS = ("I see {context}.", "Visible: {context}.", "Around the mask: {context}.")
 LINKS = ("These usually go together with", "Scenes like this often have", "Such objects often come with")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mpcc.data import prompts
-from mpcc.data.options import LETTERS
+from mpcc.data.answer_options import LETTERS
 from mpcc.errors import InputError
 
 IMAGE_KEYS = ("image_1", "image_2", "image_3", "image_4")

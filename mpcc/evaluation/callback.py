@@ -1,21 +1,22 @@
 """Evaluate on a fixed subset of an eval build every N training steps, logged like other metrics
 (`mpcc_eval/accuracy`, per level, format compliance) and, with `grounding`, the evidence measures of
-`mpcc.evaluation.grounding` on the same answers (`grounding/*`): whether training makes the model look
-at the context while it reasons."""
+`mpcc.evaluation.grounding.evidence` on the same answers (`grounding/*`): whether training makes the
+model look at the context while it reasons."""
 
 from __future__ import annotations
 
 from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 
-from mpcc.evaluation.attention import resolve_layers
-from mpcc.evaluation.config import Decoding, EvalConfig
-from mpcc.evaluation.diagnostics import Diagnostics
-from mpcc.evaluation.generation import generate
-from mpcc.evaluation.grounding import evidence_record, summarise_evidence
+from mpcc.evaluation.config import EvalConfig
+from mpcc.evaluation.grounding.attention import resolve_layers
+from mpcc.evaluation.grounding.conditions import Diagnostics
+from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
 from mpcc.evaluation.harness import eval_rows
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.generators import generate
 
 GROUNDING_LOGS = ("evidence_mass", "evidence_share", "image_mass", "collapse_ratio", "entropy_full")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-from mpcc.data.options import FORMATS
+from mpcc.data.answer_options import FORMATS
 from mpcc.errors import ConfigError
+from mpcc.generation.decoding import Decoding
 from mpcc.options import option, validate_bounds
 
 EVAL_FORMATS = (*FORMATS, "open")
@@ -23,18 +23,6 @@ def parse_layers(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in str(text).split(",") if part.strip())
     except ValueError as e:
         raise ConfigError(f"attention layers must be comma-separated integers, got {text!r}") from e
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Greedy unless `do_sample`; the authors sampled with temperature 0.7, top-p 0.9, 512 tokens."""
-
-    options_group: ClassVar[str] = "decoding"
-
-    max_new_tokens: int = option(256, "new tokens per answer at most", minimum=1)
-    do_sample: bool = False
-    temperature: float = option(0.7, "when sampling", above=0)
-    top_p: float = option(0.9, "when sampling", above=0, maximum=1)
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,21 @@ from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.errors import InputError
 from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
-from mpcc.evaluation.charts import accuracy_chart
-from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, Decoding, EvalConfig
-from mpcc.evaluation.diagnostics import Diagnostics
-from mpcc.evaluation.generation import HFGenerator, VLLMGenerator
+from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConfig
+from mpcc.evaluation.grounding.conditions import Diagnostics
+from mpcc.evaluation.grounding.runner import EVIDENCE_CHART, GROUNDING, RISK_CHART, run_step_diagnostics
+from mpcc.evaluation.grounding.runner import charts as step_charts
+from mpcc.evaluation.grounding.runner import compare as compare_grounding
+from mpcc.evaluation.grounding.runner import markdown as step_markdown
 from mpcc.evaluation.metrics import compute_metrics, markdown_report, table
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.evaluation.run_identity import RUN_FILE, check_claim, claim, run_identity
-from mpcc.evaluation.step_diagnostics import EVIDENCE_CHART, GROUNDING, RISK_CHART, run_step_diagnostics
-from mpcc.evaluation.step_diagnostics import charts as step_charts
-from mpcc.evaluation.step_diagnostics import compare as compare_grounding
-from mpcc.evaluation.step_diagnostics import markdown as step_markdown
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
 from mpcc.models import resolve_model_path
 from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
+from mpcc.reports.charts import accuracy_chart
 from mpcc.rewards import levenshtein_reward
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from typing import Any
 
 from mpcc.errors import InputError
 from mpcc.rewards import MC_FORMATS, choice_score
-from mpcc.text import completion_text, extract_answer, normalize, variants
+from mpcc.text.answers import completion_text, extract_answer
+from mpcc.text.names import normalize, variants
 
 YES_NO = ("yes", "no")
 FORMATS = (*MC_FORMATS, "yesno", "open")

@@ -55,7 +55,7 @@ class RunArguments:
         default=False,
         metadata={
             "help": "also log grounding/* at each evaluation: attention mass on the context objects while "
-            "reasoning, its collapse ratio and full-response entropy (mpcc.evaluation.grounding)"
+            "reasoning, its collapse ratio and full-response entropy (mpcc.evaluation.grounding.evidence)"
         },
     )
     overwrite_output_dir: bool = field(
@@ -130,14 +130,14 @@ class MpccGRPOConfig(GRPOConfig):
         metadata={
             "help": "encode each unique image once per step and reuse its features in generation, "
             "reference and old log-probs and (frozen tower) the policy forward; a group's G rows share one "
-            "image (mpcc.image_features). Same completions, losses and gradients."
+            "image (mpcc.generation.image_features). Same completions, losses and gradients."
         },
     )
     share_prompt_prefill: bool = field(
         default=True,
         metadata={
             "help": "HF generation: prefill each group's prompt once and share its KV cache with the group's "
-            "rows (mpcc.shared_prefill; dynamic cache, Qwen-VL). Same greedy completions."
+            "rows (mpcc.generation.shared_prefill; dynamic cache, Qwen-VL). Same greedy completions."
         },
     )
 

@@ -16,8 +16,8 @@ import functools
 
 from trl import GRPOTrainer
 
-from mpcc.image_features import ImageFeatureMemo
-from mpcc.shared_prefill import generate_sharing_prefill
+from mpcc.generation.image_features import ImageFeatureMemo
+from mpcc.generation.shared_prefill import generate_sharing_prefill
 from mpcc.training.resume import ExactResumeMixin
 
 # TRL's GRPOTrainer internals that mpcc overrides, wraps (mpcc.bench) or reads, as of TRL 1.16; private

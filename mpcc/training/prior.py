@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mpcc.errors import ConfigError
+from mpcc.models import image_slices
 from mpcc.rewards import REWARDS, target_answer, trace_completion
 from mpcc.training.grpo import MpccGRPOTrainer
 
@@ -48,8 +49,8 @@ def _select_multimodal_rows(fields: dict, rows: list[int], n_rows: int) -> dict 
     out = {}
     for key, value in fields.items():
         if key == "pixel_values" and grid is not None:
-            starts = np.concatenate([[0], np.cumsum(np.asarray(grid).prod(-1))]).astype(int)
-            out[key] = _concat(value, [slice(starts[i], starts[i + 1]) for i in rows])
+            images = image_slices(grid)
+            out[key] = _concat(value, [images[i] for i in rows])
         elif len(value) == n_rows:
             out[key] = _concat(value, by_row)
         else:

@@ -1,4 +1,5 @@
-"""Reasoning steps of a completion, so per-token statistics can be read per step of the reasoning.
+"""Reasoning steps of a completion: grounding reads per-token statistics per step, trace verification
+checks its sentences.
 
 The reasoning is the text between the first `<think>` and the first `</think>` after it. Without that
 pair it runs from just after the first `<think>` (from the start when there is none) to the first
@@ -21,18 +22,13 @@ The reasoning splits into steps by this rule:
 5. Each step is stripped of surrounding whitespace and empty steps are dropped; text after the last
    sentence end of a line is a step too. Steps are returned in order as `(start, end)` character offsets
    into the completion, so they never overlap.
-
-A token belongs to the last step it shares a character with: the step holding its last character, or,
-for a token that ends in whitespace or a tag (Qwen2 tokenizes ".\\n" and ".</" as one token), the step
-holding its text. Tokens of whitespace between steps, tags, the answer and zero-length tokens belong to
-no step (-1).
 """
 
 from __future__ import annotations
 
 import re
 
-from mpcc.text import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from mpcc.text.answers import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 _LINE = re.compile(r"[^\r\n]+")
 _NON_SPACE = re.compile(r"\S")
@@ -100,27 +96,3 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
 def split_steps(completion: str) -> list[tuple[int, int]]:
     """The reasoning's steps as (start, end) offsets into `completion`, by the module docstring's rule."""
     return sentence_spans(completion, *reasoning_span(completion))
-
-
-def token_steps(offsets: list[tuple[int, int]], steps: list[tuple[int, int]]) -> list[int]:
-    """The step index of each token (-1 for none), from a fast tokenizer's offset_mapping.
-
-    A token belongs to the last step it overlaps, so " The" counts despite its leading space and ".\\n"
-    keeps its step's period. Both lists are sorted (token ends never decrease), so one pass suffices.
-    """
-    indices = []
-    step = 0
-    for start, end in offsets:
-        if end <= start:
-            indices.append(-1)
-            continue
-        while step + 1 < len(steps) and steps[step + 1][0] < end:
-            step += 1
-        overlaps = step < len(steps) and steps[step][0] < end and steps[step][1] > start
-        indices.append(step if overlaps else -1)
-    return indices
-
-
-def step_positions(n_steps: int) -> list[float]:
-    """Where each of n steps sits in the reasoning, in (0, 1): step centres, so traces of any length align."""
-    return [(index + 0.5) / n_steps for index in range(n_steps)]

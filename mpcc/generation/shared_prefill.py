@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from mpcc.models import image_slices
+
 
 def _distinct_rows(inputs: dict) -> torch.Tensor | None:
     """Per row, the index of the first row with the same ids, mask and image; None when not applicable."""
@@ -24,7 +26,7 @@ def _distinct_rows(inputs: dict) -> torch.Tensor | None:
     grid, pixels = inputs.get("image_grid_thw"), inputs.get("pixel_values")
     if grid is None or pixels is None or len(grid) != len(ids):
         return None  # rows without an image, or several per row
-    images = torch.split(pixels, grid.prod(-1).tolist())
+    images = [pixels[s] for s in image_slices(grid)]
     seen: dict[tuple, list] = {}
     index = []
     for row in range(len(ids)):
@@ -51,7 +53,7 @@ def generate_sharing_prefill(model, generate, **inputs):
     distinct = torch.unique(index)
     if len(distinct) == len(index):
         return generate(**inputs)
-    images = torch.split(inputs["pixel_values"], inputs["image_grid_thw"].prod(-1).tolist())
+    images = [inputs["pixel_values"][s] for s in image_slices(inputs["image_grid_thw"])]
     prefix = {
         "input_ids": inputs["input_ids"][distinct, :-1],
         "attention_mask": inputs["attention_mask"][distinct, :-1],

@@ -16,7 +16,7 @@ row's image with those objects hidden too (their segmentation, the target's fill
       (difflib ratio) with any regenerated step, averaged over the original steps (0 when the
       regeneration has no steps);
     - `hallucinated`: the regenerated reasoning names (whole words, in any form the exact-match reward
-      accepts: `mpcc.text.mentions`) a category that is no longer visible anywhere (all its context
+      accepts: `mpcc.text.names.mentions`) a category that is no longer visible anywhere (all its context
       instances hidden by the set), the answer's own category excepted: evidence cited that is not there;
     - `collapse`: the original was well-formed and the regeneration is not (strict parse fails).
 Rates are over (answer, region set) pairs; steps are placed at normalised positions (i + 0.5) / n.
@@ -30,10 +30,17 @@ from difflib import SequenceMatcher
 import numpy as np
 import torch
 
-from mpcc.evaluation.grounding import by_level, completion_logprobs, mean_or_none, teacher_forced
+from mpcc.evaluation.grounding.forcing import (
+    by_level,
+    completion_logprobs,
+    mean_or_none,
+    step_positions,
+    teacher_forced,
+    token_steps,
+)
 from mpcc.evaluation.parsing import parse_answer
-from mpcc.evaluation.steps import split_steps, step_positions, token_steps
-from mpcc.text import mentions
+from mpcc.text.names import mentions
+from mpcc.text.steps import split_steps
 
 POSITION_BINS = 5
 

@@ -2,11 +2,11 @@
 MPCC's free evidence regions: the COCO masks of the context objects.
 
 For one answer (the greedy completion of an eval row), one teacher-forced forward over prompt +
-completion on the row's masked image (`mpcc.evaluation.attention.measure`) gives, per completion
+completion on the row's masked image (`mpcc.evaluation.grounding.attention.measure`) gives, per completion
 token, the attention of the forward step that produced it (the query one position earlier):
 - `image`: attention mass on all image tokens;
 - `evidence`: mass on the image tokens covered by the evidence regions (union of the context objects'
-  segmentations minus the hidden region; coverage >= 1/2, `mpcc.evaluation.regions`);
+  segmentations minus the hidden region; coverage >= 1/2, `mpcc.evaluation.grounding.regions`);
 - `target`: mass on the image tokens of the hidden region (the fill), reported apart;
 - `share` = evidence / image: where on the image the model looks;
 - the token's entropy (nats, `uncertainty.token_entropy`) and log-probability.
@@ -14,7 +14,7 @@ Masses are averaged over heads and the measured layers (`--attention-layers`, de
 with no tokens (e.g. no context object covers half a cell) has no mass (null, not zero): such answers
 are left out of that group's means, of the interaction model and of the vision veto.
 
-Reasoning tokens are those of the steps (`mpcc.evaluation.steps`); a token's reasoning position is
+Reasoning tokens are those of the steps (`mpcc.text.steps`); a token's reasoning position is
 (k + 0.5) / K for the k-th of K reasoning tokens. Per answer: `evidence_mass` (mean over reasoning
 tokens), `early` / `late` (mean evidence mass over positions < 1/3 / >= 2/3), the curve (mean
 evidence mass in `BINS` equal position bins), and per step the means of every measure. Per run and
@@ -29,62 +29,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mpcc.data.difficulty import LEVELS
-from mpcc.errors import ValidationError
-from mpcc.evaluation.attention import measure
-from mpcc.evaluation.generation import prompt_inputs
-from mpcc.evaluation.regions import region_tokens, token_grid
-from mpcc.evaluation.steps import split_steps, step_positions, token_steps
-from mpcc.evaluation.uncertainty import token_entropy
-from mpcc.text import answer_span
+from mpcc.evaluation.grounding.attention import measure
+from mpcc.evaluation.grounding.forcing import (
+    answer_tokens,
+    by_level,
+    completion_logprobs,
+    mean_or_none,
+    step_positions,
+    teacher_forced,
+    token_steps,
+)
+from mpcc.evaluation.grounding.regions import region_tokens, token_grid
+from mpcc.evaluation.grounding.uncertainty import token_entropy
+from mpcc.text.steps import split_steps
 
 BINS = 10
 GROUPS = ("image", "evidence", "target")
-
-
-def teacher_forced(
-    processor, rows: list[dict], completion: str, device
-) -> tuple[dict, int, list[tuple[int, int]]]:
-    """(inputs on `device`, prompt length, completion token offsets): each row's prompt followed by the
-    same `completion`, as one batch. The rows' images must give equal prompt lengths (same image size)."""
-    prompts = prompt_inputs(processor, rows)
-    if not bool(prompts["attention_mask"].all()):
-        raise ValidationError("teacher-forced rows must share one prompt length (images of one size)")
-    encoded = processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-    completion_ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
-    if len(completion_ids) == 0:
-        raise ValidationError("an empty completion has nothing to measure")
-    batch = len(rows)
-    prompt_len = prompts["input_ids"].shape[1]
-    inputs = dict(prompts)
-    inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids.expand(batch, -1)], dim=1)
-    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    if "mm_token_type_ids" in inputs:  # text tokens: type 0
-        types = inputs["mm_token_type_ids"]
-        inputs["mm_token_type_ids"] = torch.cat([types, types.new_zeros(batch, len(completion_ids))], dim=1)
-    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    return inputs, prompt_len, [tuple(o) for o in encoded["offset_mapping"]]
-
-
-def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """(batch, completion tokens) log-probability of each completion token given everything before it."""
-    scores = logits[:, prompt_len - 1 : -1].float().log_softmax(-1)
-    return scores.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
-
-
-def answer_tokens(completion: str, offsets: list[tuple[int, int]]) -> np.ndarray:
-    """Bool per token: does its last character lie inside the answer block the rewards grade
-    (`mpcc.text.answer_span`)?"""
-    span = answer_span(completion)
-    ends = np.array([b - 1 for _, b in offsets])
-    if span is None:
-        return np.zeros(len(offsets), dtype=bool)
-    return (ends >= span[0]) & (ends < span[1]) & (np.array([b > a for a, b in offsets]))
-
-
-def mean_or_none(values: np.ndarray) -> float | None:
-    """None for no values, or for a group without tokens (its masses are NaN)."""
-    return float(values.mean()) if len(values) and not np.isnan(values).any() else None
 
 
 def evidence_record(model, processor, row: dict, completion: str, regions, layers: frozenset[int]) -> dict:
@@ -163,16 +123,6 @@ def _evidence_cell(records: list[dict]) -> dict:
         "collapse_ratio": _ratio(late, early),
         "entropy_full": _avg(records, "entropy_full"),
         "curve": curve,
-    }
-
-
-def by_level(records: list[dict], cell, bins: int) -> dict:
-    """`cell(records)` overall and per difficulty level, with the centres of `bins` position bins."""
-    levels = {lv: [r for r in records if r.get("difficulty") == lv] for lv in LEVELS}
-    return {
-        "all": cell(records),
-        "per_level": {lv: cell(rs) for lv, rs in levels.items() if rs},
-        "bins": [round((b + 0.5) / bins, 4) for b in range(bins)],
     }
 
 

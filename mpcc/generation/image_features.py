@@ -21,6 +21,7 @@ from collections import Counter
 import torch
 
 from mpcc.errors import ConfigError
+from mpcc.models import image_slices
 
 
 class ImageFeatureMemo:
@@ -62,7 +63,7 @@ class ImageFeatureMemo:
         del inner.get_image_features  # the instance attribute: the class's method shows again
 
     def _features(self, original, tower, pixel_values, grid_thw, **kwargs):
-        images = torch.split(pixel_values, grid_thw.prod(-1).tolist())
+        images = [pixel_values[s] for s in image_slices(grid_thw)]
         order, new, pending = [], [], {}  # per image: its cached features, or its index among the new
         for pixels, grid in zip(images, grid_thw.tolist()):
             key = (id(tower), *grid, _checksum(pixels))

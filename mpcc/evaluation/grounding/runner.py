@@ -1,6 +1,6 @@
-"""`--diagnostics crm,evidence`: the step-level measures of `mpcc.evaluation.grounding` (evidence
+"""`--diagnostics crm,evidence`: the step-level measures of `mpcc.evaluation.grounding.evidence` (evidence
 attention, entropy; then `uncertainty`: AURC, the entropy x vision model, the vision veto) and
-`mpcc.evaluation.crm` over an eval run's greedy answers.
+`mpcc.evaluation.grounding.crm` over an eval run's greedy answers.
 
 Evidence is measured on every evaluated row's answer; CRM (one forward and one regeneration per
 region set) on one answer per item: its open question when evaluated, else its first row. Records
@@ -14,14 +14,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mpcc.evaluation.attention import resolve_layers
-from mpcc.evaluation.charts import evidence_chart, risk_coverage_chart
-from mpcc.evaluation.config import Decoding, EvalConfig
-from mpcc.evaluation.crm import crm_record, summarise_crm
-from mpcc.evaluation.grounding import evidence_record, summarise_evidence
+from mpcc.evaluation.config import EvalConfig
+from mpcc.evaluation.grounding.attention import resolve_layers
+from mpcc.evaluation.grounding.crm import crm_record, summarise_crm
+from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
+from mpcc.evaluation.grounding.uncertainty import uncertainty_report
 from mpcc.evaluation.metrics import table
-from mpcc.evaluation.uncertainty import uncertainty_report
+from mpcc.generation.decoding import Decoding
 from mpcc.outputs import read_appended
+from mpcc.reports.charts import evidence_chart, risk_coverage_chart
 
 EVIDENCE_COLUMNS = (
     "image_mass", "evidence_mass", "evidence_share", "target_mass", "early", "late", "collapse_ratio",

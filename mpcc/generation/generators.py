@@ -10,8 +10,8 @@ import torch
 from trl.data_utils import prepare_multimodal_messages
 
 from mpcc.errors import ConfigError
-from mpcc.evaluation.config import Decoding
-from mpcc.image_features import ImageFeatureMemo
+from mpcc.generation.decoding import Decoding
+from mpcc.generation.image_features import ImageFeatureMemo
 
 
 def conversation(row: dict) -> list[dict]:
@@ -61,10 +61,9 @@ class HFGenerator:
     MEMO_IMAGES = 64
 
     def __init__(self, path: str, reuse_images: bool = True):
-        from mpcc.models import load_model, load_processor
+        from mpcc.models import best_device, load_model, load_processor
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.processor = load_model(path).to(device).eval(), load_processor(path)
+        self.model, self.processor = load_model(path).to(best_device()).eval(), load_processor(path)
         self.image_memo = ImageFeatureMemo(self.MEMO_IMAGES) if reuse_images else None
         if self.image_memo is not None:
             self.image_memo.attach(self.model)

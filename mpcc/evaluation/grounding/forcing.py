@@ -1,0 +1,97 @@
+"""A completion fed back through the model (teacher forcing) and read per token, per reasoning step and
+per difficulty level: the plumbing the evidence and CRM measures share.
+
+A token belongs to the last step it shares a character with: the step holding its last character, or,
+for a token that ends in whitespace or a tag (Qwen2 tokenizes ".\\n" and ".</" as one token), the step
+holding its text. Tokens of whitespace between steps, tags, the answer and zero-length tokens belong to
+no step (-1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mpcc.data.difficulty import LEVELS
+from mpcc.errors import ValidationError
+from mpcc.generation.generators import prompt_inputs
+from mpcc.text.answers import answer_span
+
+
+def teacher_forced(
+    processor, rows: list[dict], completion: str, device
+) -> tuple[dict, int, list[tuple[int, int]]]:
+    """(inputs on `device`, prompt length, completion token offsets): each row's prompt followed by the
+    same `completion`, as one batch. The rows' images must give equal prompt lengths (same image size)."""
+    prompts = prompt_inputs(processor, rows)
+    if not bool(prompts["attention_mask"].all()):
+        raise ValidationError("teacher-forced rows must share one prompt length (images of one size)")
+    encoded = processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+    completion_ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
+    if len(completion_ids) == 0:
+        raise ValidationError("an empty completion has nothing to measure")
+    batch = len(rows)
+    prompt_len = prompts["input_ids"].shape[1]
+    inputs = dict(prompts)
+    inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids.expand(batch, -1)], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "mm_token_type_ids" in inputs:  # text tokens: type 0
+        types = inputs["mm_token_type_ids"]
+        inputs["mm_token_type_ids"] = torch.cat([types, types.new_zeros(batch, len(completion_ids))], dim=1)
+    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    return inputs, prompt_len, [tuple(o) for o in encoded["offset_mapping"]]
+
+
+def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """(batch, completion tokens) log-probability of each completion token given everything before it."""
+    scores = logits[:, prompt_len - 1 : -1].float().log_softmax(-1)
+    return scores.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+
+
+def answer_tokens(completion: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """Bool per token: does its last character lie inside the answer block the rewards grade
+    (`mpcc.text.answers.answer_span`)?"""
+    span = answer_span(completion)
+    ends = np.array([b - 1 for _, b in offsets])
+    if span is None:
+        return np.zeros(len(offsets), dtype=bool)
+    return (ends >= span[0]) & (ends < span[1]) & (np.array([b > a for a, b in offsets]))
+
+
+def mean_or_none(values: np.ndarray) -> float | None:
+    """None for no values, or for a group without tokens (its masses are NaN)."""
+    return float(values.mean()) if len(values) and not np.isnan(values).any() else None
+
+
+def token_steps(offsets: list[tuple[int, int]], steps: list[tuple[int, int]]) -> list[int]:
+    """The step index of each token (-1 for none), from a fast tokenizer's offset_mapping.
+
+    A token belongs to the last step it overlaps, so " The" counts despite its leading space and ".\\n"
+    keeps its step's period. Both lists are sorted (token ends never decrease), so one pass suffices.
+    """
+    indices = []
+    step = 0
+    for start, end in offsets:
+        if end <= start:
+            indices.append(-1)
+            continue
+        while step + 1 < len(steps) and steps[step + 1][0] < end:
+            step += 1
+        overlaps = step < len(steps) and steps[step][0] < end and steps[step][1] > start
+        indices.append(step if overlaps else -1)
+    return indices
+
+
+def step_positions(n_steps: int) -> list[float]:
+    """Where each of n steps sits in the reasoning, in (0, 1): step centres, so traces of any length align."""
+    return [(index + 0.5) / n_steps for index in range(n_steps)]
+
+
+def by_level(records: list[dict], cell, bins: int) -> dict:
+    """`cell(records)` overall and per difficulty level, with the centres of `bins` position bins."""
+    levels = {lv: [r for r in records if r.get("difficulty") == lv] for lv in LEVELS}
+    return {
+        "all": cell(records),
+        "per_level": {lv: cell(rs) for lv, rs in levels.items() if rs},
+        "bins": [round((b + 0.5) / bins, 4) for b in range(bins)],
+    }
