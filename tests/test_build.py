@@ -25,7 +25,7 @@ from mpcc.data.answer_options import LETTERS
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import MaskSpec
-from mpcc.data.render import BUILD_FILE
+from mpcc.data.render import BUILD_FILE, target_seed
 from mpcc.data.schema import COMMON, EVAL, TRAIN
 from mpcc.data.selection import DEFAULT_OOD
 from mpcc.data.traces import template_trace
@@ -330,7 +330,7 @@ def test_open_train_build_rows_ask_the_open_question(scenes, tmp_path):
         assert row["prompt"] == prompts.conversation(question)
         assert (row["format"], row["options"], row["candidate"]) == ("open", [], "")
         assert row["answer"] == row["solution"] == row["category"]
-        seed = row["ann_id"]  # seed 0: config.seed * 1_000_003 + ann_id
+        seed = target_seed(0, row["ann_id"])
         assert row["reasoning"] == template_trace(row["context"], row["solution"], seed=seed)
 
 

@@ -27,6 +27,7 @@ from mpcc.annotation.teachers import Request, TeacherError, one_line, too_long
 from mpcc.annotation.verify import verify
 from mpcc.data.render import build_record, load_dataset
 from mpcc.errors import InputError
+from mpcc.seeds import mix_seed
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def default_work_dir(out: Path) -> Path:
 
 
 def request_seed(seed: int, ann_id: int, attempt: int) -> int:
-    return (seed * 1_000_003 + ann_id * 64 + attempt) % 2**31
+    return mix_seed(seed, ann_id, attempt)
 
 
 def annotate(

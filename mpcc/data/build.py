@@ -44,7 +44,7 @@ from mpcc.data.cooccurrence import CooccurrenceStats, rank_score, save_stats
 from mpcc.data.difficulty import LEVELS, difficulty_score, level, level_thresholds
 from mpcc.data.masking import MaskSpec, segmentation_to_rle
 from mpcc.data.mpcc_eval import EvalItem, read_items
-from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, write_build_record
+from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, target_seed, write_build_record
 from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig, select_targets
 from mpcc.data.traces import template_trace
@@ -415,7 +415,7 @@ def _train_rows(row: dict, distractors: dict, config: BuildConfig, rejected: Cou
             "candidate": item["candidate"],
             "prompt": prompts.conversation(_question(fmt, config.mask.fill, item)),
             "reasoning": (
-                template_trace(row["context"], row["solution"], seed=config.seed * 1_000_003 + row["ann_id"])
+                template_trace(row["context"], row["solution"], seed=target_seed(config.seed, row["ann_id"]))
                 if config.template_traces
                 else None
             ),

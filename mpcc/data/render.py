@@ -15,6 +15,7 @@ from PIL import Image
 from mpcc.data.masking import MaskSpec, decode, render_masked, to_rgb
 from mpcc.errors import ConfigError, InputError
 from mpcc.inputs import read_json
+from mpcc.seeds import mix_seed
 
 IMAGE_FORMATS = (
     "png",
@@ -26,7 +27,7 @@ BUILD_FILE = "mpcc_build.json"
 
 def target_seed(seed: int, ann_id: int) -> int:
     """Per-target seed (noise fill), independent of build order and process."""
-    return (seed * 1_000_003 + ann_id) % 2**32
+    return mix_seed(seed, ann_id)
 
 
 def mask_rle(mask: dict) -> dict:

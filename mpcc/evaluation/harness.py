@@ -35,6 +35,7 @@ from mpcc.models import resolve_model_path
 from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
 from mpcc.reports.charts import accuracy_chart
 from mpcc.rewards import levenshtein_reward
+from mpcc.seeds import mix_seed
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def run_eval(
             for start in range(0, len(todo), config.batch_size):
                 batch = todo[start : start + config.batch_size]
                 inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
-                seed = config.seed * 1_000_003 + batch[0][0] * 10_007 + start
+                seed = mix_seed(config.seed, batch[0][0], start)
                 texts = generator(inputs, decoding, seed)
                 for (sample, pid, row, condition), text in zip(batch, texts):
                     parsed, format_ok = parse_answer(text, row)
