@@ -13,6 +13,7 @@ preemption warning, and the launchers between them survive it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -215,42 +216,49 @@ class RecipeLaunch:
     vllm_port: int
 
 
-def _override(overrides: Sequence[str], key: str) -> str | None:
-    """The last value `--key value`, `--key=value` or a bare `--key` (true) gives in the overrides."""
-    value = None
-    for i, arg in enumerate(overrides):
-        if arg == f"--{key}":
-            nxt = overrides[i + 1] if i + 1 < len(overrides) else None
-            value = "true" if nxt is None or nxt.startswith("--") else nxt
-        elif arg.startswith(f"--{key}="):
-            value = arg.split("=", 1)[1]
-    return value
+_LAUNCH_KEYS = {  # the recipe keys that decide how a run is launched, by the config class declaring them
+    "ModelConfig": ("model_name_or_path",),
+    "RunArguments": ("accelerate_config",),
+    "MpccGRPOConfig": ("use_vllm", "vllm_mode", "vllm_server_port"),
+}
+_KEY_NAMES = {name for names in _LAUNCH_KEYS.values() for name in names}
 
 
-def _truthy(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("true", "yes", "1", "y", "t")
+def _launch_keys() -> type:
+    """A dataclass of just the launch keys, each declared (type, default) as in the config class
+    `mpcc.train` parses it with: the launcher reads them the way training will, without training's full
+    checks (which need the training machine's hardware)."""
+    from trl import ModelConfig
+
+    from mpcc.training.config import MpccGRPOConfig, RunArguments
+
+    owners = {cls.__name__: cls for cls in (ModelConfig, RunArguments, MpccGRPOConfig)}
+    declared = [
+        (field.name, field.type, dataclasses.field(default=field.default))
+        for owner, names in _LAUNCH_KEYS.items()
+        for field in dataclasses.fields(owners[owner])
+        if field.name in names
+    ]
+    return dataclasses.make_dataclass("LaunchKeys", declared)
 
 
 def read_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeLaunch:
     """Launch-relevant keys of a recipe (a YAML file or a packaged recipe's name), command-line overrides
-    applied; the Accelerate config as a file path (it may be given by name)."""
-    path, recipe = read(recipe)
+    applied, read by `mpcc.train`'s recipe parser; the Accelerate config as a file path (it may be given
+    by name)."""
+    from mpcc.training.config import parse_recipe
 
-    def get(key, default=None):
-        given = _override(overrides, key)
-        return given if given is not None else recipe.get(key, default)
-
-    model = get("model_name_or_path")
-    if not model:
+    path, config = read(recipe)
+    given = {key: value for key, value in config.items() if key in _KEY_NAMES}
+    (keys,), _ = parse_recipe(path, (_launch_keys(),), given, list(overrides))
+    if not keys.model_name_or_path:
         raise ConfigError(f"{path}: no model_name_or_path")
-    config = get("accelerate_config")
+    accelerate = keys.accelerate_config
     return RecipeLaunch(
-        accelerate_config=str(resolve(config, "accelerate")) if config else None,
-        vllm_server=_truthy(get("use_vllm", False)) and str(get("vllm_mode", "colocate")) == "server",
-        model=str(model),
-        vllm_port=int(get("vllm_server_port", 8000)),
+        accelerate_config=str(resolve(accelerate, "accelerate")) if accelerate else None,
+        vllm_server=keys.use_vllm and keys.vllm_mode == "server",
+        model=str(keys.model_name_or_path),
+        vllm_port=keys.vllm_server_port,
     )
 
 

@@ -48,13 +48,19 @@ def option(
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "t", "y", "1"), ("false", "no", "f", "n", "0")
+
+
 def to_bool(text: str) -> bool:
+    """The words recipes take for true and false (transformers' `string_to_bool`, which TRL's parser
+    uses), so an `mpcc` option and a recipe key read `yes` alike; not imported from it, to keep the CLI
+    light."""
     value = str(text).strip().lower()
-    if value in ("true", "yes", "1", "on"):
+    if value in TRUE_WORDS:
         return True
-    if value in ("false", "no", "0", "off"):
+    if value in FALSE_WORDS:
         return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    raise ValueError(f"expected one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}, got {text!r}")
 
 
 def comma_list(text: str) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ before any work, naming the key; flags override the file.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import filecmp
 import re
@@ -21,7 +22,7 @@ from mpcc.data.selection import SelectionConfig
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.generation.decoding import Decoding
-from mpcc.options import options_of, parse_options
+from mpcc.options import options_of, parse_options, to_bool
 
 
 @pytest.mark.parametrize(
@@ -162,3 +163,19 @@ def test_out_of_range_numbers_stop_at_parse_time(args, message, tmp_path, capsys
     config.write_text(f"{flag[2:].replace('-', '_')}: {value}\n")
     assert main([*args[:-2], "--config", str(config), "--out", str(out)]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "word", ["true", "YES", "t", "y", "1", "false", "No", "f", "n", "0", "on", "off", "2", ""]
+)
+def test_options_take_the_words_recipes_take(word):
+    """`mpcc` options read true/false exactly as TRL's recipe parser does (transformers' string_to_bool)."""
+    from transformers.hf_argparser import string_to_bool
+
+    try:
+        expected = string_to_bool(word)
+    except argparse.ArgumentTypeError:
+        with pytest.raises(ValueError, match="expected one of"):
+            to_bool(word)
+    else:
+        assert to_bool(word) is expected

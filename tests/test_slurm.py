@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from mpcc import train
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
 from mpcc.data.render import BUILD_FILE
+from mpcc.errors import ConfigError
 from mpcc.launch import (
     Allocation,
     accelerate_args,
@@ -38,6 +39,7 @@ from mpcc.launch import (
     vllm_node,
     vllm_serve_args,
 )
+from mpcc.training.config import load_recipe
 from mpcc.training.curves import log_history
 from mpcc.training.preemption import PreemptionCallback
 
@@ -201,6 +203,23 @@ def test_recipe_launch_keys_with_overrides(tmp_path):
     assert read_recipe(TINY).accelerate_config is None
     with pytest.raises(ValueError, match="missing.yaml: no such file, and no packaged recipe"):
         read_recipe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("word", ["yes", "Y", "1", "t"])
+def test_launcher_reads_true_as_training_does(word):
+    """The launcher parses recipe values with `mpcc.train`'s parser: every word training takes for true
+    starts the vLLM server; a word it refuses is refused by the launcher too, in the same one line."""
+    assert read_recipe(PAPER, ["--use_vllm", word, "--vllm_mode", "server"]).vllm_server
+    assert load_recipe(TINY, ["--use_vllm", word])[1].use_vllm
+
+
+def test_launcher_refuses_what_training_refuses():
+    with pytest.raises(ConfigError) as launched:
+        read_recipe(TINY, ["--use_vllm", "on"])
+    with pytest.raises(ConfigError) as trained:
+        load_recipe(TINY, ["--use_vllm", "on"])
+    assert str(launched.value) == str(trained.value)
+    assert str(launched.value).startswith(f"{TINY}: use_vllm (command-line override): ")
 
 
 def test_missing_or_inconsistent_slurm_environment_is_named():

@@ -233,6 +233,23 @@ def _check_single_values(parser, path: Path, config: dict, overrides: list[str])
         values = [value] if "=" in arg else []
 
 
+def parse_recipe(path: Path, classes: tuple, config: dict, overrides: list[str]) -> tuple[list, list[str]]:
+    """(the `classes` filled from a recipe's `config` and the command-line `overrides`, what no class took),
+    with argparse's and the classes' own complaints as one-line ConfigErrors naming the file and the key.
+    The one reading of recipe values: `mpcc.train` and the launcher (`mpcc.launch`) both go through it."""
+    parser = _RecipeParser(classes, allow_abbrev=False)
+    _check_single_values(parser, path, config, overrides)
+    try:
+        *parsed, remaining = parser.parse_args_and_config(
+            args=[*_as_cli(config), *overrides], return_remaining_strings=True
+        )
+    except _ArgumentError as e:  # a wrong type or choice: argparse names the key and the value
+        raise _argument_error(path, str(e), overrides) from None
+    except ValueError as e:  # a config's own check
+        raise ConfigError(f"{path}: {e}") from e
+    return parsed, remaining
+
+
 def load_recipe(
     recipe: str | Path, overrides: list[str] = ()
 ) -> tuple[RunArguments, GRPOConfig | SFTConfig, ModelConfig]:
@@ -247,16 +264,7 @@ def load_recipe(
             "the trainer kind is part of the recipe; it cannot be overridden on the command line"
         )
     train_config = SFTConfig if kind == "sft" else MpccGRPOConfig
-    parser = _RecipeParser((RunArguments, train_config, ModelConfig), allow_abbrev=False)
-    _check_single_values(parser, path, config, overrides)
-    try:
-        *parsed, remaining = parser.parse_args_and_config(
-            args=[*_as_cli(config), *overrides], return_remaining_strings=True
-        )
-    except _ArgumentError as e:  # a wrong type or choice: argparse names the key and the value
-        raise _argument_error(path, str(e), overrides) from None
-    except ValueError as e:  # a config's own check
-        raise ConfigError(f"{path}: {e}") from e
+    parsed, remaining = parse_recipe(path, (RunArguments, train_config, ModelConfig), config, overrides)
     unknown = [a.partition("=")[0][2:] for a in remaining if a.startswith("--")]
     if unknown:
         raise ConfigError(f"{path}: unknown recipe key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
