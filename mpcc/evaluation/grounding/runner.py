@@ -117,8 +117,7 @@ def _n(value, digits: int = 3) -> str:
 
 _LABELS = {
     "entropy_full": "full-response entropy",
-    "full_entropy": "full-response entropy",
-    "answer_entropy": "answer-span entropy",
+    "entropy_answer": "answer-span entropy",
     "interaction": "entropy x vision model",
 }
 
@@ -146,7 +145,7 @@ def _evidence_markdown(e: dict, u: dict) -> list[str]:
             [(_label(k), _n(v)) for k, v in u["aurc"].items()],
         ),
         f"Selective risk at {risk['coverage']:.0%} coverage ranked by full-response entropy: "
-        f"{_n(risk['full_entropy'])} ({u['n']} answers). Vision veto (abstain when confident but visually "
+        f"{_n(risk['entropy_full'])} ({u['n']} answers). Vision veto (abstain when confident but visually "
         f"disengaged; fitted on {u['n_fit']} answers, evaluated on {u['n_eval']}): "
         f"{_n(risk['without_veto'])} without, {_n(risk['with_veto'])} with ({vetoed} vetoed).",
         "",
@@ -158,7 +157,7 @@ def _evidence_markdown(e: dict, u: dict) -> list[str]:
             f"b0 {_n(i['intercept'])}, b1 {_n(i['entropy'])}, b2 {_n(i['vision'])}, "
             f"b3 {_n(i['interaction'])}; held-out log loss {_n(i['heldout_log_loss'])}; AURC on the "
             f"evaluation half {_n(u['aurc']['interaction'])} (full-response entropy on the same answers: "
-            f"{_n(i['aurc_full_entropy_eval_half'])}).",
+            f"{_n(i['aurc_entropy_full_eval_half'])}).",
             "",
         ]
     return lines + [f"![risk-coverage]({RISK_CHART})", ""]
@@ -195,7 +194,7 @@ def markdown(section: dict) -> str:
 COMPARED = {  # column: where it sits in a run's grounding section
     "evidence mass": ("evidence", "all", "evidence_mass"),
     "collapse ratio": ("evidence", "all", "collapse_ratio"),
-    "AURC (full-response entropy)": ("uncertainty", "aurc", "full_entropy"),
+    "AURC (full-response entropy)": ("uncertainty", "aurc", "entropy_full"),
     "risk at coverage, veto": ("uncertainty", "risk_at_coverage", "with_veto"),
     "CRM hallucinated evidence": ("crm", "all", "hallucinated_evidence_rate"),
     "CRM collapse": ("crm", "all", "collapse_rate"),
