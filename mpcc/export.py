@@ -24,13 +24,13 @@ from mpcc.data import prompts
 from mpcc.data.difficulty import WEIGHTS
 from mpcc.errors import ConfigError, InputError, MissingInputError, MpccError, ValidationError
 from mpcc.evaluation.harness import read_metrics
-from mpcc.evaluation.metrics import markdown_report
 from mpcc.evaluation.run_identity import evaluated, read_run, weights_fingerprint
 from mpcc.generation.generators import conversation
 from mpcc.inputs import read_json
 from mpcc.models import TINY_PREFIX, best_device, load_model, load_processor
 from mpcc.options import option
 from mpcc.outputs import check_inputs, check_output, staged_output
+from mpcc.reports.eval_report import markdown_report
 from mpcc.training.record import RUN_FILE, load_run_record
 
 logger = logging.getLogger(__name__)

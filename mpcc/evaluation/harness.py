@@ -7,7 +7,6 @@ sample index and the batch, not on what ran before, so a resumed run equals an u
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from pathlib import Path
@@ -15,17 +14,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
-from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.errors import InputError
 from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConfig
 from mpcc.evaluation.grounding.conditions import Diagnostics
-from mpcc.evaluation.grounding.runner import EVIDENCE_CHART, GROUNDING, RISK_CHART, run_step_diagnostics
-from mpcc.evaluation.grounding.runner import charts as step_charts
-from mpcc.evaluation.grounding.runner import compare as compare_grounding
-from mpcc.evaluation.grounding.runner import markdown as step_markdown
-from mpcc.evaluation.metrics import compute_metrics, markdown_report, table
+from mpcc.evaluation.grounding.runner import GROUNDING, run_step_diagnostics
+from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.evaluation.run_identity import RUN_FILE, check_claim, claim, run_identity
 from mpcc.generation.decoding import Decoding
@@ -33,14 +28,16 @@ from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
 from mpcc.models import resolve_model_path
 from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
-from mpcc.reports.charts import accuracy_chart
+from mpcc.reports.charts import ACCURACY_CHART
+from mpcc.reports.compare import COMPARISON, write_comparison
+from mpcc.reports.eval_report import REPORT, REPORT_HTML, write_eval_report
+from mpcc.reports.grounding import EVIDENCE_CHART, RISK_CHART
 from mpcc.rewards import levenshtein_reward
 from mpcc.seeds import mix_seed
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS, METRICS, REPORT, CHART = "predictions.jsonl", "metrics.json", "report.md", "accuracy.png"
-REPORT_HTML = "report.html"
+PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
 COMPARE = "compare"  # the kind of output `mpcc eval compare` writes
 RUN_OUTPUTS = (
     PREDICTIONS,
@@ -48,7 +45,7 @@ RUN_OUTPUTS = (
     METRICS,
     REPORT,
     REPORT_HTML,
-    CHART,
+    ACCURACY_CHART,
     EVIDENCE_CHART,
     RISK_CHART,
     RUN_FILE,
@@ -230,15 +227,8 @@ def run_eval(
             answers, config, out,
         )  # fmt: skip
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    accuracy_chart({Path(str(model_name_or_path)).name: metrics}, out / CHART)
-    report = markdown_report(metrics, f"mpcc eval: {model_name_or_path} on {data}")
-    report += _diagnostics_markdown(metrics)
-    if "grounding" in metrics:
-        step_charts(metrics["grounding"], out)
-        report += step_markdown(metrics["grounding"])
-    report += f"\n![accuracy by level and format]({CHART})\n"
-    (out / REPORT).write_text(report, encoding="utf-8")
-    (out / REPORT_HTML).write_text(report_html(report, f"mpcc eval: {Path(str(model_name_or_path)).name}"))
+    name = Path(str(model_name_or_path)).name
+    write_eval_report(metrics, out, f"mpcc eval: {model_name_or_path} on {data}", name)
     logger.info("eval of %s written to %s", model_name_or_path, out)
     return metrics
 
@@ -250,49 +240,6 @@ def _hf_model(generator, model_name_or_path: str):
     return HFGenerator(resolve_model_path(model_name_or_path)).model, generator.processor
 
 
-def _diagnostics_markdown(metrics: dict) -> str:
-    diagnostics = metrics.get("diagnostics")
-    if not diagnostics:
-        return ""
-    lines = [
-        "",
-        "## Visual-reliance diagnostics (accuracy, gap to normal)",
-        "",
-        f"| condition | all | {' | '.join(LEVELS)} |",
-        "|---" * (2 + len(LEVELS)) + "|",
-    ]
-    for condition, d in diagnostics.items():
-        cells = [
-            f"{d['per_level'][lv]:.3f} ({d['gap_per_level'][lv]:+.3f})" if lv in d["per_level"] else "-"
-            for lv in LEVELS
-        ]
-        lines.append(f"| {condition} | {d['accuracy']:.3f} ({d['gap']:+.3f}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:1em auto;max-width:1100px;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;display:block;overflow-x:auto;margin:.5em 0}}
-th,td{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
-th:first-child,td:first-child{{text-align:left}}
-img{{max-width:100%;height:auto}} p{{overflow-wrap:anywhere}}
-</style></head><body>
-{body}</body></html>
-"""
-
-
-def report_html(markdown_text: str, title: str) -> str:
-    """The markdown report as a page a browser shows (tables scroll sideways on a narrow window)."""
-    from markdown_it import MarkdownIt
-
-    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
-    return _PAGE.format(title=html.escape(title), body=body)
-
-
 def read_metrics(run: Path) -> dict:
     """The metrics an `mpcc eval` run wrote, with an error naming the folder when it is not one."""
     try:
@@ -301,8 +248,12 @@ def read_metrics(run: Path) -> dict:
         raise InputError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
 
 
-def _accuracy(cell: dict | None) -> str:
-    return f"{cell['accuracy']:.3f}" if cell else "–"
+def compared_metrics(runs: list[Path]) -> dict[str, dict]:
+    """Each run's metrics by label: its folder name, or its whole path when two names are the same (two
+    runs are never merged into one row)."""
+    names = [r.name for r in runs]
+    labels = names if len(set(names)) == len(names) else [str(r) for r in runs]
+    return {label: read_metrics(run) for label, run in zip(labels, runs)}
 
 
 def compare_runs(runs: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
@@ -311,44 +262,5 @@ def compare_runs(runs: list[str | Path], out: str | Path, overwrite: bool = Fals
     out, runs = Path(out), [Path(r) for r in runs]
     check_output(out, overwrite, inputs=runs, kind=COMPARE)
     with staged_output(out, overwrite, kind=COMPARE) as staging:
-        _write_comparison(runs, staging)
-    return out / "compare.md"
-
-
-def _write_comparison(runs: list[Path], out: Path) -> None:
-    names = [r.name for r in runs]
-    labels = names if len(set(names)) == len(names) else [str(r) for r in runs]  # never merge two runs
-    metrics = {label: read_metrics(run) for label, run in zip(labels, runs)}
-    accuracy_chart(metrics, out / CHART)
-    formats = list(dict.fromkeys(f for m in metrics.values() for f in m["per_format"]))
-    lines = ["## Accuracy by format", ""] + table(
-        ("run", *formats, "all", "format compliance", "n"),
-        [
-            (
-                name,
-                *(_accuracy(m["per_format"].get(f)) for f in formats),
-                f"{m['accuracy']:.3f}",
-                f"{m['format_compliance']:.3f}",
-                m["n"],
-            )
-            for name, m in metrics.items()
-        ],
-    )
-    lines += ["## Accuracy by level and format", ""] + table(
-        ("level", "run", *formats, "all"),
-        [
-            (
-                level,
-                name,
-                *(_accuracy(m["per_level_format"].get(level, {}).get(f)) for f in formats),
-                _accuracy(m["per_level"].get(level)),
-            )
-            for level in LEVELS
-            for name, m in metrics.items()
-        ],
-    )
-    lines.append(f"![accuracy by level and format]({CHART})")
-    grounded = {name: m["grounding"] for name, m in metrics.items() if "grounding" in m}
-    if grounded:
-        lines += ["", *compare_grounding(grounded, out)]
-    (out / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_comparison(compared_metrics(runs), staging)
+    return out / COMPARISON

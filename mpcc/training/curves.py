@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpcc.errors import InputError
-from mpcc.evaluation.metrics import table
 from mpcc.inputs import read_json
+from mpcc.reports.tables import markdown_table
 
 STATE_FILE = "trainer_state.json"
 
@@ -57,4 +57,4 @@ def learning_table(histories: dict[str, list[dict]], window: int = 10) -> str:
         "zero-variance groups",
         "logs",
     )
-    return "\n".join(table(header, rows))
+    return "\n".join(markdown_table(header, rows))
