@@ -7,6 +7,7 @@ sample index and the batch, not on what ran before, so a resumed run equals an u
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -141,6 +142,79 @@ def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
     return out
 
 
+def _load_generator(model_name_or_path: str, rows: list[tuple[str, dict]], config: EvalConfig):
+    """The generator of the run's backend (a tiny:<arch> model is built once and cached)."""
+    path = resolve_model_path(model_name_or_path)
+    if config.backend == "vllm":
+        images = max(len(r.get("images") or [1]) for _, r in rows)
+        return VLLMGenerator(path, max_images=images, prefix_caching=config.reuse_images)
+    return HFGenerator(path, reuse_images=config.reuse_images)
+
+
+def _todo(rows, conditions, samples: int, done: set[tuple[str, int]]) -> list[tuple[int, str, dict, str]]:
+    """(sample, prompt id, row, condition) still to predict, in generation order: by condition, then
+    sample, then row (a batch shares its sample's seed)."""
+    return [
+        (s, f"{pid}:{c}", row, c)
+        for c in conditions
+        for s in range(samples)
+        for pid, row in rows
+        if (f"{pid}:{c}", s) not in done
+    ]
+
+
+def _score(text: str, sample: int, pid: str, row: dict, condition: str) -> dict:
+    """One prediction line: the completion, its strict parse and whether it is right, the row's fields."""
+    parsed, format_ok = parse_answer(text, row)
+    record = {
+        "prompt_id": pid,
+        "sample": sample,
+        "condition": condition,
+        "completion": text,
+        "parsed": parsed,
+        "format_ok": format_ok,
+        "correct": is_correct(parsed, row),
+        **{k: row.get(k) for k in ROW_FIELDS},
+    }
+    if row["format"] == "open":
+        record["levenshtein"] = levenshtein_reward([text], solution=[row["solution"]])[0]
+    return record
+
+
+def _predict(generator, todo: list, diagnostics: Diagnostics | None, config: EvalConfig, path: Path) -> None:
+    """Generate for `todo` in batches, appending each batch's scored predictions to `path` once made."""
+    sampling = config.samples > 1 or config.decoding.do_sample
+    d = config.decoding
+    decoding = Decoding(d.max_new_tokens, sampling, d.temperature, d.top_p)
+    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="eval", unit="row") as bar:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
+            texts = generator(inputs, decoding, mix_seed(config.seed, batch[0][0], start))
+            for (sample, pid, row, condition), text in zip(batch, texts):
+                f.write(json.dumps(_score(text, sample, pid, row, condition), ensure_ascii=False) + "\n")
+            f.flush()
+            bar.update(len(batch))
+
+
+def _by_condition(path: Path, conditions: tuple[str, ...]) -> dict[str, list[dict]]:
+    """Every prediction made (this run's and a resumed one's), by image condition."""
+    by_condition: dict[str, list[dict]] = {c: [] for c in conditions}
+    for line in read_text(path).splitlines():
+        record = json.loads(line)
+        by_condition.setdefault(record.get("condition", "normal"), []).append(record)
+    return by_condition
+
+
+def _summarise(by_condition: dict[str, list[dict]], conditions: tuple[str, ...]) -> dict:
+    """metrics.json without its grounding section: the normal condition's metrics, and the diagnostics'
+    accuracy gaps when the run had image conditions."""
+    metrics = compute_metrics(by_condition["normal"])
+    if len(conditions) > 1:
+        metrics["diagnostics"] = _summarise_diagnostics({c: by_condition[c] for c in conditions})
+    return metrics
+
+
 def run_eval(
     model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig, overwrite: bool = False
 ) -> dict:
@@ -152,79 +226,25 @@ def run_eval(
     identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
     check_claim(out, identity, overwrite)
     diagnostics = Diagnostics(data, k=config.context_k) if config.diagnostics else None
-    predictions = out / PREDICTIONS
-    done = set() if overwrite else _done(predictions)
     conditions = ("normal", *(d for d in config.diagnostics if d in IMAGE_DIAGNOSTICS))
-    generator = None
-
-    def get_generator():
-        nonlocal generator
-        if generator is None:
-            path = resolve_model_path(model_name_or_path)  # cached once built (tiny:<arch>)
-            if config.backend == "vllm":
-                images = max(len(r.get("images") or [1]) for _, r in rows)
-                generator = VLLMGenerator(path, max_images=images, prefix_caching=config.reuse_images)
-            else:
-                generator = HFGenerator(path, reuse_images=config.reuse_images)
-        return generator
-
-    todo = [
-        (s, f"{pid}:{c}", row, c)
-        for c in conditions
-        for s in range(config.samples)
-        for pid, row in rows
-        if (f"{pid}:{c}", s) not in done
-    ]
+    generator = functools.cache(functools.partial(_load_generator, model_name_or_path, rows, config))
+    todo = _todo(rows, conditions, config.samples, set() if overwrite else _done(out / PREDICTIONS))
     if todo:
-        get_generator()  # weights that do not load stop the run here, before anything is written
+        generator()  # weights that do not load stop the run here, before anything is written
     if overwrite:
         for name in (*RUN_OUTPUTS, MARKER):
             (out / name).unlink(missing_ok=True)
     claim(out, identity)
     if todo:
-        sampling = config.samples > 1 or config.decoding.do_sample
-        decoding = Decoding(
-            config.decoding.max_new_tokens, sampling, config.decoding.temperature, config.decoding.top_p
-        )
-        with (
-            open(predictions, "a", encoding="utf-8") as f,
-            tqdm(total=len(todo), desc="eval", unit="row") as bar,
-        ):
-            for start in range(0, len(todo), config.batch_size):
-                batch = todo[start : start + config.batch_size]
-                inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
-                seed = mix_seed(config.seed, batch[0][0], start)
-                texts = generator(inputs, decoding, seed)
-                for (sample, pid, row, condition), text in zip(batch, texts):
-                    parsed, format_ok = parse_answer(text, row)
-                    record = {
-                        "prompt_id": pid,
-                        "sample": sample,
-                        "condition": condition,
-                        "completion": text,
-                        "parsed": parsed,
-                        "format_ok": format_ok,
-                        "correct": is_correct(parsed, row),
-                        **{k: row.get(k) for k in ROW_FIELDS},
-                    }
-                    if row["format"] == "open":
-                        record["levenshtein"] = levenshtein_reward([text], solution=[row["solution"]])[0]
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                bar.update(len(batch))
-    by_condition: dict[str, list[dict]] = {c: [] for c in conditions}
-    for line in read_text(predictions).splitlines():
-        record = json.loads(line)
-        by_condition.setdefault(record.get("condition", "normal"), []).append(record)
-    metrics = compute_metrics(by_condition["normal"])
-    if len(conditions) > 1:
-        metrics["diagnostics"] = _summarise_diagnostics({c: by_condition[c] for c in conditions})
+        _predict(generator(), todo, diagnostics, config, out / PREDICTIONS)
+    by_condition = _by_condition(out / PREDICTIONS, conditions)
+    metrics = _summarise(by_condition, conditions)
     if set(config.diagnostics) & set(STEP_DIAGNOSTICS):
         answers = [r for r in by_condition["normal"] if r["sample"] == 0]
         by_pid = {f"{pid}:normal": row for pid, row in rows}
         metrics["grounding"] = run_step_diagnostics(
-            lambda: _hf_model(get_generator(), model_name_or_path), get_generator, diagnostics, by_pid,
-            answers, config, out,
+            lambda: _hf_model(generator(), model_name_or_path), generator, diagnostics, by_pid, answers,
+            config, out,
         )  # fmt: skip
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     name = Path(str(model_name_or_path)).name
