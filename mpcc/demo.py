@@ -25,13 +25,16 @@ from mpcc.data.preview import write_preview
 from mpcc.data.render import BUILD_FILE
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
-from mpcc.evaluation.harness import METRICS, compare_runs, run_eval
+from mpcc.evaluation.harness import METRICS, compare_runs, compared_metrics, run_eval
 from mpcc.export import export
 from mpcc.generation.decoding import Decoding
 from mpcc.options import option
-from mpcc.reports.charts import reward_curve_chart
+from mpcc.reports.charts import ACCURACY_CHART, reward_curve_chart
+from mpcc.reports.compare import COMPARISON, accuracy_by_format
+from mpcc.reports.eval_report import REPORT_HTML
+from mpcc.reports.learning import LEARNING_CHART, learning_section
 from mpcc.train import main as train_main
-from mpcc.training.curves import generated_reward, learning_table, log_history
+from mpcc.training.curves import generated_reward, learning_summary, log_history
 
 START = "tiny:qwen2_5_vl"
 # run name (also its recipe's name) -> (what the demo calls it, the run it starts from; None: START)
@@ -40,7 +43,6 @@ TRAINED = {
     "grpo_prior": ("GRPO with prior sampling", "sft"),
     "grpo": ("plain GRPO", "sft"),
 }
-CURVES = "learning_curves.png"
 # Trace completions take 48 tokens of the tiny tokenizer (median; 64 at the 99th percentile, up to 69):
 # room for answers a little longer than the traces, in GRPO's samples and in the eval.
 NEW_TOKENS = 96
@@ -75,13 +77,6 @@ def _stages(stages: list[tuple[str, Path, Callable[[], bool], Callable[[], objec
         start = time.monotonic()
         work()
         print(f"[{k}/{len(stages)}] done in {time.monotonic() - start:.0f} s", flush=True)
-
-
-def _summary(compared: str) -> str:
-    """The comparison's two headline tables (accuracy by format, learning curves), for the terminal."""
-    sections = {part.split("\n", 1)[0]: part for part in compared.split("## ")[1:]}
-    keep = [sections[title] for title in ("Accuracy by format", "Learning curves") if title in sections]
-    return "\n".join("## " + part.split("![")[0].rstrip() + "\n" for part in keep)
 
 
 def run_demo(
@@ -172,14 +167,17 @@ def run_demo(
         )
         run_eval(model, data["eval"], evals[name], config)
 
+    def learning() -> dict[str, list[dict]]:
+        return {TRAINED[n][0]: log_history(paths[n]) for n in ("grpo_prior", "grpo")}
+
     def compare():
         # overwrite: a comparison cut short before its curves is made again
-        compare_runs(list(evals.values()), paths["compare"], overwrite=True)
-        histories = {TRAINED[n][0]: log_history(paths[n]) for n in ("grpo_prior", "grpo")}
-        with open(paths["compare"] / "compare.md", "a", encoding="utf-8") as f:
-            f.write(f"\n## Learning curves\n\n{learning_table(histories)}\n![learning curves]({CURVES})\n")
+        compared = compare_runs(list(evals.values()), paths["compare"], overwrite=True)
+        histories = learning()
+        with open(compared, "a", encoding="utf-8") as f:
+            f.write("\n" + "\n".join(learning_section(learning_summary(histories), LEARNING_CHART)) + "\n")
         curves = {name: generated_reward(history) for name, history in histories.items()}
-        reward_curve_chart(curves, paths["compare"] / CURVES)  # last: it marks the stage done
+        reward_curve_chart(curves, paths["compare"] / LEARNING_CHART)  # last: it marks the stage done
 
     def ready(path: Path, marker: str) -> Callable[[], bool]:
         return lambda: (path / marker).is_file()
@@ -229,7 +227,7 @@ def run_demo(
             )
             for name, where in evals.items()
         ],
-        ("compare the four models", paths["compare"], ready(paths["compare"], CURVES), compare),
+        ("compare the four models", paths["compare"], ready(paths["compare"], LEARNING_CHART), compare),
         (
             "export the prior-sampling model with its eval results",
             paths["export"],
@@ -238,10 +236,12 @@ def run_demo(
         ),
     ]
     _stages(stages)
-    print(_summary((paths["compare"] / "compare.md").read_text(encoding="utf-8")), flush=True)
+    # the comparison's two headline tables, for the terminal, from the metrics and logs themselves
+    accuracy = accuracy_by_format(compared_metrics(list(evals.values())))
+    print("\n".join(accuracy + learning_section(learning_summary(learning()))), flush=True)
     print(
-        f"comparison: {paths['compare'] / 'compare.md'} (charts: accuracy.png, {CURVES})\n"
-        f"preview: {paths['preview'] / 'index.html'}; reports: {out / 'eval'}/*/report.html",
+        f"comparison: {paths['compare'] / COMPARISON} (charts: {ACCURACY_CHART}, {LEARNING_CHART})\n"
+        f"preview: {paths['preview'] / 'index.html'}; reports: {out / 'eval'}/*/{REPORT_HTML}",
         flush=True,
     )
     return {**paths, **{f"eval_{n}": p for n, p in evals.items()}}
