@@ -225,10 +225,10 @@ def main() -> None:
         (f"full build, image_format={fmt}, {a.procs} procs", f"{b['samples_per_s']:.0f} samples/s")
         for fmt, b in result["build"].items()
     ]
-    print("| measurement | value |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
-    print(f"\nwrote {a.out}")
+    from mpcc.reports.tables import markdown_table  # here: the phases above measure mpcc's imports
+
+    print("\n".join(markdown_table(("measurement", "value"), rows)))
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

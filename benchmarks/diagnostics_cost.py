@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mpcc.reports.tables import markdown_table
+
 VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm")
 
 _RUN = """
@@ -78,13 +80,18 @@ def main() -> None:
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print("| eval | seconds (median) | x plain | peak MB | x plain |\n|---|---|---|---|---|")
-    for v, m in median.items():
-        print(
-            f"| {v} | {m['seconds']:.1f} | {result['time_ratio'][v]:.2f} | {m['peak_mb']:.0f} | "
-            f"{result['memory_ratio'][v]:.2f} |"
+    rows = [
+        (
+            v,
+            f"{m['seconds']:.1f}",
+            f"{result['time_ratio'][v]:.2f}",
+            f"{m['peak_mb']:.0f}",
+            f"{result['memory_ratio'][v]:.2f}",
         )
-    print(f"\nwrote {a.out}")
+        for v, m in median.items()
+    ]
+    print("\n".join(markdown_table(("eval", "seconds (median)", "x plain", "peak MB", "x plain"), rows)))
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import load_dataset
+from mpcc.reports.tables import markdown_table
 
 
 def main() -> None:
@@ -27,20 +28,22 @@ def main() -> None:
         build(a.annotations, a.images, Path(tmp) / "train", BuildConfig("train", image_format="lazy"))
         columns = ["difficulty", "difficulty_score", "predictability", "context_ann_ids", "area_frac"]
         rows = load_dataset(Path(tmp) / "train").select_columns(columns).to_list()
-    print(
-        "| level | targets | difficulty score (min-max) | predictability (mean) | other instances (mean) "
-        "| area % (mean) |"
-    )
-    print("|---|---|---|---|---|---|")
+    table = []
     for lv in LEVELS:
         r = [x for x in rows if x["difficulty"] == lv]
         score = [x["difficulty_score"] for x in r]
-        print(
-            f"| {lv} | {len(r)} | {min(score):.3f}-{max(score):.3f} | "
-            f"{np.mean([x['predictability'] for x in r]):.2f} | "
-            f"{np.mean([len(x['context_ann_ids']) for x in r]):.1f} | "
-            f"{100 * np.mean([x['area_frac'] for x in r]):.1f} |"
+        table.append(
+            (
+                lv,
+                len(r),
+                f"{min(score):.3f}-{max(score):.3f}",
+                f"{np.mean([x['predictability'] for x in r]):.2f}",
+                f"{np.mean([len(x['context_ann_ids']) for x in r]):.1f}",
+                f"{100 * np.mean([x['area_frac'] for x in r]):.1f}",
+            )
         )
+    header = ("level", "targets", "difficulty score (min-max)", "predictability (mean)")
+    print("\n".join(markdown_table((*header, "other instances (mean)", "area % (mean)"), table)))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from mpcc.evaluation.harness import eval_rows
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import generate
 from mpcc.generation.image_features import ImageFeatureMemo
+from mpcc.reports.tables import markdown_table
 
 
 def seconds(model, processor, rows, batch_size: int, decoding: Decoding) -> float:
@@ -81,10 +82,9 @@ def main() -> None:
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print("| generation | rows/s | vs batched |\n|---|---|---|")
-    for name, r in rate.items():
-        print(f"| {name} | {r:.2f} | {r / rate['batched']:.2f}x |")
-    print(f"\nwrote {a.out}")
+    rows = [(name, f"{r:.2f}", f"{r / rate['batched']:.2f}x") for name, r in rate.items()]
+    print("\n".join(markdown_table(("generation", "rows/s", "vs batched"), rows)))
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mpcc.reports.tables import markdown_table
 from mpcc.train import build_trainer
 from mpcc.training.config import load_recipe
 
@@ -73,12 +74,13 @@ def main() -> None:
         + "\n"
     )
     edges = [0, a.steps // 5, 2 * a.steps // 5, 3 * a.steps // 5, 4 * a.steps // 5, a.steps]
-    print("| steps | " + " | ".join(f"{lo + 1}-{hi}" for lo, hi in zip(edges, edges[1:])) + " |")
-    print("|---|" + "---|" * (len(edges) - 1))
-    for name, rows in curves.items():
-        cells = " | ".join(f"{window(rows, lo, hi):.3f}" for lo, hi in zip(edges, edges[1:]))
-        print(f"| {name}: mean generated reward | {cells} |")
-    print(f"\nwrote {a.out}")
+    spans = list(zip(edges, edges[1:]))
+    table = [
+        (f"{name}: mean generated reward", *(f"{window(rows, lo, hi):.3f}" for lo, hi in spans))
+        for name, rows in curves.items()
+    ]
+    print("\n".join(markdown_table(("steps", *(f"{lo + 1}-{hi}" for lo, hi in spans)), table)))
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

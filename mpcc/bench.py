@@ -32,6 +32,7 @@ from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError
 from mpcc.models import best_device, freeze_vision_tower, random_vlm, set_pixel_bounds, vision_tower
 from mpcc.options import option, validate_bounds
+from mpcc.reports.bench import bench_markdown
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import MpccGRPOConfig
 from mpcc.training.grpo import MpccGRPOTrainer
@@ -315,40 +316,5 @@ def run_bench(config: BenchConfig, out: str | Path, command: str = "") -> dict:
         "variants": variants,
     }
     (out / "grpo_bench.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    (out / "grpo_bench.md").write_text(markdown(report), encoding="utf-8")
+    (out / "grpo_bench.md").write_text(bench_markdown(report), encoding="utf-8")
     return report
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def markdown(report: dict) -> str:
-    c = report["config"]
-    lines = [
-        f"GRPO step, shape `{c['shape']}`, {c['prompts']} prompts x G={c['generations']}, "
-        f"{c['max_new_tokens']} new tokens, {c['image_size'][0]}x{c['image_size'][1]} images; "
-        f"medians of {c['steps']} steps after {c['warmup']} warm-up; device: {report['device']}; "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        "| trainer | step (s) | generation (s) | scoring (s) | training (s) | generated tok/s "
-        "| training tok/s | vision calls | patches encoded | MFU | peak GiB | vs vanilla |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in report["variants"].items():
-        lines.append(
-            f"| {name} | {r['step_s']:.3f} | {r['generation_s']:.3f} | {r['scoring_s']:.4f} "
-            f"| {r['training_s']:.3f} | {r['generated_tokens_per_s']:.0f} | {r['train_tokens_per_s']:.0f} "
-            f"| {r['vision_calls']:.0f} | {r['patches_encoded']:.0f} | {_fmt(r['mfu'], '.1%')} "
-            f"| {_fmt(r['peak_memory_gib'], '.1f')} "
-            f"| {_fmt(r['speedup_vs_vanilla'], '.2f')}x |"
-        )
-    if not report["gpu"]:
-        lines += [
-            "",
-            "On CPU, transformers does not compile generation: the `_compiled` variants run a static "
-            "cache without compilation here.",
-        ]
-    return "\n".join(lines) + "\n"

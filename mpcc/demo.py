@@ -25,13 +25,16 @@ from mpcc.data.preview import write_preview
 from mpcc.data.render import BUILD_FILE
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
-from mpcc.evaluation.harness import METRICS, compare_runs, run_eval
+from mpcc.evaluation.harness import METRICS, compare_runs, compared_metrics, run_eval
 from mpcc.export import export
 from mpcc.generation.decoding import Decoding
 from mpcc.options import option
-from mpcc.reports.charts import reward_curve_chart
+from mpcc.reports.charts import ACCURACY_CHART, reward_curve_chart
+from mpcc.reports.compare import COMPARISON, accuracy_by_format
+from mpcc.reports.eval_report import REPORT_HTML
+from mpcc.reports.learning import LEARNING_CHART, learning_section
 from mpcc.train import main as train_main
-from mpcc.training.curves import generated_reward, learning_table, log_history
+from mpcc.training.curves import generated_reward, learning_summary, log_history
 
 START = "tiny:qwen2_5_vl"
 # run name (also its recipe's name) -> (what the demo calls it, the run it starts from; None: START)
@@ -40,7 +43,7 @@ TRAINED = {
     "grpo_prior": ("GRPO with prior sampling", "sft"),
     "grpo": ("plain GRPO", "sft"),
 }
-CURVES = "learning_curves.png"
+EVALUATED = ("start", *TRAINED)  # each evaluated on the same items, compared in this order
 # Trace completions take 48 tokens of the tiny tokenizer (median; 64 at the 99th percentile, up to 69):
 # room for answers a little longer than the traces, in GRPO's samples and in the eval.
 NEW_TOKENS = 96
@@ -63,7 +66,10 @@ class DemoConfig:
     )
 
 
-def _stages(stages: list[tuple[str, Path, Callable[[], bool], Callable[[], object]]]) -> None:
+Stage = tuple[str, Path, Callable[[], bool], Callable[[], object]]  # what, where, done, work
+
+
+def _stages(stages: list[Stage]) -> None:
     """Run (what, where, done, work) in order: a numbered line before each, its time after; a stage
     whose output is already there is reported and skipped."""
     for k, (what, where, done, work) in enumerate(stages, 1):
@@ -77,11 +83,191 @@ def _stages(stages: list[tuple[str, Path, Callable[[], bool], Callable[[], objec
         print(f"[{k}/{len(stages)}] done in {time.monotonic() - start:.0f} s", flush=True)
 
 
-def _summary(compared: str) -> str:
+def _layout(out: Path) -> dict[str, Path]:
+    """Every folder the demo writes but the scenes, by name (what `run_demo` returns)."""
+    return {
+        "build": out / "data" / "train_build",
+        "train": out / "data" / "train",
+        "eval": out / "data" / "eval",
+        "preview": out / "preview",
+        **{name: out / name for name in TRAINED},
+        "compare": out / "compare",
+        "export": out / "export",
+        **{f"eval_{name}": out / "eval" / name for name in EVALUATED},
+    }
+
+
+def _eval_runs(paths: dict[str, Path]) -> list[Path]:
+    return [paths[f"eval_{name}"] for name in EVALUATED]
+
+
+def _draw_scenes(config: DemoConfig) -> None:
+    scenes = config.out / "scenes"
+    generate_scenes(scenes / "train", num_images=config.num_images, seed=config.seed, traces=True)
+    generate_scenes(
+        scenes / "val", num_images=max(1, config.num_images // 2), seed=config.seed + 1, traces=False
+    )
+
+
+def _train_set(config: DemoConfig, paths: dict[str, Path]) -> None:
+    """The train build in every format, then the scenes' traces imported and verified into it."""
+    scenes, formats = config.out / "scenes" / "train", ("open", *FORMATS)
+    if not (paths["build"] / BUILD_FILE).is_file():  # resumed after the build: import only
+        build(
+            scenes / "instances.json",
+            scenes / "images",
+            paths["build"],
+            BuildConfig("train", seed=config.seed, formats=formats),
+        )
+    imported = import_traces(scenes / TRACES_FILE, paths["build"], paths["train"])
+    print(
+        f"  traces: kept {imported.counts['kept']} of {imported.counts['rows']} rows "
+        f"(rejected: {imported.counts['rejected'] or 'none'}); formats {', '.join(formats)}",
+        flush=True,
+    )
+
+
+def _eval_set(config: DemoConfig, paths: dict[str, Path]) -> None:
+    scenes = config.out / "scenes" / "val"
+    build(
+        scenes / "instances.json",
+        scenes / "images",
+        paths["eval"],
+        BuildConfig("eval", seed=config.seed, stats=paths["train"]),
+    )
+
+
+def _start(name: str, paths: dict[str, Path]) -> str:
+    """The model run `name` starts from."""
+    return START if TRAINED[name][1] is None else str(paths[TRAINED[name][1]])
+
+
+def _train(name: str, steps: int, config: DemoConfig, paths: dict[str, Path]) -> None:
+    train_main(
+        [
+            str(Path(config.recipes) / f"{name}.yaml"),  # a file, else a packaged recipe's name
+            "--model_name_or_path",
+            _start(name, paths),
+            "--dataset_path",
+            str(paths["train"]),
+            "--output_dir",
+            str(paths[name]),
+            "--max_steps",
+            str(steps),
+            "--save_strategy",
+            "no",
+            "--seed",
+            str(config.seed),
+            *([] if name == "sft" else ["--max_completion_length", str(NEW_TOKENS)]),
+        ]
+    )
+
+
+def _evaluate(name: str, config: DemoConfig, paths: dict[str, Path]) -> None:
+    model = START if name == "start" else str(paths[name])
+    eval_config = EvalConfig(
+        formats=EVAL_FORMATS,
+        diagnostics=("blind", "shape", "crm", "evidence"),
+        limit=config.eval_items,
+        decoding=Decoding(max_new_tokens=NEW_TOKENS),
+    )
+    run_eval(model, paths["eval"], paths[f"eval_{name}"], eval_config)
+
+
+def _learning(paths: dict[str, Path]) -> dict[str, list[dict]]:
+    """The GRPO runs' logged histories, by what the demo calls them."""
+    return {TRAINED[name][0]: log_history(paths[name]) for name in ("grpo_prior", "grpo")}
+
+
+def _compare(paths: dict[str, Path]) -> None:
+    """compare.md of the four evals, with the GRPO runs' learning curves appended, and their chart."""
+    # overwrite: a comparison cut short before its curves is made again
+    compared = compare_runs(_eval_runs(paths), paths["compare"], overwrite=True)
+    histories = _learning(paths)
+    with open(compared, "a", encoding="utf-8") as f:
+        f.write("\n" + "\n".join(learning_section(learning_summary(histories), LEARNING_CHART)) + "\n")
+    curves = {name: generated_reward(history) for name, history in histories.items()}
+    reward_curve_chart(curves, paths["compare"] / LEARNING_CHART)  # last: it marks the stage done
+
+
+def _summary(paths: dict[str, Path]) -> str:
     """The comparison's two headline tables (accuracy by format, learning curves), for the terminal."""
-    sections = {part.split("\n", 1)[0]: part for part in compared.split("## ")[1:]}
-    keep = [sections[title] for title in ("Accuracy by format", "Learning curves") if title in sections]
-    return "\n".join("## " + part.split("![")[0].rstrip() + "\n" for part in keep)
+    accuracy = accuracy_by_format(compared_metrics(_eval_runs(paths)))
+    return "\n".join(accuracy + learning_section(learning_summary(_learning(paths))))
+
+
+def _ready(path: Path, marker: str) -> Callable[[], bool]:
+    return lambda: (path / marker).is_file()
+
+
+def _data_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
+    """Scenes, the train and eval builds and the preview."""
+    scenes = config.out / "scenes"
+    return [
+        (
+            "draw synthetic scenes (train with traces, held-out val)",
+            scenes,
+            lambda: (
+                (scenes / "train" / TRACES_FILE).is_file() and (scenes / "val" / "instances.json").is_file()
+            ),
+            lambda: _draw_scenes(config),
+        ),
+        (
+            "build the MPCC train set in every format and import the scenes' traces",
+            paths["train"],
+            _ready(paths["train"], BUILD_FILE),
+            lambda: _train_set(config, paths),
+        ),
+        (
+            "build the MPCC eval set (levels from the train set's statistics)",
+            paths["eval"],
+            _ready(paths["eval"], BUILD_FILE),
+            lambda: _eval_set(config, paths),
+        ),
+        (
+            "write a visual preview of the eval set",
+            paths["preview"],
+            _ready(paths["preview"], "index.html"),
+            lambda: write_preview(paths["eval"], paths["preview"], num=24, seed=config.seed),
+        ),
+    ]
+
+
+def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
+    """The three trainings, the four evals, their comparison and the export."""
+    steps = {"sft": config.sft_steps, "grpo_prior": config.grpo_steps, "grpo": config.grpo_steps}
+    return [
+        *[
+            (
+                f"{TRAINED[name][0]} from {_start(name, paths)}, {n} steps",
+                paths[name],
+                _ready(paths[name], "trainer_state.json"),
+                lambda name=name, n=n: _train(name, n, config, paths),
+            )
+            for name, n in steps.items()
+        ],
+        *[
+            (
+                f"evaluate {START if name == 'start' else name} on {config.eval_items} items",
+                paths[f"eval_{name}"],
+                _ready(paths[f"eval_{name}"], METRICS),
+                lambda name=name: _evaluate(name, config, paths),
+            )
+            for name in EVALUATED
+        ],
+        (
+            "compare the four models",
+            paths["compare"],
+            _ready(paths["compare"], LEARNING_CHART),
+            lambda: _compare(paths),
+        ),
+        (
+            "export the prior-sampling model with its eval results",
+            paths["export"],
+            _ready(paths["export"], "config.json"),
+            lambda: export(paths["grpo_prior"], paths["export"], eval_run=paths["eval_grpo_prior"]),
+        ),
+    ]
 
 
 def run_demo(
@@ -100,148 +286,21 @@ def run_demo(
     import datasets
 
     datasets.disable_progress_bars()  # the stage lines say what is built; the trainers keep their bars
-    out = Path(out)
-    scenes = {"train": out / "scenes" / "train", "val": out / "scenes" / "val"}
-    data = {
-        "build": out / "data" / "train_build",
-        "train": out / "data" / "train",
-        "eval": out / "data" / "eval",
-    }
-    evals = {name: out / "eval" / name for name in ("start", *TRAINED)}
-    paths = {**data, "preview": out / "preview", **{n: out / n for n in TRAINED}}
-    paths.update(compare=out / "compare", export=out / "export")
-
-    def draw_scenes():
-        generate_scenes(scenes["train"], num_images=num_images, seed=seed, traces=True)
-        generate_scenes(scenes["val"], num_images=max(1, num_images // 2), seed=seed + 1, traces=False)
-
-    def train_set():
-        formats = ("open", *FORMATS)
-        if not (data["build"] / BUILD_FILE).is_file():  # resumed after the build: import only
-            build(
-                scenes["train"] / "instances.json",
-                scenes["train"] / "images",
-                data["build"],
-                BuildConfig("train", seed=seed, formats=formats),
-            )
-        imported = import_traces(scenes["train"] / TRACES_FILE, data["build"], data["train"])
-        print(
-            f"  traces: kept {imported.counts['kept']} of {imported.counts['rows']} rows "
-            f"(rejected: {imported.counts['rejected'] or 'none'}); formats {', '.join(formats)}",
-            flush=True,
-        )
-
-    def eval_set():
-        build(
-            scenes["val"] / "instances.json",
-            scenes["val"] / "images",
-            data["eval"],
-            BuildConfig("eval", seed=seed, stats=data["train"]),
-        )
-
-    def start(name: str) -> str:
-        return START if TRAINED[name][1] is None else str(paths[TRAINED[name][1]])
-
-    def train(name: str, steps: int):
-        train_main(
-            [
-                str(Path(recipes) / f"{name}.yaml"),  # a file, else a packaged recipe's name
-                "--model_name_or_path",
-                start(name),
-                "--dataset_path",
-                str(data["train"]),
-                "--output_dir",
-                str(paths[name]),
-                "--max_steps",
-                str(steps),
-                "--save_strategy",
-                "no",
-                "--seed",
-                str(seed),
-                *([] if name == "sft" else ["--max_completion_length", str(NEW_TOKENS)]),
-            ]
-        )
-
-    def evaluate(name: str):
-        model = START if name == "start" else str(paths[name])
-        config = EvalConfig(
-            formats=EVAL_FORMATS,
-            diagnostics=("blind", "shape", "crm", "evidence"),
-            limit=eval_items,
-            decoding=Decoding(max_new_tokens=NEW_TOKENS),
-        )
-        run_eval(model, data["eval"], evals[name], config)
-
-    def compare():
-        # overwrite: a comparison cut short before its curves is made again
-        compare_runs(list(evals.values()), paths["compare"], overwrite=True)
-        histories = {TRAINED[n][0]: log_history(paths[n]) for n in ("grpo_prior", "grpo")}
-        with open(paths["compare"] / "compare.md", "a", encoding="utf-8") as f:
-            f.write(f"\n## Learning curves\n\n{learning_table(histories)}\n![learning curves]({CURVES})\n")
-        curves = {name: generated_reward(history) for name, history in histories.items()}
-        reward_curve_chart(curves, paths["compare"] / CURVES)  # last: it marks the stage done
-
-    def ready(path: Path, marker: str) -> Callable[[], bool]:
-        return lambda: (path / marker).is_file()
-
-    stages = [
-        (
-            "draw synthetic scenes (train with traces, held-out val)",
-            out / "scenes",
-            lambda: (
-                (scenes["train"] / TRACES_FILE).is_file() and (scenes["val"] / "instances.json").is_file()
-            ),
-            draw_scenes,
-        ),
-        (
-            "build the MPCC train set in every format and import the scenes' traces",
-            data["train"],
-            ready(data["train"], BUILD_FILE),
-            train_set,
-        ),
-        (
-            "build the MPCC eval set (levels from the train set's statistics)",
-            data["eval"],
-            ready(data["eval"], BUILD_FILE),
-            eval_set,
-        ),
-        (
-            "write a visual preview of the eval set",
-            paths["preview"],
-            ready(paths["preview"], "index.html"),
-            lambda: write_preview(data["eval"], paths["preview"], num=24, seed=seed),
-        ),
-        *[
-            (
-                f"{TRAINED[name][0]} from {start(name)}, {steps} steps",
-                paths[name],
-                ready(paths[name], "trainer_state.json"),
-                lambda name=name, steps=steps: train(name, steps),
-            )
-            for name, steps in (("sft", sft_steps), ("grpo_prior", grpo_steps), ("grpo", grpo_steps))
-        ],
-        *[
-            (
-                f"evaluate {START if name == 'start' else name} on {eval_items} items",
-                where,
-                ready(where, METRICS),
-                lambda name=name: evaluate(name),
-            )
-            for name, where in evals.items()
-        ],
-        ("compare the four models", paths["compare"], ready(paths["compare"], CURVES), compare),
-        (
-            "export the prior-sampling model with its eval results",
-            paths["export"],
-            ready(paths["export"], "config.json"),
-            lambda: export(paths["grpo_prior"], paths["export"], eval_run=evals["grpo_prior"]),
-        ),
-    ]
-    _stages(stages)
-    print(_summary((paths["compare"] / "compare.md").read_text(encoding="utf-8")), flush=True)
+    config = DemoConfig(
+        out=Path(out),
+        num_images=num_images,
+        seed=seed,
+        sft_steps=sft_steps,
+        grpo_steps=grpo_steps,
+        eval_items=eval_items,
+        recipes=str(recipes),
+    )
+    paths = _layout(config.out)
+    _stages(_data_stages(config, paths) + _model_stages(config, paths))
+    print(_summary(paths), flush=True)
     print(
-        f"comparison: {paths['compare'] / 'compare.md'} (charts: accuracy.png, {CURVES})\n"
-        f"preview: {paths['preview'] / 'index.html'}; reports: {out / 'eval'}/*/report.html",
+        f"comparison: {paths['compare'] / COMPARISON} (charts: {ACCURACY_CHART}, {LEARNING_CHART})\n"
+        f"preview: {paths['preview'] / 'index.html'}; reports: {config.out / 'eval'}/*/{REPORT_HTML}",
         flush=True,
     )
-    return {**paths, **{f"eval_{n}": p for n, p in evals.items()}}
+    return paths

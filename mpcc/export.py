@@ -21,16 +21,15 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, try_to_load_from_ca
 from PIL import Image
 
 from mpcc.data import prompts
-from mpcc.data.difficulty import WEIGHTS
 from mpcc.errors import ConfigError, InputError, MissingInputError, MpccError, ValidationError
 from mpcc.evaluation.harness import read_metrics
-from mpcc.evaluation.metrics import markdown_report
 from mpcc.evaluation.run_identity import evaluated, read_run, weights_fingerprint
 from mpcc.generation.generators import conversation
 from mpcc.inputs import read_json
 from mpcc.models import TINY_PREFIX, best_device, load_model, load_processor
 from mpcc.options import option
 from mpcc.outputs import check_inputs, check_output, staged_output
+from mpcc.reports.model_card import card_text
 from mpcc.training.record import RUN_FILE, load_run_record
 
 logger = logging.getLogger(__name__)
@@ -44,20 +43,6 @@ KIND = "export"  # what the output's marker records (--overwrite replaces only a
 # is exact; merging LoRA rounds the merged weights once in the model's dtype.
 RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-CITATION = """\
-@inproceedings{yu2026mpcc,
-  title     = {Activating Visual Context and Commonsense Reasoning through Masked Prediction in {VLMs}},
-  author    = {Yu, Jiaao and Li, Shenwei and Han, Mingjie and Yin, Yifei and Song, Wenzheng and
-               Jia, Chenghao and Lan, Man},
-  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
-  volume    = {40},
-  number    = {33},
-  pages     = {27952--27960},
-  year      = {2026},
-  doi       = {10.1609/aaai.v40i33.40019},
-  eprint    = {2510.21807},
-  archivePrefix = {arXiv}
-}"""
 
 
 class ExportValidationError(ValidationError):
@@ -262,88 +247,6 @@ def validate(
 # ------------------------------------------------------------------------------------------- card
 
 
-def _table(rows: list[tuple[str, object]]) -> str:
-    return "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | `{v}` |" for k, v in rows)])
-
-
-TRAINING_KEYS = (
-    "learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "max_completion_length",
-    "temperature", "beta", "loss_type", "scale_rewards", "max_grad_norm", "weight_decay", "bf16", "seed",
-)  # fmt: skip
-PRIOR_KEYS = (
-    "prior_mode", "prior_prob", "prior_schedule", "prior_when", "prior_success_reward",
-    "prior_success_threshold", "prior_in_group_stats",
-)  # fmt: skip
-
-
-def _training_section(record: dict | None, step: int | None) -> str:
-    if record is None:
-        return "## Training\n\nNot recorded (the checkpoint's run wrote no `mpcc_run.json`).\n"
-    trainer, model, kind = record["trainer"], record["model"], record["run"]["trainer"]
-    rows = [("trainer", kind), ("model_name_or_path", model["model_name_or_path"])]
-    rows += [(k, trainer[k]) for k in TRAINING_KEYS if trainer.get(k) not in (None, -1)]
-    rows += [("freeze_vision_tower", record["run"]["freeze_vision_tower"])]
-    if model.get("use_peft"):
-        rows += [(f"LoRA {k[5:]}", model[k]) for k in ("lora_r", "lora_alpha", "lora_dropout")]
-        rows += [("LoRA target_modules", model.get("lora_target_modules"))]
-    lines = [f"## Training\n\nmpcc {record['mpcc_version']}, `{kind}` trainer (TRL)"]
-    lines[0] += f"; exported at step {step}.\n" if step is not None else ".\n"
-    lines.append(_table(rows))
-    if kind != "sft":
-        from mpcc.rewards import REWARDS, resolve_rewards
-
-        names = {f: n for n, f in REWARDS.items()}
-        funcs, _ = resolve_rewards(trainer["rewards"])
-        weighted = " + ".join(f"{w:g} x {names[f]}" for f, w in zip(funcs, trainer["reward_weights"]))
-        lines.append(f"\nReward (`rewards: {trainer['rewards']}`): {weighted}.")
-    if kind == "grpo_prior":
-        g = trainer["num_generations"]
-        group = (
-            f"{g} generated samples + the trace, groups of {g + 1}"
-            if trainer["prior_mode"] == "append"
-            else f"the trace takes one of the {g} slots: {g - 1} generated samples + the trace"
-        )
-        lines.append(
-            f"\nPrior sampling (`prior_mode: {trainer['prior_mode']}`, {group}): the annotated trace "
-            "`<think> trace</think><answer>name</answer>` is rewarded and trained on like a generated "
-            "sample.\n"
-        )
-        lines.append(_table([(k, trainer[k]) for k in PRIOR_KEYS]))
-    return "\n".join(lines) + "\n"
-
-
-def _data_section(record: dict | None) -> str:
-    dataset = (record or {}).get("dataset") or {}
-    build = dataset.get("build")
-    if build is None:
-        where = f" `{dataset['path']}`" if dataset.get("path") else ""
-        return f"## Data\n\nTraining data{where}: no mpcc build record (`mpcc_build.json`) was found.\n"
-    config, mask = build["config"], build["config"]["mask"]
-    low, high = build["thresholds"]
-    ood = ", ".join(config["ood_categories"]) or "none"
-    ease = " + ".join(f"{w:g} x {k}" for k, w in WEIGHTS.items())
-    rows = [
-        ("source annotations", Path(build["annotations"]).name),
-        ("rows", build["num_rows"]),
-        ("rows per level", ", ".join(f"{k} {v}" for k, v in build["rows_per_level"].items())),
-        ("masking", f"{mask['mode']}, fill {mask['fill']}, dilate {mask['dilate_px']} px / "
-         f"{mask['dilate_frac']:g}, feather {mask['feather']:g}"),
-        ("reasoning traces", "template traces" if config["template_traces"] else "as annotated"),
-        ("prompt version", build["prompt_version"]),
-        ("seed", config["seed"]),
-    ]  # fmt: skip
-    return (
-        "## Data\n\nAn `mpcc prepare train` build (COCO format -> one hidden object per row).\n\n"
-        f"{_table(rows)}\n\n"
-        f"Difficulty (model-free, `mpcc.data.difficulty`): difficulty_score = 1 - ({ease}), where "
-        "predictability ranks the hidden category by the visible context's co-occurrence statistics, "
-        f"context counts other instances (saturating) and visibility is 1 - area fraction; levels cut "
-        f"the score at the training build's 1/3 and 2/3 quantiles ({low:.4f} / {high:.4f}).\n\n"
-        f"Held-out (out-of-distribution) categories, never training targets: {ood}.\n"
-    )
-
-
 def evaluation(run: Path, checkpoint: Path, bases: list[str]) -> dict:
     """The metrics of the eval `run` and the model it evaluated: the checkpoint, else one of its `bases`;
     an eval of another model is refused (its metrics would describe another model)."""
@@ -356,37 +259,6 @@ def evaluation(run: Path, checkpoint: Path, bases: list[str]) -> dict:
     raise InputError(
         f"--eval-run {run} evaluated {identity.get('model')}, not {checkpoint} (nor its base "
         f"{' / '.join(bases) or 'unknown'}): pass an `mpcc eval` of this checkpoint or of its base"
-    )
-
-
-def _eval_section(evaluation: dict | None) -> str:
-    if evaluation is None:
-        return ""
-    title, tables = markdown_report(evaluation["metrics"], "Evaluation (`mpcc eval`)").split("\n", 1)
-    model = evaluation["model"]
-    what = (
-        f"Of the **base model** `{model}`, not of these fine-tuned weights: a baseline to compare with."
-        if evaluation["base"]
-        else f"Of these weights (`mpcc eval` of `{model}`)."
-    )
-    return re.sub(r"^(#+) ", r"#\1 ", f"{title}\n\n{what}\n{tables}", flags=re.MULTILINE) + "\n"
-
-
-def _usage(adapter_only: bool, name: str, base: str) -> str:
-    """Stock transformers only: the folder names stock classes, so no mpcc import is needed."""
-    load = (
-        f'base = AutoModelForImageTextToText.from_pretrained("{base}")\n'
-        f'model = PeftModel.from_pretrained(base, "{name}")  # or model.merge_and_unload()\n'
-        if adapter_only
-        else f'model = AutoModelForImageTextToText.from_pretrained("{name}")\n'
-    )
-    imports = "from peft import PeftModel\n" if adapter_only else ""
-    return (
-        "## Usage\n\n```python\n"
-        f"{imports}from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-        f'{load}processor = AutoProcessor.from_pretrained("{name}")\n```\n\n'
-        "vLLM serves the folder as it is (`vllm serve PATH`). Prompts follow `mpcc.data.prompts`: the "
-        "image, then the question; the model answers `<think>...</think><answer>...</answer>`.\n"
     )
 
 
@@ -413,8 +285,8 @@ def model_card(
     license: str | None = None,
     step: int | None = None,
 ) -> ModelCard:
-    """README.md with Hub metadata: what the weights are, how they were trained, on what, and results
-    (`evaluation`: from `evaluation`, naming the model evaluated)."""
+    """README.md: the Hub metadata over the card's text (mpcc.reports.model_card: what the weights are, how
+    they were trained, on what, and results; `evaluation`: from `evaluation`, naming the model evaluated)."""
     kind = record["run"]["trainer"] if record else None
     license = license or base_license(base) or "other"
     data = ModelCardData(
@@ -425,21 +297,7 @@ def model_card(
         tags=["mpcc", "vision-language", "masked-prediction", "trl", *([kind] if kind else []),
               *(["lora"] if adapter_only or merged else [])],
     )  # fmt: skip
-    weights = (
-        "a LoRA adapter only (not merged): load the base model and apply it with peft"
-        if adapter_only
-        else "the full model" + (" (LoRA adapter merged into the base)" if merged else "")
-    )
-    body = (
-        f"# {name}\n\nA vision-language model fine-tuned with mpcc on **Masked Prediction via Context and "
-        "Commonsense** (MPCC, [arXiv 2510.21807](https://arxiv.org/abs/2510.21807)): one object in the image "
-        "is hidden and the model names it from the visible context and commonsense.\n\n"
-        f"- Base model: `{base}`\n- Weights: {weights}\n\n"
-        f"{_usage(adapter_only, name, base)}\n{_training_section(record, step)}\n{_data_section(record)}\n"
-        f"{_eval_section(evaluation)}"
-        f"## Licence\n\n`{license}`. The weights derive from `{base}`, whose licence terms apply.\n\n"
-        f"## Citation\n\n```bibtex\n{CITATION}\n```\n"
-    )
+    body = card_text(record, base, adapter_only, merged, evaluation, name, license, step)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mpcc.evaluation.metrics import bootstrap_ci, compute_metrics, markdown_report
+from mpcc.evaluation.metrics import bootstrap_ci, compute_metrics
+from mpcc.reports.eval_report import markdown_report
 
 ITEMS = {
     "i1": {"difficulty": "easy", "in_distribution": True, "supercategory": "kitchen"},

@@ -9,7 +9,8 @@ from PIL import Image
 
 from mpcc.errors import InputError
 from mpcc.reports.charts import reward_curve_chart
-from mpcc.training.curves import curve, generated_reward, learning_table, log_history
+from mpcc.reports.learning import learning_section
+from mpcc.training.curves import curve, generated_reward, learning_summary, log_history
 
 PLAIN = [
     {"step": 1, "reward": 0.0, "frac_reward_zero_std": 1.0, "loss": 0.0},
@@ -29,7 +30,7 @@ def test_generated_reward_leaves_the_injected_traces_out():
 
 
 def test_learning_table_first_and_last_logs():
-    text = learning_table({"plain": PLAIN, "prior": PRIOR}, window=1)
+    text = "\n".join(learning_section(learning_summary({"plain": PLAIN, "prior": PRIOR}, window=1)))
     assert "| plain | 0.000 | 0.500 | 0.750 | 2 |" in text
     assert "| prior | 0.100 | 0.300 | 0.000 | 2 |" in text
 

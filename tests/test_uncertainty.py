@@ -280,10 +280,10 @@ def test_report_keys_and_values():
     assert_plain(report)
     assert report["n"] == 300
     assert report["n_fit"] + report["n_eval"] == 299
-    assert set(report["aurc"]) == {"full_entropy", "answer_entropy", "interaction", "random", "oracle"}
+    assert set(report["aurc"]) == {"entropy_full", "entropy_answer", "interaction", "random", "oracle"}
     assert set(report["risk_at_coverage"]) == {
         "coverage",
-        "full_entropy",
+        "entropy_full",
         "without_veto",
         "with_veto",
         "vetoed",
@@ -297,7 +297,7 @@ def test_report_keys_and_values():
         "vision",
         "interaction",
         "heldout_log_loss",
-        "aurc_full_entropy_eval_half",
+        "aurc_entropy_full_eval_half",
         "n_fit",
         "n_eval",
     }
@@ -305,11 +305,11 @@ def test_report_keys_and_values():
     correct = np.array([r["correct"] for r in records])
     entropy = np.array([r["entropy_full"] for r in records])
     answer = np.array([r["entropy_answer"] for r in records[2:]])
-    assert report["aurc"]["full_entropy"] == pytest.approx(aurc(-entropy, correct))
-    assert report["aurc"]["answer_entropy"] == pytest.approx(aurc(-answer, correct[2:]))
+    assert report["aurc"]["entropy_full"] == pytest.approx(aurc(-entropy, correct))
+    assert report["aurc"]["entropy_answer"] == pytest.approx(aurc(-answer, correct[2:]))
     assert report["aurc"]["random"] == pytest.approx(np.mean(~correct))
     assert report["aurc"]["oracle"] < report["aurc"]["random"]
-    assert report["risk_at_coverage"]["full_entropy"] == pytest.approx(selective_risk(-entropy, correct))
+    assert report["risk_at_coverage"]["entropy_full"] == pytest.approx(selective_risk(-entropy, correct))
     assert report["risk_at_coverage"]["vision_quantile"] in VETO_QUANTILES
     with_vision = [r for r in records if r["evidence_mass"] is not None]
     fit = split_halves(r["item_id"] for r in with_vision)
@@ -320,20 +320,20 @@ def test_report_keys_and_values():
     assert report["interaction"]["heldout_log_loss"] == pytest.approx(
         model.log_loss(h[~fit], v[~fit], ~ok[~fit])
     )
-    assert report["interaction"]["aurc_full_entropy_eval_half"] == pytest.approx(aurc(-h[~fit], ok[~fit]))
+    assert report["interaction"]["aurc_entropy_full_eval_half"] == pytest.approx(aurc(-h[~fit], ok[~fit]))
     assert (report["interaction"]["n_fit"], report["interaction"]["n_eval"]) == (fit.sum(), (~fit).sum())
     assert report["interaction"]["entropy"] > 0  # wrong answers were made likelier by high entropy
 
-    full = report["curves"]["full_entropy"]
+    full = report["curves"]["entropy_full"]
     assert len(full["coverage"]) == len(full["risk"]) == 101
     assert full["coverage"][0] == pytest.approx(1 / 300) and full["coverage"][-1] == 1.0
     assert full["risk"][-1] == pytest.approx(np.mean(~correct))
-    assert len(report["curves"]["answer_entropy"]["coverage"]) == 101
+    assert len(report["curves"]["entropy_answer"]["coverage"]) == 101
 
 
 def test_report_short_curve_keeps_every_point():
     report = uncertainty_report(make_records(20, 2))
-    assert len(report["curves"]["full_entropy"]["coverage"]) == 40
+    assert len(report["curves"]["entropy_full"]["coverage"]) == 40
 
 
 def test_report_too_few_records_leaves_veto_and_interaction_out():
@@ -351,7 +351,7 @@ def test_report_too_few_records_leaves_veto_and_interaction_out():
         "vision_quantile",
     ):
         assert report["risk_at_coverage"][key] is None
-    assert report["risk_at_coverage"]["full_entropy"] is not None
+    assert report["risk_at_coverage"]["entropy_full"] is not None
 
 
 def test_all_wrong_answers_leave_the_model_out_but_keep_the_veto():
@@ -361,7 +361,7 @@ def test_all_wrong_answers_leave_the_model_out_but_keep_the_veto():
     report = uncertainty_report(records)
     assert report["interaction"] is None and report["aurc"]["interaction"] is None
     assert report["risk_at_coverage"]["with_veto"] == report["risk_at_coverage"]["without_veto"] == 1.0
-    assert report["aurc"]["full_entropy"] == 1.0
+    assert report["aurc"]["entropy_full"] == 1.0
     with pytest.raises(ValidationError, match="all right or all wrong"):
         fit_interaction([0.1, 0.2, 0.3], [0.5, 0.4, 0.3], [True, True, True])
 
@@ -378,7 +378,7 @@ def test_report_without_answer_entropy_or_vision():
         for i in range(10)
     ]
     report = uncertainty_report(records)
-    assert report["aurc"]["answer_entropy"] is None and report["curves"]["answer_entropy"] is None
+    assert report["aurc"]["entropy_answer"] is None and report["curves"]["entropy_answer"] is None
     assert (report["n_fit"], report["n_eval"], report["interaction"]) == (0, 0, None)
 
 

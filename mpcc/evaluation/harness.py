@@ -7,7 +7,7 @@ sample index and the batch, not on what ran before, so a resumed run equals an u
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import logging
 from pathlib import Path
@@ -15,17 +15,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
-from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import BUILD_FILE, build_record, load_dataset
 from mpcc.errors import InputError
 from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConfig
 from mpcc.evaluation.grounding.conditions import Diagnostics
-from mpcc.evaluation.grounding.runner import EVIDENCE_CHART, GROUNDING, RISK_CHART, run_step_diagnostics
-from mpcc.evaluation.grounding.runner import charts as step_charts
-from mpcc.evaluation.grounding.runner import compare as compare_grounding
-from mpcc.evaluation.grounding.runner import markdown as step_markdown
-from mpcc.evaluation.metrics import compute_metrics, markdown_report, table
+from mpcc.evaluation.grounding.runner import GROUNDING, run_step_diagnostics
+from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.evaluation.run_identity import RUN_FILE, check_claim, claim, run_identity
 from mpcc.generation.decoding import Decoding
@@ -33,14 +29,16 @@ from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
 from mpcc.models import resolve_model_path
 from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
-from mpcc.reports.charts import accuracy_chart
+from mpcc.reports.charts import ACCURACY_CHART
+from mpcc.reports.compare import COMPARISON, write_comparison
+from mpcc.reports.eval_report import REPORT, REPORT_HTML, write_eval_report
+from mpcc.reports.grounding import EVIDENCE_CHART, RISK_CHART
 from mpcc.rewards import levenshtein_reward
 from mpcc.seeds import mix_seed
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS, METRICS, REPORT, CHART = "predictions.jsonl", "metrics.json", "report.md", "accuracy.png"
-REPORT_HTML = "report.html"
+PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
 COMPARE = "compare"  # the kind of output `mpcc eval compare` writes
 RUN_OUTPUTS = (
     PREDICTIONS,
@@ -48,7 +46,7 @@ RUN_OUTPUTS = (
     METRICS,
     REPORT,
     REPORT_HTML,
-    CHART,
+    ACCURACY_CHART,
     EVIDENCE_CHART,
     RISK_CHART,
     RUN_FILE,
@@ -144,6 +142,79 @@ def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
     return out
 
 
+def _load_generator(model_name_or_path: str, rows: list[tuple[str, dict]], config: EvalConfig):
+    """The generator of the run's backend (a tiny:<arch> model is built once and cached)."""
+    path = resolve_model_path(model_name_or_path)
+    if config.backend == "vllm":
+        images = max(len(r.get("images") or [1]) for _, r in rows)
+        return VLLMGenerator(path, max_images=images, prefix_caching=config.reuse_images)
+    return HFGenerator(path, reuse_images=config.reuse_images)
+
+
+def _todo(rows, conditions, samples: int, done: set[tuple[str, int]]) -> list[tuple[int, str, dict, str]]:
+    """(sample, prompt id, row, condition) still to predict, in generation order: by condition, then
+    sample, then row (a batch shares its sample's seed)."""
+    return [
+        (s, f"{pid}:{c}", row, c)
+        for c in conditions
+        for s in range(samples)
+        for pid, row in rows
+        if (f"{pid}:{c}", s) not in done
+    ]
+
+
+def _score(text: str, sample: int, pid: str, row: dict, condition: str) -> dict:
+    """One prediction line: the completion, its strict parse and whether it is right, the row's fields."""
+    parsed, format_ok = parse_answer(text, row)
+    record = {
+        "prompt_id": pid,
+        "sample": sample,
+        "condition": condition,
+        "completion": text,
+        "parsed": parsed,
+        "format_ok": format_ok,
+        "correct": is_correct(parsed, row),
+        **{k: row.get(k) for k in ROW_FIELDS},
+    }
+    if row["format"] == "open":
+        record["levenshtein"] = levenshtein_reward([text], solution=[row["solution"]])[0]
+    return record
+
+
+def _predict(generator, todo: list, diagnostics: Diagnostics | None, config: EvalConfig, path: Path) -> None:
+    """Generate for `todo` in batches, appending each batch's scored predictions to `path` once made."""
+    sampling = config.samples > 1 or config.decoding.do_sample
+    d = config.decoding
+    decoding = Decoding(d.max_new_tokens, sampling, d.temperature, d.top_p)
+    with open(path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="eval", unit="row") as bar:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
+            texts = generator(inputs, decoding, mix_seed(config.seed, batch[0][0], start))
+            for (sample, pid, row, condition), text in zip(batch, texts):
+                f.write(json.dumps(_score(text, sample, pid, row, condition), ensure_ascii=False) + "\n")
+            f.flush()
+            bar.update(len(batch))
+
+
+def _by_condition(path: Path, conditions: tuple[str, ...]) -> dict[str, list[dict]]:
+    """Every prediction made (this run's and a resumed one's), by image condition."""
+    by_condition: dict[str, list[dict]] = {c: [] for c in conditions}
+    for line in read_text(path).splitlines():
+        record = json.loads(line)
+        by_condition.setdefault(record.get("condition", "normal"), []).append(record)
+    return by_condition
+
+
+def _summarise(by_condition: dict[str, list[dict]], conditions: tuple[str, ...]) -> dict:
+    """metrics.json without its grounding section: the normal condition's metrics, and the diagnostics'
+    accuracy gaps when the run had image conditions."""
+    metrics = compute_metrics(by_condition["normal"])
+    if len(conditions) > 1:
+        metrics["diagnostics"] = _summarise_diagnostics({c: by_condition[c] for c in conditions})
+    return metrics
+
+
 def run_eval(
     model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig, overwrite: bool = False
 ) -> dict:
@@ -155,90 +226,29 @@ def run_eval(
     identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
     check_claim(out, identity, overwrite)
     diagnostics = Diagnostics(data, k=config.context_k) if config.diagnostics else None
-    predictions = out / PREDICTIONS
-    done = set() if overwrite else _done(predictions)
     conditions = ("normal", *(d for d in config.diagnostics if d in IMAGE_DIAGNOSTICS))
-    generator = None
-
-    def get_generator():
-        nonlocal generator
-        if generator is None:
-            path = resolve_model_path(model_name_or_path)  # cached once built (tiny:<arch>)
-            if config.backend == "vllm":
-                images = max(len(r.get("images") or [1]) for _, r in rows)
-                generator = VLLMGenerator(path, max_images=images, prefix_caching=config.reuse_images)
-            else:
-                generator = HFGenerator(path, reuse_images=config.reuse_images)
-        return generator
-
-    todo = [
-        (s, f"{pid}:{c}", row, c)
-        for c in conditions
-        for s in range(config.samples)
-        for pid, row in rows
-        if (f"{pid}:{c}", s) not in done
-    ]
+    generator = functools.cache(functools.partial(_load_generator, model_name_or_path, rows, config))
+    todo = _todo(rows, conditions, config.samples, set() if overwrite else _done(out / PREDICTIONS))
     if todo:
-        get_generator()  # weights that do not load stop the run here, before anything is written
+        generator()  # weights that do not load stop the run here, before anything is written
     if overwrite:
         for name in (*RUN_OUTPUTS, MARKER):
             (out / name).unlink(missing_ok=True)
     claim(out, identity)
     if todo:
-        sampling = config.samples > 1 or config.decoding.do_sample
-        decoding = Decoding(
-            config.decoding.max_new_tokens, sampling, config.decoding.temperature, config.decoding.top_p
-        )
-        with (
-            open(predictions, "a", encoding="utf-8") as f,
-            tqdm(total=len(todo), desc="eval", unit="row") as bar,
-        ):
-            for start in range(0, len(todo), config.batch_size):
-                batch = todo[start : start + config.batch_size]
-                inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
-                seed = mix_seed(config.seed, batch[0][0], start)
-                texts = generator(inputs, decoding, seed)
-                for (sample, pid, row, condition), text in zip(batch, texts):
-                    parsed, format_ok = parse_answer(text, row)
-                    record = {
-                        "prompt_id": pid,
-                        "sample": sample,
-                        "condition": condition,
-                        "completion": text,
-                        "parsed": parsed,
-                        "format_ok": format_ok,
-                        "correct": is_correct(parsed, row),
-                        **{k: row.get(k) for k in ROW_FIELDS},
-                    }
-                    if row["format"] == "open":
-                        record["levenshtein"] = levenshtein_reward([text], solution=[row["solution"]])[0]
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                bar.update(len(batch))
-    by_condition: dict[str, list[dict]] = {c: [] for c in conditions}
-    for line in read_text(predictions).splitlines():
-        record = json.loads(line)
-        by_condition.setdefault(record.get("condition", "normal"), []).append(record)
-    metrics = compute_metrics(by_condition["normal"])
-    if len(conditions) > 1:
-        metrics["diagnostics"] = _summarise_diagnostics({c: by_condition[c] for c in conditions})
+        _predict(generator(), todo, diagnostics, config, out / PREDICTIONS)
+    by_condition = _by_condition(out / PREDICTIONS, conditions)
+    metrics = _summarise(by_condition, conditions)
     if set(config.diagnostics) & set(STEP_DIAGNOSTICS):
         answers = [r for r in by_condition["normal"] if r["sample"] == 0]
         by_pid = {f"{pid}:normal": row for pid, row in rows}
         metrics["grounding"] = run_step_diagnostics(
-            lambda: _hf_model(get_generator(), model_name_or_path), get_generator, diagnostics, by_pid,
-            answers, config, out,
+            lambda: _hf_model(generator(), model_name_or_path), generator, diagnostics, by_pid, answers,
+            config, out,
         )  # fmt: skip
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    accuracy_chart({Path(str(model_name_or_path)).name: metrics}, out / CHART)
-    report = markdown_report(metrics, f"mpcc eval: {model_name_or_path} on {data}")
-    report += _diagnostics_markdown(metrics)
-    if "grounding" in metrics:
-        step_charts(metrics["grounding"], out)
-        report += step_markdown(metrics["grounding"])
-    report += f"\n![accuracy by level and format]({CHART})\n"
-    (out / REPORT).write_text(report, encoding="utf-8")
-    (out / REPORT_HTML).write_text(report_html(report, f"mpcc eval: {Path(str(model_name_or_path)).name}"))
+    name = Path(str(model_name_or_path)).name
+    write_eval_report(metrics, out, f"mpcc eval: {model_name_or_path} on {data}", name)
     logger.info("eval of %s written to %s", model_name_or_path, out)
     return metrics
 
@@ -250,49 +260,6 @@ def _hf_model(generator, model_name_or_path: str):
     return HFGenerator(resolve_model_path(model_name_or_path)).model, generator.processor
 
 
-def _diagnostics_markdown(metrics: dict) -> str:
-    diagnostics = metrics.get("diagnostics")
-    if not diagnostics:
-        return ""
-    lines = [
-        "",
-        "## Visual-reliance diagnostics (accuracy, gap to normal)",
-        "",
-        f"| condition | all | {' | '.join(LEVELS)} |",
-        "|---" * (2 + len(LEVELS)) + "|",
-    ]
-    for condition, d in diagnostics.items():
-        cells = [
-            f"{d['per_level'][lv]:.3f} ({d['gap_per_level'][lv]:+.3f})" if lv in d["per_level"] else "-"
-            for lv in LEVELS
-        ]
-        lines.append(f"| {condition} | {d['accuracy']:.3f} ({d['gap']:+.3f}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:1em auto;max-width:1100px;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;display:block;overflow-x:auto;margin:.5em 0}}
-th,td{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
-th:first-child,td:first-child{{text-align:left}}
-img{{max-width:100%;height:auto}} p{{overflow-wrap:anywhere}}
-</style></head><body>
-{body}</body></html>
-"""
-
-
-def report_html(markdown_text: str, title: str) -> str:
-    """The markdown report as a page a browser shows (tables scroll sideways on a narrow window)."""
-    from markdown_it import MarkdownIt
-
-    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
-    return _PAGE.format(title=html.escape(title), body=body)
-
-
 def read_metrics(run: Path) -> dict:
     """The metrics an `mpcc eval` run wrote, with an error naming the folder when it is not one."""
     try:
@@ -301,8 +268,12 @@ def read_metrics(run: Path) -> dict:
         raise InputError(f"{run}: not an `mpcc eval` output ({METRICS} unreadable: {e})") from e
 
 
-def _accuracy(cell: dict | None) -> str:
-    return f"{cell['accuracy']:.3f}" if cell else "–"
+def compared_metrics(runs: list[Path]) -> dict[str, dict]:
+    """Each run's metrics by label: its folder name, or its whole path when two names are the same (two
+    runs are never merged into one row)."""
+    names = [r.name for r in runs]
+    labels = names if len(set(names)) == len(names) else [str(r) for r in runs]
+    return {label: read_metrics(run) for label, run in zip(labels, runs)}
 
 
 def compare_runs(runs: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
@@ -311,44 +282,5 @@ def compare_runs(runs: list[str | Path], out: str | Path, overwrite: bool = Fals
     out, runs = Path(out), [Path(r) for r in runs]
     check_output(out, overwrite, inputs=runs, kind=COMPARE)
     with staged_output(out, overwrite, kind=COMPARE) as staging:
-        _write_comparison(runs, staging)
-    return out / "compare.md"
-
-
-def _write_comparison(runs: list[Path], out: Path) -> None:
-    names = [r.name for r in runs]
-    labels = names if len(set(names)) == len(names) else [str(r) for r in runs]  # never merge two runs
-    metrics = {label: read_metrics(run) for label, run in zip(labels, runs)}
-    accuracy_chart(metrics, out / CHART)
-    formats = list(dict.fromkeys(f for m in metrics.values() for f in m["per_format"]))
-    lines = ["## Accuracy by format", ""] + table(
-        ("run", *formats, "all", "format compliance", "n"),
-        [
-            (
-                name,
-                *(_accuracy(m["per_format"].get(f)) for f in formats),
-                f"{m['accuracy']:.3f}",
-                f"{m['format_compliance']:.3f}",
-                m["n"],
-            )
-            for name, m in metrics.items()
-        ],
-    )
-    lines += ["## Accuracy by level and format", ""] + table(
-        ("level", "run", *formats, "all"),
-        [
-            (
-                level,
-                name,
-                *(_accuracy(m["per_level_format"].get(level, {}).get(f)) for f in formats),
-                _accuracy(m["per_level"].get(level)),
-            )
-            for level in LEVELS
-            for name, m in metrics.items()
-        ],
-    )
-    lines.append(f"![accuracy by level and format]({CHART})")
-    grounded = {name: m["grounding"] for name, m in metrics.items() if "grounding" in m}
-    if grounded:
-        lines += ["", *compare_grounding(grounded, out)]
-    (out / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_comparison(compared_metrics(runs), staging)
+    return out / COMPARISON

@@ -1,4 +1,5 @@
-"""Eval metrics from scored predictions, broken down the ways MPCC results are read, and their report.
+"""Eval metrics from scored predictions, broken down the ways MPCC results are read (rendered by
+mpcc.reports.eval_report).
 
 Every accuracy comes with its count `n` (records, so rows x samples), because a breakdown cell over a
 handful of rows is noise. Groups with no records are left out rather than reported as 0. With several
@@ -168,90 +169,3 @@ def compute_metrics(records: Sequence[Record], seed: int = 0) -> dict[str, Any]:
     if metrics["samples"] > 1:
         metrics["sampling"] = _sampling(records, seed)
     return metrics
-
-
-# -------------------------------------------------------------------------------------------- report
-
-_YESNO_LABELS = {
-    "yes_on_answer": '"yes" when asked about the answer',
-    "no_on_confusable": '"no" when asked about a confusable category',
-    "no_on_irrelevant": '"no" when asked about an irrelevant category',
-}
-_SPLIT_LABELS = {"in": "in distribution", "out": "out of distribution (held-out categories)"}
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows] + [""]
-
-
-def _num(value: float) -> str:
-    return f"{value:.3f}"
-
-
-def _in_cell(cell: dict[str, Any] | None) -> str:
-    return f"{_num(cell['accuracy'])} (n={cell['n']})" if cell else "–"
-
-
-def markdown_report(metrics: dict[str, Any], title: str) -> str:
-    """The metrics as markdown tables (three decimals, counts beside every rate), readable in a
-    terminal or a pull request."""
-    n = metrics["n"]
-    overall = [
-        ("accuracy", _num(metrics["accuracy"]), n),
-        ("format compliance", _num(metrics["format_compliance"]), n),
-    ]
-    if "sampling" in metrics:
-        s = metrics["sampling"]
-        low, high = s["ci95"]
-        per_sample = [_num(c["accuracy"]) for c in s["per_sample"]], [str(c["n"]) for c in s["per_sample"]]
-        overall.append(
-            (
-                f"mean accuracy over {s['samples']} samples [95% CI]",
-                f"{_num(s['mean'])} [{_num(low)}, {_num(high)}]",
-                n,
-            )
-        )
-        overall.append(("accuracy per sample", ", ".join(per_sample[0]), ", ".join(per_sample[1])))
-    if "open" in metrics:
-        o = metrics["open"]
-        overall.append(("open: exact match", _num(o["exact_match"]), o["n"]))
-        if "levenshtein" in o:
-            overall.append(("open: mean Levenshtein", _num(o["levenshtein"]), o["n_levenshtein"]))
-    lines = [f"# {title}", "", f"{n} records, {metrics['items']} items, {metrics['samples']} sample(s).", ""]
-    lines += ["## Overall", ""] + table(("metric", "value", "n"), overall)
-
-    formats = list(metrics["per_format"])
-    grid = [
-        [level, *(_in_cell(cells.get(f)) for f in formats), _in_cell(metrics["per_level"][level])]
-        for level, cells in metrics["per_level_format"].items()
-    ]
-    grid.append(
-        [
-            "all",
-            *(_in_cell(metrics["per_format"][f]) for f in formats),
-            _in_cell({"accuracy": metrics["accuracy"], "n": n}),
-        ]
-    )
-    lines += ["## Accuracy by level and format", ""] + table(("level", *formats, "all"), grid)
-    lines += ["## By format", ""] + table(
-        ("format", "accuracy", "format compliance", "n"),
-        [
-            (f, _num(c["accuracy"]), _num(c["format_compliance"]), c["n"])
-            for f, c in metrics["per_format"].items()
-        ],
-    )
-    lines += ["## In / out of distribution", ""] + table(
-        ("split", "accuracy", "n"),
-        [(_SPLIT_LABELS.get(k, k), _num(c["accuracy"]), c["n"]) for k, c in metrics["distribution"].items()],
-    )
-    if metrics["yesno_rates"]:
-        lines += ["## Yes/no answers", ""] + table(
-            ("rate", "value", "n"),
-            [(_YESNO_LABELS[k], _num(c["rate"]), c["n"]) for k, c in metrics["yesno_rates"].items()],
-        )
-    lines += ["## By supercategory", ""] + table(
-        ("supercategory", "accuracy", "n"),
-        [(k, _num(c["accuracy"]), c["n"]) for k, c in metrics["per_supercategory"].items()],
-    )
-    return "\n".join(lines)

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mpcc.data.difficulty import LEVELS  # noqa: E402
 
+ACCURACY_CHART = "accuracy.png"  # a run's and a comparison's accuracy_chart
+
 
 def _accuracy(metrics: dict, level: str, fmt: str) -> float:
     cell = metrics.get("per_level_format", {}).get(level, {}).get(fmt)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpcc.errors import InputError
-from mpcc.evaluation.metrics import table
 from mpcc.inputs import read_json
 
 STATE_FILE = "trainer_state.json"
@@ -38,23 +37,22 @@ def generated_reward(history: list[dict]) -> tuple[list[int], list[float]]:
     return curve(history, "prior/generated_reward" if prior else "reward")
 
 
-def _mean(values: list[float]) -> str:
-    return f"{sum(values) / len(values):.3f}" if values else "–"
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
-def learning_table(histories: dict[str, list[dict]], window: int = 10) -> str:
-    """Markdown: per run, the generated samples' mean reward over the first and the last `window` logged
-    steps, and the mean share of groups whose rewards were all equal (no learning signal in GRPO)."""
-    rows = []
+def learning_summary(histories: dict[str, list[dict]], window: int = 10) -> dict:
+    """Per run: the generated samples' mean reward over the first and the last `window` logged steps, and
+    the mean share of groups whose rewards were all equal (no learning signal in GRPO); None when a run
+    logged none. Rendered by `mpcc.reports.learning`."""
+    runs = {}
     for name, history in histories.items():
         _, rewards = generated_reward(history)
         _, flat = curve(history, "frac_reward_zero_std")
-        rows.append((name, _mean(rewards[:window]), _mean(rewards[-window:]), _mean(flat), len(rewards)))
-    header = (
-        "run",
-        f"reward, first {window} logs",
-        f"reward, last {window} logs",
-        "zero-variance groups",
-        "logs",
-    )
-    return "\n".join(table(header, rows))
+        runs[name] = {
+            "reward_first": _mean(rewards[:window]),
+            "reward_last": _mean(rewards[-window:]),
+            "zero_variance_groups": _mean(flat),
+            "logs": len(rewards),
+        }
+    return {"window": window, "runs": runs}

@@ -334,7 +334,7 @@ def uncertainty_report(records: Sequence[dict], coverage: float = 0.9, min_per_h
         interaction = {
             **model.coefficients,
             "heldout_log_loss": model.log_loss(*held_out, ~ok[~in_fit]),
-            "aurc_full_entropy_eval_half": aurc(-h[~in_fit], ok[~in_fit]),  # the same answers, for comparison
+            "aurc_entropy_full_eval_half": aurc(-h[~in_fit], ok[~in_fit]),  # the same answers, for comparison
             "n_fit": n_fit,
             "n_eval": n_eval,
         }
@@ -347,17 +347,17 @@ def uncertainty_report(records: Sequence[dict], coverage: float = 0.9, min_per_h
         "n_fit": n_fit,
         "n_eval": n_eval,
         "aurc": {
-            "full_entropy": aurc(-entropy, correct),
-            "answer_entropy": answer_aurc,
+            "entropy_full": aurc(-entropy, correct),
+            "entropy_answer": answer_aurc,
             "interaction": interaction_aurc,
             "random": float(np.mean(~correct)),
             "oracle": aurc(correct.astype(float), correct),
         },
         "risk_at_coverage": {
             "coverage": coverage,
-            "full_entropy": selective_risk(-entropy, correct, coverage),
+            "entropy_full": selective_risk(-entropy, correct, coverage),
             **veto,
         },
         "interaction": interaction,
-        "curves": {"full_entropy": _curve(-entropy, correct), "answer_entropy": answer_curve},
+        "curves": {"entropy_full": _curve(-entropy, correct), "entropy_answer": answer_curve},
     }
