@@ -30,7 +30,9 @@ from mpcc.generation.generators import conversation
 from mpcc.inputs import read_json
 from mpcc.models import TINY_PREFIX, best_device, load_model, load_processor
 from mpcc.options import option
-from mpcc.outputs import check_inputs, check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.overlap import check_inputs
+from mpcc.outputs.staging import staged_output
 from mpcc.training.record import RUN_FILE, load_run_record
 
 logger = logging.getLogger(__name__)

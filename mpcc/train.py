@@ -29,7 +29,7 @@ from mpcc.models import (
     load_processor,
     resolve_model_path,
 )
-from mpcc.outputs import set_modes
+from mpcc.outputs.modes import set_modes
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
 from mpcc.training.data import check_training_data, load_train_dataset

@@ -17,7 +17,8 @@ import pytest
 
 import mpcc.train
 from mpcc.errors import InputError
-from mpcc.outputs import OutputBusyError, OutputExistsError
+from mpcc.outputs.checks import OutputExistsError
+from mpcc.outputs.locks import OutputBusyError
 from mpcc.training.config import load_recipe
 from mpcc.training.curves import log_history
 from mpcc.training.data import resolve_dataset
@@ -82,7 +83,7 @@ def test_a_second_writer_fails_at_its_start(tmp_path, no_trainer):
     holder = textwrap.dedent(
         f"""
         import sys, time
-        from mpcc.outputs import lock_output
+        from mpcc.outputs.locks import lock_output
         lock = lock_output({str(out)!r})
         print("held", flush=True)
         sys.stdin.read()

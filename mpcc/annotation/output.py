@@ -17,7 +17,8 @@ from mpcc.data.build import SKIPS_FILE, STATS_FILE
 from mpcc.data.render import build_record, write_build_record
 from mpcc.data.schema import ANNOTATED, TRAIN
 from mpcc.errors import ConfigError, InputError
-from mpcc.outputs import check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.staging import staged_output
 
 
 def utc_now() -> str:

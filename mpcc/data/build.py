@@ -51,7 +51,8 @@ from mpcc.data.traces import template_trace
 from mpcc.errors import ConfigError, InputError
 from mpcc.inputs import file_sha256, read_json, read_text
 from mpcc.options import comma_list, option
-from mpcc.outputs import check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.staging import staged_output
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildError, BuildResult, dig
 from mpcc.data.render import build_record, write_build_record
 from mpcc.inputs import read_bytes, read_text
 from mpcc.options import option
-from mpcc.outputs import check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.staging import staged_output
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,11 @@ from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
 from mpcc.models import resolve_model_path
-from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.locks import lock_output
+from mpcc.outputs.marker import MARKER
+from mpcc.outputs.staging import staged_output
+from mpcc.outputs.writing import read_appended
 from mpcc.reports.charts import accuracy_chart
 from mpcc.rewards import levenshtein_reward
 from mpcc.seeds import mix_seed

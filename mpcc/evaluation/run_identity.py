@@ -21,7 +21,9 @@ from mpcc.data.render import BUILD_FILE
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.inputs import file_sha256, read_bytes, read_json
-from mpcc.outputs import check_output, mark_output, write_text_atomic
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.marker import mark_output
+from mpcc.outputs.writing import write_text_atomic
 
 RUN_FILE = "eval_run.json"
 KIND = "eval"  # what its marker records (mpcc.outputs: --overwrite replaces only an output of its kind)

@@ -26,7 +26,10 @@ from transformers import TrainerCallback
 
 from mpcc.errors import InputError
 from mpcc.inputs import read_json
-from mpcc.outputs import OutputExistsError, check_inputs, lock_output, set_modes
+from mpcc.outputs.checks import OutputExistsError
+from mpcc.outputs.locks import lock_output
+from mpcc.outputs.modes import set_modes
+from mpcc.outputs.overlap import check_inputs
 from mpcc.training.curves import STATE_FILE
 from mpcc.training.record import load_run_record
 from mpcc.training.resume import ADAPTER, WEIGHTS

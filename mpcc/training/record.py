@@ -14,7 +14,7 @@ import mpcc
 from mpcc.data.render import BUILD_FILE, build_record
 from mpcc.errors import InputError
 from mpcc.inputs import read_json
-from mpcc.outputs import write_text_atomic
+from mpcc.outputs.writing import write_text_atomic
 from mpcc.training.data import resolve_dataset
 
 RUN_FILE = "mpcc_run.json"
