@@ -25,7 +25,7 @@ from mpcc.data.difficulty import WEIGHTS
 from mpcc.errors import ConfigError, InputError, MissingInputError, MpccError, ValidationError
 from mpcc.evaluation.harness import read_metrics
 from mpcc.evaluation.metrics import markdown_report
-from mpcc.evaluation.run_identity import evaluated, read_run, weights_fingerprint
+from mpcc.evaluation.run_identity import evaluated, weights_fingerprint
 from mpcc.generation.generators import conversation
 from mpcc.inputs import read_json
 from mpcc.models import TINY_PREFIX, best_device, load_model, load_processor
@@ -33,7 +33,8 @@ from mpcc.options import option
 from mpcc.outputs.checks import check_output
 from mpcc.outputs.overlap import check_inputs
 from mpcc.outputs.staging import staged_output
-from mpcc.training.record import RUN_FILE, load_run_record
+from mpcc.records import TRAINING_RUN_FILE, TrainingRun, read_eval_run
+from mpcc.training.record import checkpoint_run
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +165,13 @@ def _same_model(a: str, b: str) -> bool:
     )
 
 
-def check_base(path: Path, base_model: str, record: dict | None) -> None:
+def check_base(path: Path, base_model: str, record: TrainingRun | None) -> None:
     """Refuse a --base-model that is not the base the adapter was trained on (adapter_config.json, and
     mpcc_run.json when there) nor a copy of it; a recorded base that is a path no longer there (it has
     moved) cannot be compared, and is not."""
     recorded = {ADAPTER_FILE: adapter_base(path)}
     if record:
-        recorded[RUN_FILE] = record["model"]["model_name_or_path"]
+        recorded[TRAINING_RUN_FILE] = record.model["model_name_or_path"]
     if any(_same_model(base_model, name) for name in recorded.values()):
         return
     if all(
@@ -279,17 +280,17 @@ PRIOR_KEYS = (
 )  # fmt: skip
 
 
-def _training_section(record: dict | None, step: int | None) -> str:
+def _training_section(record: TrainingRun | None, step: int | None) -> str:
     if record is None:
         return "## Training\n\nNot recorded (the checkpoint's run wrote no `mpcc_run.json`).\n"
-    trainer, model, kind = record["trainer"], record["model"], record["run"]["trainer"]
+    trainer, model, kind = record.trainer, record.model, record.run["trainer"]
     rows = [("trainer", kind), ("model_name_or_path", model["model_name_or_path"])]
     rows += [(k, trainer[k]) for k in TRAINING_KEYS if trainer.get(k) not in (None, -1)]
-    rows += [("freeze_vision_tower", record["run"]["freeze_vision_tower"])]
+    rows += [("freeze_vision_tower", record.run["freeze_vision_tower"])]
     if model.get("use_peft"):
         rows += [(f"LoRA {k[5:]}", model[k]) for k in ("lora_r", "lora_alpha", "lora_dropout")]
         rows += [("LoRA target_modules", model.get("lora_target_modules"))]
-    lines = [f"## Training\n\nmpcc {record['mpcc_version']}, `{kind}` trainer (TRL)"]
+    lines = [f"## Training\n\nmpcc {record.mpcc_version}, `{kind}` trainer (TRL)"]
     lines[0] += f"; exported at step {step}.\n" if step is not None else ".\n"
     lines.append(_table(rows))
     if kind != "sft":
@@ -315,25 +316,24 @@ def _training_section(record: dict | None, step: int | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _data_section(record: dict | None) -> str:
-    dataset = (record or {}).get("dataset") or {}
-    build = dataset.get("build")
+def _data_section(record: TrainingRun | None) -> str:
+    build = record.dataset.build if record else None
     if build is None:
-        where = f" `{dataset['path']}`" if dataset.get("path") else ""
+        where = f" `{record.dataset.path}`" if record else ""
         return f"## Data\n\nTraining data{where}: no mpcc build record (`mpcc_build.json`) was found.\n"
-    config, mask = build["config"], build["config"]["mask"]
-    low, high = build["thresholds"]
+    config, mask = build.config, build.mask
+    low, high = build.thresholds
     ood = ", ".join(config["ood_categories"]) or "none"
     ease = " + ".join(f"{w:g} x {k}" for k, w in WEIGHTS.items())
     rows = [
-        ("source annotations", Path(build["annotations"]).name),
-        ("rows", build["num_rows"]),
-        ("rows per level", ", ".join(f"{k} {v}" for k, v in build["rows_per_level"].items())),
+        ("source annotations", Path(build.annotations).name),
+        ("rows", build.num_rows),
+        ("rows per level", ", ".join(f"{k} {v}" for k, v in build.rows_per_level.items())),
         ("masking", f"{mask['mode']}, fill {mask['fill']}, dilate {mask['dilate_px']} px / "
          f"{mask['dilate_frac']:g}, feather {mask['feather']:g}"),
         ("reasoning traces", "template traces" if config["template_traces"] else "as annotated"),
-        ("prompt version", build["prompt_version"]),
-        ("seed", config["seed"]),
+        ("prompt version", build.prompt_version),
+        ("seed", build.seed),
     ]  # fmt: skip
     return (
         "## Data\n\nAn `mpcc prepare train` build (COCO format -> one hidden object per row).\n\n"
@@ -349,14 +349,14 @@ def _data_section(record: dict | None) -> str:
 def evaluation(run: Path, checkpoint: Path, bases: list[str]) -> dict:
     """The metrics of the eval `run` and the model it evaluated: the checkpoint, else one of its `bases`;
     an eval of another model is refused (its metrics would describe another model)."""
-    metrics, identity = read_metrics(run), read_run(run)
+    metrics, identity = read_metrics(run), read_eval_run(run)
     if evaluated(identity, checkpoint):
-        return {"metrics": metrics, "model": identity["model"], "base": False}
+        return {"metrics": metrics, "model": identity.model, "base": False}
     for base in bases:
         if evaluated(identity, base):
             return {"metrics": metrics, "model": base, "base": True}
     raise InputError(
-        f"--eval-run {run} evaluated {identity.get('model')}, not {checkpoint} (nor its base "
+        f"--eval-run {run} evaluated {identity.model}, not {checkpoint} (nor its base "
         f"{' / '.join(bases) or 'unknown'}): pass an `mpcc eval` of this checkpoint or of its base"
     )
 
@@ -406,7 +406,7 @@ def base_license(base: str) -> str | None:
 
 
 def model_card(
-    record: dict | None,
+    record: TrainingRun | None,
     base: str,
     adapter_only: bool,
     merged: bool,
@@ -417,7 +417,7 @@ def model_card(
 ) -> ModelCard:
     """README.md with Hub metadata: what the weights are, how they were trained, on what, and results
     (`evaluation`: from `evaluation`, naming the model evaluated)."""
-    kind = record["run"]["trainer"] if record else None
+    kind = record.run["trainer"] if record else None
     license = license or base_license(base) or "other"
     data = ModelCardData(
         license=license,
@@ -485,12 +485,12 @@ def export(
         raise ConfigError(
             f"{checkpoint}: --merge-lora / --base-model apply to LoRA adapters, not to a {kind} checkpoint"
         )
-    record = load_run_record(checkpoint)
+    record = checkpoint_run(checkpoint)
     if base_model:
         check_base(checkpoint, base_model, record)
     base = adapter_base(checkpoint, base_model) if kind == "adapter" else None
     check_inputs(out, (base,))  # the base an adapter names, when it is a local folder
-    card_base = (record or {}).get("model", {}).get("model_name_or_path") or base or "unknown"
+    card_base = (record.model.get("model_name_or_path") if record else None) or base or "unknown"
     bases = list(dict.fromkeys(b for b in (card_base, base) if b and b != "unknown"))
     evaluated_by = evaluation(Path(eval_run), checkpoint, bases) if eval_run else None
     processor = checkpoint_processor(checkpoint, base)

@@ -206,9 +206,9 @@ def test_the_record_written_at_start_holds_the_reward_weights(tmp_path):
     (export's model card reads them)."""
     recipe = str(Path(SFT).with_name("grpo_prior.yaml"))
     record = run_record(*load_recipe(recipe, ["--output_dir", str(tmp_path), "--rewards", "paper"]))
-    assert record["trainer"]["reward_weights"] == [1.0, 1.0]
+    assert record.trainer["reward_weights"] == [1.0, 1.0]
     record = run_record(*load_recipe(recipe, ["--output_dir", str(tmp_path)]))
-    assert record["trainer"]["reward_weights"] == [0.5, 1.0, 0.5]  # the default preset
+    assert record.trainer["reward_weights"] == [0.5, 1.0, 0.5]  # the default preset
 
 
 def test_an_unwritable_output_dir_is_one_line(tmp_path, capsys):

@@ -26,7 +26,6 @@ from safetensors.torch import load_file
 
 from mpcc import train
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
-from mpcc.data.render import BUILD_FILE
 from mpcc.launch import (
     Allocation,
     accelerate_args,
@@ -38,6 +37,7 @@ from mpcc.launch import (
     vllm_node,
     vllm_serve_args,
 )
+from mpcc.records import BUILD_FILE
 from mpcc.training.curves import log_history
 from mpcc.training.preemption import PreemptionCallback
 

@@ -25,8 +25,9 @@ from mpcc.annotation.prompts import PROMPT_VERSION, teacher_messages
 from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
 from mpcc.annotation.teachers import Request, TeacherError, one_line, too_long
 from mpcc.annotation.verify import verify
-from mpcc.data.render import build_record, load_dataset
+from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
+from mpcc.records import read_build
 from mpcc.seeds import mix_seed
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def annotate(
     rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
     if len({r["ann_id"] for r in rows}) != len(rows):
         raise InputError(f"{source}: ann_id is not unique; a train build has one row per hidden object")
-    fill = build_record(source)["config"]["mask"]["fill"]
+    fill = read_build(source).fill
 
     def requests(todo: list[int], attempt: int):
         for i in todo:

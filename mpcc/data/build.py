@@ -3,7 +3,8 @@
 Planning (targets, context, options, difficulty) is cheap and runs in one process over annotation
 records. Rendering (decode image, decode mask, paint, encode losslessly) runs in a process pool, one
 task per image, in order, so output bytes do not depend on the number of processes. Lazy builds
-store no pixels: `mpcc.data.render.load_dataset` renders them on access.
+store no pixels: `mpcc.data.render.load_dataset` renders them on access. The build's record is
+mpcc.records.BuildRecord.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from mpcc.data.cooccurrence import CooccurrenceStats, rank_score, save_stats
 from mpcc.data.difficulty import LEVELS, difficulty_score, level, level_thresholds
 from mpcc.data.masking import MaskSpec, segmentation_to_rle
 from mpcc.data.mpcc_eval import EvalItem, read_items
-from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, target_seed, write_build_record
+from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, target_seed
 from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig, select_targets
 from mpcc.data.traces import template_trace
@@ -53,6 +54,7 @@ from mpcc.inputs import file_sha256, read_json, read_text
 from mpcc.options import comma_list, option
 from mpcc.outputs.checks import check_output
 from mpcc.outputs.staging import staged_output
+from mpcc.records import BuildRecord, json_values, write_build
 
 logger = logging.getLogger(__name__)
 
@@ -701,21 +703,20 @@ def build(
             report.counts(),
             the_plan.thresholds,
         )
-        record = {
-            "config": asdict(config),
-            "annotations": str(source.annotations_path.resolve()),
-            "images_dir": str(Path(images_dir).resolve()),
-            "input_sha256": input_sha256,
-            "images_digest": digest_sum(tally.images),
-            "prompt_version": prompts.PROMPT_VERSION,
-            "num_rows": result.num_rows,
-            "rows_per_level": result.rows_per_level,
-            "rejected": result.rejected,
-            "skipped": result.skipped,
-            "thresholds": list(the_plan.thresholds),
-        }
-        if config.shard is not None:
-            record["plan_skips"] = plan_skips
-        write_build_record(staged, record)
+        record = BuildRecord(
+            config=json_values(asdict(config)),
+            annotations=str(source.annotations_path.resolve()),
+            images_dir=str(Path(images_dir).resolve()),
+            input_sha256=input_sha256,
+            images_digest=digest_sum(tally.images),
+            prompt_version=prompts.PROMPT_VERSION,
+            num_rows=result.num_rows,
+            rows_per_level=result.rows_per_level,
+            rejected=result.rejected,
+            skipped=result.skipped,
+            thresholds=list(the_plan.thresholds),
+            plan_skips=plan_skips if config.shard is not None else None,
+        )
+        write_build(staged, record)
     logger.info("wrote %d rows to %s; %s", result.num_rows, out, report.summary())
     return result

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from mpcc.data import prompts
 from mpcc.data.difficulty import LEVELS
-from mpcc.data.render import BUILD_FILE, build_record, load_dataset
+from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
 from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConfig
@@ -27,7 +27,7 @@ from mpcc.evaluation.grounding.runner import compare as compare_grounding
 from mpcc.evaluation.grounding.runner import markdown as step_markdown
 from mpcc.evaluation.metrics import compute_metrics, markdown_report, table
 from mpcc.evaluation.parsing import is_correct, parse_answer
-from mpcc.evaluation.run_identity import RUN_FILE, check_claim, claim, run_identity
+from mpcc.evaluation.run_identity import check_claim, claim, run_identity
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
@@ -37,6 +37,7 @@ from mpcc.outputs.locks import lock_output
 from mpcc.outputs.marker import MARKER
 from mpcc.outputs.staging import staged_output
 from mpcc.outputs.writing import read_appended
+from mpcc.records import BUILD_FILE, EVAL_RUN_FILE, read_build
 from mpcc.reports.charts import accuracy_chart
 from mpcc.rewards import levenshtein_reward
 from mpcc.seeds import mix_seed
@@ -55,7 +56,7 @@ RUN_OUTPUTS = (
     CHART,
     EVIDENCE_CHART,
     RISK_CHART,
-    RUN_FILE,
+    EVAL_RUN_FILE,
 )
 ROW_FIELDS = (
     "item_id",
@@ -97,7 +98,7 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
         raise InputError(
             f"{data}: not an eval build (no `item_id` column); build one with `mpcc prepare eval`"
         )
-    fill = build_record(data)["config"]["mask"]["fill"]
+    fill = read_build(data).fill
     formats, items = dataset["format"], dataset["item_id"]
     keep_items = list(dict.fromkeys(items))[: config.limit] if config.limit is not None else None
     wanted = set(keep_items) if keep_items is not None else None

@@ -20,14 +20,14 @@ concern.
   command starts and when the staging directory is renamed (the rename itself refuses a file, a symlink
   or a non-empty directory, so nothing written meanwhile is lost). With `overwrite`, it may also be a
   previous mpcc output: a directory (not a symlink) holding one of `marker.PREVIOUS_OUTPUT_FILES` (the
-  marker; `mpcc_build.json`: builds; `eval_run.json`: eval runs; `mpcc_run.json`: training outputs).
-  A command that names its `kind` (eval, compare, export) replaces only an output of that kind: the
-  marker records the kind, the records above stand for theirs, and a marker without one (written before
-  kinds were recorded) stands for any. Anything else (a file, a symlink, another directory) is refused
-  and left alone; outputs written before the marker existed without one of those records (exports) are
-  removed by hand. The old output is renamed aside (`.{name}.old.XXXXXXXX`), the new one renamed in,
-  then the old one deleted: an exception in between puts the old one back, a kill leaves it aside (the
-  next run warns), never neither.
+  marker, or one of the records of mpcc.records: a build's, an eval run's, a training run's). A command
+  that names its `kind` (eval, compare, export) replaces only an output of that kind: the marker records
+  the kind, the records stand for theirs, and a marker without one (written before kinds were recorded)
+  stands for any. Anything else (a file, a symlink, another directory) is refused and left alone;
+  outputs written before the marker existed without one of those records (exports) are removed by hand.
+  The old output is renamed aside (`.{name}.old.XXXXXXXX`), the new one renamed in, then the old one
+  deleted: an exception in between puts the old one back, a kill leaves it aside (the next run warns),
+  never neither.
 * One writer (`locks`). Writing `out` takes an exclusive `flock` on `.{name}.lock` beside it (the file
   goes when the lock is released; a kill releases it too). `checks.check_output` checks that no other
   process holds it, so a second writer fails at its start; `staging.staged_output` holds it from before

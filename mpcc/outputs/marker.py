@@ -12,10 +12,9 @@ from pathlib import Path
 
 import mpcc
 from mpcc.inputs import read_json
+from mpcc.records import RECORD_KINDS
 
 MARKER = ".mpcc-output"
-# The records that make a folder an mpcc output, and the kind of output each stands for.
-RECORD_KINDS = {"mpcc_build.json": "prepare", "eval_run.json": "eval", "mpcc_run.json": "train"}
 # What makes a folder a previous mpcc output, which --overwrite may replace: the marker or a record.
 PREVIOUS_OUTPUT_FILES = (MARKER, *RECORD_KINDS)
 
