@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mpcc.errors import ConfigError, run_command
 from mpcc.options import add_options, parse_options
-from mpcc.outputs import check_inputs, option_inputs
+from mpcc.outputs.overlap import check_inputs, option_inputs
 
 
 @dataclass(frozen=True)

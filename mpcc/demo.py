@@ -22,13 +22,13 @@ from mpcc.annotation.importing import import_traces
 from mpcc.data.answer_options import FORMATS
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
-from mpcc.data.render import BUILD_FILE
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import METRICS, compare_runs, compared_metrics, run_eval
 from mpcc.export import export
 from mpcc.generation.decoding import Decoding
 from mpcc.options import option
+from mpcc.records import BUILD_FILE
 from mpcc.reports.charts import ACCURACY_CHART, reward_curve_chart
 from mpcc.reports.compare import COMPARISON, accuracy_by_format
 from mpcc.reports.eval_report import REPORT_HTML

@@ -23,14 +23,17 @@ from PIL import Image
 from mpcc.data import prompts
 from mpcc.errors import ConfigError, InputError, MissingInputError, MpccError, ValidationError
 from mpcc.evaluation.harness import read_metrics
-from mpcc.evaluation.run_identity import evaluated, read_run, weights_fingerprint
+from mpcc.evaluation.run_identity import evaluated, weights_fingerprint
 from mpcc.generation.generators import conversation
 from mpcc.inputs import read_json
 from mpcc.models import TINY_PREFIX, best_device, load_model, load_processor
 from mpcc.options import option
-from mpcc.outputs import check_inputs, check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.overlap import check_inputs
+from mpcc.outputs.staging import staged_output
+from mpcc.records import TRAINING_RUN_FILE, TrainingRun, read_eval_run
 from mpcc.reports.model_card import card_text
-from mpcc.training.record import RUN_FILE, load_run_record
+from mpcc.training.record import checkpoint_run
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +150,13 @@ def _same_model(a: str, b: str) -> bool:
     )
 
 
-def check_base(path: Path, base_model: str, record: dict | None) -> None:
+def check_base(path: Path, base_model: str, record: TrainingRun | None) -> None:
     """Refuse a --base-model that is not the base the adapter was trained on (adapter_config.json, and
     mpcc_run.json when there) nor a copy of it; a recorded base that is a path no longer there (it has
     moved) cannot be compared, and is not."""
     recorded = {ADAPTER_FILE: adapter_base(path)}
     if record:
-        recorded[RUN_FILE] = record["model"]["model_name_or_path"]
+        recorded[TRAINING_RUN_FILE] = record.model["model_name_or_path"]
     if any(_same_model(base_model, name) for name in recorded.values()):
         return
     if all(
@@ -250,14 +253,14 @@ def validate(
 def evaluation(run: Path, checkpoint: Path, bases: list[str]) -> dict:
     """The metrics of the eval `run` and the model it evaluated: the checkpoint, else one of its `bases`;
     an eval of another model is refused (its metrics would describe another model)."""
-    metrics, identity = read_metrics(run), read_run(run)
+    metrics, identity = read_metrics(run), read_eval_run(run)
     if evaluated(identity, checkpoint):
-        return {"metrics": metrics, "model": identity["model"], "base": False}
+        return {"metrics": metrics, "model": identity.model, "base": False}
     for base in bases:
         if evaluated(identity, base):
             return {"metrics": metrics, "model": base, "base": True}
     raise InputError(
-        f"--eval-run {run} evaluated {identity.get('model')}, not {checkpoint} (nor its base "
+        f"--eval-run {run} evaluated {identity.model}, not {checkpoint} (nor its base "
         f"{' / '.join(bases) or 'unknown'}): pass an `mpcc eval` of this checkpoint or of its base"
     )
 
@@ -276,7 +279,7 @@ def base_license(base: str) -> str | None:
 
 
 def model_card(
-    record: dict | None,
+    record: TrainingRun | None,
     base: str,
     adapter_only: bool,
     merged: bool,
@@ -285,9 +288,9 @@ def model_card(
     license: str | None = None,
     step: int | None = None,
 ) -> ModelCard:
-    """README.md: the Hub metadata over the card's text (mpcc.reports.model_card: what the weights are, how
-    they were trained, on what, and results; `evaluation`: from `evaluation`, naming the model evaluated)."""
-    kind = record["run"]["trainer"] if record else None
+    """README.md with Hub metadata: what the weights are, how they were trained, on what, and results
+    (`evaluation`: from `evaluation`, naming the model evaluated)."""
+    kind = record.run["trainer"] if record else None
     license = license or base_license(base) or "other"
     data = ModelCardData(
         license=license,
@@ -341,12 +344,12 @@ def export(
         raise ConfigError(
             f"{checkpoint}: --merge-lora / --base-model apply to LoRA adapters, not to a {kind} checkpoint"
         )
-    record = load_run_record(checkpoint)
+    record = checkpoint_run(checkpoint)
     if base_model:
         check_base(checkpoint, base_model, record)
     base = adapter_base(checkpoint, base_model) if kind == "adapter" else None
     check_inputs(out, (base,))  # the base an adapter names, when it is a local folder
-    card_base = (record or {}).get("model", {}).get("model_name_or_path") or base or "unknown"
+    card_base = (record.model.get("model_name_or_path") if record else None) or base or "unknown"
     bases = list(dict.fromkeys(b for b in (card_base, base) if b and b != "unknown"))
     evaluated_by = evaluation(Path(eval_run), checkpoint, bases) if eval_run else None
     processor = checkpoint_processor(checkpoint, base)

@@ -43,7 +43,9 @@ import mpcc
 from mpcc.errors import ConfigError, InputError, MissingInputError, UnreadableInputError
 from mpcc.inputs import read_json
 from mpcc.options import option
-from mpcc.outputs import MARKER, check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.marker import MARKER
+from mpcc.outputs.staging import staged_output
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from mpcc.models import (
     load_processor,
     resolve_model_path,
 )
-from mpcc.outputs import set_modes
+from mpcc.outputs.modes import set_modes
+from mpcc.records import write_training_run
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import load_recipe
 from mpcc.training.data import check_training_data, load_train_dataset
@@ -44,7 +45,7 @@ from mpcc.training.output_dir import (
 )
 from mpcc.training.preemption import PreemptionCallback
 from mpcc.training.prior import PriorSamplingGRPOTrainer
-from mpcc.training.record import run_record, save_run_record
+from mpcc.training.record import run_record
 from mpcc.training.sft import MpccSFTTrainer
 
 logger = logging.getLogger("mpcc.train")
@@ -155,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     # the output_dir is this run's (held until training ends); the main process first: it builds data
     with train_args.main_process_first(desc="output_dir and data"):
         record = run_record(run, train_args, model_args)
-        inputs = (record["dataset"]["path"], model_args.model_name_or_path)
+        inputs = (record.dataset.path, model_args.model_name_or_path)
         lock, same_run = claim(train_args.output_dir, record, run.overwrite_output_dir, main_process, inputs)
         if main_process and not same_run:  # beside the checkpoints, for `mpcc export`
-            save_run_record(train_args.output_dir, record)
+            write_training_run(train_args.output_dir, record)
     checkpoint = resume_checkpoint(train_args, same_run)
     out = train_args.output_dir
     if checkpoint is not None and not has_steps_left(out, checkpoint, train_args.max_steps):

@@ -25,11 +25,12 @@ from mpcc.data.answer_options import LETTERS
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import MaskSpec
-from mpcc.data.render import BUILD_FILE, target_seed
+from mpcc.data.render import target_seed
 from mpcc.data.schema import COMMON, EVAL, TRAIN
 from mpcc.data.selection import DEFAULT_OOD
 from mpcc.data.traces import template_trace
 from mpcc.errors import ConfigError
+from mpcc.records import BUILD_FILE
 from mpcc.rewards import (
     exact_match_reward,
     levenshtein_reward,

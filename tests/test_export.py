@@ -26,11 +26,12 @@ from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.run_identity import weights_fingerprint
 from mpcc.generation.generators import conversation
 from mpcc.models import load_model, load_processor, resolve_model_path
+from mpcc.records import TRAINING_RUN_FILE
 from mpcc.rewards import resolve_rewards
 from mpcc.train import main as train
 from mpcc.training.config import load_recipe
 from mpcc.training.data import resolve_dataset
-from mpcc.training.record import RUN_FILE, run_record
+from mpcc.training.record import run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT = ROOT / "recipes" / "tiny" / "sft.yaml"
@@ -99,11 +100,11 @@ def _metrics_run(path: Path, model: str | Path) -> Path:
 
 
 def test_training_records_its_settings(full_run, lora_run):
-    record = json.loads((full_run / RUN_FILE).read_text())
+    record = json.loads((full_run / TRAINING_RUN_FILE).read_text())
     assert record["run"]["trainer"] == "sft" and record["trainer"]["max_steps"] == 2
     assert record["trainer"]["hub_token"] == "<HUB_TOKEN>"  # transformers' masking of secrets
     assert record["dataset"]["build"]["config"]["split"] == "train"
-    assert json.loads((lora_run / RUN_FILE).read_text())["model"]["lora_r"] == 4
+    assert json.loads((lora_run / TRAINING_RUN_FILE).read_text())["model"]["lora_r"] == 4
 
 
 def test_card_describes_grpo_with_prior_sampling(tmp_path_factory, monkeypatch):
@@ -113,7 +114,7 @@ def test_card_describes_grpo_with_prior_sampling(tmp_path_factory, monkeypatch):
         ROOT / "recipes" / "grpo_prior.yaml", ["--dataset_path", "synthetic:tiny", "--use_cpu", "true"]
     )
     args.reward_weights = resolve_rewards(args.rewards)[1]  # as build_trainer sets them
-    record = json.loads(json.dumps(run_record(run, args, model_args), default=str))
+    record = run_record(run, args, model_args)
     card = mpcc.export.model_card(
         record, model_args.model_name_or_path, False, False, None, "me/m", "apache-2.0"
     )
@@ -157,7 +158,7 @@ def test_full_finetune_checkpoint(full_run, tmp_path, capsys):
     usage = text[text.index("## Usage") :]
     assert "AutoProcessor.from_pretrained" in usage and "mpcc" not in usage.split("```")[1]
     assert "`sft` trainer" in text and "| learning_rate | `0.005` |" in text
-    build = json.loads((full_run / RUN_FILE).read_text())["dataset"]["build"]
+    build = json.loads((full_run / TRAINING_RUN_FILE).read_text())["dataset"]["build"]
     assert f"masking | `{build['config']['mask']['mode']}, fill black" in text
     assert f"{build['thresholds'][0]:.4f} / {build['thresholds'][1]:.4f}" in text
     assert ", ".join(build["config"]["ood_categories"]) in text
@@ -369,7 +370,7 @@ def test_zero3_shards(tmp_path, tmp_path_factory, capsys):
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     checkpoint, gathered = run / "checkpoint-2", tmp_path / "gathered"
-    assert (checkpoint / "latest").is_file() and (run / RUN_FILE).is_file()
+    assert (checkpoint / "latest").is_file() and (run / TRAINING_RUN_FILE).is_file()
     shutil.copytree(checkpoint, gathered, ignore=shutil.ignore_patterns("global_step*", "latest"))
     (checkpoint / "model.safetensors").unlink()
 

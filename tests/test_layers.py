@@ -15,8 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpcc"
 LAYERS = (
     ("mpcc", "mpcc.errors", "mpcc.text", "mpcc.seeds"),
     ("mpcc.inputs", "mpcc.options"),
-    ("mpcc.outputs", "mpcc.recipes", "mpcc.rewards"),
-    ("mpcc.data", "mpcc.records"),
+    ("mpcc.outputs.writing", "mpcc.recipes", "mpcc.rewards"),
+    ("mpcc.records",),  # written atomically; the output checks name outputs by their records
+    ("mpcc.outputs",),
+    ("mpcc.data",),
     ("mpcc.models",),
     ("mpcc.generation", "mpcc.reports"),
     ("mpcc.training", "mpcc.evaluation", "mpcc.annotation"),

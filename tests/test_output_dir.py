@@ -17,7 +17,8 @@ import pytest
 
 import mpcc.train
 from mpcc.errors import InputError
-from mpcc.outputs import OutputBusyError, OutputExistsError
+from mpcc.outputs.checks import OutputExistsError
+from mpcc.outputs.locks import OutputBusyError
 from mpcc.training.config import load_recipe
 from mpcc.training.curves import log_history
 from mpcc.training.data import resolve_dataset
@@ -82,7 +83,7 @@ def test_a_second_writer_fails_at_its_start(tmp_path, no_trainer):
     holder = textwrap.dedent(
         f"""
         import sys, time
-        from mpcc.outputs import lock_output
+        from mpcc.outputs.locks import lock_output
         lock = lock_output({str(out)!r})
         print("held", flush=True)
         sys.stdin.read()
@@ -205,9 +206,9 @@ def test_the_record_written_at_start_holds_the_reward_weights(tmp_path):
     (export's model card reads them)."""
     recipe = str(Path(SFT).with_name("grpo_prior.yaml"))
     record = run_record(*load_recipe(recipe, ["--output_dir", str(tmp_path), "--rewards", "paper"]))
-    assert record["trainer"]["reward_weights"] == [1.0, 1.0]
+    assert record.trainer["reward_weights"] == [1.0, 1.0]
     record = run_record(*load_recipe(recipe, ["--output_dir", str(tmp_path)]))
-    assert record["trainer"]["reward_weights"] == [0.5, 1.0, 0.5]  # the default preset
+    assert record.trainer["reward_weights"] == [0.5, 1.0, 0.5]  # the default preset
 
 
 def test_an_unwritable_output_dir_is_one_line(tmp_path, capsys):

@@ -17,15 +17,11 @@ import pytest
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, BuildError, build
 from mpcc.errors import InputError, MpccError
-from mpcc.outputs import (
-    MARKER,
-    OutputBusyError,
-    OutputExistsError,
-    check_output,
-    lock_output,
-    staged_output,
-    write_text_atomic,
-)
+from mpcc.outputs.checks import OutputExistsError, check_output
+from mpcc.outputs.locks import OutputBusyError, lock_output
+from mpcc.outputs.marker import MARKER
+from mpcc.outputs.staging import staged_output
+from mpcc.outputs.writing import write_text_atomic
 
 
 def _names(folder) -> list[str]:
@@ -302,7 +298,7 @@ def test_prepare_overwrite_keeps_a_folder_that_appeared_during_the_build(
 
 
 def test_a_replacement_interrupted_between_its_renames_puts_the_old_output_back(tmp_path, monkeypatch):
-    import mpcc.outputs
+    import mpcc.outputs.staging
 
     out = tmp_path / "out"
     with staged_output(out) as staging:
@@ -316,7 +312,7 @@ def test_a_replacement_interrupted_between_its_renames_puts_the_old_output_back(
             raise KeyboardInterrupt
         rename(src, dst)
 
-    monkeypatch.setattr(mpcc.outputs.os, "rename", interrupted)
+    monkeypatch.setattr(mpcc.outputs.staging.os, "rename", interrupted)
     with pytest.raises(KeyboardInterrupt), staged_output(out, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
     assert calls[0][0] == "out" and calls[0][1].startswith(".out.old.") and calls[2] == (calls[0][1], "out")
@@ -327,7 +323,7 @@ def test_a_replacement_interrupted_between_its_renames_puts_the_old_output_back(
 # with SIGKILL ("kill"), or waits without taking the lock, as a cache writer ("cache").
 HOLDER = """
 import os, signal, sys
-from mpcc.outputs import staged_output
+from mpcc.outputs.staging import staged_output
 out, mode = sys.argv[1], sys.argv[2]
 with staged_output(out, first_wins=mode == "cache") as staging:
     (staging / "weights.bin").write_bytes(b"w" * 1000)
@@ -500,7 +496,7 @@ def test_tiny_model_output_is_staged_and_never_replaces_user_files(tmp_path):
 def test_an_appended_file_cut_by_a_kill_keeps_its_complete_records(tmp_path):
     """The predictions and grounding files are appended to as a run goes: a line cut by a kill is
     dropped from the file, so the next record appended starts on its own line and reads back."""
-    from mpcc.outputs import read_appended
+    from mpcc.outputs.writing import read_appended
 
     path = tmp_path / "records.jsonl"
     path.write_text('{"id": 1}\n{"id": 2}\n[3]\n{"other": 4}\n{"id": 5, "ha')

@@ -15,10 +15,11 @@ from mpcc.cli import main as cli_main
 from mpcc.data.build import BuildConfig, BuildError, build
 from mpcc.errors import ConfigError, InputError
 from mpcc.models import load_model
+from mpcc.records import write_training_run
 from mpcc.training.config import load_recipe
 from mpcc.training.data import load_train_dataset
 from mpcc.training.output_dir import COMPLETE
-from mpcc.training.record import run_record, save_run_record
+from mpcc.training.record import run_record
 
 RECIPE = "tiny/grpo"  # no accelerate_config: `mpcc train` runs it in this process
 
@@ -159,7 +160,7 @@ def test_resuming_from_a_truncated_checkpoint_fails_before_anything_loads(
     tiny_model, tmp_path, no_trainer, resume
 ):
     out = tmp_path / "run"
-    save_run_record(out, run_record(*load_recipe(RECIPE, ["--output_dir", str(out)])))  # this run's folder
+    write_training_run(out, run_record(*load_recipe(RECIPE, ["--output_dir", str(out)])))  # this run's folder
     _truncated_copy(tiny_model, out / "checkpoint-1")
     weights, _ = _truncated_copy(tiny_model, out / "checkpoint-2")  # the newest one is resumed from
     for checkpoint in ("checkpoint-1", "checkpoint-2"):  # saves that finished: the file was cut later

@@ -12,8 +12,8 @@ from datasets import load_from_disk
 
 from mpcc.cli import main
 from mpcc.data.build import SKIPS_FILE, STATS_FILE, BuildConfig, BuildError, build, parse_shard
-from mpcc.data.render import BUILD_FILE
 from mpcc.data.shards import merge_shards
+from mpcc.records import BUILD_FILE
 
 
 def _assert_same_build(merged, whole, shards: int) -> None:

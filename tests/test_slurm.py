@@ -26,7 +26,6 @@ from safetensors.torch import load_file
 
 from mpcc import train
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
-from mpcc.data.render import BUILD_FILE
 from mpcc.errors import ConfigError
 from mpcc.launch import (
     Allocation,
@@ -39,6 +38,7 @@ from mpcc.launch import (
     vllm_node,
     vllm_serve_args,
 )
+from mpcc.records import BUILD_FILE
 from mpcc.training.config import load_recipe
 from mpcc.training.curves import log_history
 from mpcc.training.preemption import PreemptionCallback

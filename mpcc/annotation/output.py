@@ -9,15 +9,16 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mpcc.data.build import SKIPS_FILE, STATS_FILE
-from mpcc.data.render import build_record, write_build_record
 from mpcc.data.schema import ANNOTATED, TRAIN
 from mpcc.errors import ConfigError, InputError
-from mpcc.outputs import check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.staging import staged_output
+from mpcc.records import read_build, write_build
 
 
 def utc_now() -> str:
@@ -88,8 +89,7 @@ def tally(results: Sequence[RowResult]) -> dict:
 
 def check_paths(source: Path, out: Path, overwrite: bool) -> None:
     """Fail before any work: the source must be a train build; `out` must be new (or --overwrite)."""
-    record = build_record(source)
-    if record.get("config", {}).get("split") != "train":
+    if read_build(source).split != "train":
         raise InputError(f"{source}: not a train build (traces are for `mpcc prepare train` builds)")
     if Path(out).resolve() == Path(source).resolve():
         raise ConfigError(f"{out}: the output must not be the source dataset")
@@ -123,9 +123,7 @@ def write_annotated(
         dataset = dataset.add_column(name, [r[name] for r in per_row], feature=feature)
     with staged_output(out, overwrite) as staged:
         dataset.save_to_disk(str(staged))
-        record = build_record(source)
-        record.update(num_rows=len(dataset), annotation=summary)
-        write_build_record(staged, record)
+        write_build(staged, replace(read_build(source), num_rows=len(dataset), annotation=summary))
         for name in (STATS_FILE, SKIPS_FILE):
             if (source / name).is_file():
                 shutil.copy2(source / name, staged / name)

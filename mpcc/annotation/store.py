@@ -18,12 +18,12 @@ from mpcc.inputs import read_bytes, read_json
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_FILE, RUN_FILE = "progress.jsonl", "run.json"
+PROGRESS_FILE, PROGRESS_RUN_FILE = "progress.jsonl", "run.json"
 
 
 def check_run(work_dir: Path, run: dict) -> None:
     """Create `work_dir` for `run`, or check that the progress already there was made for the same run."""
-    file = work_dir / RUN_FILE
+    file = work_dir / PROGRESS_RUN_FILE
     if file.is_file():
         saved = read_json(file)
         differ = {key: (saved.get(key), value) for key, value in run.items() if saved.get(key) != value}

@@ -3,7 +3,8 @@
 Planning (targets, context, options, difficulty) is cheap and runs in one process over annotation
 records. Rendering (decode image, decode mask, paint, encode losslessly) runs in a process pool, one
 task per image, in order, so output bytes do not depend on the number of processes. Lazy builds
-store no pixels: `mpcc.data.render.load_dataset` renders them on access.
+store no pixels: `mpcc.data.render.load_dataset` renders them on access. The build's record is
+mpcc.records.BuildRecord.
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ from mpcc.data.cooccurrence import CooccurrenceStats, rank_score, save_stats
 from mpcc.data.difficulty import LEVELS, difficulty_score, level, level_thresholds
 from mpcc.data.masking import MaskSpec, segmentation_to_rle
 from mpcc.data.mpcc_eval import EvalItem, read_items
-from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, target_seed, write_build_record
+from mpcc.data.render import IMAGE_FORMATS, encode, render_targets, target_seed
 from mpcc.data.schema import features
 from mpcc.data.selection import DEFAULT_OOD, MPCC_EVAL_SIZE, SelectionConfig, select_targets
 from mpcc.data.traces import template_trace
 from mpcc.errors import ConfigError, InputError
 from mpcc.inputs import file_sha256, read_json, read_text
 from mpcc.options import comma_list, option
-from mpcc.outputs import check_output, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.staging import staged_output
+from mpcc.records import BuildRecord, json_values, write_build
 
 logger = logging.getLogger(__name__)
 
@@ -286,40 +289,65 @@ def _base_row(coco, ann: dict, others: list[dict]) -> dict:
 
 
 def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceStats]:
-    """Decide every row's content except its pixels."""
-    coco = source.coco
+    """Decide every row's content except its pixels: the targets, each one's context, predictability,
+    difficulty level and answer options, then its rows in the build's formats."""
+    targets, rejected, fixed = _candidate_targets(source, config)
+    stats, thresholds, leave_one_out = _statistics(source.coco, config)
+    targets = _known_targets(targets, stats, source, rejected)
+    scored, distractors = _score(source.coco, targets, stats, leave_one_out, fixed, config)
+    thresholds = _assign_levels(scored, thresholds, fixed, config)
+    targets, rows = _format_rows(targets, scored, distractors, fixed, config, rejected)
+    return Plan(rows, targets, thresholds, rejected), stats
+
+
+def _candidate_targets(source: CocoSource, config: BuildConfig) -> tuple[list[dict], Counter, dict]:
+    """The objects to hide and why others were rejected: the MPCC-Eval file's items (also returned by
+    ann_id: they fix levels and distractors) or a selection from the source (train builds leave the
+    held-out categories out); those whose image cannot be read go."""
     fixed: dict[int, EvalItem] = {}
     if config.mpcc_eval is not None:
         fixed = {item.ann["id"]: item for item in read_items(config.mpcc_eval, source)}
-        targets, rejected = (
-            sorted((i.ann for i in fixed.values()), key=lambda a: (a["image_id"], a["id"])),
-            Counter(),
-        )
+        targets = sorted((i.ann for i in fixed.values()), key=lambda a: (a["image_id"], a["id"]))
+        rejected = Counter()
     else:
         selection = config.selection
         if config.split == "train":
             selection = replace(selection, exclude_categories=frozenset(config.ood_categories))
         targets, rejected = select_targets(source, selection, config.seed)
     good_images = check_images(source, {t["image_id"] for t in targets})
-    targets = [t for t in targets if t["image_id"] in good_images]
+    return [t for t in targets if t["image_id"] in good_images], rejected, fixed
 
+
+def _statistics(coco, config: BuildConfig) -> tuple[CooccurrenceStats, tuple[float, float] | None, bool]:
+    """Co-occurrence statistics, difficulty thresholds and whether to leave each target's own image out
+    of them: a train build's (--stats, so eval levels match training), or the source's own, counted
+    without the target's image, with thresholds still to derive (None)."""
     if config.stats is not None:
         stats, thresholds = load_stats(config.stats)
-        leave_one_out = False
-    else:
-        stats, thresholds, leave_one_out = CooccurrenceStats.from_coco(coco), None, True
-    known = [t for t in targets if coco.cats[t["category_id"]]["name"] in stats.index]
+        return stats, thresholds, False
+    return CooccurrenceStats.from_coco(coco), None, True
+
+
+def _known_targets(targets: list[dict], stats: CooccurrenceStats, source: CocoSource, rejected: Counter):
+    """The targets whose category the statistics know; BuildError when none is left."""
+    known = [t for t in targets if source.coco.cats[t["category_id"]]["name"] in stats.index]
     rejected["category_not_in_stats"] += len(targets) - len(known)
-    targets = known
-    if not targets:
+    if not known:
         raise BuildError(
             f"{source.annotations_path}: no usable targets (rejected: {dict(rejected)}; "
             f"{source.report.summary()})"
         )
+    return known
 
+
+def _score(
+    coco, targets: list[dict], stats: CooccurrenceStats, leave_one_out: bool, fixed: dict, config: BuildConfig
+) -> tuple[dict[int, dict], dict[int, Distractors]]:
+    """Each target's row (by ann_id) with how predictable its category is from the visible context and
+    its difficulty score; its distractors when a format offers options."""
     supplied = load_supplied_distractors(config.distractors) if config.distractors else {}
     needs_distractors = config.formats != ("open",)
-    rows: dict[int, list[dict]] = {}
+    rows: dict[int, dict] = {}
     distractors: dict[int, Distractors] = {}
     for ann in targets:
         others, present = _context(coco, ann)
@@ -330,44 +358,60 @@ def plan(source: CocoSource, config: BuildConfig) -> tuple[Plan, CooccurrenceSta
         predictability = rank_score(probs, stats.index[row["category"]], range(len(stats.names)))
         row["predictability"] = predictability
         row["difficulty_score"] = difficulty_score(predictability, len(others), row["area_frac"])
-        rows[ann["id"]] = [row]
+        rows[ann["id"]] = row
         if needs_distractors:
+            given = _given_distractors(fixed.get(ann["id"]), supplied.get(ann["id"]))
             rng = random.Random(f"{config.seed}:distractors:{ann['id']}")
             d = compute_distractors(probs, stats.names, stats.supercategories, row["category"], present, rng)
-            given = fixed[ann["id"]].distractors if ann["id"] in fixed else None
-            if ann["id"] in supplied:
-                s = supplied[ann["id"]]
-                given = Distractors(tuple(s.get("confusable", ())), (), tuple(s.get("irrelevant", ())))
             if given is not None:
                 d = override_distractors(d, row["category"], given.choice + given.judgement, given.irrelevant)
             distractors[ann["id"]] = d
+    return rows, distractors
 
+
+def _given_distractors(item: EvalItem | None, supplied: dict | None) -> Distractors | None:
+    """Distractors that take precedence over the computed ones: the --distractors file's row, else the
+    MPCC-Eval item's; None when neither gives any."""
+    if supplied is not None:
+        return Distractors(tuple(supplied.get("confusable", ())), (), tuple(supplied.get("irrelevant", ())))
+    return item.distractors if item is not None else None
+
+
+def _assign_levels(
+    rows: dict[int, dict], thresholds: tuple[float, float] | None, fixed: dict, config: BuildConfig
+) -> tuple[float, float]:
+    """Give each row its difficulty level: the MPCC-Eval item's, else its score cut at the thresholds
+    (derived from these rows when no train build gave them). Returns the thresholds."""
     if thresholds is None:
-        thresholds = level_thresholds([r["difficulty_score"] for (r,) in rows.values()])
+        thresholds = level_thresholds([r["difficulty_score"] for r in rows.values()])
         if config.split == "eval" and not fixed:
             logger.warning(
                 "no --stats given: eval difficulty thresholds come from the eval source itself; "
                 "pass the train build to keep levels stable across builds"
             )
-    for ann_id, (row,) in rows.items():
-        row["difficulty"] = (
-            fixed[ann_id].level if ann_id in fixed else level(row["difficulty_score"], thresholds)
-        )
+    for ann_id, row in rows.items():
+        score = row["difficulty_score"]
+        row["difficulty"] = fixed[ann_id].level if ann_id in fixed else level(score, thresholds)
+    return thresholds
 
+
+def _format_rows(
+    targets: list[dict], scored: dict, distractors: dict, fixed: dict, config: BuildConfig, rejected: Counter
+) -> tuple[list[dict], dict[int, list[dict]]]:
+    """Each target's rows in the build's formats (train: one; eval: one per format item, for the items
+    chosen per level unless MPCC-Eval fixed them); targets left without a row go."""
     if config.split == "train":
-        rows = {t["id"]: _train_rows(rows[t["id"]][0], distractors, config, rejected) for t in targets}
+        rows = {t["id"]: _train_rows(scored[t["id"]], distractors, config, rejected) for t in targets}
     else:
         if not fixed:
-            targets = _choose_eval_items(targets, rows, config, rejected)
-        rows = {
-            t["id"]: _eval_rows(rows[t["id"]][0], distractors[t["id"]], config, rejected) for t in targets
-        }
+            targets = _choose_eval_items(targets, scored, config, rejected)
+        rows = {t["id"]: _eval_rows(scored[t["id"]], distractors[t["id"]], config, rejected) for t in targets}
     targets = [t for t in targets if rows[t["id"]]]
     if not targets:
         raise BuildError(
             f"no target can be asked in the formats {','.join(config.formats)} (rejected: {dict(rejected)})"
         )
-    return Plan(rows, targets, thresholds, rejected), stats
+    return targets, rows
 
 
 def _choose_eval_items(targets: list[dict], rows: dict, config: BuildConfig, rejected: Counter) -> list[dict]:
@@ -375,7 +419,7 @@ def _choose_eval_items(targets: list[dict], rows: dict, config: BuildConfig, rej
     scarcest one can give."""
     by_level = defaultdict(list)
     for t in targets:
-        by_level[rows[t["id"]][0]["difficulty"]].append(t)
+        by_level[rows[t["id"]]["difficulty"]].append(t)
     total = config.max_items if config.max_items is not None else len(targets)
     quota = {lv: total // 3 + (1 if i < total % 3 else 0) for i, lv in enumerate(LEVELS)}
     if config.balance:
@@ -700,21 +744,20 @@ def build(
             report.counts(),
             the_plan.thresholds,
         )
-        record = {
-            "config": asdict(config),
-            "annotations": str(source.annotations_path.resolve()),
-            "images_dir": str(Path(images_dir).resolve()),
-            "input_sha256": input_sha256,
-            "images_digest": digest_sum(tally.images),
-            "prompt_version": prompts.PROMPT_VERSION,
-            "num_rows": result.num_rows,
-            "rows_per_level": result.rows_per_level,
-            "rejected": result.rejected,
-            "skipped": result.skipped,
-            "thresholds": list(the_plan.thresholds),
-        }
-        if config.shard is not None:
-            record["plan_skips"] = plan_skips
-        write_build_record(staged, record)
+        record = BuildRecord(
+            config=json_values(asdict(config)),
+            annotations=str(source.annotations_path.resolve()),
+            images_dir=str(Path(images_dir).resolve()),
+            input_sha256=input_sha256,
+            images_digest=digest_sum(tally.images),
+            prompt_version=prompts.PROMPT_VERSION,
+            num_rows=result.num_rows,
+            rows_per_level=result.rows_per_level,
+            rejected=result.rejected,
+            skipped=result.skipped,
+            thresholds=list(the_plan.thresholds),
+            plan_skips=plan_skips if config.shard is not None else None,
+        )
+        write_build(staged, record)
     logger.info("wrote %d rows to %s; %s", result.num_rows, out, report.summary())
     return result

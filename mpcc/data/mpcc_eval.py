@@ -18,7 +18,7 @@ from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
 from mpcc.inputs import read_json
 from mpcc.options import option
-from mpcc.outputs import write_text_atomic
+from mpcc.outputs.writing import write_text_atomic
 
 MATCH_IOU = 0.9  # an item's box must overlap its COCO annotation's box this much
 

@@ -24,9 +24,10 @@ from mpcc.data.answer_options import LETTERS
 from mpcc.data.build import BUILD_FORMATS
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.masking import decode, dilate, to_rgb
-from mpcc.data.render import build_record, load_dataset
+from mpcc.data.render import load_dataset
 from mpcc.errors import ConfigError, InputError
 from mpcc.options import option
+from mpcc.records import read_build
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ def question_text(prompt: list[dict]) -> str:
 
 def _build_images_dir(path: Path) -> Path | None:
     try:
-        return Path(build_record(path)["images_dir"])
-    except (ValueError, KeyError, TypeError) as e:
+        return Path(read_build(path).images_dir)
+    except InputError as e:
         logger.warning(
             "%s: no usable images_dir in the build record (%s); originals cannot be shown", path, e
         )

@@ -6,7 +6,6 @@ function with the same seed, so a lazily rendered image equals the one a build w
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,7 +13,7 @@ from PIL import Image
 
 from mpcc.data.masking import MaskSpec, decode, render_masked, to_rgb
 from mpcc.errors import ConfigError, InputError
-from mpcc.inputs import read_json
+from mpcc.records import read_build
 from mpcc.seeds import mix_seed
 
 IMAGE_FORMATS = (
@@ -22,7 +21,6 @@ IMAGE_FORMATS = (
     "webp",
     "lazy",
 )  # png / webp: lossless pixels in the dataset; lazy: rendered on access
-BUILD_FILE = "mpcc_build.json"
 
 
 def target_seed(seed: int, ann_id: int) -> int:
@@ -63,21 +61,6 @@ def encode(image: Image.Image, image_format: str) -> bytes:
 RENDER_INPUTS = ("file_name", "ann_id", "mask", "bbox")
 
 
-def build_record(path: str | Path) -> dict:
-    """A build's `mpcc_build.json` (configuration, input paths, counts)."""
-    file = Path(path) / BUILD_FILE
-    try:
-        return read_json(file)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{file}: not an mpcc build record ({type(e).__name__}: {e})") from e
-
-
-def write_build_record(path: str | Path, record: dict) -> None:
-    """Write `mpcc_build.json` into the build directory `path`, in one format for every writer."""
-    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
-    (Path(path) / BUILD_FILE).write_text(text, encoding="utf-8")
-
-
 def load_dataset(path: str | Path, images_dir: str | Path | None = None):
     """Open a build, with a clear error when `path` is not one. For lazy builds the `image` column is
     rendered on access from the original files (in `images_dir`, default: the one recorded at build
@@ -86,18 +69,17 @@ def load_dataset(path: str | Path, images_dir: str | Path | None = None):
     from datasets import Dataset, load_from_disk
 
     path = Path(path)
-    record = build_record(path)
+    record = read_build(path)
     try:
         dataset = load_from_disk(str(path))
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: not an mpcc build ({type(e).__name__}: {e})") from e
     if not isinstance(dataset, Dataset):
         raise InputError(f"{path}: holds a DatasetDict, not one mpcc build")
-    config = record["config"]
-    if config.get("image_format") != "lazy":
+    if record.config.get("image_format") != "lazy":
         return dataset
-    spec, seed = MaskSpec(**config["mask"]), int(config["seed"])
-    root = Path(images_dir or record["images_dir"])
+    spec, seed = MaskSpec(**record.mask), record.seed
+    root = Path(images_dir or record.images_dir)
 
     def render(batch: dict) -> dict:
         if not all(key in batch for key in RENDER_INPUTS):

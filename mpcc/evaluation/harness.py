@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
-from mpcc.data.render import BUILD_FILE, build_record, load_dataset
+from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
 from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConfig
@@ -23,12 +23,17 @@ from mpcc.evaluation.grounding.conditions import Diagnostics
 from mpcc.evaluation.grounding.runner import GROUNDING, run_step_diagnostics
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
-from mpcc.evaluation.run_identity import RUN_FILE, check_claim, claim, run_identity
+from mpcc.evaluation.run_identity import check_claim, claim, run_identity
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
 from mpcc.models import resolve_model_path
-from mpcc.outputs import MARKER, check_output, lock_output, read_appended, staged_output
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.locks import lock_output
+from mpcc.outputs.marker import MARKER
+from mpcc.outputs.staging import staged_output
+from mpcc.outputs.writing import read_appended
+from mpcc.records import BUILD_FILE, EVAL_RUN_FILE, read_build
 from mpcc.reports.charts import ACCURACY_CHART
 from mpcc.reports.compare import COMPARISON, write_comparison
 from mpcc.reports.eval_report import REPORT, REPORT_HTML, write_eval_report
@@ -49,7 +54,7 @@ RUN_OUTPUTS = (
     ACCURACY_CHART,
     EVIDENCE_CHART,
     RISK_CHART,
-    RUN_FILE,
+    EVAL_RUN_FILE,
 )
 ROW_FIELDS = (
     "item_id",
@@ -91,7 +96,7 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
         raise InputError(
             f"{data}: not an eval build (no `item_id` column); build one with `mpcc prepare eval`"
         )
-    fill = build_record(data)["config"]["mask"]["fill"]
+    fill = read_build(data).fill
     formats, items = dataset["format"], dataset["item_id"]
     keep_items = list(dict.fromkeys(items))[: config.limit] if config.limit is not None else None
     wanted = set(keep_items) if keep_items is not None else None

@@ -4,8 +4,8 @@
 missing. That is right only when everything that shapes a prediction is unchanged: the model (its path
 and a fingerprint of its weights files), the data (the build record, or a saved dataset's
 fingerprint), the prompt version, formats, limit, samples, seed, decoding, backend and diagnostics.
-These are stored in `eval_run.json` beside the predictions; a rerun with any of them changed is refused
-with what differs, until `--overwrite` (start over) or another `--out`.
+These are stored in its record (mpcc.records.EvalRun, `eval_run.json`) beside the predictions; a rerun
+with any of them changed is refused with what differs, until `--overwrite` (start over) or another `--out`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,23 @@ import json
 from pathlib import Path
 
 from mpcc.data.prompts import PROMPT_VERSION
-from mpcc.data.render import BUILD_FILE
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.inputs import file_sha256, read_bytes, read_json
-from mpcc.outputs import check_output, mark_output, write_text_atomic
+from mpcc.outputs.checks import check_output
+from mpcc.outputs.marker import mark_output
+from mpcc.outputs.writing import write_text_atomic
+from mpcc.records import (
+    BUILD_FILE,
+    EVAL_RUN_FILE,
+    RECORD_KINDS,
+    EvalRun,
+    json_values,
+    read_eval_run,
+    write_eval_run,
+)
 
-RUN_FILE = "eval_run.json"
-KIND = "eval"  # what its marker records (mpcc.outputs: --overwrite replaces only an output of its kind)
+KIND = RECORD_KINDS[EVAL_RUN_FILE]  # what its marker records: --overwrite replaces only an output of its kind
 WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 DIGESTS_FILE = ".mpcc-weights-sha256.json"  # beside the weights: {file: [size, mtime_ns, sha256]}
 
@@ -55,19 +64,11 @@ def weights_fingerprint(path: str | Path) -> str | None:
     return digest.hexdigest()
 
 
-def read_run(run: str | Path) -> dict:
-    """The identity an `mpcc eval` output recorded: which model it evaluated, on what, how."""
-    try:
-        return read_json(Path(run) / RUN_FILE)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{run}: not an `mpcc eval` output ({RUN_FILE} unreadable: {e})") from e
-
-
-def evaluated(identity: dict, model: str | Path) -> bool:
+def evaluated(identity: EvalRun, model: str | Path) -> bool:
     """Whether the run of `identity` evaluated `model`: the same weights (a local folder), else name."""
     if Path(model).is_dir():
-        return identity.get("weights") is not None and identity["weights"] == weights_fingerprint(model)
-    return identity.get("model") == str(model)
+        return identity.weights is not None and identity.weights == weights_fingerprint(model)
+    return identity.model == str(model)
 
 
 def data_fingerprint(data: str | Path) -> str:
@@ -80,32 +81,33 @@ def data_fingerprint(data: str | Path) -> str:
     return digest.hexdigest()
 
 
-def run_identity(model: str, model_path: str, data: str | Path, config: EvalConfig) -> dict:
+def run_identity(model: str, model_path: str, data: str | Path, config: EvalConfig) -> EvalRun:
     """`model` as given (a local path made absolute), `model_path` where its files are (tiny:<arch> is
     built into the cache); the data by content, so a moved build is the same data."""
-    return {
-        "model": str(Path(model).resolve()) if Path(model).exists() else model,
-        "weights": weights_fingerprint(model_path),
-        "data": data_fingerprint(data),
-        "prompt_version": PROMPT_VERSION,
-        **json.loads(json.dumps(dataclasses.asdict(config))),  # tuples as lists, as read back from JSON
-    }
+    return EvalRun(
+        model=str(Path(model).resolve()) if Path(model).exists() else model,
+        weights=weights_fingerprint(model_path),
+        settings={
+            "data": data_fingerprint(data),
+            "prompt_version": PROMPT_VERSION,
+            **json_values(dataclasses.asdict(config)),
+        },
+    )
 
 
-def check_claim(out: Path, identity: dict, overwrite: bool) -> None:
+def check_claim(out: Path, identity: EvalRun, overwrite: bool) -> None:
     """Refuse an `out` this run may not write: one holding another eval run (unless `overwrite`), or
     anything but an eval run (mpcc.outputs' rules: nothing of the user's is written into or replaced)."""
-    record = out / RUN_FILE
-    if overwrite or not record.is_file():
+    if overwrite or not (out / EVAL_RUN_FILE).is_file():
         check_output(out, overwrite, kind=KIND)
         return
     try:
-        before = read_json(record)
-    except ValueError as e:
-        raise InputError(f"{record}: unreadable ({e}); start over with --overwrite") from e
+        before = read_eval_run(out).to_json()
+    except InputError as e:
+        raise InputError(f"{e}; start over with --overwrite") from e
     changed = [
         f"{key}: {before.get(key)!r} -> {value!r}"
-        for key, value in identity.items()
+        for key, value in identity.to_json().items()
         if before.get(key) != value
     ]
     if changed:
@@ -115,9 +117,9 @@ def check_claim(out: Path, identity: dict, overwrite: bool) -> None:
         )
 
 
-def claim(out: Path, identity: dict) -> None:
+def claim(out: Path, identity: EvalRun) -> None:
     """Make `out` this run's (after check_claim, once the run has started): its marker and record."""
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, KIND)
-    if not (out / RUN_FILE).is_file():
-        write_text_atomic(out / RUN_FILE, json.dumps(identity, indent=1) + "\n")
+    if not (out / EVAL_RUN_FILE).is_file():
+        write_eval_run(out, identity)

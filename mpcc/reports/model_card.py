@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpcc.data.difficulty import WEIGHTS
+from mpcc.records import BUILD_FILE, TRAINING_RUN_FILE, TrainingRun
 from mpcc.reports.eval_report import metrics_sections
 from mpcc.reports.tables import markdown_table
 from mpcc.rewards import REWARDS, resolve_rewards
@@ -65,18 +66,18 @@ def _prior(trainer: dict) -> list[str]:
     ]
 
 
-def _training_section(record: dict | None, step: int | None) -> str:
+def _training_section(record: TrainingRun | None, step: int | None) -> str:
     if record is None:
-        return "## Training\n\nNot recorded (the checkpoint's run wrote no `mpcc_run.json`).\n"
-    trainer, model, kind = record["trainer"], record["model"], record["run"]["trainer"]
+        return f"## Training\n\nNot recorded (the checkpoint's run wrote no `{TRAINING_RUN_FILE}`).\n"
+    trainer, model, kind = record.trainer, record.model, record.run["trainer"]
     rows = [("trainer", kind), ("model_name_or_path", model["model_name_or_path"])]
     rows += [(k, trainer[k]) for k in TRAINING_KEYS if trainer.get(k) not in (None, -1)]
-    rows += [("freeze_vision_tower", record["run"]["freeze_vision_tower"])]
+    rows += [("freeze_vision_tower", record.run["freeze_vision_tower"])]
     if model.get("use_peft"):
         rows += [(f"LoRA {k[5:]}", model[k]) for k in ("lora_r", "lora_alpha", "lora_dropout")]
         rows += [("LoRA target_modules", model.get("lora_target_modules"))]
     exported = f"; exported at step {step}." if step is not None else "."
-    lines = ["## Training", "", f"mpcc {record['mpcc_version']}, `{kind}` trainer (TRL){exported}", ""]
+    lines = ["## Training", "", f"mpcc {record.mpcc_version}, `{kind}` trainer (TRL){exported}", ""]
     lines += _settings(rows)
     if kind != "sft":
         lines += [_reward(trainer), ""]
@@ -85,25 +86,24 @@ def _training_section(record: dict | None, step: int | None) -> str:
     return "\n".join(lines)
 
 
-def _data_section(record: dict | None) -> str:
-    dataset = (record or {}).get("dataset") or {}
-    build = dataset.get("build")
+def _data_section(record: TrainingRun | None) -> str:
+    build = record.dataset.build if record else None
     if build is None:
-        where = f" `{dataset['path']}`" if dataset.get("path") else ""
-        return f"## Data\n\nTraining data{where}: no mpcc build record (`mpcc_build.json`) was found.\n"
-    config, mask = build["config"], build["config"]["mask"]
-    low, high = build["thresholds"]
+        where = f" `{record.dataset.path}`" if record else ""
+        return f"## Data\n\nTraining data{where}: no mpcc build record (`{BUILD_FILE}`) was found.\n"
+    config, mask = build.config, build.mask
+    low, high = build.thresholds
     ood = ", ".join(config["ood_categories"]) or "none"
     ease = " + ".join(f"{w:g} x {k}" for k, w in WEIGHTS.items())
     rows = [
-        ("source annotations", Path(build["annotations"]).name),
-        ("rows", build["num_rows"]),
-        ("rows per level", ", ".join(f"{k} {v}" for k, v in build["rows_per_level"].items())),
+        ("source annotations", Path(build.annotations).name),
+        ("rows", build.num_rows),
+        ("rows per level", ", ".join(f"{k} {v}" for k, v in build.rows_per_level.items())),
         ("masking", f"{mask['mode']}, fill {mask['fill']}, dilate {mask['dilate_px']} px / "
          f"{mask['dilate_frac']:g}, feather {mask['feather']:g}"),
         ("reasoning traces", "template traces" if config["template_traces"] else "as annotated"),
-        ("prompt version", build["prompt_version"]),
-        ("seed", config["seed"]),
+        ("prompt version", build.prompt_version),
+        ("seed", build.seed),
     ]  # fmt: skip
     lines = ["## Data", "", "An `mpcc prepare train` build (COCO format -> one hidden object per row).", ""]
     lines += _settings(rows)
@@ -152,7 +152,7 @@ def _usage(adapter_only: bool, name: str, base: str) -> str:
 
 
 def card_text(
-    record: dict | None,
+    record: TrainingRun | None,
     base: str,
     adapter_only: bool,
     merged: bool,

@@ -9,9 +9,10 @@ from datasets import Dataset
 
 from mpcc import cache_dir
 from mpcc.data.build import BuildConfig, build
-from mpcc.data.render import BUILD_FILE, build_record, load_dataset
+from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError, InputError
+from mpcc.records import BUILD_FILE, read_build
 from mpcc.rewards import target_answer, trace_completion
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,9 @@ def check_training_data(spec: str, allow_eval: bool = False) -> None:
     if spec.startswith(SYNTHETIC_PREFIX):
         return  # train builds
     try:
-        record = build_record(spec)  # a folder without one is no build
+        split = read_build(spec).split  # a folder without a record is no build
     except InputError as e:
         raise InputError(f"dataset_path: {e}") from e
-    config = record.get("config") if isinstance(record, dict) else None
-    split = config.get("split") if isinstance(config, dict) else None
     if split == "eval" and not allow_eval:
         raise ConfigError(
             f"dataset_path {spec} is an eval build (its {BUILD_FILE} says split: eval), not training data; "

@@ -26,9 +26,12 @@ from transformers import TrainerCallback
 
 from mpcc.errors import InputError
 from mpcc.inputs import read_json
-from mpcc.outputs import OutputExistsError, check_inputs, lock_output, set_modes
+from mpcc.outputs.checks import OutputExistsError
+from mpcc.outputs.locks import lock_output
+from mpcc.outputs.modes import set_modes
+from mpcc.outputs.overlap import check_inputs
+from mpcc.records import TrainingRun, read_training_run
 from mpcc.training.curves import STATE_FILE
-from mpcc.training.record import load_run_record
 from mpcc.training.resume import ADAPTER, WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -59,9 +62,9 @@ def _settings(record: dict, prefix: str = "") -> dict:
     return flat
 
 
-def differences(old: dict, new: dict) -> list[str]:
+def differences(old: TrainingRun, new: TrainingRun) -> list[str]:
     """`key: old -> new` for each setting that differs between two run records."""
-    a, b = _settings(old), _settings(new)
+    a, b = _settings(old.to_json()), _settings(new.to_json())
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
@@ -76,7 +79,8 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
 
 def _marks_checkpoints(output_dir: Path) -> bool:
     """Whether the run in `output_dir` marks its complete checkpoints (runs from before the marker do not)."""
-    return bool((load_run_record(output_dir) or {}).get("checkpoint_marker"))
+    record = read_training_run(output_dir)
+    return record is not None and record.checkpoint_marker
 
 
 def is_complete(checkpoint: Path, marked: bool | None = None) -> bool:
@@ -124,7 +128,7 @@ def newest_complete(output_dir: str | Path) -> Path | None:
     return None
 
 
-def claim(output_dir: str | Path, record: dict, overwrite: bool, main_process: bool, inputs=()):
+def claim(output_dir: str | Path, record: TrainingRun, overwrite: bool, main_process: bool, inputs=()):
     """Take `output_dir` for the run described by `record`: returns the output lock (hold it while
     training; None on other ranks) and whether the folder holds this same run already. Refuses a used
     folder of another run unless `overwrite`, any folder of other files, and one that is, holds or lies
@@ -133,7 +137,7 @@ def claim(output_dir: str | Path, record: dict, overwrite: bool, main_process: b
     check_inputs(out, inputs, OutputExistsError)
     lock = lock_output(out) if main_process else None
     used = out.is_dir() and any(out.iterdir())
-    previous = load_run_record(out) if used else None
+    previous = read_training_run(out) if used else None
     if used and previous is None:
         names = ", ".join(sorted(os.listdir(out))[:5])
         raise OutputExistsError(

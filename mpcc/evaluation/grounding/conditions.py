@@ -19,9 +19,10 @@ from pycocotools.coco import COCO
 from mpcc.data.build import load_stats
 from mpcc.data.coco import load_coco
 from mpcc.data.masking import MaskSpec, decode, region_mask, render_masked
-from mpcc.data.render import build_record, mask_rle, render_targets, target_seed
+from mpcc.data.render import mask_rle, render_targets, target_seed
 from mpcc.errors import ConfigError
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS
+from mpcc.records import read_build
 
 CANVAS = (128, 128, 128)  # blank canvas: mid gray, distinct from the black default fill
 
@@ -31,13 +32,13 @@ class Diagnostics:
     for the context condition."""
 
     def __init__(self, data: str | Path, k: int = 2, images_dir: str | Path | None = None):
-        record = build_record(data)
-        self.spec = MaskSpec(**record["config"]["mask"])
-        self.seed = int(record["config"]["seed"])
+        record = read_build(data)
+        self.spec = MaskSpec(**record.mask)
+        self.seed = record.seed
         self.k = k
-        self.images_dir = Path(images_dir or record["images_dir"])
+        self.images_dir = Path(images_dir or record.images_dir)
         self.stats, _ = load_stats(Path(data))
-        self._annotations = record["annotations"]
+        self._annotations = record.annotations
         self._coco: COCO | None = None
 
     @property
