@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpcc.annotation.importing import import_traces
-from mpcc.data.answer_options import FORMATS
+from mpcc.data.answer_options import OPTION_FORMATS
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
@@ -111,7 +111,7 @@ def _draw_scenes(config: DemoConfig) -> None:
 
 def _train_set(config: DemoConfig, paths: dict[str, Path]) -> None:
     """The train build in every format, then the scenes' traces imported and verified into it."""
-    scenes, formats = config.out / "scenes" / "train", ("open", *FORMATS)
+    scenes, formats = config.out / "scenes" / "train", ("open", *OPTION_FORMATS)
     if not (paths["build"] / BUILD_FILE).is_file():  # resumed after the build: import only
         build(
             scenes / "instances.json",

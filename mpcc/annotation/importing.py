@@ -207,6 +207,35 @@ def _attempt(trace: Trace, solution: str, min_words: int | None, max_words: int 
     }
 
 
+def _join(traces: list[Trace], index: RowIndex) -> tuple[dict[int, list[Trace]], list[dict]]:
+    """(the traces of each matched row, in file order; the traces that match no row, with the reason)."""
+    per_row: dict[int, list[Trace]] = defaultdict(list)
+    unmatched = []
+    for trace in traces:
+        i, why = index.match(trace)
+        if i is None:
+            where = {"ann_id": trace.ann_id, "image_id": trace.image_id, "file_name": trace.file_name}
+            unmatched.append({"line": trace.line, "reason": why, **where})
+        else:
+            per_row[i].append(trace)
+    return per_row, unmatched
+
+
+def _verify_rows(
+    index: RowIndex, per_row: dict[int, list[Trace]], min_words: int | None, max_words: int | None
+) -> dict:
+    """Each row's result: its traces verified in file order until one passes (the rest are not tried)."""
+    results = {}
+    for i, row in enumerate(index.rows):
+        attempts = []
+        for trace in per_row.get(i, []):
+            attempts.append(_attempt(trace, row["solution"], min_words, max_words))
+            if attempts[-1]["ok"]:
+                break
+        results[row["ann_id"]] = row_result(attempts)
+    return results
+
+
 def import_traces(
     file: str | Path,
     data: str | Path,
@@ -224,30 +253,8 @@ def import_traces(
     table = load_dataset(source).select_columns(list(columns))[:]
     index = RowIndex([dict(zip(columns, values)) for values in zip(*(table[c] for c in columns))])
 
-    per_row: dict[int, list[Trace]] = defaultdict(list)
-    unmatched = []
-    for trace in traces:
-        i, why = index.match(trace)
-        if i is None:
-            unmatched.append(
-                {
-                    "line": trace.line,
-                    "reason": why,
-                    "ann_id": trace.ann_id,
-                    "image_id": trace.image_id,
-                    "file_name": trace.file_name,
-                }
-            )
-        else:
-            per_row[i].append(trace)
-    results = {}
-    for i, row in enumerate(index.rows):
-        attempts = []
-        for trace in per_row.get(i, []):
-            attempts.append(_attempt(trace, row["solution"], min_words, max_words))
-            if attempts[-1]["ok"]:
-                break
-        results[row["ann_id"]] = row_result(attempts)
+    per_row, unmatched = _join(traces, index)
+    results = _verify_rows(index, per_row, min_words, max_words)
     rows_without = [r["ann_id"] for i, r in enumerate(index.rows) if i not in per_row]
     counts = tally(list(results.values()))
     why_unmatched = dict(sorted(Counter(u["reason"] for u in unmatched).items()))

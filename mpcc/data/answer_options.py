@@ -20,7 +20,7 @@ import numpy as np
 
 from mpcc.errors import ConfigError
 
-FORMATS = ("mc4", "mc7", "yesno")
+OPTION_FORMATS = ("mc4", "mc7", "yesno")  # the formats that ask with options (a build's; `open` asks without)
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -114,7 +114,7 @@ def make_items(answer: str, d: Distractors, fmt: str, rng: random.Random) -> lis
         )
         size = 7
     else:
-        raise ConfigError(f"unknown format {fmt!r}; choose from {FORMATS}")
+        raise ConfigError(f"unknown format {fmt!r}; choose from {OPTION_FORMATS}")
     if len(pool) < size:
         return []
     rng.shuffle(pool)

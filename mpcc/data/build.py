@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from mpcc.data import prompts
 from mpcc.data.answer_options import (
-    FORMATS,
+    OPTION_FORMATS,
     Distractors,
     compute_distractors,
     make_items,
@@ -66,9 +66,9 @@ class BuildError(InputError):
     """The build as a whole cannot produce a dataset; nothing was written."""
 
 
-BUILD_FORMATS = ("open", *FORMATS)
+BUILD_FORMATS = ("open", *OPTION_FORMATS)
 # The authors trained on open questions only; the eval asks open questions from its mc4 rows.
-DEFAULT_FORMATS = {"train": ("open",), "eval": FORMATS}
+DEFAULT_FORMATS = {"train": ("open",), "eval": OPTION_FORMATS}
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -711,37 +711,20 @@ def build(
     )
     source = load_coco(annotations, images_dir)
     the_plan, stats = plan(source, config)
-    report = source.report
-    plan_skips = len(report.skips)  # found while planning the whole source: the same in every shard
+    plan_skips = len(source.report.skips)  # found while planning the whole source: the same in every shard
     if config.shard is not None:
         the_plan = shard_plan(the_plan, *config.shard)
-    inputs = {"annotations": source.annotations_path, "distractors": config.distractors}
-    inputs.update(mpcc_eval=config.mpcc_eval, stats=config.stats and _stats_file(config.stats))
-    input_sha256 = {name: file_sha256(path) for name, path in inputs.items() if path is not None}
-    fingerprint = _fingerprint(asdict(config), input_sha256, "v1")
+    input_sha256 = _input_digests(source, config)
     with staged_output(out, overwrite) as staged:
-        tally = _Tally()
-        procs = 1 if config.image_format == "lazy" else num_proc or os.cpu_count() or 1
-        with _build_errors(out), _render_pool(procs) as pool:
-            dataset = Dataset.from_generator(
-                lambda: _rows_with_images(source, the_plan, config, report, tally, pool, procs),
-                features=features(config.split),
-                cache_dir=str(staged / ".cache"),  # in the staging directory: a failure removes it too
-                fingerprint=fingerprint,
-            )
-            if len(dataset) == 0:
-                raise BuildError(f"no samples could be rendered; {report.summary()}")
-            dataset.save_to_disk(str(staged))
-        del dataset
-        shutil.rmtree(staged / ".cache")
+        tally = _write_rows(source, the_plan, config, staged, out, num_proc, input_sha256)
         save_stats(stats, {"thresholds": list(the_plan.thresholds)}, staged / STATS_FILE)
-        report.write_jsonl(staged / SKIPS_FILE)
+        source.report.write_jsonl(staged / SKIPS_FILE)
         result = BuildResult(
             out,
             sum(tally.per_level.values()),
             dict(sorted(tally.per_level.items())),
             dict(sorted(the_plan.rejected.items())),
-            report.counts(),
+            source.report.counts(),
             the_plan.thresholds,
         )
         record = BuildRecord(
@@ -759,5 +742,41 @@ def build(
             plan_skips=plan_skips if config.shard is not None else None,
         )
         write_build(staged, record)
-    logger.info("wrote %d rows to %s; %s", result.num_rows, out, report.summary())
+    logger.info("wrote %d rows to %s; %s", result.num_rows, out, source.report.summary())
     return result
+
+
+def _input_digests(source: CocoSource, config: BuildConfig) -> dict[str, str]:
+    """sha256 of every file the build read, by its role: the record names them, and the dataset's cache
+    fingerprint depends on them."""
+    inputs = {"annotations": source.annotations_path, "distractors": config.distractors}
+    inputs.update(mpcc_eval=config.mpcc_eval, stats=config.stats and _stats_file(config.stats))
+    return {name: file_sha256(path) for name, path in inputs.items() if path is not None}
+
+
+def _write_rows(
+    source: CocoSource,
+    the_plan: Plan,
+    config: BuildConfig,
+    staged: Path,
+    out: Path,
+    num_proc: int,
+    input_sha256: dict[str, str],
+) -> _Tally:
+    """Render the planned rows (in worker processes unless lazy) into the dataset saved at `staged`;
+    the tally of what was written."""
+    tally = _Tally()
+    procs = 1 if config.image_format == "lazy" else num_proc or os.cpu_count() or 1
+    with _build_errors(out), _render_pool(procs) as pool:
+        dataset = Dataset.from_generator(
+            lambda: _rows_with_images(source, the_plan, config, source.report, tally, pool, procs),
+            features=features(config.split),
+            cache_dir=str(staged / ".cache"),  # in the staging directory: a failure removes it too
+            fingerprint=_fingerprint(asdict(config), input_sha256, "v1"),
+        )
+        if len(dataset) == 0:
+            raise BuildError(f"no samples could be rendered; {source.report.summary()}")
+        dataset.save_to_disk(str(staged))
+    del dataset
+    shutil.rmtree(staged / ".cache")
+    return tally

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mpcc.data.answer_options import FORMATS
+from mpcc.data.answer_options import OPTION_FORMATS
 from mpcc.errors import ConfigError
 from mpcc.generation.decoding import Decoding
 from mpcc.options import option, validate_bounds
 
-EVAL_FORMATS = (*FORMATS, "open")
+EVAL_FORMATS = (*OPTION_FORMATS, "open")
 IMAGE_DIAGNOSTICS = ("blind", "context", "shape")  # the same questions on a changed image
 STEP_DIAGNOSTICS = ("crm", "evidence")  # inside the greedy reasoning, step by step
 DIAGNOSTICS = (*IMAGE_DIAGNOSTICS, *STEP_DIAGNOSTICS)
@@ -27,7 +27,7 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    formats: tuple[str, ...] = option(FORMATS, f"comma-separated of {', '.join(EVAL_FORMATS)}")
+    formats: tuple[str, ...] = option(OPTION_FORMATS, f"comma-separated of {', '.join(EVAL_FORMATS)}")
     samples: int = option(
         1,
         "samples per row; > 1 samples (temperature/top-p) and reports mean accuracy with a 95% bootstrap "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mpcc.data.difficulty import LEVELS
-from mpcc.evaluation.parsing import FORMATS
+from mpcc.evaluation.parsing import PARSED_FORMATS
 
 SPLITS = ("in", "out")
 # name: (candidate_kind of the yes/no row, the reply that is right for it)
@@ -145,7 +145,7 @@ def compute_metrics(records: Sequence[Record], seed: int = 0) -> dict[str, Any]:
     if not records:
         raise ValueError("no records to compute metrics from")
     per_level = _groups(records, _level, LEVELS)
-    per_format = _groups(records, _format, FORMATS)
+    per_format = _groups(records, _format, PARSED_FORMATS)
     metrics: dict[str, Any] = {
         "n": len(records),
         "items": len({r.get("item_id") for r in records}),
@@ -157,7 +157,7 @@ def compute_metrics(records: Sequence[Record], seed: int = 0) -> dict[str, Any]:
             k: {**_cell(rs), "format_compliance": _rate(rs, "format_ok")} for k, rs in per_format.items()
         },
         "per_level_format": {
-            level: {fmt: _cell(cell) for fmt, cell in _groups(rs, _format, FORMATS).items()}
+            level: {fmt: _cell(cell) for fmt, cell in _groups(rs, _format, PARSED_FORMATS).items()}
             for level, rs in per_level.items()
         },
         "distribution": {k: _cell(rs) for k, rs in _groups(records, _split, SPLITS).items()},

@@ -22,15 +22,15 @@ from mpcc.text.answers import completion_text, extract_answer
 from mpcc.text.names import normalize, variants
 
 YES_NO = ("yes", "no")
-FORMATS = (*MC_FORMATS, "yesno", "open")
+PARSED_FORMATS = (*MC_FORMATS, "yesno", "open")  # every format an answer is parsed in (mc: other benchmarks)
 
 
 def row_format(row: Mapping[str, Any]) -> str:
     """mc4 / mc7 / yesno / open; a row without a format asks the open question. An unknown format is a
     data error, raised rather than silently graded as open."""
     fmt = row.get("format") or "open"
-    if fmt not in FORMATS:
-        raise InputError(f"unknown eval format {fmt!r}; expected one of {FORMATS}")
+    if fmt not in PARSED_FORMATS:
+        raise InputError(f"unknown eval format {fmt!r}; expected one of {PARSED_FORMATS}")
     return fmt
 
 
