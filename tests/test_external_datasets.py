@@ -156,11 +156,11 @@ GOOD = {"image": "a.png", "question": "Which colour?", "answer": "red", "evidenc
             "context cannot run here: they need an mpcc build",
         ),
         ({"evidence": None}, {"diagnostics": ("crm", "evidence")}, "crm cannot run here"),
-        ({"image": "missing.png"}, {}, "row 1, column 'image': cannot read the image 'missing.png'"),
-        ({"choices": ["blue", "green"]}, {}, "row 1: answer 'red' is neither one option's text"),
-        ({"choices": ["red"]}, {}, "row 1: choices must be a list of 2 to 10"),
-        ({"answer": " "}, {}, "row 1: no answer"),
-        ({"evidence": [[5, 5, 1, 1]]}, {}, r"row 1, column 'evidence': box \[5, 5, 1, 1\] is empty as xyxy"),
+        ({"image": "missing.png"}, {}, "row 2, column 'image': cannot read the image 'missing.png'"),
+        ({"choices": ["blue", "green"]}, {}, "row 2: answer 'red' is neither one option's text"),
+        ({"choices": ["red"]}, {}, "row 2: choices must be a list of 2 to 10"),
+        ({"answer": " "}, {}, "row 2: no answer"),
+        ({"evidence": [[5, 5, 1, 1]]}, {}, r"row 2, column 'evidence': box \[5, 5, 1, 1\] is empty as xyxy"),
     ],
 )
 def test_a_bad_mapping_or_row_is_one_line_naming_it(tmp_path, change, config, message):

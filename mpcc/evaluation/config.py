@@ -48,7 +48,7 @@ class DatasetColumns:
     box_format: str = option(
         "xyxy", "evidence boxes: x0,y0,x1,y1 or COCO's x,y,width,height", choices=BOX_FORMATS
     )
-    id_column: str | None = option(None, "a unique item id (default: the row number)")
+    id_column: str | None = option(None, "a unique item id (default: the row number, from 1)")
     subset_column: str | None = option(
         None, "reported per subset (metrics' per_supercategory), e.g. a task or category column"
     )

@@ -130,6 +130,7 @@ def _answer(answer, choices, where: str) -> tuple[str, list[str], str, str]:
 
 
 def _row(record: dict, number: int, data: Path, base: Path, columns: DatasetColumns) -> dict:
+    """The eval row of the `number`-th record (from 1: the line of a JSONL file without blank lines)."""
     where = f"{data}: row {number}"
     question = record.get(columns.question_column)
     if question is None or not str(question).strip():
@@ -180,7 +181,7 @@ def dataset_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]
             "object, its context objects and their categories); other datasets take "
             + ",".join(ANNOTATED_DIAGNOSTICS)
         )
-    rows = [_row(record, i, data, base, columns) for i, record in enumerate(records)]
+    rows = [_row(record, i, data, base, columns) for i, record in enumerate(records, start=1)]
     repeated = [i for i, n in Counter(row["item_id"] for row in rows).items() if n > 1]
     if repeated:
         raise InputError(
