@@ -243,7 +243,7 @@ COMMANDS = {
     ),
     "recipes": Command("list the packaged recipes and Accelerate configs (`mpcc train NAME`)", (), _recipes),
     "eval": Command(
-        "evaluate a model on an MPCC eval build (or: mpcc eval compare RUN_A RUN_B ... --out DIR)",
+        "evaluate a model on an MPCC eval build or another dataset (or: mpcc eval compare RUN ... --out DIR)",
         ("mpcc.evaluation.config.EvalJob", "mpcc.evaluation.config.EvalConfig"),
         _eval,
     ),

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpcc.evaluation.parsing import is_correct, parse_answer, row_format
+from mpcc.evaluation.parsing import free_text, is_correct, parse_answer, row_format
 from mpcc.rewards import exact_match_reward
 
 MC4 = {"format": "mc4", "options": ["plate", "cup", "dining table", "dog"], "answer": "B", "solution": "cup"}
@@ -176,3 +176,33 @@ def test_yesno_accepts_everything_the_reward_accepts(answer, row):
     completion = tagged(answer)
     if _reward(completion, row):
         assert is_correct(parse_answer(completion, row)[0], row)
+
+
+TEXT = {"format": "text", "options": [], "answer": "3.5", "solution": "3.5"}
+WORD = {"format": "text", "options": [], "answer": "dark blue", "solution": "dark blue"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "row", "correct"),
+    [
+        ("3.5", TEXT, True),
+        ("3.50", TEXT, True),
+        ("+3.5.", TEXT, True),
+        ("35", TEXT, False),  # normalize alone would read 3.5 as 35
+        ("3.5 cm", TEXT, False),
+        ("three and a half", TEXT, False),
+        ("Dark  Blue.", WORD, True),
+        ("the dark-blue", WORD, True),
+        ("blue", WORD, False),
+        ("dark blues", WORD, False),  # no COCO plurals or synonyms for other datasets' answers
+    ],
+)
+def test_free_text_rows_are_exact_after_normalising_and_numbers_by_value(answer, row, correct):
+    parsed, format_ok = parse_answer(tagged(answer), row)
+    assert format_ok and is_correct(parsed, row) == correct
+    assert row_format(row) == "text"
+
+
+def test_free_text_numbers_keep_their_value():
+    assert [free_text(x) for x in ("2.0", "-0", "1e1", "007", "1_000")] == ["2", "0", "10", "7", "1000"]
+    assert free_text("nan") == "nan" and free_text("") == ""

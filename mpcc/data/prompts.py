@@ -47,6 +47,23 @@ def yesno_question(fill: str, candidate: str) -> str:
     )
 
 
+def dataset_question(question: str, fmt: str, options: list[str]) -> str:
+    """Another dataset's question (not an mpcc build: BLINK, `mpcc.evaluation.external`) with what to put
+    inside <answer>: the letter of one of `options` (`mc`), yes or no (`yesno`), else a free answer."""
+    if fmt == "mc":
+        lines = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))
+        return (
+            f"{question}\n{lines}\nThink inside <think></think>, then give the letter of the correct option "
+            "inside <answer></answer>."
+        )
+    if fmt == "yesno":
+        return f"{question}\nThink inside <think></think>, then answer yes or no inside <answer></answer>."
+    return (
+        f"{question}\nThink inside <think></think>, then give the answer (a word, a short phrase or a "
+        "number) inside <answer></answer>."
+    )
+
+
 def conversation(question: str) -> list[dict]:
     """Chat messages as TRL expects for image prompts: the image placeholder precedes the text."""
     return [

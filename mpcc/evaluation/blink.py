@@ -35,11 +35,7 @@ def blink_rows(rows: Iterable[dict]) -> list[dict]:
                 f"{len(choices)} choices"
             )
         images = _images(row)
-        lines = "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
-        question = (
-            f"{row['question']}\n{lines}\nThink inside <think></think>, then give the letter of the "
-            "correct option inside <answer></answer>."
-        )
+        question = prompts.dataset_question(row["question"], "mc", choices)
         user = [{"type": "image", "text": None} for _ in images] + [{"type": "text", "text": question}]
         out.append(
             {

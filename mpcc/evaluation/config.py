@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from mpcc.data.answer_options import OPTION_FORMATS
 from mpcc.errors import ConfigError
@@ -15,6 +16,7 @@ IMAGE_DIAGNOSTICS = ("blind", "context", "shape")  # the same questions on a cha
 STEP_DIAGNOSTICS = ("crm", "evidence")  # inside the greedy reasoning, step by step
 DIAGNOSTICS = (*IMAGE_DIAGNOSTICS, *STEP_DIAGNOSTICS)
 BACKENDS = ("hf", "vllm")
+BOX_FORMATS = ("xyxy", "xywh")  # evidence boxes of other datasets
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -23,6 +25,34 @@ def parse_layers(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in str(text).split(",") if part.strip())
     except ValueError as e:
         raise ConfigError(f"attention layers must be comma-separated integers, got {text!r}") from e
+
+
+@dataclass(frozen=True)
+class DatasetColumns:
+    """Where `mpcc eval` finds each field of a dataset that is not an mpcc build (mpcc.evaluation.external).
+    A YAML file of these keys, given as `--config`, is the mapping file."""
+
+    options_group: ClassVar[str] = "other datasets (not mpcc builds)"
+
+    image_column: str = option(
+        "image", "the image: a file path (relative to the JSONL file or saved dataset) or an image feature"
+    )
+    question_column: str = option("question", "the question asked")
+    answer_column: str = option(
+        "answer", "the right answer: free text, yes/no, or with choices the right choice's text or letter"
+    )
+    choices_column: str = option("choices", "a multiple-choice row's options (a list; empty: free text)")
+    evidence_column: str = option(
+        "evidence", "evidence regions in pixels: boxes, polygons or COCO RLE (one region or a list)"
+    )
+    box_format: str = option(
+        "xyxy", "evidence boxes: x0,y0,x1,y1 or COCO's x,y,width,height", choices=BOX_FORMATS
+    )
+    id_column: str | None = option(None, "a unique item id (default: the row number, from 1)")
+    subset_column: str | None = option(
+        None, "reported per subset (metrics' per_supercategory), e.g. a task or category column"
+    )
+    split: str | None = option(None, "the split of a saved DatasetDict that has several")
 
 
 @dataclass(frozen=True)
@@ -37,6 +67,7 @@ class EvalConfig:
     seed: int = option(0, "sampling seed", minimum=0)
     batch_size: int = option(16, "rows per generate call", minimum=1)
     decoding: Decoding = field(default_factory=Decoding)
+    columns: DatasetColumns = field(default_factory=DatasetColumns)
     limit: int | None = option(None, "only the first N items (all their rows), for quick looks", minimum=1)
     diagnostics: tuple[str, ...] = option(
         (),
@@ -90,7 +121,11 @@ class EvalJob:
         (), "with `compare`: the eval output directories to compare", positional=True
     )
     model: str | None = option(None, "model path or hub name (or tiny:<arch>)")
-    data: Path | None = option(None, "an `mpcc prepare eval` build")
+    data: Path | None = option(
+        None,
+        "an `mpcc prepare eval` build, or another dataset: saved with save_to_disk, or a JSONL file beside "
+        "its images (see the `other datasets` options)",
+    )
     out: Path = option(help="output directory")
     overwrite: bool = option(
         False,

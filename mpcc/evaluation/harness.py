@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 from mpcc.data import prompts
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
-from mpcc.evaluation.blink import BLINK_KEYS, blink_rows
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConfig
+from mpcc.evaluation.external import dataset_rows
+from mpcc.evaluation.grounding.annotated import AnnotatedRegions
 from mpcc.evaluation.grounding.conditions import Diagnostics
 from mpcc.evaluation.grounding.runner import GROUNDING, run_step_diagnostics
 from mpcc.evaluation.metrics import compute_metrics
@@ -73,24 +74,9 @@ ROW_FIELDS = (
 
 def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
     """(prompt id, row) pairs to evaluate. `open` asks each item's open question (from its mc4 row).
-    A saved dataset that is not an mpcc build is read as a BLINK-style benchmark."""
+    Data that is not an mpcc build is another dataset (mpcc.evaluation.external)."""
     if not (Path(data) / BUILD_FILE).is_file():
-        from datasets import load_from_disk
-
-        if config.diagnostics:
-            raise InputError(f"{data}: diagnostics need an mpcc eval build (masks, context annotations)")
-        try:
-            dataset = load_from_disk(str(data))
-        except OSError as e:
-            raise InputError(f"neither an mpcc build nor a saved dataset: {e}") from e
-        missing = [key for key in BLINK_KEYS if key not in dataset.column_names]
-        if missing:
-            raise InputError(
-                f"{data}: neither an mpcc build (no {BUILD_FILE}) nor a BLINK-style dataset "
-                f"(no {', '.join(missing)} column)"
-            )
-        rows = blink_rows(dataset)[: config.limit]
-        return [(str(i), row) for i, row in enumerate(rows)]
+        return dataset_rows(data, config)
     dataset = load_dataset(data)
     if "item_id" not in dataset.column_names:  # train builds have `format` too
         raise InputError(
@@ -118,6 +104,16 @@ def eval_rows(data: str | Path, config: EvalConfig) -> list[tuple[str, dict]]:
     if not out:
         raise InputError(f"{data}: no rows with formats {config.formats}")
     return out
+
+
+def _conditions(data: str | Path, config: EvalConfig) -> Diagnostics | AnnotatedRegions | None:
+    """What the diagnostics change and measure: a build's hidden object and context, or another dataset's
+    annotated evidence regions (eval_rows has refused the diagnostics those cannot give)."""
+    if not config.diagnostics:
+        return None
+    if (Path(data) / BUILD_FILE).is_file():
+        return Diagnostics(data, k=config.context_k)
+    return AnnotatedRegions()
 
 
 def _done(path: Path) -> set[tuple[str, int]]:
@@ -230,7 +226,7 @@ def run_eval(
     rows = eval_rows(data, config)
     identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
     check_claim(out, identity, overwrite)
-    diagnostics = Diagnostics(data, k=config.context_k) if config.diagnostics else None
+    diagnostics = _conditions(data, config)
     conditions = ("normal", *(d for d in config.diagnostics if d in IMAGE_DIAGNOSTICS))
     generator = functools.cache(functools.partial(_load_generator, model_name_or_path, rows, config))
     todo = _todo(rows, conditions, config.samples, set() if overwrite else _done(out / PREDICTIONS))

@@ -8,12 +8,18 @@ as format-compliant. Multiple-choice and open answers are graded exactly as the 
 and training never disagree on a tagged answer. Yes/no is deliberately a little wider than the reward:
 an answer that starts with "yes" or "no" and names neither word again ("Yes, it is a cup.") is that
 word, because the verdict is unambiguous and eval measures the verdict, not the phrasing.
+
+Other datasets' free-text rows (format `text`, mpcc.evaluation.external) are graded by exact match after
+`normalize` (case, punctuation, spacing, a leading article), with no COCO synonyms or plurals: those are
+facts about COCO names, not about any dataset's answers. A number is compared by value ("3.50" is "3.5",
+"1e1" is "10"; "3.5 cm" is text), since `normalize` would read "3.5" as "35".
 """
 
 from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mpcc.errors import InputError
@@ -22,12 +28,12 @@ from mpcc.text.answers import completion_text, extract_answer
 from mpcc.text.names import normalize, variants
 
 YES_NO = ("yes", "no")
-PARSED_FORMATS = (*MC_FORMATS, "yesno", "open")  # every format an answer is parsed in (mc: other benchmarks)
+PARSED_FORMATS = (*MC_FORMATS, "yesno", "open", "text")  # every format an answer is parsed in
 
 
 def row_format(row: Mapping[str, Any]) -> str:
-    """mc4 / mc7 / yesno / open; a row without a format asks the open question. An unknown format is a
-    data error, raised rather than silently graded as open."""
+    """mc4 / mc7 / mc / yesno / open / text; a row without a format asks the open question. An unknown
+    format is a data error, raised rather than silently graded as open."""
     fmt = row.get("format") or "open"
     if fmt not in PARSED_FORMATS:
         raise InputError(f"unknown eval format {fmt!r}; expected one of {PARSED_FORMATS}")
@@ -44,6 +50,19 @@ def _choice(answer: str, options: Sequence[Any]) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
+def free_text(answer: Any) -> str:
+    """The comparable form of a `text` answer: a number's value ("3.50" -> "3.5", "-0" -> "0"), else the
+    normalised text."""
+    text = str(answer).strip().removesuffix(".")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return normalize(answer)
+    if not value.is_finite():
+        return normalize(answer)
+    return "0" if value.is_zero() else format(value.normalize(), "f")
+
+
 def _yes_no(answer: str) -> str | None:
     """Yes or no when the answer starts with that word and never says the other: "YES!" and "No, it
     isn't." pass; "yes or no", "No... yes", "yesterday" and "Y" do not."""
@@ -56,10 +75,10 @@ def _yes_no(answer: str) -> str | None:
 def parse_answer(text: Any, row: Mapping[str, Any]) -> tuple[str | None, bool]:
     """(parsed answer, format_ok) of a completion (text or chat messages) for an eval row.
 
-    Parsed is a letter for mc4/mc7, "yes"/"no" for yesno, the normalised text for open rows, or None
-    when the answer is in no accepted form. format_ok is True only for an answer taken from an
-    `<answer>` block that parsed; an answer read from the last line (no complete block) is graded
-    but never format-compliant.
+    Parsed is a letter for mc4/mc7/mc, "yes"/"no" for yesno, the normalised text for open rows,
+    `free_text` for text rows, or None when the answer is in no accepted form. format_ok is True only
+    for an answer taken from an `<answer>` block that parsed; an answer read from the last line (no
+    complete block) is graded but never format-compliant.
     """
     fmt = row_format(row)
     answer = extract_answer(text)
@@ -71,6 +90,8 @@ def parse_answer(text: Any, row: Mapping[str, Any]) -> tuple[str | None, bool]:
         parsed = _choice(answer, row["options"])
     elif fmt == "yesno":
         parsed = _yes_no(answer)
+    elif fmt == "text":
+        parsed = free_text(answer) or None
     else:
         parsed = normalize(answer) or None
     return parsed, tagged and parsed is not None
@@ -86,4 +107,6 @@ def is_correct(parsed: str | None, row: Mapping[str, Any]) -> bool:
         return parsed == str(row["answer"]).strip().upper()
     if fmt == "yesno":
         return parsed == normalize(row["answer"])
+    if fmt == "text":
+        return parsed == free_text(row["solution"])
     return parsed in variants(row.get("solution"))

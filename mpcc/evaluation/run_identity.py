@@ -72,8 +72,11 @@ def evaluated(identity: EvalRun, model: str | Path) -> bool:
 
 
 def data_fingerprint(data: str | Path) -> str:
-    """sha256 of the build record (an mpcc build) or of a saved dataset's state files."""
+    """sha256 of the build record (an mpcc build), of a saved dataset's state files, or of a JSONL file
+    (the images it names are identified by their paths in it)."""
     data = Path(data)
+    if data.is_file():
+        return file_sha256(data)
     files = [data / BUILD_FILE] if (data / BUILD_FILE).is_file() else sorted(data.rglob("state.json"))
     digest = hashlib.sha256()
     for file in files:
