@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpcc.errors import InputError
+from mpcc.files import write_text_atomic
 from mpcc.inputs import read_json
-from mpcc.outputs.writing import write_text_atomic
 
 BUILD_FILE = "mpcc_build.json"
 TRAINING_RUN_FILE = "mpcc_run.json"

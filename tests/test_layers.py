@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpcc"
 LAYERS = (
     ("mpcc", "mpcc.errors", "mpcc.text", "mpcc.seeds"),
     ("mpcc.inputs", "mpcc.options"),
-    ("mpcc.outputs.writing", "mpcc.recipes", "mpcc.rewards"),
+    ("mpcc.files", "mpcc.recipes", "mpcc.rewards"),
     ("mpcc.records",),  # written atomically; the output checks name outputs by their records
     ("mpcc.outputs",),
     ("mpcc.data",),

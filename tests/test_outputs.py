@@ -17,11 +17,11 @@ import pytest
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, BuildError, build
 from mpcc.errors import InputError, MpccError
+from mpcc.files import write_text_atomic
 from mpcc.outputs.checks import OutputExistsError, check_output
 from mpcc.outputs.locks import OutputBusyError, lock_output
 from mpcc.outputs.marker import MARKER
 from mpcc.outputs.staging import staged_output
-from mpcc.outputs.writing import write_text_atomic
 
 
 def _names(folder) -> list[str]:
@@ -496,7 +496,7 @@ def test_tiny_model_output_is_staged_and_never_replaces_user_files(tmp_path):
 def test_an_appended_file_cut_by_a_kill_keeps_its_complete_records(tmp_path):
     """The predictions and grounding files are appended to as a run goes: a line cut by a kill is
     dropped from the file, so the next record appended starts on its own line and reads back."""
-    from mpcc.outputs.writing import read_appended
+    from mpcc.files import read_appended
 
     path = tmp_path / "records.jsonl"
     path.write_text('{"id": 1}\n{"id": 2}\n[3]\n{"other": 4}\n{"id": 5, "ha')

@@ -16,9 +16,9 @@ from mpcc.data.coco import CocoSource
 from mpcc.data.difficulty import LEVELS
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
+from mpcc.files import write_text_atomic
 from mpcc.inputs import read_json
 from mpcc.options import option
-from mpcc.outputs.writing import write_text_atomic
 
 MATCH_IOU = 0.9  # an item's box must overlap its COCO annotation's box this much
 

@@ -25,6 +25,7 @@ from mpcc.evaluation.grounding.runner import GROUNDING, run_step_diagnostics
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.evaluation.run_identity import check_claim, claim, run_identity
+from mpcc.files import read_appended
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
@@ -33,7 +34,6 @@ from mpcc.outputs.checks import check_output
 from mpcc.outputs.locks import lock_output
 from mpcc.outputs.marker import MARKER
 from mpcc.outputs.staging import staged_output
-from mpcc.outputs.writing import read_appended
 from mpcc.records import BUILD_FILE, EVAL_RUN_FILE, read_build
 from mpcc.reports.charts import ACCURACY_CHART
 from mpcc.reports.compare import COMPARISON, write_comparison

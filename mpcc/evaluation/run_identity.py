@@ -19,10 +19,10 @@ from pathlib import Path
 from mpcc.data.prompts import PROMPT_VERSION
 from mpcc.errors import InputError
 from mpcc.evaluation.config import EvalConfig
+from mpcc.files import write_text_atomic
 from mpcc.inputs import file_sha256, read_bytes, read_json
 from mpcc.outputs.checks import check_output
 from mpcc.outputs.marker import mark_output
-from mpcc.outputs.writing import write_text_atomic
 from mpcc.records import (
     BUILD_FILE,
     EVAL_RUN_FILE,

@@ -10,7 +10,7 @@ concern.
   runs the library functions name.
 * Staging (`staging`). A folder is written into a hidden staging directory `.{name}.XXXXXXXX` beside
   `out` and renamed into place once complete (one filesystem, so the rename is atomic); a failure
-  removes it. A single file likewise goes through a hidden temporary file (`writing.write_text_atomic`).
+  removes it. A single file likewise goes through a hidden temporary file (`mpcc.files.write_text_atomic`).
 * Marker and owner (`marker`, `staging`). Each staging directory holds `.mpcc-output` (JSON: the
   command, and the owner's pid, host and pid namespace). A later run into the same `out` removes the
   staging directories whose owner ran on this host and has ended, with a warning; it keeps those of live

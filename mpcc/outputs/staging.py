@@ -13,12 +13,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from mpcc.files import hidden
 from mpcc.inputs import read_json
 from mpcc.outputs.checks import OutputExistsError, obstacle, occupied
 from mpcc.outputs.locks import holds, lock_output
 from mpcc.outputs.marker import MARKER, mark_output, mark_staging, owner
 from mpcc.outputs.modes import set_modes
-from mpcc.outputs.writing import hidden
 
 logger = logging.getLogger(__name__)
 

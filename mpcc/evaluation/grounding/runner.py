@@ -20,8 +20,8 @@ from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.crm import crm_record, summarise_crm
 from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
 from mpcc.evaluation.grounding.uncertainty import uncertainty_report
+from mpcc.files import read_appended
 from mpcc.generation.decoding import Decoding
-from mpcc.outputs.writing import read_appended
 
 GROUNDING = "grounding.jsonl"
 KEPT = ("prompt_id", "item_id", "format", "difficulty", "correct")

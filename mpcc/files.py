@@ -1,4 +1,4 @@
-"""Single files that readers see whole: text replaced through a hidden temporary file, and the
+"""Files that readers see whole: text replaced through a hidden temporary file, and the
 JSON-lines files a run appends to as it goes (and resumes from), read back without a line a kill cut."""
 
 from __future__ import annotations
