@@ -84,6 +84,9 @@ def _check_columns(
             continue
         flag = f"--{f.name.replace('_', '-')}"
         why = ": the evidence diagnostic needs evidence regions" if f.name == "evidence_column" else ""
+        if f.name == "image_column":  # nor the image_1.. of a BLINK-style benchmark
+            lacking = ", ".join(k for k in BLINK_KEYS if k not in names)
+            why = f", and it is no BLINK-style benchmark either (no {lacking} column)" if lacking else ""
         raise InputError(f"{data}: no column {column!r} ({flag}){why}; columns: {', '.join(names)}")
 
 
