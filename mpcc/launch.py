@@ -216,29 +216,21 @@ class RecipeLaunch:
     vllm_port: int
 
 
-_LAUNCH_KEYS = {  # the recipe keys that decide how a run is launched, by the config class declaring them
-    "ModelConfig": ("model_name_or_path",),
-    "RunArguments": ("accelerate_config",),
-    "MpccGRPOConfig": ("use_vllm", "vllm_mode", "vllm_server_port"),
-}
-_KEY_NAMES = {name for names in _LAUNCH_KEYS.values() for name in names}
+LAUNCH_KEYS = ("model_name_or_path", "accelerate_config", "use_vllm", "vllm_mode", "vllm_server_port")
 
 
 def _launch_keys() -> type:
     """A dataclass of just the launch keys, each declared (type, default) as in the config class
-    `mpcc.train` parses it with: the launcher reads them the way training will, without training's full
-    checks (which need the training machine's hardware)."""
+    `mpcc.train` parses it with (the three never share a key): the launcher reads them the way training
+    will, without training's full checks (which need the training machine's hardware)."""
     from trl import ModelConfig
 
     from mpcc.training.config import MpccGRPOConfig, RunArguments
 
-    owners = {cls.__name__: cls for cls in (ModelConfig, RunArguments, MpccGRPOConfig)}
-    declared = [
-        (field.name, field.type, dataclasses.field(default=field.default))
-        for owner, names in _LAUNCH_KEYS.items()
-        for field in dataclasses.fields(owners[owner])
-        if field.name in names
-    ]
+    owned = {
+        f.name: f for cls in (ModelConfig, RunArguments, MpccGRPOConfig) for f in dataclasses.fields(cls)
+    }
+    declared = [(k, owned[k].type, dataclasses.field(default=owned[k].default)) for k in LAUNCH_KEYS]
     return dataclasses.make_dataclass("LaunchKeys", declared)
 
 
@@ -249,7 +241,7 @@ def read_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> RecipeLaun
     from mpcc.training.config import parse_recipe
 
     path, config = read(recipe)
-    given = {key: value for key, value in config.items() if key in _KEY_NAMES}
+    given = {key: value for key, value in config.items() if key in LAUNCH_KEYS}
     (keys,), _ = parse_recipe(path, (_launch_keys(),), given, list(overrides))
     if not keys.model_name_or_path:
         raise ConfigError(f"{path}: no model_name_or_path")
