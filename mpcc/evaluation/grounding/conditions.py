@@ -6,6 +6,10 @@ really rests on.
   statistics of the build) — the drop shows reliance on those regions;
 - `shape`: only the hidden region's silhouette on a blank canvas — how much the masking mode gives
   away by shape alone.
+
+Contrastive region masking (`mpcc.evaluation.grounding.crm`) renders here too: objects hidden with a
+fill of choice (`hide`, `ablate`) and its control, regions of the same shape and area hidden away from
+every object (`controls`, `place_like`).
 """
 
 from __future__ import annotations
