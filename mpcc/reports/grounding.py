@@ -7,21 +7,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpcc.reports.charts import evidence_chart, risk_coverage_chart
-from mpcc.reports.tables import MISSING, fmt, markdown_table
+from mpcc.reports.tables import MISSING, estimate, fmt, markdown_table
 
 EVIDENCE_CHART, RISK_CHART = "grounding.png", "risk_coverage.png"
 EVIDENCE_COLUMNS = (
     "image_mass", "evidence_mass", "evidence_share", "target_mass", "early", "late", "collapse_ratio",
     "entropy_full",
 )  # fmt: skip
-CRM_COLUMNS = ("answer_change_rate", "step_similarity", "hallucinated_evidence_rate", "collapse_rate")
+CRM_MEASURES = {  # key in a CRM arm: its name in the tables
+    "answer_change": "answer changed",
+    "robust": "robust",
+    "hallucinated": "hallucinated evidence",
+    "collapsed": "reasoning collapsed",
+    "flipped": "answer flipped",
+    "format_break": "format broken",
+    "step_similarity": "step similarity",
+    "delta": "mean delta",
+}
+CRM_CLASSES = ("robust", "hallucinated", "collapsed", "flipped")
 COMPARED = {  # column: where it sits in a run's grounding section
     "evidence mass": ("evidence", "all", "evidence_mass"),
     "collapse ratio": ("evidence", "all", "collapse_ratio"),
     "AURC (full-response entropy)": ("uncertainty", "aurc", "entropy_full"),
     "risk at coverage, veto": ("uncertainty", "risk_at_coverage", "with_veto"),
-    "CRM hallucinated evidence": ("crm", "all", "hallucinated_evidence_rate"),
-    "CRM collapse": ("crm", "all", "collapse_rate"),
 }
 _LABELS = {
     "entropy_full": "full-response entropy",
@@ -86,21 +94,38 @@ def _evidence_markdown(e: dict, u: dict) -> list[str]:
 
 
 def _crm_markdown(c: dict) -> list[str]:
+    a = c["all"]
     rows = [
-        (level, cell["answers"], cell["pairs"], *(fmt(d, ".4f") for d in cell["mean_delta"].values()))
-        + tuple(fmt(cell[k]) for k in CRM_COLUMNS)
-        for level, cell in {"all": c["all"], **c["per_level"]}.items()
+        (name, *(estimate(a[arm][key]) for arm in ("evidence", "control", "contrast")))
+        for key, name in CRM_MEASURES.items()
     ]
-    positions = ", ".join(
-        f"{p:.1f}: {fmt(d, '.4f')}" for p, d in zip(c["bins"], c["all"]["delta_by_position"])
-    )
-    header = ("level", "answers", "pairs", "delta (one object)", "delta (top-k)")
+    threshold = MISSING if a["collapse_threshold"] is None else f"{a['collapse_threshold']:.3f}"
+    overlap = MISSING if a["control_overlap"] is None else f"{a['control_overlap']:.1%}"
+    levels = [
+        (
+            level, cell["answers"], cell["pairs"], *(estimate(d, ".4f") for d in cell["mean_delta"].values()),
+            *(estimate(cell["contrast"][k]) for k in ("answer_change", *CRM_CLASSES)),
+        )
+        for level, cell in {"all": a, **c["per_level"]}.items()
+    ]  # fmt: skip
+    positions = ", ".join(f"{p:.1f}: {fmt(d, '.4f')}" for p, d in zip(c["bins"], a["delta_by_position"]))
+    contrasts = [f"{CRM_MEASURES[k]} (evidence − control)" for k in ("answer_change", *CRM_CLASSES)]
     return [
-        "Contrastive region masking: context objects hidden one at a time, and the most predictive together; "
-        "delta = change of a step's mean token log-probability (negative: the step leaned on the region).",
+        "Contrastive region masking: context objects hidden one at a time, and the most predictive together "
+        "(evidence ablation); each set's control hides regions of the same shape and area elsewhere "
+        f"(share of control pixels that could not avoid the target or an object: {overlap}). delta = change "
+        "of a step's mean token log-probability (negative: the step leaned on what was hidden). Classes of "
+        "the regenerated reasoning: reasoning collapsed = step similarity below the control's 5th "
+        f"percentile ({threshold}); then hallucinated evidence (names a category no longer visible; on the "
+        "control: names those same, visible, categories); then answer flipped; else robust. Rates over "
+        f"(answer, set) pairs with 95% item-bootstrap intervals, {a['answers']} answers, {a['pairs']} pairs; "
+        "the headline is evidence − control.",
         "",
-        *markdown_table((*header, *map(_label, CRM_COLUMNS)), rows),
-        f"Mean delta by step position: {positions}.",
+        *markdown_table(("measure", "evidence ablation", "control ablation", "evidence − control"), rows),
+        *markdown_table(
+            ("level", "answers", "pairs", "delta (one object)", "delta (top-k)", *contrasts), levels
+        ),
+        f"Mean delta of the evidence ablation by step position (point means): {positions}.",
         "",
     ]
 
@@ -126,6 +151,8 @@ def compare_grounding(sections: dict[str, dict], out: Path) -> list[str]:
     evidence curve per run drawn under `out`."""
     rows = [(name, *(fmt(_at(s, path), ".4f") for path in COMPARED.values())) for name, s in sections.items()]
     lines = ["## Step-level grounding", "", *markdown_table(("run", *COMPARED), rows)]
+    crm = {name: _at(s, ("crm", "all")) for name, s in sections.items()}
+    lines += _crm_compare({name: c for name, c in crm.items() if c and "contrast" in c})
     curves = {
         name: (s["evidence"]["bins"], s["evidence"]["all"]["curve"])
         for name, s in sections.items()
@@ -135,3 +162,25 @@ def compare_grounding(sections: dict[str, dict], out: Path) -> list[str]:
         evidence_chart(curves, out / EVIDENCE_CHART)
         lines.append(f"![evidence attention by reasoning position]({EVIDENCE_CHART})")
     return lines
+
+
+def _crm_compare(cells: dict[str, dict]) -> list[str]:
+    """The runs' CRM classes on the evidence ablation and their contrasts with the control ablation (runs
+    of an mpcc without the control left out)."""
+    if not cells:
+        return []
+    keys = ("answer_change", *CRM_CLASSES)
+    evidence = [
+        (name, c["answers"], *(estimate(c["evidence"][k]) for k in keys)) for name, c in cells.items()
+    ]
+    contrast = [
+        (name, c["answers"], *(estimate(c["contrast"][k]) for k in keys)) for name, c in cells.items()
+    ]
+    return [
+        "CRM, evidence ablation (95% item-bootstrap intervals):",
+        "",
+        *markdown_table(("run", "answers", *(f"CRM {CRM_MEASURES[k]}" for k in keys)), evidence),
+        "CRM, evidence − control ablation:",
+        "",
+        *markdown_table(("run", "answers", *(CRM_MEASURES[k] for k in keys)), contrast),
+    ]

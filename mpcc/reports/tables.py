@@ -28,3 +28,13 @@ def accuracy(cell: dict[str, Any] | None) -> str:
 def accuracy_n(cell: dict[str, Any] | None) -> str:
     """A metrics cell's accuracy with its count (n says how far to trust it), as breakdowns show it."""
     return f"{accuracy(cell)} (n={cell['n']})" if cell else MISSING
+
+
+def estimate(cell: dict[str, Any] | None, spec: str = ".3f") -> str:
+    """An interval estimate (`mpcc.evaluation.intervals.Estimate.as_dict()`) as `value [low, high]`;
+    "too few answers (n=...)" when it has no interval, MISSING when absent."""
+    if cell is None:
+        return MISSING
+    if cell["low"] is None:
+        return f"too few answers (n={cell['n']})"
+    return f"{format(cell['value'], spec)} [{format(cell['low'], spec)}, {format(cell['high'], spec)}]"

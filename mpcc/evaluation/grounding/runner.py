@@ -70,7 +70,7 @@ def run_step_diagnostics(
                 else:
                     record = crm_record(
                         model, processor, lambda rs: generator(rs, greedy, config.seed), diagnostics, row,
-                        answer["completion"], config.crm_regions,
+                        answer["completion"], config.crm_regions, config.crm_fill,
                     )  # fmt: skip
                 record = {"kind": kind, **{k: answer[k] for k in KEPT}, **record}
                 done[(kind, answer["prompt_id"])] = record
