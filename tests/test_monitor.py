@@ -228,3 +228,13 @@ def test_report_and_comparison_print_intervals_with_n(two_tasks):
     assert any(line.startswith("| grpo | ") and line.endswith("| hazard |") for line in lines)
     change = two_tasks["monitor"]["veto"]["all"]["targeted_minus_without"]
     assert sum(f"{change['value']:.3f} [" in line for line in lines) == 2
+
+
+def test_a_wrong_monitor_task_stops_mpcc_eval_before_anything_is_generated(tiny_builds, tmp_path, capsys):
+    from mpcc.cli import main
+
+    out = tmp_path / "run"
+    command = ["eval", "--model", "tiny:qwen2_5_vl", "--data", str(tiny_builds["eval"]), "--out", str(out)]
+    assert main([*command, "--diagnostics", "evidence", "--monitor-task", "dataset", "--limit", "2"]) != 0
+    assert not out.exists()
+    assert "--monitor-task 'dataset': eval row 0 has no such column" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """`--diagnostics crm,evidence`: the step-level measures of `mpcc.evaluation.grounding.evidence` (evidence
-attention, entropy; then `uncertainty`: AURC, the entropy x vision model, the vision veto) and
+attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision vetoes) and
 `mpcc.evaluation.grounding.crm` over an eval run's greedy answers.
 
 Evidence is measured on every evaluated row's answer; CRM (one forward and one regeneration per
