@@ -238,3 +238,9 @@ def test_a_wrong_monitor_task_stops_mpcc_eval_before_anything_is_generated(tiny_
     assert main([*command, "--diagnostics", "evidence", "--monitor-task", "dataset", "--limit", "2"]) != 0
     assert not out.exists()
     assert "--monitor-task 'dataset': eval row 0 has no such column" in capsys.readouterr().err
+
+
+def test_a_run_made_before_the_monitor_compares_with_missing_cells(two_tasks):
+    old = {"n": 10, "aurc": {"entropy_full": 0.2}, "risk_at_coverage": {"with_veto": 0.1}}
+    lines = compare_uncertainty({"old": old, "new": two_tasks})
+    assert "| old | – | – | – | – | – |" in lines and any(line.startswith("| new | 0.") for line in lines)

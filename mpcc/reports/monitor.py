@@ -95,21 +95,28 @@ def uncertainty_markdown(u: dict) -> list[str]:
     ]
 
 
+COMPARED = {  # column: where it sits in a run's uncertainty section
+    "AURC (full-response entropy)": ("aurc", "entropy_full"),
+    "AUROC full minus answer-span": ("auroc", "full_minus_answer"),
+    "global veto minus without": ("monitor", "veto", "all", "global_minus_without"),
+    "targeted veto minus without": ("monitor", "veto", "all", "targeted_minus_without"),
+}
+
+
+def _at(section: dict, path: tuple[str, ...]):
+    for key in path:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section
+
+
 def compare_uncertainty(sections: dict[str, dict]) -> list[str]:
-    """One line per run: its text signals and vetoes, with intervals and n."""
-    rows = [
-        (
-            name,
-            estimate(u["aurc"]["entropy_full"]),
-            estimate(u["auroc"]["full_minus_answer"]),
-            estimate(u["monitor"]["veto"]["all"]["global_minus_without"]),
-            estimate(u["monitor"]["veto"]["all"]["targeted_minus_without"]),
-            ", ".join(u["monitor"]["targeted"]) or "none",
-        )
-        for name, u in sections.items()
-    ]
-    header = (
-        "run", "AURC (full-response entropy)", "AUROC full minus answer-span", "global veto minus without",
-        "targeted veto minus without", "targeted tasks",
-    )  # fmt: skip
-    return ["", "Uncertainty monitor (evaluation half for the vetoes):", "", *markdown_table(header, rows)]
+    """One line per run: its text signals and vetoes, with intervals and n (MISSING where a run, e.g. one
+    made before the monitor, lacks a measure)."""
+    rows = []
+    for name, u in sections.items():
+        targeted = _at(u, ("monitor", "targeted"))
+        cells = [_at(u, path) for path in COMPARED.values()]
+        rows.append((name, *(estimate(c) if isinstance(c, dict) else MISSING for c in cells),
+                     MISSING if targeted is None else ", ".join(targeted) or "none"))  # fmt: skip
+    header = ("run", *COMPARED, "targeted tasks")
+    return ["", "Uncertainty monitor (vetoes on the evaluation half):", "", *markdown_table(header, rows)]
