@@ -215,6 +215,10 @@ def test_monitor_tasks_come_from_a_column_and_a_wrong_name_is_refused():
     assert monitor_tasks(rows, "difficulty") == {"0:normal": "easy", "1:normal": "2"}
     with pytest.raises(ConfigError, match="--monitor-task 'dataset': eval row 0:normal has no such column"):
         monitor_tasks(rows, "dataset")
+    with pytest.raises(ConfigError, match="has task 'all', the pooled answers' name"):
+        monitor_tasks({"0:normal": {"split": "all"}}, "split")
+    with pytest.raises(ValidationError, match="may not be called 'all'"):
+        uncertainty_report([{**r, "task": "all"} for r in make_records(2)])
 
 
 def test_report_and_comparison_print_intervals_with_n(two_tasks):

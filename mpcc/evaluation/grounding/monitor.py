@@ -53,6 +53,7 @@ VISION = "evidence_share"  # V: length-free (mpcc.evaluation.grounding.evidence)
 FIT_RESAMPLES = 200  # a resample refits the model: fewer, to keep a run's report within seconds
 CURVE_POINTS = 101
 ENTROPY_ROW = "entropy_full"  # the transfer table's text-only row
+ALL = "all"  # the pooled answers, beside the tasks: no task may take the name
 _ROW = operator.itemgetter("row")
 
 Statistics = Callable[[np.ndarray], dict[str, float | None]]  # answers (row numbers) -> measures by name
@@ -173,13 +174,16 @@ def _answers(records: Sequence[dict], coverage: float, min_per_half: int) -> _An
     if not np.isfinite(entropy).all():
         first = int(np.flatnonzero(~np.isfinite(entropy))[0])
         raise ValidationError(f"uncertainty_report: record {first} has no finite entropy_full")
+    task = np.array([str(t) for t in _fields(records, "task")], dtype=object)
+    if ALL in task:
+        raise ValidationError(f"uncertainty_report: a task may not be called {ALL!r} (the pooled answers)")
     return _Answers(
         items=_fields(records, "item_id"),
         correct=correct,
         entropy=entropy,
         answer_entropy=_numbers(records, "entropy_answer"),
         vision=_numbers(records, VISION),
-        task=np.array([str(t) for t in _fields(records, "task")], dtype=object),
+        task=task,
         coverage=float(coverage),
         min_per_half=min_per_half,
     )
@@ -327,11 +331,11 @@ def _monitor(a: _Answers) -> dict:
     targeted = [t for t in tasks if _hazardous(per_task[t][0])]
 
     enough = fit_all.size >= a.min_per_half
-    global_rule, global_flags = _veto_rules(a, {"all": (fit_all, eval_all)} if enough else {})
+    global_rule, global_flags = _veto_rules(a, {ALL: (fit_all, eval_all)} if enough else {})
     targeted_rules, targeted_flags = _veto_rules(a, {t: halves[t] for t in targeted})
     vetoes = {"global": global_flags, "targeted": targeted_flags}
     confidences = _confidences(a, {"pooled": pooled_model, **{t: m for t, (_, m) in per_task.items()}})
-    columns = {"all": eval_all, **{t: halves[t][1] for t in tasks}}
+    columns = {ALL: eval_all, **{t: halves[t][1] for t in tasks}}
     scores = {column: _scores(a, rows, vetoes, confidences) for column, rows in columns.items()}
     return {
         "vision": VISION,
@@ -340,8 +344,8 @@ def _monitor(a: _Answers) -> dict:
         "pooled": pooled,
         "tasks": {t: {**per_task[t][0], "targeted": t in targeted} for t in tasks},
         "targeted": targeted,
-        "rules": {"global": global_rule.get("all"), "targeted": targeted_rules},
-        "veto": {"all": scores["all"][0], "per_task": {t: scores[t][0] for t in tasks}},
+        "rules": {"global": global_rule.get(ALL), "targeted": targeted_rules},
+        "veto": {ALL: scores[ALL][0], "per_task": {t: scores[t][0] for t in tasks}},
         "transfer": {name: {column: scores[column][1][name] for column in columns} for name in confidences},
     }
 

@@ -20,7 +20,7 @@ from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.crm import crm_record, summarise_crm
 from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
-from mpcc.evaluation.grounding.monitor import uncertainty_report
+from mpcc.evaluation.grounding.monitor import ALL, uncertainty_report
 from mpcc.generation.decoding import Decoding
 from mpcc.outputs.writing import read_appended
 
@@ -49,6 +49,10 @@ def monitor_tasks(rows: dict[str, dict], key: str) -> dict[str, str]:
     for pid, row in rows.items():
         if key not in row:
             raise ConfigError(f"--monitor-task {key!r}: eval row {pid} has no such column ({sorted(row)})")
+        if str(row[key]) == ALL:
+            raise ConfigError(
+                f"--monitor-task {key!r}: eval row {pid} has task {ALL!r}, the pooled answers' name"
+            )
     return {pid: str(row[key]) for pid, row in rows.items()}
 
 
