@@ -170,7 +170,7 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
         "--max-new-tokens",
         "24",
     ]
-    options += ["--formats", "mc4,open"]
+    options += ["--formats", "mc4,open", "--monitor-task", "difficulty"]
     command = ["eval", "--model", str(checkpoint), "--data", str(tiny_builds["eval"]), "--out", str(out)]
     command += options
     assert main(command) == 0
@@ -190,6 +190,8 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     assert section["evidence"]["all"]["n"] == len(answered)
     assert 0 < section["evidence"]["all"]["evidence_mass"] < section["evidence"]["all"]["image_mass"] <= 1
     assert section["uncertainty"]["n"] == len(answered)
+    assert section["uncertainty"]["task_key"] == "difficulty"
+    assert set(section["uncertainty"]["auroc_per_task"]) <= set(LEVELS)
     assert section["crm"]["all"]["pairs"] == sum(len(r["sets"]) for r in attributions)
     for chart in ("grounding.png", "risk_coverage.png"):
         with Image.open(out / chart) as image:

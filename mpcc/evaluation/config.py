@@ -97,6 +97,12 @@ class EvalConfig:
         "evidence: comma-separated text-layer indices measured (negative: from the last); all when unset",
         parse=parse_layers,
     )
+    monitor_task: str = option(
+        "format",
+        "evidence: the answers' field (format, difficulty, category, in_distribution, ...) or eval-data "
+        "column whose values are the uncertainty monitor's tasks: the entropy x vision model is fitted per "
+        "task and the vision veto targets the tasks where confident-but-blind answers are hazardous",
+    )
     reuse_images: bool = option(
         True,
         "encode each image once for all the rows of its item and the diagnostics' passes over it (hf); "

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpcc.reports.charts import evidence_chart, risk_coverage_chart
+from mpcc.reports.monitor import compare_uncertainty, uncertainty_markdown
 from mpcc.reports.tables import MISSING, estimate, fmt, markdown_table
 
 EVIDENCE_CHART, RISK_CHART = "grounding.png", "risk_coverage.png"
@@ -28,14 +29,8 @@ CRM_CLASSES = ("robust", "hallucinated", "collapsed", "flipped")
 COMPARED = {  # column: where it sits in a run's grounding section
     "evidence mass": ("evidence", "all", "evidence_mass"),
     "collapse ratio": ("evidence", "all", "collapse_ratio"),
-    "AURC (full-response entropy)": ("uncertainty", "aurc", "entropy_full"),
-    "risk at coverage, veto": ("uncertainty", "risk_at_coverage", "with_veto"),
 }
-_LABELS = {
-    "entropy_full": "full-response entropy",
-    "entropy_answer": "answer-span entropy",
-    "interaction": "entropy x vision model",
-}
+_LABELS = {"entropy_full": "full-response entropy", "entropy_answer": "answer-span entropy"}
 
 
 def _label(key: str) -> str:
@@ -57,40 +52,19 @@ def grounding_charts(section: dict, out: Path) -> None:
         risk_coverage_chart(risk, out / RISK_CHART)
 
 
-def _evidence_markdown(e: dict, u: dict) -> list[str]:
+def _evidence_markdown(e: dict) -> list[str]:
     rows = [
         (level, c["n"], *(fmt(c[k], ".4f") for k in EVIDENCE_COLUMNS))
         for level, c in {"all": e["all"], **e["per_level"]}.items()
     ]
-    risk = u["risk_at_coverage"]
-    vetoed = MISSING if risk["vetoed"] is None else risk["vetoed"]
-    lines = [
+    return [
         "Attention of each reasoning token (mean over heads and measured layers) on the image, on the "
         "context objects (evidence) and on the hidden region; collapse ratio = late / early evidence mass.",
         "",
         *markdown_table(("level", "answers", *map(_label, EVIDENCE_COLUMNS)), rows),
         f"![evidence attention by reasoning position]({EVIDENCE_CHART})",
         "",
-        *markdown_table(
-            ("ranking (most confident first)", "AURC"), [(_label(k), fmt(v)) for k, v in u["aurc"].items()]
-        ),
-        f"Selective risk at {risk['coverage']:.0%} coverage ranked by full-response entropy: "
-        f"{fmt(risk['entropy_full'])} ({u['n']} answers). Vision veto (abstain when confident but visually "
-        f"disengaged; fitted on {u['n_fit']} answers, evaluated on {u['n_eval']}): "
-        f"{fmt(risk['without_veto'])} without, {fmt(risk['with_veto'])} with ({vetoed} vetoed).",
-        "",
     ]
-    if u["interaction"]:
-        i = u["interaction"]
-        lines += [
-            "Entropy x vision model, P(wrong) = sigmoid(b0 + b1 H + b2 V + b3 H V) on standardised features: "
-            f"b0 {fmt(i['intercept'])}, b1 {fmt(i['entropy'])}, b2 {fmt(i['vision'])}, "
-            f"b3 {fmt(i['interaction'])}; held-out log loss {fmt(i['heldout_log_loss'])}; AURC on the "
-            f"evaluation half {fmt(u['aurc']['interaction'])} (full-response entropy on the same answers: "
-            f"{fmt(i['aurc_entropy_full_eval_half'])}).",
-            "",
-        ]
-    return lines + [f"![risk-coverage]({RISK_CHART})", ""]
 
 
 def _crm_markdown(c: dict) -> list[str]:
@@ -134,7 +108,8 @@ def grounding_markdown(section: dict) -> str:
     """The section's tables for report.md, opening with a blank line to follow the report's last table."""
     lines = ["", "## Step-level grounding", ""]
     if "evidence" in section:
-        lines += _evidence_markdown(section["evidence"], section["uncertainty"])
+        lines += _evidence_markdown(section["evidence"]) + uncertainty_markdown(section["uncertainty"])
+        lines += [f"![risk-coverage]({RISK_CHART})", ""]
     if "crm" in section:
         lines += _crm_markdown(section["crm"])
     return "\n".join(lines)
@@ -153,6 +128,9 @@ def compare_grounding(sections: dict[str, dict], out: Path) -> list[str]:
     lines = ["## Step-level grounding", "", *markdown_table(("run", *COMPARED), rows)]
     crm = {name: _at(s, ("crm", "all")) for name, s in sections.items()}
     lines += _crm_compare({name: c for name, c in crm.items() if c and "contrast" in c})
+    monitored = {name: s["uncertainty"] for name, s in sections.items() if "uncertainty" in s}
+    if monitored:
+        lines += compare_uncertainty(monitored)
     curves = {
         name: (s["evidence"]["bins"], s["evidence"]["all"]["curve"])
         for name, s in sections.items()

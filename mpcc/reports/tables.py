@@ -31,10 +31,11 @@ def accuracy_n(cell: dict[str, Any] | None) -> str:
 
 
 def estimate(cell: dict[str, Any] | None, spec: str = ".3f") -> str:
-    """An interval estimate (`mpcc.evaluation.intervals.Estimate.as_dict()`) as `value [low, high]`;
-    "too few answers (n=...)" when it has no interval, MISSING when absent."""
+    """An interval estimate (mpcc.evaluation.intervals.Estimate as a dict) as `value [low, high] (n=N)`;
+    "too few answers (n=N)" when it has no interval, for then there is no claim to print; MISSING when
+    the measure was not computed."""
     if cell is None:
         return MISSING
     if cell["low"] is None:
         return f"too few answers (n={cell['n']})"
-    return f"{format(cell['value'], spec)} [{format(cell['low'], spec)}, {format(cell['high'], spec)}]"
+    return f"{cell['value']:{spec}} [{cell['low']:{spec}}, {cell['high']:{spec}}] (n={cell['n']})"
