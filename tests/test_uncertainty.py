@@ -252,7 +252,7 @@ def make_records(n_items: int, per_item: int, seed: int = 4) -> list[dict]:
                     "correct": bool(rng.random() >= 0.1 + 0.5 * h * (1 - v)),
                     "entropy_full": h,
                     "entropy_answer": h * 0.5 + float(rng.random()) * 0.2,
-                    "evidence_mass": v,
+                    "evidence_share": v,
                 }
             )
     return records
@@ -274,7 +274,7 @@ def test_report_keys_and_values():
     records = make_records(150, 2)
     records[0]["entropy_answer"] = None
     records[1]["entropy_answer"] = float("nan")
-    records[2]["evidence_mass"] = None
+    records[2]["evidence_share"] = None
     report = uncertainty_report(records)
     json.dumps(report)
     assert_plain(report)
@@ -311,9 +311,9 @@ def test_report_keys_and_values():
     assert report["aurc"]["oracle"] < report["aurc"]["random"]
     assert report["risk_at_coverage"]["entropy_full"] == pytest.approx(selective_risk(-entropy, correct))
     assert report["risk_at_coverage"]["vision_quantile"] in VETO_QUANTILES
-    with_vision = [r for r in records if r["evidence_mass"] is not None]
+    with_vision = [r for r in records if r["evidence_share"] is not None]
     fit = split_halves(r["item_id"] for r in with_vision)
-    h, v = (np.array([r[key] for r in with_vision]) for key in ("entropy_full", "evidence_mass"))
+    h, v = (np.array([r[key] for r in with_vision]) for key in ("entropy_full", "evidence_share"))
     ok = np.array([r["correct"] for r in with_vision])
     model = fit_interaction(h[fit], v[fit], ~ok[fit])
     assert report["aurc"]["interaction"] == pytest.approx(aurc(1 - model.predict(h[~fit], v[~fit]), ok[~fit]))
@@ -373,7 +373,7 @@ def test_report_without_answer_entropy_or_vision():
             "correct": i % 3 == 0,
             "entropy_full": i / 10,
             "entropy_answer": None,
-            "evidence_mass": None,
+            "evidence_share": None,
         }
         for i in range(10)
     ]

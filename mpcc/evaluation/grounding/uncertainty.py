@@ -4,7 +4,7 @@ looking away from the image tell us more than its entropy does?
 The measures follow "Don't Blink: Evidence Collapse during Multimodal Reasoning", which publishes no
 formulas; these are the definitions used here. Each answer has `correct`, `entropy_full` (mean
 next-token entropy over the whole completion, nats), `entropy_answer` (the same over the <answer>
-span), `evidence_mass` (mean share of attention on the visual evidence during the reasoning) and an
+span), `evidence_share` (share of the image attention on the visual evidence during the reasoning) and an
 `item_id`; n is the number of answers.
 
 - Token entropy: H = -sum_v p_v log p_v of the next-token distribution, in nats, computed in float32
@@ -18,7 +18,7 @@ span), `evidence_mass` (mean share of attention on the visual evidence during th
 - Selective risk at coverage c: risk_k with k = ceil(c * n), the error rate on the answers kept when
   abstaining on the least confident 1 - c.
 - Interaction model: P(wrong) = sigmoid(b0 + b1 zH + b2 zV + b3 zH zV), where zH and zV are
-  entropy_full and evidence_mass standardised with the fit data's mean and standard deviation (a
+  entropy_full and evidence_share standardised with the fit data's mean and standard deviation (a
   standard deviation of 0 counts as 1). The fit minimises the log loss summed over answers plus
   ridge / 2 * (b1^2 + b2^2 + b3^2) (the intercept is not penalised) by Newton's method (IRLS), at most
   100 steps, stopping when no coefficient moves by 1e-8 or more.
@@ -27,7 +27,7 @@ span), `evidence_mass` (mean share of attention on the visual evidence during th
   loss is the mean of -log P(the observed outcome), in nats.
 - Vision veto ("abstain when confident but visually disengaged"): thresholds come from a fit half and
   are applied to an evaluation half. An answer is confident when its entropy_full is below the fit
-  half's median, and disengaged when its evidence_mass is below the fit half's q-quantile (numpy's
+  half's median, and disengaged when its evidence_share is below the fit half's q-quantile (numpy's
   linear interpolation); confident and disengaged answers are vetoed. The ranking is by -entropy_full
   with every vetoed answer moved behind all others, so they are abstained on first. q is the one of
   0.1, 0.2, 0.3, 0.4, 0.5 with the lowest selective risk at the target coverage on the fit half
@@ -297,7 +297,7 @@ def uncertainty_report(records: Sequence[dict], coverage: float = 0.9, min_per_h
     """The selective-prediction measures of one eval run as a JSON-ready dict (see the module docstring).
 
     AURCs and the full-entropy risk use every record, the answer-entropy ones the records that have
-    entropy_answer. The interaction model and the veto use the records with evidence_mass, split into
+    entropy_answer. The interaction model and the veto use the records with evidence_share, split into
     halves by item (`n_fit`, `n_eval`); they are None when a half has fewer than `min_per_half` records,
     and the interaction AURC is over the evaluation half only.
     """
@@ -310,7 +310,7 @@ def uncertainty_report(records: Sequence[dict], coverage: float = 0.9, min_per_h
     entropy = _vector("entropy_full", _fields(records, "entropy_full"), len(records))
     item_ids = _fields(records, "item_id")
     answer = _optional(records, "entropy_answer")
-    vision = _optional(records, "evidence_mass")
+    vision = _optional(records, "evidence_share")
 
     has_answer = ~np.isnan(answer)
     answer_aurc = aurc(-answer[has_answer], correct[has_answer]) if has_answer.any() else None
