@@ -76,7 +76,8 @@ class EvalCallback(TrainerCallback):
                     if self.regions and text:
                         layers = resolve_layers(model, None)
                         regions = self.regions[row["item_id"]]
-                        measured.append(evidence_record(model, processor, row, text, regions, layers))
+                        record = evidence_record(model, processor, row, text, regions, layers)
+                        measured.append({**record, **{k: row[k] for k in ("item_id", "difficulty")}})
         trainer.model.train(was_training)
         m = compute_metrics(records)
         logs = {"mpcc_eval/accuracy": m["accuracy"], "mpcc_eval/format_compliance": m["format_compliance"]}
