@@ -24,7 +24,8 @@ reasoning with no change of focus (a random-weight model showed a "collapse" of 
 - `evidence_overlap`: image tokens ranked by the attention the reasoning tokens pay them (summed over
   those tokens); the share of the top k that are evidence tokens, k = |E| (our definition of the
   evidence-box overlap the paper reports; a ranking blind to the evidence scores |E| / |I| on average:
-  the run's `overlap_chance`);
+  the run's `overlap_chance`). A ranking ignores how small the differences are (a near-uniform model
+  scores above chance where object tokens differ from a flat background): the lift gives the size;
 - `profile`: the evidence share per measured layer and head in each third of the reasoning (`THIRDS`),
   from the same pass;
 - the token entropy (nats, `uncertainty.token_entropy`) and log-probability; full-response entropy =
