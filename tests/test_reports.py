@@ -110,3 +110,20 @@ def test_reports_import_no_model_code_nor_the_layers_above():
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
     above = ("mpcc.evaluation", "mpcc.training", "mpcc.export", "mpcc.bench", "mpcc.demo", "mpcc.cli")
     assert not [m for m in loaded if m.split(".")[0] in ("torch", "transformers") or m.startswith(above)]
+
+
+def test_compare_leaves_out_evidence_measured_before_the_length_free_measures(tmp_path):
+    """A run from before (its collapse ratio and curve were raw mass) shows no evidence measures rather
+    than a raw ratio under the length-free heading; the current run's show with their intervals."""
+    from mpcc.evaluation.grounding.evidence import summarise_evidence
+
+    current = json.loads(json.dumps(summarise_evidence(_evidence_records(20, "easy", 0))))
+    cell = {"n": 9, "evidence_mass": 0.04, "collapse_ratio": 0.764, "curve": [0.04] * 10}
+    before = {"all": cell, "per_level": {}, "bins": current["bins"]}
+    sections = {"now": {"evidence": current}, "before": {"evidence": before}}
+    lines = grounding.compare_grounding(sections, tmp_path)
+    row = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    assert estimate(current["all"]["collapse_ratio"]) in row["| now"] and "0.764" not in row["| before"]
+    assert row["| before"].startswith(f"| before | {MISSING} | {MISSING} | {MISSING} |")
+    with Image.open(tmp_path / grounding.EVIDENCE_CHART) as chart:
+        assert chart.format == "PNG"

@@ -202,15 +202,23 @@ def _compared(value) -> str:
     return estimate(value) if isinstance(value, dict) else fmt(value, ".4f")
 
 
+def _length_free(section: dict) -> dict:
+    """`section` without an evidence part from before the length-free measures."""
+    old = "evidence" in section and "curve_raw" not in section["evidence"]["all"]
+    return {k: v for k, v in section.items() if k != "evidence"} if old else section
+
+
 def compare_grounding(sections: dict[str, dict], out: Path) -> list[str]:
     """Markdown lines comparing runs' grounding sections (MISSING where a run lacks a measure), and one
-    evidence curve per run drawn under `out`."""
+    evidence curve per run drawn under `out`. A run measured before the length-free measures (no raw
+    curve: its curve and collapse ratio were raw mass) counts as without evidence measures."""
+    sections = {name: _length_free(s) for name, s in sections.items()}
     rows = [(name, *(_compared(_at(s, path)) for path in COMPARED.values())) for name, s in sections.items()]
     lines = ["## Step-level grounding", "", *markdown_table(("run", *COMPARED), rows)]
     measured = {name: s["evidence"] for name, s in sections.items() if "evidence" in s}
     if measured:
         curves = {name: (e["bins"], e["all"]["curve"]) for name, e in measured.items()}
-        raw = {name: (e["bins"], e["all"].get("curve_raw")) for name, e in measured.items()}
+        raw = {name: (e["bins"], e["all"]["curve_raw"]) for name, e in measured.items()}
         evidence_chart(curves, out / EVIDENCE_CHART, raw=raw)
         lines.append(f"![evidence attention by reasoning position]({EVIDENCE_CHART})")
     return lines
