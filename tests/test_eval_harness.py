@@ -17,6 +17,7 @@ from mpcc.evaluation.grounding.conditions import CANVAS, Diagnostics
 from mpcc.evaluation.harness import eval_rows
 from mpcc.evaluation.run_identity import weights_fingerprint
 from mpcc.models import resolve_model_path
+from mpcc.reports.tables import estimate
 
 ARGS = ["--limit", "6", "--max-new-tokens", "8", "--formats", "mc4,yesno,open", "--batch-size", "8"]
 
@@ -170,7 +171,7 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
         "--max-new-tokens",
         "24",
     ]
-    options += ["--formats", "mc4,open"]
+    options += ["--formats", "mc4,open", "--monitor-task", "difficulty"]
     command = ["eval", "--model", str(checkpoint), "--data", str(tiny_builds["eval"]), "--out", str(out)]
     command += options
     assert main(command) == 0
@@ -188,14 +189,21 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     )  # 2 singles + top-k  # 2 singles + the top-k set when it is new
     section = metrics["grounding"]
     assert section["evidence"]["all"]["n"] == len(answered)
-    assert 0 < section["evidence"]["all"]["evidence_mass"] < section["evidence"]["all"]["image_mass"] <= 1
+    measured = section["evidence"]["all"]
+    assert 0 < measured["evidence_mass_raw"] < measured["image_mass_raw"] <= 1
+    assert 0 < measured["evidence_share"]["value"] < 1 and measured["collapse_ratio"]["n"] <= len(answered)
+    profile = section["evidence"]["profile"]  # thirds x measured layers x heads
+    assert len(profile["lift"]) == 3 and len(profile["lift"][0]) == len(profile["layers"]) > 0
     assert section["uncertainty"]["n"] == len(answered)
+    assert section["uncertainty"]["task_key"] == "difficulty"
+    assert set(section["uncertainty"]["auroc_per_task"]) <= set(LEVELS)
     assert section["crm"]["all"]["pairs"] == sum(len(r["sets"]) for r in attributions)
-    for chart in ("grounding.png", "risk_coverage.png"):
+    for chart in ("grounding.png", "grounding_profile.png", "risk_coverage.png"):
         with Image.open(out / chart) as image:
             assert image.format == "PNG"
     report = (out / "report.md").read_text()
     assert "## Step-level grounding" in report and "grounding.png" in report and "hallucinated" in report
+    assert "collapse ratio (raw mass)" in report and "grounding_profile.png" in report
 
     def fail(*args, **kwargs):
         raise AssertionError("measured again on resume")
@@ -209,8 +217,10 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     shutil.copytree(out, other)
     assert main(["eval", "compare", str(out), str(other), "--out", str(tmp_path / "cmp")]) == 0
     compared = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| run | evidence mass | collapse ratio |" in compared and "CRM hallucinated evidence" in compared
-    assert compared.count(f"| {section['evidence']['all']['evidence_mass']:.4f} |") == 2
+    assert "| run | evidence share | collapse ratio | collapse ratio (raw mass) |" in compared
+    assert "CRM hallucinated evidence" in compared
+    cells = (measured["evidence_share"], measured["collapse_ratio"], measured["collapse_ratio_raw"])
+    assert all(f"| {name} | {' | '.join(map(estimate, cells))} |" in compared for name in ("run", "other"))
     with Image.open(tmp_path / "cmp" / "grounding.png") as chart:
         assert chart.format == "PNG"
 

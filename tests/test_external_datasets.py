@@ -211,7 +211,7 @@ def test_uniform_attention_puts_the_area_share_on_annotated_evidence(shapes):
     record = evidence_record(model.eval(), processor, row, TRACE, (evidence, target), frozenset({0, 1}))
     assert record["evidence_share"] == pytest.approx(n_evidence / n_image, rel=1e-5)
     assert record["tokens"] == {"image": n_image, "evidence": n_evidence, "target": 0}
-    assert record["target_mass"] is None
+    assert record["target_mass_raw"] is None
     whole = evidence_record(model, processor, row, TRACE, (np.ones_like(evidence), target), frozenset({0}))
     assert whole["evidence_share"] == pytest.approx(1.0, rel=1e-5)
 
@@ -241,7 +241,7 @@ def test_mpcc_eval_measures_evidence_on_the_shapes_fixture_and_resumes(shapes, t
     )
     section = metrics["grounding"]
     assert section["evidence"]["all"]["n"] == len(answered)
-    assert 0 < section["evidence"]["all"]["evidence_share"] < 1
+    assert 0 < section["evidence"]["all"]["evidence_share"]["value"] < 1
     assert "## Step-level grounding" in (out / "report.md").read_text()
 
     def fail(*args, **kwargs):

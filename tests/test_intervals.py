@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpcc.evaluation.intervals import MIN_ANSWERS, item_bootstrap
+from mpcc.evaluation.intervals import MIN_ANSWERS, item_bootstrap, item_bootstraps
 
 
 def _mean(records):
@@ -52,3 +52,17 @@ def test_too_few_answers_or_an_undefined_statistic_give_no_interval():
     rare = _answers([1, 1] + [0] * 98)
     assert needs_two_positives(rare) == 1.0 and not item_bootstrap(rare, needs_two_positives).enough
     assert item_bootstrap([], _mean).value is None
+
+
+def test_several_statistics_share_their_resamples_and_equal_one_at_a_time():
+    data = _answers(np.random.default_rng(2).random(50), per_item=2)
+
+    def both(records):
+        x = [r["x"] for r in records]
+        return {"mean": float(np.mean(x)), "max": float(np.max(x)), "never": None}
+
+    together = item_bootstraps(data, both, seed=5, resamples=200)
+    assert together["mean"] == item_bootstrap(data, _mean, seed=5, resamples=200)
+    assert together["max"] == item_bootstrap(data, lambda rs: both(rs)["max"], seed=5, resamples=200)
+    assert together["never"].value is None and not together["never"].enough
+    assert item_bootstraps([], both) == {}

@@ -260,9 +260,9 @@ def test_eval_callback_logs_during_training(tmp_path, tiny_builds):
     assert [h["step"] for h in logged] == [1, 2]
     assert all(0 <= h["mpcc_eval/accuracy"] <= 1 and "mpcc_eval/format_compliance" in h for h in logged)
     for h in logged:  # grounding on the same answers: attention shares in [0, 1], an evidence share
-        assert 0 < h["grounding/evidence_mass"] < h["grounding/image_mass"] <= 1
+        assert 0 < h["grounding/evidence_mass_raw"] < h["grounding/image_mass_raw"] <= 1
         assert 0 < h["grounding/evidence_share"] < 1 and h["grounding/entropy_full"] > 0
-        assert h["grounding/collapse_ratio"] > 0
+        assert h["grounding/collapse_ratio"] > 0 and h["grounding/evidence_lift"] > 0
     assert trainer.model.training  # back in training mode
 
 

@@ -1,10 +1,10 @@
-"""Selective-prediction measures: hand-computed risk-coverage numbers, token entropy against a float64
-reference, coefficient recovery of the interaction model, the vision veto on synthetic answers with and
-without "blind" errors, the item split, and the report's shape."""
+"""Selective-prediction measures on arrays: hand-computed risk-coverage numbers and AUROCs, token entropy
+against a float64 reference, coefficient recovery of the interaction model (and the sign of beta_EV on
+confident-but-blind errors), the vision veto's rule on synthetic answers with and without "blind" errors,
+and the item split. A run's report (per task, with intervals) is tests/test_monitor.py's."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -15,14 +15,17 @@ import torch
 from mpcc.errors import ValidationError
 from mpcc.evaluation.grounding.uncertainty import (
     VETO_QUANTILES,
+    VetoRule,
     aurc,
+    auroc,
+    choose_veto,
     fit_interaction,
+    kept,
     risk_coverage,
     selective_risk,
     split_halves,
     token_entropy,
-    uncertainty_report,
-    vision_veto,
+    veto_risk,
 )
 
 # Ranked by confidence: 0.9 (right), 0.8 (wrong), 0.7 (right), 0.6 (right), 0.5 (wrong).
@@ -74,6 +77,27 @@ def test_oracle_beats_random_when_some_answers_are_wrong():
     oracle = aurc(correct.astype(float), correct)
     assert oracle == pytest.approx((0 + 0 + 0 + 1 / 4 + 2 / 5) / 5)
     assert oracle < np.mean(~correct)
+
+
+def test_auroc_by_hand_with_ties():
+    # Wrong answers score 3, 2, 2; right ones 2, 1. The 3 beats both (2); each 2 ties the right 2 (0.5)
+    # and beats the 1 (1): 5 of 6 pairs.
+    score, wrong = [3, 2, 2, 2, 1], [True, True, True, False, False]
+    expected = (2 + (0.5 + 1) + (0.5 + 1)) / 6
+    assert auroc(score, wrong) == pytest.approx(expected)
+    assert auroc([1, 2, 3], [False, False, True]) == 1.0 and auroc([1, 2, 3], [True, False, False]) == 0.0
+    assert auroc([1, 2, 3], [True, True, True]) is None  # no right answer to tell apart
+
+
+def test_auroc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(9)
+    score, wrong = rng.integers(0, 6, 80).astype(float), rng.random(80) < 0.4
+    pairs = [(a > b) + 0.5 * (a == b) for a in score[wrong] for b in score[~wrong]]
+    assert auroc(score, wrong) == pytest.approx(np.mean(pairs))
+
+
+def test_kept_is_ceil_of_coverage_and_at_least_one():
+    assert [kept(25, 0.28), kept(10, 0.9), kept(10, 0.91), kept(10, 0.01), kept(3, 1.0)] == [7, 9, 10, 1, 3]
 
 
 @pytest.mark.parametrize(
@@ -130,8 +154,8 @@ def test_fit_interaction_recovers_known_coefficients():
     n, b = 20000, (-0.5, 1.2, -0.8, 0.9)
     h, v = rng.normal(1.5, 0.7, n), rng.normal(0.3, 0.1, n)
     zh, zv = (h - h.mean()) / h.std(), (v - v.mean()) / v.std()  # the model's own standardisation
-    wrong = rng.random(n) < sigmoid(b[0] + b[1] * zh + b[2] * zv + b[3] * zh * zv)
-    model = fit_interaction(h, v, wrong)
+    correct = rng.random(n) < sigmoid(b[0] + b[1] * zh + b[2] * zv + b[3] * zh * zv)
+    model = fit_interaction(h, v, correct)
     fitted = model.coefficients
     for name, expected in zip(("intercept", "entropy", "vision", "interaction"), b):
         assert fitted[name] == pytest.approx(expected, abs=0.1), name
@@ -140,23 +164,33 @@ def test_fit_interaction_recovers_known_coefficients():
     np.testing.assert_allclose(model.predict(h[:5], v[:5]), sigmoid(x @ list(fitted.values())))
 
 
+def test_beta_ev_is_negative_when_confident_blind_answers_fail_and_zero_when_vision_is_irrelevant():
+    """The sign the paper gives beta_EV: negative where low entropy and low vision together mean wrong."""
+    rng = np.random.default_rng(8)
+    h, v = rng.random(8000), rng.random(8000)
+    hazardous = rng.random(8000) >= np.where((h < 0.5) & (v < 0.3), 0.85, 0.05 + 0.3 * h)
+    assert fit_interaction(h, v, hazardous).interaction < -0.3
+    irrelevant = rng.random(8000) >= 0.05 + 0.4 * h
+    assert abs(fit_interaction(h, v, irrelevant).interaction) < 0.1
+
+
 def test_fit_interaction_leaves_the_intercept_unpenalised():
     rng = np.random.default_rng(6)
     h, v = rng.normal(size=500), rng.normal(size=500)
-    wrong = rng.random(500) < sigmoid(-1.0 + h)
-    model = fit_interaction(h, v, wrong, ridge=1e9)
+    correct = rng.random(500) < sigmoid(-1.0 + h)
+    model = fit_interaction(h, v, correct, ridge=1e9)
     assert max(abs(model.entropy), abs(model.vision), abs(model.interaction)) < 1e-5
-    assert model.intercept == pytest.approx(math.log(wrong.mean() / (1 - wrong.mean())), abs=1e-6)
+    assert model.intercept == pytest.approx(math.log(correct.mean() / (1 - correct.mean())), abs=1e-6)
 
 
 def test_log_loss_is_the_mean_negative_log_likelihood():
     rng = np.random.default_rng(7)
     h, v = rng.normal(size=300), rng.normal(size=300)
-    wrong = rng.random(300) < sigmoid(h - v)
-    model = fit_interaction(h, v, wrong)
+    correct = rng.random(300) < sigmoid(h - v)
+    model = fit_interaction(h, v, correct)
     p = model.predict(h, v)
-    expected = -np.mean(wrong * np.log(p) + (~wrong) * np.log(1 - p))
-    assert model.log_loss(h, v, wrong) == pytest.approx(expected)
+    expected = -np.mean(correct * np.log(p) + (~correct) * np.log(1 - p))
+    assert model.log_loss(h, v, correct) == pytest.approx(expected)
 
 
 def test_fit_interaction_constant_vision_uses_std_one():
@@ -168,35 +202,46 @@ def test_fit_interaction_constant_vision_uses_std_one():
     assert np.all(np.isfinite(model.predict(h, np.full(200, 0.4))))
 
 
-def test_fit_interaction_rejects_mismatched_lengths():
+def test_fit_interaction_rejects_mismatched_lengths_and_one_kind_of_answer():
     with pytest.raises(ValidationError, match="vision"):
         fit_interaction([0.1, 0.2, 0.3], [0.1, 0.2], [True, False, True])
+    with pytest.raises(ValidationError, match="all right or all wrong"):
+        fit_interaction([0.1, 0.2, 0.3], [0.5, 0.4, 0.3], [True, True, True])
 
 
 def test_vision_veto_by_hand():
-    # Fit half: median entropy 0.5 (the mean would be 1.0), so answers 0 and 1 are confident; only
+    # Fit answers: median entropy 0.5 (the mean would be 1.0), so answers 0 and 1 are confident; only
     # answer 0 (wrong) has low vision, and every q vetoes it alone, so the tie goes to q = 0.1
     # (threshold 0.15 by interpolation).
-    fit_h, fit_v, fit_ok = [0.1, 0.2, 0.8, 2.9], [0.0, 1.0, 0.5, 0.5], [False, True, True, True]
-    # Eval half: answers 0-2 are confident, only answer 0 has vision < 0.15 (0.2 would be vetoed by q >= 0.3).
-    eval_h, eval_v, eval_ok = [0.1, 0.3, 0.4, 0.6], [0.1, 0.2, 0.9, 0.9], [False, False, True, True]
-    result = vision_veto(
-        fit_h + eval_h, fit_v + eval_v, fit_ok + eval_ok, [True] * 4 + [False] * 4, coverage=0.75
+    rule = choose_veto([0.1, 0.2, 0.8, 2.9], [0.0, 1.0, 0.5, 0.5], [False, True, True, True], coverage=0.75)
+    assert rule == VetoRule(pytest.approx(0.5), pytest.approx(0.15), 0.1)
+    # Evaluation answers: 0-2 are confident, only answer 0 has vision < 0.15 (q >= 0.3 would veto 0.2 too).
+    h, v, ok = (
+        np.array([0.1, 0.3, 0.4, 0.6]),
+        np.array([0.1, 0.2, 0.9, 0.9]),
+        np.array([False, False, True, True]),
     )
-    assert result.entropy_threshold == pytest.approx(0.5)
-    assert result.vision_quantile == 0.1
-    assert result.vision_threshold == pytest.approx(0.15)
-    assert result.vetoed == 1
-    assert result.without_veto == pytest.approx(2 / 3)  # keeps answers 0, 1, 2
-    assert result.with_veto == pytest.approx(1 / 3)  # keeps answers 1, 2, 3
+    vetoed = rule.vetoes(h, v)
+    assert vetoed.tolist() == [True, False, False, False]
+    assert selective_risk(-h, ok, 0.75) == pytest.approx(2 / 3)  # keeps answers 0, 1, 2
+    assert veto_risk(h, vetoed, ok, 0.75) == pytest.approx(1 / 3)  # keeps answers 1, 2, 3
 
 
 def test_vision_veto_thresholds_are_strict():
     # Every quantile of a constant fit vision is 0.5; answers exactly at a threshold are not vetoed.
-    fit_h, fit_v = [0.1, 0.2, 0.8, 0.9], [0.5] * 4
-    eval_h, eval_v = [0.5, 0.2, 0.3], [0.4, 0.5, 0.4]
-    result = vision_veto(fit_h + eval_h, fit_v + eval_v, [True] * 7, [True] * 4 + [False] * 3)
-    assert (result.entropy_threshold, result.vision_threshold, result.vetoed) == (0.5, 0.5, 1)
+    rule = choose_veto([0.1, 0.2, 0.8, 0.9], [0.5] * 4, [True] * 4)
+    assert (rule.entropy_threshold, rule.vision_threshold) == (0.5, 0.5)
+    assert rule.vetoes(np.array([0.5, 0.2, 0.3]), np.array([0.4, 0.5, 0.4])).tolist() == [False, False, True]
+
+
+def _veto_on_halves(h, v, ok):
+    fit = split_halves(range(h.size))
+    rule = choose_veto(h[fit], v[fit], ok[fit])
+    return (
+        rule,
+        selective_risk(-h[~fit], ok[~fit]),
+        veto_risk(h[~fit], rule.vetoes(h[~fit], v[~fit]), ok[~fit]),
+    )
 
 
 def test_vision_veto_lowers_risk_when_blind_answers_are_wrong():
@@ -204,23 +249,17 @@ def test_vision_veto_lowers_risk_when_blind_answers_are_wrong():
     h, v = rng.random(4000), rng.random(4000)
     # Confident but not looking: mostly wrong; everything else mostly right.
     ok = rng.random(4000) >= np.where((h < 0.5) & (v < 0.3), 0.9, 0.1)
-    result = vision_veto(h, v, ok, split_halves(range(4000)))
-    assert result.vision_quantile in VETO_QUANTILES
-    assert result.vetoed > 0
-    assert result.with_veto < result.without_veto - 0.05
+    rule, without, with_veto = _veto_on_halves(h, v, ok)
+    assert rule.vision_quantile in VETO_QUANTILES
+    assert with_veto < without - 0.05
 
 
 def test_vision_veto_does_not_help_when_vision_is_irrelevant():
     rng = np.random.default_rng(3)
     h, v = rng.random(4000), rng.random(4000)
     ok = rng.random(4000) >= 0.05 + 0.4 * h  # entropy is informative, vision independent of correctness
-    result = vision_veto(h, v, ok, split_halves(range(4000)))
-    assert result.with_veto >= result.without_veto - 0.02
-
-
-def test_vision_veto_needs_both_halves():
-    with pytest.raises(ValidationError, match="both sides"):
-        vision_veto([0.1, 0.2], [0.1, 0.2], [True, False], [True, True])
+    _, without, with_veto = _veto_on_halves(h, v, ok)
+    assert with_veto >= without - 0.02
 
 
 def test_split_halves_is_crc32_parity():
@@ -238,154 +277,3 @@ def test_split_halves_order_independent_and_keeps_items_together():
     expected = dict(zip(ids, mask.tolist()))
     assert split_halves(shuffled).tolist() == [expected[i] for i in shuffled]
     assert split_halves(ids).tolist() == mask.tolist()
-
-
-def make_records(n_items: int, per_item: int, seed: int = 4) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for item in range(n_items):
-        for _ in range(per_item):
-            h, v = float(rng.random()), float(rng.random())
-            records.append(
-                {
-                    "item_id": f"item-{item}",
-                    "correct": bool(rng.random() >= 0.1 + 0.5 * h * (1 - v)),
-                    "entropy_full": h,
-                    "entropy_answer": h * 0.5 + float(rng.random()) * 0.2,
-                    "evidence_mass": v,
-                }
-            )
-    return records
-
-
-def assert_plain(value):
-    """JSON types only: np.float64 passes json.dumps (it subclasses float), so check types directly."""
-    if isinstance(value, dict):
-        for v in value.values():
-            assert_plain(v)
-    elif isinstance(value, list):
-        for v in value:
-            assert_plain(v)
-    else:
-        assert value is None or type(value) in (bool, int, float), (value, type(value))
-
-
-def test_report_keys_and_values():
-    records = make_records(150, 2)
-    records[0]["entropy_answer"] = None
-    records[1]["entropy_answer"] = float("nan")
-    records[2]["evidence_mass"] = None
-    report = uncertainty_report(records)
-    json.dumps(report)
-    assert_plain(report)
-    assert report["n"] == 300
-    assert report["n_fit"] + report["n_eval"] == 299
-    assert set(report["aurc"]) == {"entropy_full", "entropy_answer", "interaction", "random", "oracle"}
-    assert set(report["risk_at_coverage"]) == {
-        "coverage",
-        "entropy_full",
-        "without_veto",
-        "with_veto",
-        "vetoed",
-        "entropy_threshold",
-        "vision_threshold",
-        "vision_quantile",
-    }
-    assert set(report["interaction"]) == {
-        "intercept",
-        "entropy",
-        "vision",
-        "interaction",
-        "heldout_log_loss",
-        "aurc_entropy_full_eval_half",
-        "n_fit",
-        "n_eval",
-    }
-
-    correct = np.array([r["correct"] for r in records])
-    entropy = np.array([r["entropy_full"] for r in records])
-    answer = np.array([r["entropy_answer"] for r in records[2:]])
-    assert report["aurc"]["entropy_full"] == pytest.approx(aurc(-entropy, correct))
-    assert report["aurc"]["entropy_answer"] == pytest.approx(aurc(-answer, correct[2:]))
-    assert report["aurc"]["random"] == pytest.approx(np.mean(~correct))
-    assert report["aurc"]["oracle"] < report["aurc"]["random"]
-    assert report["risk_at_coverage"]["entropy_full"] == pytest.approx(selective_risk(-entropy, correct))
-    assert report["risk_at_coverage"]["vision_quantile"] in VETO_QUANTILES
-    with_vision = [r for r in records if r["evidence_mass"] is not None]
-    fit = split_halves(r["item_id"] for r in with_vision)
-    h, v = (np.array([r[key] for r in with_vision]) for key in ("entropy_full", "evidence_mass"))
-    ok = np.array([r["correct"] for r in with_vision])
-    model = fit_interaction(h[fit], v[fit], ~ok[fit])
-    assert report["aurc"]["interaction"] == pytest.approx(aurc(1 - model.predict(h[~fit], v[~fit]), ok[~fit]))
-    assert report["interaction"]["heldout_log_loss"] == pytest.approx(
-        model.log_loss(h[~fit], v[~fit], ~ok[~fit])
-    )
-    assert report["interaction"]["aurc_entropy_full_eval_half"] == pytest.approx(aurc(-h[~fit], ok[~fit]))
-    assert (report["interaction"]["n_fit"], report["interaction"]["n_eval"]) == (fit.sum(), (~fit).sum())
-    assert report["interaction"]["entropy"] > 0  # wrong answers were made likelier by high entropy
-
-    full = report["curves"]["entropy_full"]
-    assert len(full["coverage"]) == len(full["risk"]) == 101
-    assert full["coverage"][0] == pytest.approx(1 / 300) and full["coverage"][-1] == 1.0
-    assert full["risk"][-1] == pytest.approx(np.mean(~correct))
-    assert len(report["curves"]["entropy_answer"]["coverage"]) == 101
-
-
-def test_report_short_curve_keeps_every_point():
-    report = uncertainty_report(make_records(20, 2))
-    assert len(report["curves"]["entropy_full"]["coverage"]) == 40
-
-
-def test_report_too_few_records_leaves_veto_and_interaction_out():
-    report = uncertainty_report(make_records(20, 2), min_per_half=100)
-    json.dumps(report)
-    assert_plain(report)
-    assert report["interaction"] is None
-    assert report["aurc"]["interaction"] is None
-    for key in (
-        "without_veto",
-        "with_veto",
-        "vetoed",
-        "entropy_threshold",
-        "vision_threshold",
-        "vision_quantile",
-    ):
-        assert report["risk_at_coverage"][key] is None
-    assert report["risk_at_coverage"]["entropy_full"] is not None
-
-
-def test_all_wrong_answers_leave_the_model_out_but_keep_the_veto():
-    """An untrained model gets everything wrong: no P(wrong) model exists (its intercept would diverge),
-    the veto and the AURCs are still reported."""
-    records = [{**r, "correct": False} for r in make_records(60, 2)]
-    report = uncertainty_report(records)
-    assert report["interaction"] is None and report["aurc"]["interaction"] is None
-    assert report["risk_at_coverage"]["with_veto"] == report["risk_at_coverage"]["without_veto"] == 1.0
-    assert report["aurc"]["entropy_full"] == 1.0
-    with pytest.raises(ValidationError, match="all right or all wrong"):
-        fit_interaction([0.1, 0.2, 0.3], [0.5, 0.4, 0.3], [True, True, True])
-
-
-def test_report_without_answer_entropy_or_vision():
-    records = [
-        {
-            "item_id": i,
-            "correct": i % 3 == 0,
-            "entropy_full": i / 10,
-            "entropy_answer": None,
-            "evidence_mass": None,
-        }
-        for i in range(10)
-    ]
-    report = uncertainty_report(records)
-    assert report["aurc"]["entropy_answer"] is None and report["curves"]["entropy_answer"] is None
-    assert (report["n_fit"], report["n_eval"], report["interaction"]) == (0, 0, None)
-
-
-def test_report_rejects_empty_and_incomplete_records():
-    with pytest.raises(ValidationError, match="no records"):
-        uncertainty_report([])
-    records = make_records(3, 1)
-    del records[1]["entropy_full"]
-    with pytest.raises(ValidationError, match="record 1 has no 'entropy_full'"):
-        uncertainty_report(records)

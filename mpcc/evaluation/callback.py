@@ -18,7 +18,11 @@ from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import generate
 
-GROUNDING_LOGS = ("evidence_mass", "evidence_share", "image_mass", "collapse_ratio", "entropy_full")
+# evidence measures logged as grounding/<key> (value of an estimate; its interval needs more answers)
+GROUNDING_LOGS = (
+    "evidence_share", "evidence_lift", "evidence_overlap", "collapse_ratio", "collapse_ratio_raw",
+    "evidence_mass_raw", "image_mass_raw", "entropy_full",
+)  # fmt: skip
 
 
 class EvalCallback(TrainerCallback):
@@ -72,12 +76,14 @@ class EvalCallback(TrainerCallback):
                     if self.regions and text:
                         layers = resolve_layers(model, None)
                         regions = self.regions[row["item_id"]]
-                        measured.append(evidence_record(model, processor, row, text, regions, layers))
+                        record = evidence_record(model, processor, row, text, regions, layers)
+                        measured.append({**record, **{k: row[k] for k in ("item_id", "difficulty")}})
         trainer.model.train(was_training)
         m = compute_metrics(records)
         logs = {"mpcc_eval/accuracy": m["accuracy"], "mpcc_eval/format_compliance": m["format_compliance"]}
         logs.update({f"mpcc_eval/accuracy_{lv}": cell["accuracy"] for lv, cell in m["per_level"].items()})
         if measured:
             cell = summarise_evidence(measured)["all"]
-            logs.update({f"grounding/{k}": cell[k] for k in GROUNDING_LOGS if cell[k] is not None})
+            values = {k: cell[k]["value"] if isinstance(cell[k], dict) else cell[k] for k in GROUNDING_LOGS}
+            logs.update({f"grounding/{k}": v for k, v in values.items() if v is not None})
         return logs

@@ -17,6 +17,7 @@ STEP_DIAGNOSTICS = ("crm", "evidence")  # inside the greedy reasoning, step by s
 DIAGNOSTICS = (*IMAGE_DIAGNOSTICS, *STEP_DIAGNOSTICS)
 BACKENDS = ("hf", "vllm")
 BOX_FORMATS = ("xyxy", "xywh")  # evidence boxes of other datasets
+CRM_FILLS = ("surround", "target")  # what covers an ablated region (mpcc.evaluation.grounding.conditions)
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -80,12 +81,27 @@ class EvalConfig:
         2, "context objects the `context` diagnostic hides (and CRM's joint set)", minimum=1
     )
     crm_regions: int = option(
-        3, "CRM: context objects hidden one at a time, most predictive first", minimum=0
+        3,
+        "CRM: context objects hidden one at a time, most predictive first (each region set also gets a "
+        "control ablation of the same area elsewhere: two generations per set)",
+        minimum=0,
+    )
+    crm_fill: str = option(
+        "surround",
+        "CRM: what covers a hidden object; surround: the mean colour of the pixels around it (not the "
+        "target's fill, so the image shows one masked object); target: the build's fill, as the target's",
+        choices=CRM_FILLS,
     )
     attention_layers: tuple[int, ...] | None = option(
         None,
         "evidence: comma-separated text-layer indices measured (negative: from the last); all when unset",
         parse=parse_layers,
+    )
+    monitor_task: str = option(
+        "format",
+        "evidence: the answers' field (format, difficulty, category, in_distribution, ...) or eval-data "
+        "column whose values are the uncertainty monitor's tasks: the entropy x vision model is fitted per "
+        "task and the vision veto targets the tasks where confident-but-blind answers are hazardous",
     )
     reuse_images: bool = option(
         True,
@@ -106,6 +122,8 @@ class EvalConfig:
             raise ConfigError(f"diagnostics must be a subset of {DIAGNOSTICS}, got {self.diagnostics}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.crm_fill not in CRM_FILLS:
+            raise ConfigError(f"crm fill must be one of {CRM_FILLS}, got {self.crm_fill!r}")
         validate_bounds(self)
         if set(self.diagnostics) & set(STEP_DIAGNOSTICS) and (self.samples > 1 or self.decoding.do_sample):
             raise ConfigError(

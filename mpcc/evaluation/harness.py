@@ -21,7 +21,7 @@ from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConf
 from mpcc.evaluation.external import dataset_rows
 from mpcc.evaluation.grounding.annotated import AnnotatedRegions
 from mpcc.evaluation.grounding.conditions import Diagnostics
-from mpcc.evaluation.grounding.runner import GROUNDING, run_step_diagnostics
+from mpcc.evaluation.grounding.runner import GROUNDING, monitor_tasks, run_step_diagnostics
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.evaluation.run_identity import check_claim, claim, run_identity
@@ -224,6 +224,8 @@ def run_eval(
     out = Path(out)
     _lock = lock_output(out, inputs=(model_name_or_path, data))  # no other writer until this returns
     rows = eval_rows(data, config)
+    if "evidence" in config.diagnostics:
+        monitor_tasks(dict(rows), config.monitor_task)  # a wrong --monitor-task stops before generating
     identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
     check_claim(out, identity, overwrite)
     diagnostics = _conditions(data, config)

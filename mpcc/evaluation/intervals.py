@@ -9,8 +9,10 @@ and says so, and reports print "too few answers (n=...)" instead of a number.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -52,24 +54,50 @@ def item_bootstrap(
 ) -> Estimate:
     """`statistic(records)` with the percentile interval of `statistic` over `resamples` resamples of the
     items (with replacement); a statistic may return None where it is undefined (too few of a kind)."""
+    options = {"item_key": item_key, "seed": seed, "resamples": resamples, "level": level}
+    estimates = item_bootstraps(records, lambda rs: {"": statistic(rs)}, min_answers=min_answers, **options)
+    return estimates.get("", Estimate(None, None, None, 0, 0))  # no records
+
+
+def item_bootstraps(
+    records: Sequence[dict],
+    statistics: Callable[[list[dict]], Mapping[str, float | None]],
+    *,
+    item_key: str = "item_id",
+    seed: int = 0,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    min_answers: int = MIN_ANSWERS,
+) -> dict[str, Estimate]:
+    """`item_bootstrap` of several statistics of the same records at once: `statistics(records)` gives
+    them by name, and each resample is drawn and evaluated once for all (a table of measures costs one
+    bootstrap, and shared work such as a ranking is done once per resample). Each estimate equals the
+    `item_bootstrap` of its statistic alone with the same seed; a name missing from a resample's
+    result counts as undefined there. No records: no estimates."""
     records = list(records)
     groups: dict = {}
     for record in records:
         groups.setdefault(record[item_key], []).append(record)
-    value = statistic(records) if records else None
+    values = dict(statistics(records)) if records else {}
     items = list(groups.values())
-    if value is None or len(records) < min_answers or len(items) < 2:
-        return Estimate(_float(value), None, None, len(records), len(items))
+    defined = [name for name, value in values.items() if value is not None]
+    if not defined or len(records) < min_answers or len(items) < 2:
+        return {name: Estimate(_float(v), None, None, len(records), len(items)) for name, v in values.items()}
     rng = np.random.default_rng(seed)
-    draws = []
-    for picks in rng.integers(0, len(items), size=(resamples, len(items))):
-        drawn = statistic([record for index in picks for record in items[index]])
-        if drawn is not None and np.isfinite(drawn):
-            draws.append(drawn)
-    if len(draws) < resamples / 2:
-        return Estimate(_float(value), None, None, len(records), len(items))
-    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return Estimate(float(value), float(low), float(high), len(records), len(items))
+    draws: dict[str, list[float]] = {name: [] for name in defined}
+    for picks in rng.integers(0, len(items), size=(resamples, len(items))).tolist():
+        drawn = statistics(list(chain.from_iterable(map(items.__getitem__, picks))))
+        for name in defined:
+            value = drawn.get(name)
+            if value is not None and math.isfinite(value):
+                draws[name].append(value)
+    estimates = {}
+    for name, value in values.items():
+        low = high = None
+        if name in draws and len(draws[name]) >= resamples / 2:
+            low, high = (float(q) for q in np.quantile(draws[name], [(1 - level) / 2, (1 + level) / 2]))
+        estimates[name] = Estimate(_float(value), low, high, len(records), len(items))
+    return estimates
 
 
 def _float(value: float | None) -> float | None:

@@ -1,4 +1,5 @@
-"""PNG charts of eval metrics: accuracy by level and format, for one run or several side by side."""
+"""PNG charts of eval metrics: accuracy by level and format, for one run or several side by side; the
+step-level grounding's curves and per-layer, per-head heat maps."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
 from mpcc.data.difficulty import LEVELS  # noqa: E402
 
@@ -42,25 +44,69 @@ def _save(fig, ax, out: str | Path) -> Path:
     """Legend, layout, a PNG without a timestamp-bearing Software tag (same bytes for the same chart)."""
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return _write(fig, out)
+
+
+def _write(fig, out: str | Path) -> Path:
     out = Path(out)
     fig.savefig(out, format="png", metadata={"Software": None})
     plt.close(fig)
     return out
 
 
-def _lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+def _plot(ax, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str) -> None:
     for name, (xs, ys) in series.items():
         ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", markersize=3, label=name)
     ax.set_xlim(0, 1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+
+
+def _lines(series: dict[str, tuple[list, list]], out: str | Path, xlabel: str, ylabel: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    _plot(ax, series, xlabel, ylabel)
     return _save(fig, ax, out)
 
 
-def evidence_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:
-    """Attention mass on the evidence regions vs normalised reasoning position, one line per name."""
-    return _lines(curves, out, "reasoning position (0 = first token, 1 = last)", "attention mass on evidence")
+_POSITION = "reasoning position (0 = first token, 1 = last)"
+
+
+def evidence_chart(
+    curves: dict[str, tuple[list, list]], out: str | Path, raw: dict[str, tuple[list, list]] | None = None
+) -> Path:
+    """The evidence share of image attention vs normalised reasoning position, one line per name; with
+    `raw`, beside it the raw evidence mass (a share of all keys: it falls as the keys grow, whatever the
+    model looks at)."""
+    if not raw:
+        return _lines(curves, out, _POSITION, "evidence share of image attention")
+    fig, (ax, ax_raw) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    _plot(ax, curves, _POSITION, "evidence share of image attention")
+    _plot(ax_raw, raw, _POSITION, "evidence mass, raw (share of all keys)")
+    ax_raw.legend(fontsize=8)
+    return _save(fig, ax, out)
+
+
+def profile_chart(lift: list, layers: list[int], thirds: list[str], out: str | Path) -> Path:
+    """Heat maps of the evidence lift per measured layer (rows) and head (columns), one per third of the
+    reasoning, on one colour scale centred at 1 (no preference for the evidence among image tokens)."""
+    values = np.array(lift, dtype=float)  # (thirds, layers, heads); None -> NaN
+    finite = values[np.isfinite(values)]
+    spread = float(np.abs(finite - 1).max()) if finite.size else 0.0
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=max(0.0, 1 - max(spread, 1e-3)), vmax=1 + max(spread, 1e-3))
+    width = min(16, 2 + len(thirds) * max(2.0, 0.25 * values.shape[2]))
+    height = min(12, 1.5 + max(1.5, 0.25 * values.shape[1]))
+    fig, axes = plt.subplots(
+        1, len(thirds), figsize=(width, height), dpi=100, sharey=True, layout="constrained"
+    )
+    axes = np.atleast_1d(axes)
+    for ax, name, matrix in zip(axes, thirds, values):
+        image = ax.imshow(matrix, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name} third of the reasoning", fontsize=9)
+        ax.set_xlabel("head")
+    axes[0].set_yticks(range(len(layers)), labels=[str(layer) for layer in layers])
+    axes[0].set_ylabel("layer")
+    fig.colorbar(image, ax=axes, label="evidence lift (1: no preference)")
+    return _write(fig, out)
 
 
 def risk_coverage_chart(curves: dict[str, tuple[list, list]], out: str | Path) -> Path:

@@ -28,3 +28,14 @@ def accuracy(cell: dict[str, Any] | None) -> str:
 def accuracy_n(cell: dict[str, Any] | None) -> str:
     """A metrics cell's accuracy with its count (n says how far to trust it), as breakdowns show it."""
     return f"{accuracy(cell)} (n={cell['n']})" if cell else MISSING
+
+
+def estimate(cell: dict[str, Any] | None, spec: str = ".3f") -> str:
+    """An interval estimate (mpcc.evaluation.intervals.Estimate as a dict) as `value [low, high] (n=N)`;
+    "too few answers (n=N)" when it has no interval, for then there is no claim to print; MISSING when
+    the measure was not computed."""
+    if cell is None:
+        return MISSING
+    if cell["low"] is None:
+        return f"too few answers (n={cell['n']})"
+    return f"{cell['value']:{spec}} [{cell['low']:{spec}}, {cell['high']:{spec}}] (n={cell['n']})"

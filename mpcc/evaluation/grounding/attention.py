@@ -3,18 +3,25 @@ completion token, how much attention it pays to given groups of key tokens (e.g.
 those covered by the evidence regions, those of the hidden target).
 
 Attention mass of a query token on a key group = the sum of its softmax attention weights over the
-group's keys, averaged over all heads and over the measured layers. The model keeps whatever
-attention it was loaded with (sdpa, flash) for everything else: only for this pass, the language
-model's attention is switched to `ATTENTION`, which computes the same attention as eager in chunks
-of queries and reduces each chunk to group masses at once, so memory stays at one chunk of weights
-(at most `CHUNK_ELEMENTS` floats) however long the sequence, never a full attention map.
+group's keys, averaged over all heads and over the measured layers. The same pass keeps two compact
+by-products for the queries the caller puts in position buckets (e.g. thirds of the reasoning): the
+group masses of every measured layer and head summed per bucket (a layers x heads matrix per bucket
+and group: where a per-head profile needs no second pass and no attention map), and the attention
+each key receives from those queries (mean over heads and layers), from which the most-attended
+image tokens are read.
+
+The model keeps whatever attention it was loaded with (sdpa, flash) for everything else: only for
+this pass, the language model's attention is switched to `ATTENTION`, which computes the same
+attention as eager in chunks of queries and reduces each chunk to group masses at once, so memory
+stays at one chunk of weights (at most `CHUNK_ELEMENTS` floats) plus per-head masses of the kept
+queries (heads x groups x queries floats) however long the sequence, never a full attention map.
 """
 
 from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
@@ -31,9 +38,25 @@ CHUNK_ELEMENTS = 1 << 21  # attention weights held at once: 8 MB in float32 (the
 class _Probe:
     layers: frozenset[int]
     groups: torch.Tensor  # (batch, groups, keys) float: 1 where a key belongs to a group
-    queries: slice  # the query positions whose masses are kept
-    mass: torch.Tensor | None = None  # (batch, groups, queries) summed over measured layers and heads
+    queries: slice  # the query positions whose masses are kept (step 1)
+    buckets: torch.Tensor  # (kept queries,) long: each kept query's position bucket, -1 for none
+    n_buckets: int
+    mass: torch.Tensor | None = None  # (batch, groups, queries) summed over measured layers, mean over heads
+    profile: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, heads, groups, buckets)
+    keys: torch.Tensor | None = None  # (batch, keys): received from bucketed queries, summed over layers
     layers_seen: int = 0
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the measuring pass returns (batch first; queries = the kept query positions)."""
+
+    logits: torch.Tensor
+    mass: torch.Tensor  # (batch, groups, queries): mean over heads and measured layers
+    profile: torch.Tensor  # (batch, layers, heads, groups, buckets): masses summed over a bucket's queries
+    keys: torch.Tensor  # (batch, keys): attention from the bucketed queries, summed over them, mean over
+    # heads and measured layers
+    layers: tuple[int, ...]  # the measured layers, in the profile's order
 
 
 _ACTIVE: contextvars.ContextVar[_Probe | None] = contextvars.ContextVar("mpcc_probe", default=None)
@@ -61,8 +84,11 @@ def measured_attention(module, query, key, value, attention_mask, scaling=None, 
     k_len = key.shape[2]
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     step = max(1, CHUNK_ELEMENTS // (batch * heads * k_len))
+    first, last, _ = probe.queries.indices(q_len)
     out = torch.empty_like(query)
-    mass = torch.zeros(batch, probe.groups.shape[1], q_len, dtype=torch.float32, device=query.device)
+    per_head = query.new_zeros(batch, heads, probe.groups.shape[1], last - first, dtype=torch.float32)
+    in_bucket = (probe.buckets >= 0).float()
+    keys = query.new_zeros(batch, k_len, dtype=torch.float32)
     for start in range(0, q_len, step):
         rows = slice(start, min(q_len, start + step))
         scores = torch.matmul(query[:, :, rows], key.transpose(-1, -2)).float() * scaling
@@ -70,9 +96,17 @@ def measured_attention(module, query, key, value, attention_mask, scaling=None, 
         scores.masked_fill_(~allowed, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         out[:, :, rows] = torch.matmul(weights.to(value.dtype), value)
-        mass[:, :, rows] = torch.einsum("bhqk,bgk->bgq", weights, probe.groups) / heads
-    kept = mass[:, :, probe.queries]
-    probe.mass = kept if probe.mass is None else probe.mass + kept
+        lo, hi = max(rows.start, first), min(rows.stop, last)
+        if lo < hi:  # kept queries in this chunk: reduce their weights at once
+            kept = weights[:, :, lo - start : hi - start]
+            per_head[..., lo - first : hi - first] = torch.einsum("bhqk,bgk->bhgq", kept, probe.groups)
+            keys += torch.matmul(in_bucket[lo - first : hi - first], kept).sum(1) / heads
+    mass = per_head.mean(1)
+    probe.mass = mass if probe.mass is None else probe.mass + mass
+    probe.keys = keys if probe.keys is None else probe.keys + keys
+    bucketed = probe.buckets >= 0
+    profile = per_head.new_zeros(*per_head.shape[:3], probe.n_buckets)
+    probe.profile[module.layer_idx] = profile.index_add_(3, probe.buckets[bucketed], per_head[..., bucketed])
     probe.layers_seen += 1
     return out.transpose(1, 2).contiguous(), None
 
@@ -110,10 +144,19 @@ def _measuring(model, probe: _Probe):
 
 
 @torch.inference_mode()
-def measure(model, inputs: dict, groups: torch.Tensor, queries: slice, layers: frozenset[int]):
-    """(logits, mass): the forward's logits and, for the query positions `queries`, the attention mass on
-    each key group, (batch, groups, len(queries)), averaged over heads and the measured `layers`."""
-    probe = _Probe(layers, groups.to(torch.float32), queries)
+def measure(
+    model, inputs: dict, groups: torch.Tensor, queries: slice, layers: frozenset[int],
+    buckets: torch.Tensor | None = None, n_buckets: int = 1,
+) -> Measured:  # fmt: skip
+    """The forward's logits and, for the query positions `queries` (step 1), the attention mass on each
+    key group averaged over heads and the measured `layers`; `buckets` (one index < `n_buckets` per kept
+    query, -1 for none; default: all in bucket 0) groups queries for the per-layer, per-head profile and
+    the keys' received attention (see `Measured`)."""
+    n_queries = len(range(*queries.indices(inputs["input_ids"].shape[1])))
+    buckets = torch.zeros(n_queries, dtype=torch.long) if buckets is None else buckets.long()
+    if buckets.shape != (n_queries,) or (n_queries and int(buckets.max()) >= n_buckets):
+        raise ConfigError(f"measure: buckets must be {n_queries} indices below {n_buckets} (or -1)")
+    probe = _Probe(layers, groups.to(torch.float32), queries, buckets.to(groups.device), n_buckets)
     with _measuring(model, probe):
         logits = model(**inputs).logits
     if probe.layers_seen != len(layers):
@@ -121,4 +164,11 @@ def measure(model, inputs: dict, groups: torch.Tensor, queries: slice, layers: f
             f"measured {probe.layers_seen} of {len(layers)} attention layers: this model's attention does "
             "not dispatch through transformers' AttentionInterface"
         )
-    return logits, probe.mass / len(layers)
+    order = tuple(sorted(probe.profile))
+    return Measured(
+        logits,
+        probe.mass / len(layers),
+        torch.stack([probe.profile[layer] for layer in order], dim=1),
+        probe.keys / len(layers),
+        order,
+    )

@@ -6,6 +6,10 @@ really rests on.
   statistics of the build) — the drop shows reliance on those regions;
 - `shape`: only the hidden region's silhouette on a blank canvas — how much the masking mode gives
   away by shape alone.
+
+Contrastive region masking (`mpcc.evaluation.grounding.crm`) renders here too: objects hidden with a
+fill of choice (`hide`, `ablate`) and its control, regions of the same shape and area hidden away from
+every object (`controls`, `place_like`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pycocotools.coco import COCO
 
 from mpcc.data.build import load_stats
 from mpcc.data.coco import load_coco
-from mpcc.data.masking import MaskSpec, decode, region_mask, render_masked
+from mpcc.data.masking import MaskSpec, decode, dilate, region_mask, render_masked
 from mpcc.data.render import mask_rle, render_targets, target_seed
 from mpcc.errors import ConfigError
-from mpcc.evaluation.config import IMAGE_DIAGNOSTICS
+from mpcc.evaluation.config import CRM_FILLS, IMAGE_DIAGNOSTICS
 from mpcc.records import read_build
+from mpcc.seeds import mix_seed
 
 CANVAS = (128, 128, 128)  # blank canvas: mid gray, distinct from the black default fill
 
@@ -57,7 +62,7 @@ class Diagnostics:
                 canvas, target, row["bbox"], self.spec, seed=target_seed(self.seed, row["ann_id"])
             )
         elif condition == "context":
-            image = self.hide(row, self.predictive_context(row))
+            image = self.hide(row, self.predictive_context(row), fill="target")
         else:
             raise ConfigError(f"unknown diagnostic {condition!r}; choose from {IMAGE_DIAGNOSTICS}")
         return {**row, "image": image}
@@ -84,35 +89,108 @@ class Diagnostics:
             scored.append((-score, ann_id))
         return [ann_id for _, ann_id in sorted(scored)]
 
-    def hide(self, row: dict, ann_ids: list[int]) -> Image.Image:
-        """The row's image rendered from its source with the target hidden, and the `ann_ids` objects
-        hidden too (their segmentation, the target's fill)."""
+    def hide(self, row: dict, ann_ids: list[int], fill: str = "target") -> Image.Image:
+        """The row's masked image with the `ann_ids` objects hidden too: each object's region under the
+        build's mask mode, painted with `fill` (`ablate`)."""
+        return self.ablate(row, [(self.object_region(a), a) for a in ann_ids], fill)
+
+    def controls(self, row: dict, sets: list[list[int]], fill: str) -> list[tuple[Image.Image, float]]:
+        """(image, overlap) per set of annotation ids: the control of `hide(row, ids, fill)`. Each object's
+        region moves, same shape and area, to a seeded place (`place_like`) away from the target's region,
+        every annotated object (crowds too) and the set's controls placed before it; overlap = the share
+        of the set's moved pixels that could not avoid them (0 when a free place exists)."""
+        objects = self.target_region(row)
+        for ann_id in row["context_ann_ids"]:
+            if ann_id in self.coco.anns:
+                objects = objects | self.object_region(ann_id)
+        controls = []
+        for ann_ids in sets:
+            avoid, moved, overlap, area = objects, [], 0, 0
+            for ann_id in ann_ids:
+                seed = mix_seed(self.seed, row["ann_id"], ann_id)
+                region, hit = place_like(self.object_region(ann_id), avoid, seed)
+                moved.append((region, ann_id))
+                avoid = avoid | region
+                overlap, area = overlap + hit, area + int(region.sum())
+            controls.append((self.ablate(row, moved, fill), overlap / max(area, 1)))
+        return controls
+
+    def ablate(self, row: dict, regions: list[tuple[np.ndarray, int]], fill: str) -> Image.Image:
+        """The row's masked image (target hidden as built) with each (region, annotation id) hidden too.
+        `target`: the build's fill (seeded by the id, as a target's); `surround`: a fill that is not the
+        target's, so the image does not show several identical masks under a question about "the masked
+        object": each region takes the mean colour of the pixels in a band around it (width max(4 px,
+        10% of the region's longer side)) that no hidden region covers; with no such pixel, the mean of
+        all visible pixels; with none, the blank canvas's gray. Model-free and deterministic."""
         image = render_targets(
             self.images_dir / row["file_name"],
             [(row["ann_id"], row["mask"], row["bbox"])],
             self.spec,
             self.seed,
         )[row["ann_id"]]
-        for ann_id in ann_ids:
-            ann = self.coco.anns[ann_id]
-            mask = self.coco.annToMask(ann).astype(bool)
-            region = region_mask(mask, ann["bbox"], self.spec)
-            image = render_masked(
-                image,
-                region,
-                ann["bbox"],
-                MaskSpec("segm", self.spec.fill),
-                seed=target_seed(self.seed, ann_id),
-            )
-        return image
+        if fill == "target":
+            spec = MaskSpec("segm", self.spec.fill)
+            for region, ann_id in regions:
+                image = render_masked(image, region, _box(region), spec, seed=target_seed(self.seed, ann_id))
+            return image
+        if fill != "surround":
+            raise ConfigError(f"unknown ablation fill {fill!r}; choose from {CRM_FILLS}")
+        pixels = np.array(image)
+        target = hidden = self.target_region(row)
+        for region, _ in regions:
+            hidden = hidden | region
+        colours = []
+        for region, _ in regions:
+            x, y, w, h = _box(region)
+            band = dilate(region, max(4, round(0.1 * max(w, h)))) & ~hidden
+            source = pixels[band if band.any() else ~hidden]
+            colours.append(np.rint(source.mean(0)) if len(source) else CANVAS)
+        for (region, _), colour in zip(regions, colours):
+            pixels[region & ~target] = colour  # the target stays hidden as built
+        return Image.fromarray(pixels)
+
+    def object_region(self, ann_id: int) -> np.ndarray:
+        """The pixels that hide annotation `ann_id` under the build's mask mode (as its target would be)."""
+        ann = self.coco.anns[ann_id]
+        return region_mask(self.coco.annToMask(ann).astype(bool), ann["bbox"], self.spec)
+
+    def target_region(self, row: dict) -> np.ndarray:
+        """The pixels the row's own fill hides."""
+        return region_mask(decode(mask_rle(row["mask"])), row["bbox"], self.spec)
 
     def regions(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
         """(evidence, target) HxW bool masks: the context objects' segmentations (crowds left out) minus
         what the fill hides, and the hidden region itself."""
-        target = region_mask(decode(mask_rle(row["mask"])), row["bbox"], self.spec)
+        target = self.target_region(row)
         evidence = np.zeros_like(target)
         for ann_id in row["context_ann_ids"]:
             ann = self.coco.anns.get(ann_id)
             if ann is not None and not ann.get("iscrowd", 0):
                 evidence |= self.coco.annToMask(ann).astype(bool)
         return evidence & ~target, target
+
+
+def place_like(region: np.ndarray, avoid: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
+    """(moved, overlap): `region` translated, whole shape and area, to a place inside the image where it
+    covers the fewest `avoid` pixels (overlap: how many), a seeded choice among the places that tie.
+    Every translation is scored at once: the cross-correlation of `avoid` with the region's crop (FFT)."""
+    x, y, w, h = _box(region)
+    moved = np.zeros_like(region)
+    if w == 0:
+        return moved, 0
+    crop = region[y : y + h, x : x + w]
+    height, width = region.shape
+    spectrum = np.fft.rfft2(avoid.astype(float)) * np.conj(np.fft.rfft2(crop.astype(float), s=region.shape))
+    hits = np.rint(np.fft.irfft2(spectrum, s=region.shape))[: height - h + 1, : width - w + 1]
+    places = np.argwhere(hits == hits.min())
+    top, left = places[np.random.default_rng(seed).integers(len(places))]
+    moved[top : top + h, left : left + w] = crop
+    return moved, int(hits.min())
+
+
+def _box(region: np.ndarray) -> tuple[int, int, int, int]:
+    """[x, y, w, h] of the True pixels ((0, 0, 0, 0) for none)."""
+    ys, xs = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    if ys.size == 0:
+        return 0, 0, 0, 0
+    return int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)

@@ -1,25 +1,36 @@
 """Contrastive region masking (CRM; "Peek-a-Boo Reasoning", Chaturvedi et al.): hide annotated regions
-and contrast the model's step-by-step reasoning with its reasoning on the unablated image.
+and contrast the model's step-by-step reasoning with its reasoning on the unablated image. The paper's
+method section could not be read here: the sets, the control, the classes and the threshold below are
+mpcc's own definitions.
 
 For one answer (the greedy completion on the row's masked image) the *region sets* are: each context
 object alone, most answer-predictive first (`Diagnostics.context_by_prediction`), up to
-`--crm-regions`; and the `--context-k` most predictive together. Each set's *ablated image* is the
-row's image with those objects hidden too (their segmentation, the target's fill).
+`--crm-regions`; and the `--context-k` most predictive together. Each set is ablated twice, the same
+way (`--crm-fill`, one batched forward, one generation each): the *evidence* ablation hides the
+objects themselves; the *control* ablation hides, per object, a region of the same shape and area
+placed elsewhere (`Diagnostics.controls`), so that losing evidence can be told from any perturbation.
 
-(a) Teacher-forced contrast, per step s and region set r: delta[s, r] = mean log-probability of the
-    step's tokens on the ablated image minus on the original (the same completion, one batched
-    forward per answer). Negative: the step leans on the hidden region. A causal attribution of each
-    step to each region, no regeneration.
-(b) Regenerated contrast: the greedy completion on the ablated image, compared with the original:
+(a) Teacher-forced contrast, per step s and ablated image r: delta[s, r] = mean log-probability of the
+    step's tokens on r minus on the original (the same completion). Negative: the step leans on what
+    r hides. A causal attribution of each step, no regeneration.
+(b) Regenerated contrast: the greedy completion on r, compared with the original:
     - `answer_changed`: the parsed answer differs;
-    - `step_similarity`: for each original step the best word-level similarity
-      (difflib ratio) with any regenerated step, averaged over the original steps (0 when the
-      regeneration has no steps);
+    - `step_similarity`: symmetric: the mean of (for each original step the best word-level difflib
+      ratio with a regenerated step, averaged) and the same from the regenerated steps to the
+      original's, so added steps lower it as dropped ones do (0 when the regeneration has no steps);
     - `hallucinated`: the regenerated reasoning names (whole words, in any form the exact-match reward
-      accepts: `mpcc.text.names.mentions`) a category that is no longer visible anywhere (all its context
-      instances hidden by the set), the answer's own category excepted: evidence cited that is not there;
-    - `collapse`: the original was well-formed and the regeneration is not (strict parse fails).
-Rates are over (answer, region set) pairs; steps are placed at normalised positions (i + 0.5) / n.
+      accepts: `mpcc.text.names.mentions`) a category the evidence set leaves with no visible
+      instance, the answer's own category excepted. On the evidence ablation that is evidence cited
+      that is not there; on its control (the same categories, still visible) it is the base rate of
+      naming them at all, so the contrast is what hiding them changes (0: naming ignores the image);
+    - `format_broken`: the original was well-formed and the regeneration is not (strict parse fails).
+(c) Classes of a pair, first that applies: `collapsed` (reasoning fell apart: step similarity below
+    the 5th percentile of the same answers' control similarities), `hallucinated` (structure kept,
+    evidence named that is gone), `flipped` (structure kept, nothing hallucinated, the answer changed),
+    `robust`. A pair whose original has no step is not classified.
+Rates are over (answer, region set) pairs, each with an item-bootstrap interval
+(`mpcc.evaluation.intervals`; the threshold is re-chosen in every resample), per arm and as the
+headline contrast evidence minus control; steps sit at normalised positions (i + 0.5) / n.
 """
 
 from __future__ import annotations
@@ -38,11 +49,18 @@ from mpcc.evaluation.grounding.forcing import (
     teacher_forced,
     token_steps,
 )
+from mpcc.evaluation.intervals import item_bootstrap
 from mpcc.evaluation.parsing import parse_answer
 from mpcc.text.names import mentions
 from mpcc.text.steps import split_steps
 
 POSITION_BINS = 5
+ARMS = ("evidence", "control")
+CLASSES = ("robust", "hallucinated", "collapsed", "flipped")
+MEASURES = ("answer_change", *CLASSES, "format_break", "step_similarity", "delta")
+KINDS = ("single", "top_k")
+LEVEL_CONTRASTS = ("answer_change", *CLASSES)
+COLLAPSE_QUANTILE = 0.05  # of the control pairs' step similarity: below it, the reasoning collapsed
 
 
 def region_sets(diagnostics, row: dict, singles: int) -> list[tuple[str, list[int]]]:
@@ -72,14 +90,15 @@ def _words(text: str) -> list[str]:
 
 
 def step_similarity(original: str, regenerated: str) -> float | None:
-    """Mean over the original's steps of the best word-level difflib ratio with a regenerated step."""
+    """Symmetric: the mean of both directions' mean best word-level difflib ratio between steps."""
     before = [_words(original[a:b]) for a, b in split_steps(original)]
     after = [_words(regenerated[a:b]) for a, b in split_steps(regenerated)]
     if not before:
         return None
     if not after:
         return 0.0
-    return float(np.mean([max(SequenceMatcher(None, b, a).ratio() for a in after) for b in before]))
+    ratio = np.array([[SequenceMatcher(None, b, a).ratio() for a in after] for b in before])
+    return float((ratio.max(1).mean() + ratio.max(0).mean()) / 2)
 
 
 def hallucinated(reasoning: str, gone: set[str], solution: str) -> list[str]:
@@ -97,69 +116,167 @@ def gone_categories(diagnostics, row: dict, hidden: list[int]) -> set[str]:
     return hidden_names - visible
 
 
+def classify(pair: dict, threshold: float) -> str | None:
+    """A pair's class (module docstring, (c)) given the collapse threshold; None without steps to compare."""
+    if pair["step_similarity"] is None:
+        return None
+    return "collapsed" if pair["step_similarity"] < threshold else _kept_class(pair)
+
+
+def _kept_class(pair: dict) -> str:
+    """The class of a pair whose reasoning kept its structure."""
+    if pair["hallucinated"]:
+        return "hallucinated"
+    return "flipped" if pair["answer_changed"] else "robust"
+
+
 def _bin(position: float) -> int:
     return min(POSITION_BINS - 1, int(position * POSITION_BINS))
 
 
+class _Pairs:
+    """The (answer, region set) pairs of some records as arrays, so that a statistic of a bootstrap
+    resample is a weighted mean: `counts[i]` = how often record i was drawn."""
+
+    def __init__(self, records: list[dict]):
+        sets = [(i, s) for i, r in enumerate(records) for s in r["sets"]]
+        self.record = np.array([i for i, _ in sets], dtype=int)
+        self.kind = {k: np.array([s["kind"] == k for _, s in sets], dtype=float) for k in KINDS}
+        self.arms = {
+            "evidence": _arrays([s for _, s in sets]),
+            "control": _arrays([s["control"] for _, s in sets]),
+        }
+        self._thresholds: dict[bytes, float | None] = {}  # every statistic meets the same resamples
+
+    def threshold(self, counts: np.ndarray) -> float | None:
+        """The collapse threshold: the COLLAPSE_QUANTILE of the drawn control pairs' step similarity."""
+        key = counts.tobytes()
+        if key not in self._thresholds:
+            control, weight = self.arms["control"], counts[self.record]
+            known = control["known"].astype(bool) & (weight > 0)
+            similarity = np.repeat(control["step_similarity"][known], weight[known])
+            self._thresholds[key] = float(np.quantile(similarity, COLLAPSE_QUANTILE)) if known.any() else None
+        return self._thresholds[key]
+
+    def mean(self, arm: str, measure: str, counts: np.ndarray, kind: str | None = None) -> float | None:
+        """The drawn pairs' mean of `measure` on one arm: a rate for a class or a flag (pairs of `kind`)."""
+        a = self.arms[arm]
+        weight = counts[self.record] * a["known" if measure in CLASSES else f"known_{measure}"]
+        if kind is not None:
+            weight = weight * self.kind[kind]
+        total = weight.sum()
+        if measure in CLASSES:
+            threshold = self.threshold(counts)
+            if threshold is None:
+                return None
+            collapsed = a["step_similarity"] < threshold
+            values = collapsed if measure == "collapsed" else ~collapsed & a[measure]
+        else:
+            values = a[measure]
+        return float(values @ weight / total) if total > 0 else None
+
+    def contrast(self, measure: str, counts: np.ndarray) -> float | None:
+        evidence, control = (self.mean(arm, measure, counts) for arm in ARMS)
+        return None if evidence is None or control is None else evidence - control
+
+
+def _arrays(pairs: list[dict]) -> dict[str, np.ndarray]:
+    """Per pair: each measure (missing: 0) with `known_<measure>` (1 where present); `known`: has a step
+    similarity, so a class; per kept-structure class, whether the pair has it (`_kept_class`)."""
+    arrays = {
+        "answer_change": np.array([bool(p["answer_changed"]) for p in pairs], dtype=float),
+        "format_break": np.array([bool(p["format_broken"]) for p in pairs], dtype=float),
+        "known_answer_change": np.ones(len(pairs)),
+        "known_format_break": np.ones(len(pairs)),
+    }
+    for measure, key in (("step_similarity", "step_similarity"), ("delta", "mean_delta")):
+        arrays[measure] = np.array([p[key] or 0.0 for p in pairs], dtype=float)
+        arrays[f"known_{measure}"] = np.array([p[key] is not None for p in pairs], dtype=float)
+    arrays["known"] = arrays["known_step_similarity"]
+    kept = [_kept_class(p) for p in pairs]
+    return arrays | {c: np.array([k == c for k in kept], dtype=bool) for c in CLASSES if c != "collapsed"}
+
+
 def summarise_crm(records: list[dict]) -> dict:
-    """Rates and step attributions over (answer, region set) pairs, overall and per level."""
-    return by_level(records, _crm_cell, POSITION_BINS)
+    """Rates with intervals and step attributions over (answer, region set) pairs, overall and per level:
+    overall every measure per arm and as a contrast, per level the contrasts of answer change and the
+    classes (what the report shows: each interval costs RESAMPLES statistics)."""
+    summary = by_level(records, lambda rs: _crm_cell(rs, LEVEL_CONTRASTS), POSITION_BINS)
+    summary["all"] = _crm_cell(records, MEASURES, arms=True)
+    return summary
 
 
-def _crm_cell(records: list[dict]) -> dict:
-    pairs = [s for r in records for s in r["sets"]]
+def _crm_cell(records: list[dict], contrasts: tuple[str, ...], arms: bool = False) -> dict:
+    table = _Pairs(records)
+    draws = [{"item_id": r["item_id"], "index": i} for i, r in enumerate(records)]
+
+    def estimate(statistic) -> dict:
+        def on(drawn: list[dict]) -> float | None:
+            return statistic(np.bincount([d["index"] for d in drawn], minlength=len(records)))
+
+        return item_bootstrap(draws, on).as_dict()
+
+    evidence = [s for r in records for s in r["sets"]]
     binned: list[list[float]] = [[] for _ in range(POSITION_BINS)]
-    for s in pairs:
+    for s in evidence:
         for pos, delta in zip(step_positions(len(s["step_delta"])), s["step_delta"]):
             if delta is not None:
                 binned[_bin(pos)].append(delta)
-    similarity = [s["step_similarity"] for s in pairs if s["step_similarity"] is not None]
-    kinds = {
-        k: [s["mean_delta"] for s in pairs if s["kind"] == k and s["mean_delta"] is not None]
-        for k in ("single", "top_k")
-    }
-
-    def rate(key: str) -> float | None:
-        return float(np.mean([bool(s[key]) for s in pairs])) if pairs else None
-
-    return {
+    cell = {
         "answers": len(records),
-        "pairs": len(pairs),
-        "hallucinated_evidence_rate": rate("hallucinated"),
-        "collapse_rate": rate("collapse"),
-        "answer_change_rate": rate("answer_changed"),
-        "step_similarity": float(np.mean(similarity)) if similarity else None,
+        "pairs": len(evidence),
+        "collapse_threshold": table.threshold(np.ones(len(records), dtype=int)) if evidence else None,
+        "control_overlap": float(np.mean([s["control"]["overlap"] for s in evidence])) if evidence else None,
+        "contrast": {m: estimate(lambda c, m=m: table.contrast(m, c)) for m in contrasts},
+        "mean_delta": {k: estimate(lambda c, k=k: table.mean("evidence", "delta", c, k)) for k in KINDS},
         "delta_by_position": [float(np.mean(b)) if b else None for b in binned],
-        "mean_delta": {k: float(np.mean(v)) if v else None for k, v in kinds.items()},
+    }
+    if arms:
+        for arm in ARMS:
+            cell[arm] = {m: estimate(lambda c, arm=arm, m=m: table.mean(arm, m, c)) for m in MEASURES}
+    return cell
+
+
+def _regenerated(completion: str, row: dict, new: str, ablated: dict, delta: list, gone: set[str]) -> dict:
+    """One ablated image's measures (module docstring, (a) and (b))."""
+    parsed, format_ok = parse_answer(completion, row)
+    new_parsed, new_ok = parse_answer(new, ablated)
+    known = [d for d in delta if d is not None]
+    return {
+        "step_delta": delta,
+        "mean_delta": float(np.mean(known)) if known else None,
+        "completion": new,
+        "answer_changed": new_parsed != parsed,
+        "step_similarity": step_similarity(completion, new),
+        "hallucinated": hallucinated(" ".join(new[a:b] for a, b in split_steps(new)), gone, row["solution"]),
+        "format_broken": format_ok and not new_ok,
     }
 
 
-def crm_record(model, processor, generate, diagnostics, row: dict, completion: str, singles: int) -> dict:
-    """Both contrasts for one answer. `generate(rows) -> completions` is the eval's greedy generator."""
+def crm_record(
+    model, processor, generate, diagnostics, row: dict, completion: str, singles: int, fill: str
+) -> dict:
+    """Both contrasts for one answer, each region set with its control. `generate(rows) -> completions` is
+    the eval's greedy generator; `fill` covers the hidden regions (`Diagnostics.ablate`)."""
     sets = region_sets(diagnostics, row, singles)
-    record = {"sets": []}
     if not sets:
-        return record
-    ablated = [{**row, "image": diagnostics.hide(row, ids)} for _, ids in sets]
+        return {"sets": []}
+    controls = diagnostics.controls(row, [ids for _, ids in sets], fill)
+    ablated = [{**row, "image": diagnostics.hide(row, ids, fill)} for _, ids in sets]
+    ablated += [{**row, "image": image} for image, _ in controls]
     deltas = step_deltas(model, processor, [row, *ablated], completion)
-    regenerated = generate(ablated)
-    parsed, format_ok = parse_answer(completion, row)
-    for (kind, ids), delta, new, ablated_row in zip(sets, deltas, regenerated, ablated):
-        new_parsed, new_ok = parse_answer(new, ablated_row)
-        reasoning = " ".join(new[a:b] for a, b in split_steps(new))
-        gone = gone_categories(diagnostics, row, ids)
-        known = [d for d in delta if d is not None]
-        record["sets"].append(
+    arms = [
+        _regenerated(completion, row, new, a, delta, gone_categories(diagnostics, row, ids))
+        for new, a, delta, (_, ids) in zip(generate(ablated), ablated, deltas, sets + sets)
+    ]
+    return {
+        "sets": [
             {
                 "kind": kind,
                 "ann_ids": ids,
-                "step_delta": delta,
-                "mean_delta": float(np.mean(known)) if known else None,
-                "completion": new,
-                "answer_changed": new_parsed != parsed,
-                "step_similarity": step_similarity(completion, new),
-                "hallucinated": hallucinated(reasoning, gone, row["solution"]),
-                "collapse": format_ok and not new_ok,
+                **arms[i],
+                "control": {**arms[len(sets) + i], "overlap": controls[i][1]},
             }
-        )
-    return record
+            for i, (kind, ids) in enumerate(sets)
+        ]
+    }

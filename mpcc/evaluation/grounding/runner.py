@@ -1,5 +1,5 @@
 """`--diagnostics crm,evidence`: the step-level measures of `mpcc.evaluation.grounding.evidence` (evidence
-attention, entropy; then `uncertainty`: AURC, the entropy x vision model, the vision veto) and
+attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision vetoes) and
 `mpcc.evaluation.grounding.crm` over an eval run's greedy answers.
 
 Evidence is measured on every evaluated row's answer; CRM (one forward and one regeneration per
@@ -15,11 +15,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mpcc.errors import ConfigError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.crm import crm_record, summarise_crm
 from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
-from mpcc.evaluation.grounding.uncertainty import uncertainty_report
+from mpcc.evaluation.grounding.monitor import ALL, uncertainty_report
 from mpcc.files import read_appended
 from mpcc.generation.decoding import Decoding
 
@@ -40,6 +41,19 @@ def _crm_answers(answers: list[dict]) -> list[dict]:
         if current is None or (answer["format"] == "open" and current["format"] != "open"):
             chosen[answer["item_id"]] = answer
     return list(chosen.values())
+
+
+def monitor_tasks(rows: dict[str, dict], key: str) -> dict[str, str]:
+    """Each eval row's task for the uncertainty monitor (by prompt id): its column `key` (format,
+    difficulty, category, ...). The harness calls it before generating, so a wrong name costs nothing."""
+    for pid, row in rows.items():
+        if key not in row:
+            raise ConfigError(f"--monitor-task {key!r}: eval row {pid} has no such column ({sorted(row)})")
+        if str(row[key]) == ALL:
+            raise ConfigError(
+                f"--monitor-task {key!r}: eval row {pid} has task {ALL!r}, the pooled answers' name"
+            )
+    return {pid: str(row[key]) for pid, row in rows.items()}
 
 
 def run_step_diagnostics(
@@ -70,7 +84,7 @@ def run_step_diagnostics(
                 else:
                     record = crm_record(
                         model, processor, lambda rs: generator(rs, greedy, config.seed), diagnostics, row,
-                        answer["completion"], config.crm_regions,
+                        answer["completion"], config.crm_regions, config.crm_fill,
                     )  # fmt: skip
                 record = {"kind": kind, **{k: answer[k] for k in KEPT}, **record}
                 done[(kind, answer["prompt_id"])] = record
@@ -84,7 +98,11 @@ def run_step_diagnostics(
     section = {}
     if "evidence" in config.diagnostics:
         section["evidence"] = summarise_evidence(records["evidence"])
-        section["uncertainty"] = uncertainty_report(records["evidence"])
+        tasks = monitor_tasks(rows, config.monitor_task)
+        section["uncertainty"] = uncertainty_report(
+            [{**r, "task": tasks[r["prompt_id"]]} for r in records["evidence"]]
+        )
+        section["uncertainty"]["task_key"] = config.monitor_task
     if "crm" in config.diagnostics:
         section["crm"] = summarise_crm(records["crm"])
     return section

@@ -1,11 +1,12 @@
-"""Selective-prediction measures for generated answers: does the model know when it is wrong, and does
-looking away from the image tell us more than its entropy does?
+"""Selective-prediction measures on arrays of answers: does the model know when it is wrong, and does
+looking away from the image tell us more than its entropy does? `mpcc.evaluation.grounding.monitor`
+applies them to a run's answers, per task, with intervals.
 
-The measures follow "Don't Blink: Evidence Collapse during Multimodal Reasoning", which publishes no
-formulas; these are the definitions used here. Each answer has `correct`, `entropy_full` (mean
-next-token entropy over the whole completion, nats), `entropy_answer` (the same over the <answer>
-span), `evidence_mass` (mean share of attention on the visual evidence during the reasoning) and an
-`item_id`; n is the number of answers.
+After "Don't Blink: Evidence Collapse during Multimodal Reasoning" (Raghu & Pandey); only its abstract
+and introduction could be read here, so every definition below is mpcc's own. V, the vision feature, is
+an answer's `evidence_share` (the share of its image attention that falls on the evidence during the
+reasoning), not the raw evidence mass: the raw mass is a share of *all* attended keys and falls as the
+reasoning grows whatever the model looks at, so it would partly stand in for length.
 
 - Token entropy: H = -sum_v p_v log p_v of the next-token distribution, in nats, computed in float32
   from log_softmax so that -inf logits (masked tokens) contribute 0.
@@ -17,22 +18,23 @@ span), `evidence_mass` (mean share of attention on the visual evidence during th
   answer first, gives the `oracle` AURC.
 - Selective risk at coverage c: risk_k with k = ceil(c * n), the error rate on the answers kept when
   abstaining on the least confident 1 - c.
-- Interaction model: P(wrong) = sigmoid(b0 + b1 zH + b2 zV + b3 zH zV), where zH and zV are
-  entropy_full and evidence_mass standardised with the fit data's mean and standard deviation (a
-  standard deviation of 0 counts as 1). The fit minimises the log loss summed over answers plus
-  ridge / 2 * (b1^2 + b2^2 + b3^2) (the intercept is not penalised) by Newton's method (IRLS), at most
-  100 steps, stopping when no coefficient moves by 1e-8 or more.
-  b3 says whether looking at the evidence changes how much entropy means. It is fitted on the fit half
-  and judged on the evaluation half: its AURC ranks those answers by 1 - P(wrong), and its held-out log
-  loss is the mean of -log P(the observed outcome), in nats.
-- Vision veto ("abstain when confident but visually disengaged"): thresholds come from a fit half and
-  are applied to an evaluation half. An answer is confident when its entropy_full is below the fit
-  half's median, and disengaged when its evidence_mass is below the fit half's q-quantile (numpy's
-  linear interpolation); confident and disengaged answers are vetoed. The ranking is by -entropy_full
-  with every vetoed answer moved behind all others, so they are abstained on first. q is the one of
-  0.1, 0.2, 0.3, 0.4, 0.5 with the lowest selective risk at the target coverage on the fit half
-  (ties: the smallest q). Reported on the evaluation half: the selective risk without and with the
-  veto, and how many answers were vetoed.
+- AUROC of a score for being wrong: the probability that a wrong answer scores higher than a right
+  one, ties counting one half (Mann-Whitney); 0.5 is chance, undefined without both kinds.
+- Interaction model: P(correct) = sigmoid(b0 + bE zH + bV zV + bEV zH zV), where zH and zV are the
+  entropy and V standardised with the fit data's mean and standard deviation (a standard deviation of 0
+  counts as 1). The fit minimises the log loss summed over answers plus ridge / 2 * (bE^2 + bV^2 +
+  bEV^2) (the intercept is not penalised) by Newton's method (IRLS), at most 100 steps, stopping when no
+  coefficient moves by 1e-8 or more. bEV is the paper's beta_EV in the sign the abstract gives it
+  (negative: confident-but-blind answers are hazardous): the vision slope at entropy zH is bV + bEV zH,
+  so a negative bEV means looking raises P(correct) the more, the more confident the answer, and a
+  confident answer that does not look is the one that loses most. Held-out, the model ranks answers by
+  P(correct); its log loss is the mean of -log P(the observed outcome), in nats.
+- Vision veto ("abstain when confident but visually disengaged"): a rule chosen on fit answers and
+  applied to others. An answer is confident when its entropy is below the fit answers' median, and
+  disengaged when its V is below their q-quantile (numpy's linear interpolation); confident and
+  disengaged answers are vetoed. The ranking is by -entropy with every vetoed answer moved behind all
+  others, so they are abstained on first. q is the one of 0.1, 0.2, 0.3, 0.4, 0.5 with the lowest
+  selective risk at the target coverage on the fit answers (ties: the smallest q).
 - Halves: an answer is in the fit half when zlib.crc32 of its item id (as a UTF-8 string) is even, so
   all answers to one item fall on the same side, whatever the order or Python's hash seed.
 """
@@ -55,7 +57,6 @@ if TYPE_CHECKING:
 VETO_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5)
 MAX_ITERATIONS = 100
 TOLERANCE = 1e-8
-CURVE_POINTS = 101
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -112,8 +113,13 @@ def risk_coverage(confidence: Sequence[float], correct: Sequence[bool]) -> tuple
     confidence = _vector("confidence", confidence)
     correct = _labels("correct", correct, confidence.size)
     order = np.argsort(-confidence, kind="stable")
-    k = np.arange(1, confidence.size + 1)
-    return k / confidence.size, np.cumsum(~correct[order]) / k
+    return np.arange(1, confidence.size + 1) / confidence.size, risk_curve(~correct[order])
+
+
+def risk_curve(wrong_ranked: np.ndarray) -> np.ndarray:
+    """risk_k, k = 1..n, of answers already ranked (most confident first), given which are wrong (along
+    the last axis, so several rankings of as many answers go at once)."""
+    return np.cumsum(wrong_ranked, axis=-1) / np.arange(1, wrong_ranked.shape[-1] + 1)
 
 
 def aurc(confidence: Sequence[float], correct: Sequence[bool]) -> float:
@@ -124,25 +130,59 @@ def aurc(confidence: Sequence[float], correct: Sequence[bool]) -> float:
 def selective_risk(confidence: Sequence[float], correct: Sequence[bool], coverage: float = 0.9) -> float:
     """Error rate on the ceil(coverage * n) most confident answers: the risk left after abstaining."""
     coverage = _coverage(coverage)
-    _, risk = risk_coverage(confidence, correct)
+    return risk_at_coverage(risk_coverage(confidence, correct)[1], coverage)
+
+
+def risk_at_coverage(risk: np.ndarray, coverage: float) -> float:
+    """The selective risk read off a risk-coverage curve (`risk_coverage`'s risks), for callers that
+    also want the curve's AURC without ranking twice."""
+    return float(risk[kept(risk.size, coverage) - 1])
+
+
+def kept(n: int, coverage: float) -> int:
+    """How many of n answers selective prediction keeps at `coverage`: ceil(coverage * n), at least 1."""
     # The tolerance keeps 0.28 * 25 at 7 answers although it is 7.000000000000001 in floating point.
-    k = min(max(math.ceil(coverage * risk.size - 1e-9), 1), risk.size)
-    return float(risk[k - 1])
+    return min(max(math.ceil(coverage * n - 1e-9), 1), n)
+
+
+def auroc(score: Sequence[float], wrong: Sequence[bool]) -> float | None:
+    """P(a wrong answer scores higher than a right one), ties one half: how well a score alone tells
+    wrong answers from right ones, independent of the error rate; None without both kinds."""
+    score = _vector("score", score)
+    wrong = _labels("wrong", wrong, score.size)
+    group = np.unique(score, return_inverse=True)[1].reshape(-1)
+    groups = int(group.max()) + 1
+    return auroc_from_counts(
+        np.bincount(group[wrong], minlength=groups), np.bincount(group[~wrong], minlength=groups)
+    )
+
+
+def auroc_from_counts(wrong: np.ndarray, right: np.ndarray) -> float | None:
+    """The AUROC from the numbers of wrong and right answers at each score value, lowest first: each
+    wrong answer beats the right ones below it and ties with those at its value (Mann-Whitney)."""
+    n_wrong, n_right = int(wrong.sum()), int(right.sum())
+    if n_wrong == 0 or n_right == 0:
+        return None
+    below = np.cumsum(right) - right
+    return float((wrong * (below + right / 2)).sum() / (n_wrong * n_right))
 
 
 def _log_sigmoid(z: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -z)
 
 
+COEFFICIENTS = ("intercept", "entropy", "vision", "interaction")
+
+
 @dataclass(frozen=True)
 class InteractionModel:
-    """Logistic model of P(wrong) from entropy, vision and their product; keeps the fit data's
+    """Logistic model of P(correct) from entropy, vision and their product; keeps the fit data's
     standardisation so that held-out data is scaled the same way."""
 
     intercept: float
     entropy: float
     vision: float
-    interaction: float
+    interaction: float  # beta_EV
     entropy_mean: float
     entropy_std: float
     vision_mean: float
@@ -156,23 +196,18 @@ class InteractionModel:
         return self.intercept + self.entropy * zh + self.vision * zv + self.interaction * zh * zv
 
     def predict(self, entropy: Sequence[float], vision: Sequence[float]) -> np.ndarray:
-        """P(wrong) for each answer."""
+        """P(correct) for each answer."""
         return np.exp(_log_sigmoid(self._logit(entropy, vision)))
 
-    def log_loss(self, entropy: Sequence[float], vision: Sequence[float], wrong: Sequence[bool]) -> float:
+    def log_loss(self, entropy: Sequence[float], vision: Sequence[float], correct: Sequence[bool]) -> float:
         """Mean negative log-likelihood in nats, from the logits so that p near 0 or 1 stays finite."""
         z = self._logit(entropy, vision)
-        y = _labels("wrong", wrong, z.size)
+        y = _labels("correct", correct, z.size)
         return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
     @property
     def coefficients(self) -> dict[str, float]:
-        return {
-            "intercept": self.intercept,
-            "entropy": self.entropy,
-            "vision": self.vision,
-            "interaction": self.interaction,
-        }
+        return {name: getattr(self, name) for name in COEFFICIENTS}
 
 
 def _standardise(values: np.ndarray) -> tuple[float, float]:
@@ -181,17 +216,17 @@ def _standardise(values: np.ndarray) -> tuple[float, float]:
 
 
 def fit_interaction(
-    entropy: Sequence[float], vision: Sequence[float], wrong: Sequence[bool], ridge: float = 1e-3
+    entropy: Sequence[float], vision: Sequence[float], correct: Sequence[bool], ridge: float = 1e-3
 ) -> InteractionModel:
     """Fit the interaction model by penalised Newton steps; the ridge keeps the slopes finite when the
-    fit data separate perfectly, and the intercept is left free so that it matches the error rate."""
+    fit data separate perfectly, and the intercept is left free so that it matches the accuracy."""
     h = _vector("entropy", entropy)
     v = _vector("vision", vision, h.size)
-    y = _labels("wrong", wrong, h.size).astype(float)
+    y = _labels("correct", correct, h.size).astype(float)
     if not ridge >= 0:
         raise ValidationError(f"ridge must be >= 0, got {ridge}")
     if y.min() == y.max():  # the free intercept would run off to infinity
-        raise ValidationError("the fit answers are all right or all wrong: no model of P(wrong) to fit")
+        raise ValidationError("the fit answers are all right or all wrong: no model of P(correct) to fit")
     (h_mean, h_std), (v_mean, v_std) = _standardise(h), _standardise(v)
     zh, zv = (h - h_mean) / h_std, (v - v_mean) / v_std
     x = np.column_stack([np.ones_like(zh), zh, zv, zh * zv])
@@ -209,20 +244,23 @@ def fit_interaction(
 
 
 @dataclass(frozen=True)
-class VetoResult:
-    """The veto's thresholds (from the fit half) and its effect on the evaluation half."""
+class VetoRule:
+    """Which answers the vision veto abstains on first; its thresholds come from fit answers."""
 
     entropy_threshold: float
     vision_threshold: float
     vision_quantile: float
-    without_veto: float
-    with_veto: float
-    vetoed: int
+
+    def vetoes(self, entropy: np.ndarray, vision: np.ndarray) -> np.ndarray:
+        """Confident (entropy below its threshold) and disengaged (V below its threshold): strict, so an
+        answer at a threshold is kept."""
+        return (entropy < self.entropy_threshold) & (vision < self.vision_threshold)
 
 
-def _veto_risk(entropy: np.ndarray, vetoed: np.ndarray, correct: np.ndarray, coverage: float) -> float:
-    # Rank by entropy, then move the vetoed answers behind the rest; both sorts are stable, so ties keep
-    # input order as in the ranking without veto. The rank becomes the confidence.
+def veto_risk(entropy: np.ndarray, vetoed: np.ndarray, correct: np.ndarray, coverage: float = 0.9) -> float:
+    """Selective risk of the ranking by entropy with the vetoed answers moved behind the rest."""
+    # Both sorts are stable, so ties keep input order as in the ranking without veto; the rank becomes
+    # the confidence.
     order = np.argsort(entropy, kind="stable")
     order = order[np.argsort(vetoed[order], kind="stable")]
     confidence = np.empty(entropy.size)
@@ -230,134 +268,27 @@ def _veto_risk(entropy: np.ndarray, vetoed: np.ndarray, correct: np.ndarray, cov
     return selective_risk(confidence, correct, coverage)
 
 
-def vision_veto(
-    entropy: Sequence[float],
-    vision: Sequence[float],
-    correct: Sequence[bool],
-    fit: Sequence[bool],
-    coverage: float = 0.9,
-) -> VetoResult:
-    """Choose the veto's thresholds on the answers where `fit` is true and measure it on the others, so
-    that the reported gain is not the quantile search fitting noise."""
+def choose_veto(
+    entropy: Sequence[float], vision: Sequence[float], correct: Sequence[bool], coverage: float = 0.9
+) -> VetoRule:
+    """The veto's thresholds on fit answers: their median entropy, and the V quantile (of
+    VETO_QUANTILES) with the lowest selective risk on them."""
     h = _vector("entropy", entropy)
     v = _vector("vision", vision, h.size)
     ok = _labels("correct", correct, h.size)
-    in_fit = _labels("fit", fit, h.size)
     coverage = _coverage(coverage)
-    if in_fit.all() or not in_fit.any():
-        raise ValidationError("vision_veto: `fit` must leave answers on both sides")
-    h_fit, v_fit, ok_fit = h[in_fit], v[in_fit], ok[in_fit]
-    entropy_threshold = float(np.median(h_fit))
-    best: tuple[float, float, float] | None = None  # (fit risk, q, vision threshold)
+    entropy_threshold = float(np.median(h))
+    best: VetoRule | None = None
+    best_risk = math.inf
     for q in VETO_QUANTILES:
-        threshold = float(np.quantile(v_fit, q))
-        risk = _veto_risk(h_fit, (h_fit < entropy_threshold) & (v_fit < threshold), ok_fit, coverage)
-        if best is None or risk < best[0]:
-            best = (risk, q, threshold)
-    _, q, vision_threshold = best
-    h_eval, v_eval, ok_eval = h[~in_fit], v[~in_fit], ok[~in_fit]
-    vetoed = (h_eval < entropy_threshold) & (v_eval < vision_threshold)
-    return VetoResult(
-        entropy_threshold=entropy_threshold,
-        vision_threshold=vision_threshold,
-        vision_quantile=q,
-        without_veto=selective_risk(-h_eval, ok_eval, coverage),
-        with_veto=_veto_risk(h_eval, vetoed, ok_eval, coverage),
-        vetoed=int(vetoed.sum()),
-    )
+        rule = VetoRule(entropy_threshold, float(np.quantile(v, q)), q)
+        risk = veto_risk(h, rule.vetoes(h, v), ok, coverage)
+        if risk < best_risk:
+            best, best_risk = rule, risk
+    return best
 
 
 def split_halves(item_ids: Iterable[Any]) -> np.ndarray:
     """True for answers in the fit half: crc32 parity of the item id, stable across runs and orders
     (unlike hash()), and the same for every answer of an item."""
     return np.array([zlib.crc32(str(item).encode("utf-8")) % 2 == 0 for item in item_ids], dtype=bool)
-
-
-def _optional(records: Sequence[dict], key: str) -> np.ndarray:
-    """A measure that may be absent: None becomes NaN, so that one mask drops both."""
-    return _floats(key, [math.nan if r.get(key) is None else r[key] for r in records])
-
-
-def _curve(confidence: np.ndarray, correct: np.ndarray) -> dict[str, list[float]]:
-    """The risk-coverage curve thinned to at most CURVE_POINTS points for charting, last point kept."""
-    coverage, risk = risk_coverage(confidence, correct)
-    n = coverage.size
-    index = np.arange(n) if n <= CURVE_POINTS else np.linspace(0, n - 1, CURVE_POINTS).round().astype(int)
-    return {"coverage": coverage[index].tolist(), "risk": risk[index].tolist()}
-
-
-def _fields(records: Sequence[dict], key: str) -> list:
-    for i, record in enumerate(records):
-        if key not in record:
-            raise ValidationError(f"uncertainty_report: record {i} has no {key!r}")
-    return [record[key] for record in records]
-
-
-def uncertainty_report(records: Sequence[dict], coverage: float = 0.9, min_per_half: int = 8) -> dict:
-    """The selective-prediction measures of one eval run as a JSON-ready dict (see the module docstring).
-
-    AURCs and the full-entropy risk use every record, the answer-entropy ones the records that have
-    entropy_answer. The interaction model and the veto use the records with evidence_mass, split into
-    halves by item (`n_fit`, `n_eval`); they are None when a half has fewer than `min_per_half` records,
-    and the interaction AURC is over the evaluation half only.
-    """
-    if not records:
-        raise ValidationError("uncertainty_report: no records")
-    coverage = _coverage(coverage)
-    if min_per_half < 1:
-        raise ValidationError(f"min_per_half must be >= 1, got {min_per_half}")
-    correct = _labels("correct", _fields(records, "correct"), len(records))
-    entropy = _vector("entropy_full", _fields(records, "entropy_full"), len(records))
-    item_ids = _fields(records, "item_id")
-    answer = _optional(records, "entropy_answer")
-    vision = _optional(records, "evidence_mass")
-
-    has_answer = ~np.isnan(answer)
-    answer_aurc = aurc(-answer[has_answer], correct[has_answer]) if has_answer.any() else None
-    answer_curve = _curve(-answer[has_answer], correct[has_answer]) if has_answer.any() else None
-
-    has_vision = ~np.isnan(vision)
-    in_fit = split_halves(i for i, keep in zip(item_ids, has_vision) if keep)
-    n_fit, n_eval = int(in_fit.sum()), int((~in_fit).sum())
-    enough = min(n_fit, n_eval) >= min_per_half
-    h, v, ok = entropy[has_vision], vision[has_vision], correct[has_vision]
-
-    interaction = interaction_aurc = None
-    veto = dict.fromkeys(
-        ("without_veto", "with_veto", "vetoed", "entropy_threshold", "vision_threshold", "vision_quantile")
-    )
-    both = enough and 0 < int(ok[in_fit].sum()) < n_fit  # right and wrong answers to fit on
-    if both:
-        model = fit_interaction(h[in_fit], v[in_fit], ~ok[in_fit])
-        held_out = (h[~in_fit], v[~in_fit])
-        interaction_aurc = aurc(1 - model.predict(*held_out), ok[~in_fit])
-        interaction = {
-            **model.coefficients,
-            "heldout_log_loss": model.log_loss(*held_out, ~ok[~in_fit]),
-            "aurc_entropy_full_eval_half": aurc(-h[~in_fit], ok[~in_fit]),  # the same answers, for comparison
-            "n_fit": n_fit,
-            "n_eval": n_eval,
-        }
-    if enough:
-        result = vision_veto(h, v, ok, in_fit, coverage)
-        veto = {key: getattr(result, key) for key in veto}
-
-    return {
-        "n": len(records),
-        "n_fit": n_fit,
-        "n_eval": n_eval,
-        "aurc": {
-            "entropy_full": aurc(-entropy, correct),
-            "entropy_answer": answer_aurc,
-            "interaction": interaction_aurc,
-            "random": float(np.mean(~correct)),
-            "oracle": aurc(correct.astype(float), correct),
-        },
-        "risk_at_coverage": {
-            "coverage": coverage,
-            "entropy_full": selective_risk(-entropy, correct, coverage),
-            **veto,
-        },
-        "interaction": interaction,
-        "curves": {"entropy_full": _curve(-entropy, correct), "entropy_answer": answer_curve},
-    }
