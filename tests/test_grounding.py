@@ -166,7 +166,7 @@ with torch.no_grad():
     if sys.argv[1] == "plain":
         model(**inputs)
     elif sys.argv[1] == "measure":
-        measure(model, inputs, groups, slice(0, 3000), resolve_layers(model, None), thirds)
+        measure(model, inputs, groups, slice(0, 3000), resolve_layers(model, None), thirds, 3)
     else:  # every layer's full attention map, as output_attentions gives
         model.set_attn_implementation("eager")
         model(**inputs, output_attentions=True)

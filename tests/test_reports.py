@@ -67,7 +67,7 @@ def test_grounding_tables_print_length_free_estimates_and_raw_masses_apart(tmp_p
     evidence = json.loads(json.dumps(summarise_evidence(records)))  # rendered from JSON alone
     text = "\n".join(grounding._evidence_tables(evidence))
     collapse = evidence["all"]["collapse_ratio"]
-    assert f"{collapse['value']:.3f} [{collapse['low']:.3f}, {collapse['high']:.3f}] (n=34)" in text
+    assert f"{collapse['value']:.4f} [{collapse['low']:.4f}, {collapse['high']:.4f}] (n=34)" in text
     hard = next(line for line in text.splitlines() if line.startswith("| hard | 4 |"))
     assert hard.count("too few answers (n=4)") == 4  # share, lift, overlap, collapse ratio
     assert (

@@ -91,8 +91,9 @@ def profile_chart(lift: list, layers: list[int], thirds: list[str], out: str | P
     reasoning, on one colour scale centred at 1 (no preference for the evidence among image tokens)."""
     values = np.array(lift, dtype=float)  # (thirds, layers, heads); None -> NaN
     finite = values[np.isfinite(values)]
-    spread = float(np.abs(finite - 1).max()) if finite.size else 0.0
-    norm = TwoSlopeNorm(vcenter=1.0, vmin=max(0.0, 1 - max(spread, 1e-3)), vmax=1 + max(spread, 1e-3))
+    # at least +-0.05: a model without preference (lifts within a few thousandths of 1) stays white
+    spread = max(float(np.abs(finite - 1).max()) if finite.size else 0.0, 0.05)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=max(0.0, 1 - spread), vmax=1 + spread)
     width = min(16, 2 + len(thirds) * max(2.0, 0.25 * values.shape[2]))
     height = min(12, 1.5 + max(1.5, 0.25 * values.shape[1]))
     fig, axes = plt.subplots(

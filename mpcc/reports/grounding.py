@@ -64,9 +64,9 @@ def _evidence_tables(e: dict) -> list[str]:
     cells = {"all": e["all"], **e["per_level"]}
     free = [
         (
-            level, c["n"], estimate(c["evidence_share"]), estimate(c["evidence_lift"]),
+            level, c["n"], estimate(c["evidence_share"]), estimate(c["evidence_lift"], ".4f"),
             estimate(c["evidence_overlap"]), fmt(c["overlap_chance"]), fmt(c["early"]), fmt(c["late"]),
-            estimate(c["collapse_ratio"]),
+            estimate(c["collapse_ratio"], ".4f"),
         )
         for level, c in cells.items()
     ]  # fmt: skip
