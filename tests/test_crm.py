@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mpcc.errors import ConfigError
-from mpcc.evaluation.config import EvalConfig
-from mpcc.evaluation.grounding.conditions import Diagnostics, place_like
+from mpcc.evaluation.config import CRM_FILLS, EvalConfig
+from mpcc.evaluation.grounding.conditions import Diagnostics, matched_colour, place_like
 from mpcc.evaluation.grounding.crm import (
     CLASSES,
     classify,
@@ -143,6 +143,33 @@ def test_control_ablation_is_seeded_and_of_the_same_area(crm_rows):
     assert 0 <= first[1][1] <= 1
 
 
+def test_matched_colour_changes_a_patch_by_the_asked_amount():
+    flat = np.tile([100, 50, 200], (400, 1)).astype(np.uint8)
+    colour = matched_colour(flat, 400 * 90)
+    assert abs(np.abs(flat - colour.astype(float)).sum() - 400 * 90) <= 400 * 1.5  # within rounding
+    assert (matched_colour(flat, 0) == [100, 50, 200]).all()  # no change asked: the patch's own colour
+    assert (matched_colour(flat, 10**9) == [255, 255, 0]).all()  # more than possible: the far corner
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, (300, 3)).astype(np.uint8)
+    for change in (300 * 200, 300 * 300):
+        assert abs(np.abs(noisy - matched_colour(noisy, change).astype(float)).sum() - change) <= 300 * 1.5
+
+
+def test_control_changes_the_image_as_much_as_the_evidence_ablation(crm_rows):
+    """Per set, the control's total change of the RGB values equals the evidence ablation's (within
+    rounding, and where objects' regions do not overlap), under both fills."""
+    diagnostics, rows = crm_rows
+    ratios = []
+    for row in rows[:4]:
+        before = np.asarray(row["image"], dtype=float)
+        sets = [[a] for a in diagnostics.context_by_prediction(row)[:2]]
+        for fill in CRM_FILLS:
+            for ids, (control, _) in zip(sets, diagnostics.controls(row, sets, fill)):
+                evidence = np.abs(np.asarray(diagnostics.hide(row, ids, fill), dtype=float) - before).sum()
+                ratios.append(np.abs(np.asarray(control, dtype=float) - before).sum() / evidence)
+    assert np.median(ratios) == pytest.approx(1, abs=0.02) and min(ratios) > 0.7, ratios
+
+
 def test_symmetric_similarity_counts_added_steps():
     original = "<think>A plate. A fork.</think> <answer>knife</answer>"
     padded = "<think>A plate. A fork. A red cup. A green vase.</think> <answer>knife</answer>"
@@ -189,6 +216,7 @@ def test_classes_of_constructed_regenerations(crm_rows, text_only):
 
 def _pair(similarity, changed=False, named=(), broken=False, delta=-0.5, steps=(-0.5,)):
     return {
+        "pixel_change": 2.0,
         "step_delta": list(steps),
         "mean_delta": delta,
         "answer_changed": changed,
@@ -299,7 +327,7 @@ def test_report_prints_intervals_or_too_few(tmp_path):
     ]
     report = grounding_markdown({"crm": summarise_crm(records)})
     assert "| answer changed | 0.500 [" in report and "evidence − control" in report
-    assert "10.0%" in report  # the control's overlap with objects
+    assert "10.0%" in report and "evidence 2.00, control 2.00" in report  # overlap, pixel change
     few = grounding_markdown({"crm": summarise_crm(records[:5])})
     assert "too few answers (n=5)" in few and "[" not in few.split("| answer changed |")[1].split("\n")[0]
     lines = compare_grounding(

@@ -145,6 +145,7 @@ def _crm_markdown(c: dict) -> list[str]:
     ]
     threshold = MISSING if a["collapse_threshold"] is None else f"{a['collapse_threshold']:.3f}"
     overlap = MISSING if a["control_overlap"] is None else f"{a['control_overlap']:.1%}"
+    change = a["pixel_change"]
     levels = [
         (
             level, cell["answers"], cell["pairs"], *(estimate(d, ".4f") for d in cell["mean_delta"].values()),
@@ -156,8 +157,10 @@ def _crm_markdown(c: dict) -> list[str]:
     contrasts = [f"{CRM_MEASURES[k]} (evidence − control)" for k in ("answer_change", *CRM_CLASSES)]
     return [
         "Contrastive region masking: context objects hidden one at a time, and the most predictive together "
-        "(evidence ablation); each set's control hides regions of the same shape and area elsewhere "
-        f"(share of control pixels that could not avoid the target or an object: {overlap}). delta = change "
+        "(evidence ablation); each set's control hides regions of the same shape and area away from every "
+        "object, in a flat colour that changes the image as much (mean absolute change of the RGB values: "
+        f"evidence {fmt(change['evidence'], '.2f')}, control {fmt(change['control'], '.2f')}; share of "
+        f"control pixels that could not avoid the target or an object: {overlap}). delta = change "
         "of a step's mean token log-probability (negative: the step leaned on what was hidden). Classes of "
         "the regenerated reasoning: reasoning collapsed = step similarity below the control's 5th "
         f"percentile ({threshold}); then hallucinated evidence (names a category no longer visible; on the "

@@ -97,22 +97,29 @@ class Diagnostics:
     def controls(self, row: dict, sets: list[list[int]], fill: str) -> list[tuple[Image.Image, float]]:
         """(image, overlap) per set of annotation ids: the control of `hide(row, ids, fill)`. Each object's
         region moves, same shape and area, to a seeded place (`place_like`) away from the target's region,
-        every annotated object (crowds too) and the set's controls placed before it; overlap = the share
-        of the set's moved pixels that could not avoid them (0 when a free place exists)."""
-        objects = self.target_region(row)
-        for ann_id in row["context_ann_ids"]:
-            if ann_id in self.coco.anns:
-                objects = objects | self.object_region(ann_id)
+        every annotated object (crowds too) and the set's controls placed before it, and is painted the
+        flat colour that changes the image as much as hiding the object itself does under `fill`
+        (`matched_colour`): a model that reacts to any change of that size reacts to both alike.
+        overlap = the share of the set's moved pixels that could not avoid the objects (0 when a free
+        place exists)."""
+        base = np.array(self.hide(row, [], fill))
+        target = self.target_region(row)
+        region = {a: self.object_region(a) for a in row["context_ann_ids"] if a in self.coco.anns}
+        objects = np.logical_or.reduce([target, *region.values()])
+        change = {
+            a: int(np.abs(np.asarray(self.ablate(row, [(region[a], a)], fill), int) - base).sum())
+            for a in dict.fromkeys(a for ids in sets for a in ids)
+        }
         controls = []
         for ann_ids in sets:
-            avoid, moved, overlap, area = objects, [], 0, 0
+            pixels, avoid, overlap, area = base.copy(), objects, 0, 0
             for ann_id in ann_ids:
-                seed = mix_seed(self.seed, row["ann_id"], ann_id)
-                region, hit = place_like(self.object_region(ann_id), avoid, seed)
-                moved.append((region, ann_id))
-                avoid = avoid | region
-                overlap, area = overlap + hit, area + int(region.sum())
-            controls.append((self.ablate(row, moved, fill), overlap / max(area, 1)))
+                moved, hit = place_like(region[ann_id], avoid, mix_seed(self.seed, row["ann_id"], ann_id))
+                painted = moved & ~target  # the target stays hidden as built
+                pixels[painted] = matched_colour(base[painted], change[ann_id])
+                avoid = avoid | moved
+                overlap, area = overlap + hit, area + int(moved.sum())
+            controls.append((Image.fromarray(pixels), overlap / max(area, 1)))
         return controls
 
     def ablate(self, row: dict, regions: list[tuple[np.ndarray, int]], fill: str) -> Image.Image:
@@ -186,6 +193,30 @@ def place_like(region: np.ndarray, avoid: np.ndarray, seed: int) -> tuple[np.nda
     top, left = places[np.random.default_rng(seed).integers(len(places))]
     moved[top : top + h, left : left + w] = crop
     return moved, int(hits.min())
+
+
+def matched_colour(pixels: np.ndarray, change: float) -> np.ndarray:
+    """The flat colour c whose total absolute change sum |pixels - c| (over pixels and channels) is
+    `change`, or as near as 0..255 allows: c moves from the pixels' per-channel median (the least change)
+    straight toward the farthest corner of the colour cube, along which the change only grows; bisection.
+    `pixels`: (n, 3)."""
+    values = pixels.astype(float)
+    if len(values) == 0:
+        return np.array(CANVAS)
+    start = np.median(values, 0)
+    far = np.where(start > 127.5, 0.0, 255.0)
+
+    def colour(t: float) -> np.ndarray:
+        return np.rint(start + t * (far - start))
+
+    low, high = 0.0, 1.0
+    for _ in range(20):
+        middle = (low + high) / 2
+        if np.abs(values - colour(middle)).sum() < change:
+            low = middle
+        else:
+            high = middle
+    return colour(high)
 
 
 def _box(region: np.ndarray) -> tuple[int, int, int, int]:

@@ -6,9 +6,10 @@ mpcc's own definitions.
 For one answer (the greedy completion on the row's masked image) the *region sets* are: each context
 object alone, most answer-predictive first (`Diagnostics.context_by_prediction`), up to
 `--crm-regions`; and the `--context-k` most predictive together. Each set is ablated twice, the same
-way (`--crm-fill`, one batched forward, one generation each): the *evidence* ablation hides the
-objects themselves; the *control* ablation hides, per object, a region of the same shape and area
-placed elsewhere (`Diagnostics.controls`), so that losing evidence can be told from any perturbation.
+way (one batched forward, one generation each): the *evidence* ablation hides the objects themselves
+(`--crm-fill`); the *control* ablation hides, per object, a region of the same shape and area placed
+away from every object, in a flat colour that changes the image by as much (`Diagnostics.controls`),
+so that losing evidence can be told from a perturbation of the same size.
 
 (a) Teacher-forced contrast, per step s and ablated image r: delta[s, r] = mean log-probability of the
     step's tokens on r minus on the original (the same completion). Negative: the step leans on what
@@ -227,6 +228,10 @@ def _crm_cell(records: list[dict], contrasts: tuple[str, ...], arms: bool = Fals
         "pairs": len(evidence),
         "collapse_threshold": table.threshold(np.ones(len(records), dtype=int)) if evidence else None,
         "control_overlap": float(np.mean([s["control"]["overlap"] for s in evidence])) if evidence else None,
+        "pixel_change": {
+            "evidence": float(np.mean([s["pixel_change"] for s in evidence])) if evidence else None,
+            "control": float(np.mean([s["control"]["pixel_change"] for s in evidence])) if evidence else None,
+        },
         "contrast": {m: estimate(lambda c, m=m: table.contrast(m, c)) for m in contrasts},
         "mean_delta": {k: estimate(lambda c, k=k: table.mean("evidence", "delta", c, k)) for k in KINDS},
         "delta_by_position": [float(np.mean(b)) if b else None for b in binned],
@@ -238,11 +243,14 @@ def _crm_cell(records: list[dict], contrasts: tuple[str, ...], arms: bool = Fals
 
 
 def _regenerated(completion: str, row: dict, new: str, ablated: dict, delta: list, gone: set[str]) -> dict:
-    """One ablated image's measures (module docstring, (a) and (b))."""
+    """One ablated image's measures (module docstring, (a) and (b)) and how much it changed the image:
+    the mean absolute change of its RGB values (0-255)."""
     parsed, format_ok = parse_answer(completion, row)
     new_parsed, new_ok = parse_answer(new, ablated)
     known = [d for d in delta if d is not None]
+    change = np.abs(np.asarray(ablated["image"], dtype=np.int16) - np.asarray(row["image"], dtype=np.int16))
     return {
+        "pixel_change": float(change.mean()),
         "step_delta": delta,
         "mean_delta": float(np.mean(known)) if known else None,
         "completion": new,

@@ -2,10 +2,10 @@
 attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision vetoes) and
 `mpcc.evaluation.grounding.crm` over an eval run's greedy answers.
 
-Evidence is measured on every evaluated row's answer; CRM (one forward and one regeneration per
-region set) on one answer per item: its open question when evaluated, else its first row. Records
-are appended to `grounding.jsonl` as they come, so a stopped run resumes where it stopped. The section's
-tables and charts are mpcc.reports.grounding's.
+Evidence is measured on every evaluated row's answer; CRM (one batched forward per answer, one
+regeneration per region set and per its control) on one answer per item: its open question when
+evaluated, else its first row. Records are appended to `grounding.jsonl` as they come, so a stopped
+run resumes where it stopped. The section's tables and charts are mpcc.reports.grounding's.
 """
 
 from __future__ import annotations
