@@ -112,7 +112,7 @@ def test_errors_driven_by_length_show_no_vision_effect_in_the_length_free_share(
     for k in range(1200):
         length = rng.integers(50, 1000)
         records.append({
-            "item_id": k // 4, "task": "all", "correct": bool(rng.random() >= length / 1200),
+            "item_id": k // 4, "task": "only", "correct": bool(rng.random() >= length / 1200),
             "entropy_full": float(rng.random()), "entropy_answer": None,
             "evidence_share": float(rng.random()), "evidence_mass": float(40 / (400 + length)),
         })  # fmt: skip
