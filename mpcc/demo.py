@@ -24,14 +24,15 @@ from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
-from mpcc.evaluation.harness import METRICS, compare_runs, compared_metrics, run_eval
+from mpcc.evaluation.harness import METRICS, compare_runs, read_predictions, run_eval
 from mpcc.export import export
 from mpcc.generation.decoding import Decoding
 from mpcc.options import option
 from mpcc.records import BUILD_FILE
 from mpcc.reports.charts import ACCURACY_CHART, reward_curve_chart
-from mpcc.reports.compare import COMPARISON, accuracy_by_format
+from mpcc.reports.compare import COMPARISON
 from mpcc.reports.eval_report import REPORT_HTML
+from mpcc.reports.intervals_table import demo_tables
 from mpcc.reports.learning import LEARNING_CHART, learning_section
 from mpcc.train import main as train_main
 from mpcc.training.curves import generated_reward, learning_summary, log_history
@@ -44,6 +45,7 @@ TRAINED = {
     "grpo": ("plain GRPO", "sft"),
 }
 EVALUATED = ("start", *TRAINED)  # each evaluated on the same items, compared in this order
+LABELS = {"start": "start (random weights)", **{name: what for name, (what, _) in TRAINED.items()}}
 # Trace completions take 48 tokens of the tiny tokenizer (median; 64 at the 99th percentile, up to 69):
 # room for answers a little longer than the traces, in GRPO's samples and in the eval.
 NEW_TOKENS = 96
@@ -60,7 +62,7 @@ class DemoConfig:
     seed: int = option(0, "seed", minimum=0)
     sft_steps: int = option(150, "SFT steps on the traces", minimum=1)
     grpo_steps: int = option(100, "steps of each GRPO run (with prior sampling, plain)", minimum=1)
-    eval_items: int = option(60, "eval items (hidden objects), each asked in every format", minimum=1)
+    eval_items: int = option(120, "eval items (hidden objects), each asked in every format", minimum=1)
     recipes: str = option(
         "tiny", "where sft.yaml, grpo_prior.yaml and grpo.yaml are: a directory, or a packaged recipe folder"
     )
@@ -167,7 +169,7 @@ def _evaluate(name: str, config: DemoConfig, paths: dict[str, Path]) -> None:
     model = START if name == "start" else str(paths[name])
     eval_config = EvalConfig(
         formats=EVAL_FORMATS,
-        diagnostics=("blind", "shape", "crm", "evidence"),
+        diagnostics=("blind",),  # the image's share; `mpcc eval --diagnostics crm,evidence` for the steps
         limit=config.eval_items,
         decoding=Decoding(max_new_tokens=NEW_TOKENS),
     )
@@ -179,21 +181,32 @@ def _learning(paths: dict[str, Path]) -> dict[str, list[dict]]:
     return {TRAINED[name][0]: log_history(paths[name]) for name in ("grpo_prior", "grpo")}
 
 
+def _tables(paths: dict[str, Path]) -> list[str]:
+    """The interval tables (by format with chance, by level, OOD, blank-image control) and the reading."""
+    answers = {LABELS[name]: read_predictions(paths[f"eval_{name}"]) for name in EVALUATED}
+    normal = {label: by["normal"] for label, by in answers.items()}
+    blind = {label: by.get("blind", []) for label, by in answers.items()}
+    return demo_tables(normal, blind, pair=(LABELS["grpo_prior"], LABELS["grpo"]))
+
+
 def _compare(paths: dict[str, Path]) -> None:
-    """compare.md of the four evals, with the GRPO runs' learning curves appended, and their chart."""
+    """compare.md of the four evals: the interval tables, the point-estimate tables and chart of `mpcc eval
+    compare`, the GRPO runs' learning curves and their chart."""
     # overwrite: a comparison cut short before its curves is made again
     compared = compare_runs(_eval_runs(paths), paths["compare"], overwrite=True)
     histories = _learning(paths)
-    with open(compared, "a", encoding="utf-8") as f:
-        f.write("\n" + "\n".join(learning_section(learning_summary(histories), LEARNING_CHART)) + "\n")
+    point_estimates = compared.read_text(encoding="utf-8")
+    learning = learning_section(learning_summary(histories), LEARNING_CHART)
+    compared.write_text(
+        "\n".join(["# MPCC demo", "", *_tables(paths), point_estimates, *learning]) + "\n", encoding="utf-8"
+    )
     curves = {name: generated_reward(history) for name, history in histories.items()}
     reward_curve_chart(curves, paths["compare"] / LEARNING_CHART)  # last: it marks the stage done
 
 
 def _summary(paths: dict[str, Path]) -> str:
-    """The comparison's two headline tables (accuracy by format, learning curves), for the terminal."""
-    accuracy = accuracy_by_format(compared_metrics(_eval_runs(paths)))
-    return "\n".join(accuracy + learning_section(learning_summary(_learning(paths))))
+    """The comparison's headline tables (with intervals) and learning curves, for the terminal."""
+    return "\n".join(_tables(paths) + learning_section(learning_summary(_learning(paths))))
 
 
 def _ready(path: Path, marker: str) -> Callable[[], bool]:

@@ -320,7 +320,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
 TINY_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 TINY_MAX_VOCAB = 2048  # the built-in corpus yields fewer (about 1,150 tokens)
-_TINY_FORMAT = 2  # bump when the tiny build changes, so caches rebuild (2: stock class names)
+_TINY_FORMAT = 3  # bump when the tiny build changes, so caches rebuild (3: '>' never merged with answers)
 
 # The names and order of Qwen's special tokens (ids differ: ours come first in the small vocab).
 SPECIAL_TOKENS = (
@@ -362,8 +362,8 @@ _BASE_CORPUS = """\
 You are a careful visual reasoner. First think through the question step by step, then answer.
 <think> The table shows a plate, a fork and a cup, so the hidden object is likely a knife. </think>
 <answer> knife </answer>
-<think> I can see a road, a traffic light and a bus stop. A car drives here. </think><answer>car</answer>
-<think>There is grass, a fence and a ball near the mask.</think><answer>dog</answer>
+<think> I can see a road, a traffic light and a bus stop. A car drives here. </think><answer> car </answer>
+<think>There is grass, a fence and a ball near the mask.</think><answer> dog </answer>
 One object in this image is hidden under a black mask. Use the visible context around the mask and
 commonsense to infer what it is. Which object is most likely hidden? Is the hidden object a cat?
 Answer yes or no. Give the letter of the correct option: A, B, C, D, E, F or G.
@@ -389,10 +389,11 @@ def _corpus() -> list[str]:
 
     lines = _BASE_CORPUS.splitlines()
     names = [c["name"] for c in COCO_CATEGORIES]
-    lines += names + [f"<think> The hidden object is a {n}. </think><answer>{n}</answer>" for n in names]
-    # every answer a format asks (letters, yes / no) merges with its tag's ">" as the names do, so
-    # `<answer` is followed by one answer token in every format
-    lines += [f"<answer>{a}</answer>" for a in (*"ABCDEFG", "yes", "no")]
+    # No ">" directly before a word anywhere in the corpus: BPE then never merges the tag's ">" with an
+    # answer, so `<answer>B</answer>` holds the very token "B" of the options' "B. cup" (a model learns
+    # to copy it) and every format's answer follows the same bare ">" (one pattern for all formats).
+    lines += names + [f"<think> The hidden object is a {n}. </think><answer> {n} </answer>" for n in names]
+    lines += [f"{a}. {n}" for a, n in zip("ABCDEFG", names)] + ["yes", "no", "</think>", "</answer>"]
     try:  # the live prompt wording, so prompts tokenize compactly even after edits
         from mpcc.data.masking import FILL_WORDS
         from mpcc.data.prompts import SYSTEM_PROMPT, choice_question, open_question, yesno_question

@@ -49,16 +49,20 @@ def _messages(image=None) -> list[dict]:
     ]
 
 
-def test_tiny_tokenizer_gives_every_format_one_answer_token(tiny):
-    """The answer tag's last piece is followed by one token holding `>` and the whole answer, for a
-    letter, yes / no and a category name alike: a tokenizer that merged `>` with names only left a bare
-    `>` before letters, and a model trained on every format then ended open answers right after it."""
+def test_tiny_tokenizer_answers_with_the_tokens_the_prompt_uses(tiny):
+    """After the answer tag's bare `>`, a letter is the very token of the options' `B. cup` (so a model can
+    copy it), in every format the same pattern: a tokenizer that merged `>` with the answer made `>B` a
+    token of its own that no prompt holds, so the letter could not be copied from the options."""
     tokenizer = load_processor(tiny["qwen2_5_vl"]).tokenizer
+    option_letter = tokenizer.tokenize("?\nB. cup\nG. dog")
     for answer in ("B", "G", "yes", "no", "umbrella"):
         for text in (f"</think><answer>{answer}</answer>", f"<answer>{answer}</answer>"):
             tokens = tokenizer.tokenize(text)
             tag = next(i for i, token in enumerate(tokens) if token.endswith("answer"))
-            assert tokens[tag + 1 : tag + 3] == [f">{answer}", "</"], (text, tokens)
+            assert tokens[tag + 1] == ">" and tokens[-3:] == ["</", "answer", ">"], (text, tokens)
+            assert "".join(tokens[tag + 2 : -3]) == answer, (text, tokens)
+            if len(answer) == 1:
+                assert tokens[tag + 2] in option_letter, (text, tokens, option_letter)
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)

@@ -207,6 +207,12 @@ def _by_condition(path: Path, conditions: tuple[str, ...]) -> dict[str, list[dic
     return by_condition
 
 
+def read_predictions(run: Path) -> dict[str, list[dict]]:
+    """An eval run's scored answers (first sample) by image condition (normal, blind, ...)."""
+    by_condition = _by_condition(Path(run) / PREDICTIONS, ("normal",))
+    return {c: [r for r in rs if r["sample"] == 0] for c, rs in by_condition.items()}
+
+
 def _summarise(by_condition: dict[str, list[dict]], conditions: tuple[str, ...]) -> dict:
     """metrics.json without its grounding section: the normal condition's metrics, and the diagnostics'
     accuracy gaps when the run had image conditions."""
