@@ -34,15 +34,8 @@ NAMES = [c["name"] for c in COCO_CATEGORIES]
 FORMATS = ("mc4", "mc7", "yesno", "open")
 
 
-def scene_type(seed: int, image_id: int, image_size: tuple[int, int] = (384, 288)) -> int:
-    """The scene type `generate_scenes` drew for an image: its first draws, replayed."""
-    rng = np.random.default_rng((seed, image_id))
-    synthetic._image_sizes(rng, 1, image_size)
-    return int(rng.integers(len(synthetic.SCENES)))
-
-
-def _p_scene(category: str, scene: int) -> float:
-    members = synthetic.SCENES[synthetic._SCENE_NAMES[scene]].categories
+def _p_scene(category: str, scene: str) -> float:
+    members = synthetic.SCENES[scene].categories
     inside = synthetic._IN_SCENE_PROB * (category in members) / len(members)
     return inside + (1 - synthetic._IN_SCENE_PROB) / len(NAMES)
 
@@ -88,7 +81,7 @@ def accuracy(rows, score_of, seed: int) -> dict[str, list[bool]]:
     rng = np.random.default_rng(0)  # ties broken at random
     right: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
-        score = score_of(row, scene_type(seed, row["image_id"]))
+        score = score_of(row, synthetic.scene_type(row["image_id"], seed))
         best = NAMES[int(np.argmax([score(c) + rng.random() * 1e-9 for c in NAMES]))]
         if row["format"] == "yesno":
             right["yesno"].append(("yes" if best == row["candidate"] else "no") == row["answer"])

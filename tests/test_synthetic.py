@@ -16,7 +16,15 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from mpcc.data.coco_categories import COCO_CATEGORIES
-from mpcc.data.synthetic import SCENES, generate_annotations, generate_scenes, write_annotations
+from mpcc.data.synthetic import (
+    SCENE_WORDS,
+    SCENES,
+    TRACES_FILE,
+    generate_annotations,
+    generate_scenes,
+    scene_type,
+    write_annotations,
+)
 
 NUM_SCENE_IMAGES = 240
 NUM_ANNOTATION_IMAGES = 5_000
@@ -230,3 +238,13 @@ def test_annotations_only_fit_any_image_size(num_images: int, seed: int, width: 
 def test_invalid_arguments_are_rejected(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must"):
         generate_annotations(**kwargs)
+
+
+def test_scene_type_replays_the_scene_each_image_was_drawn_with(tmp_path):
+    """`scene_type` names the scene `generate_scenes` drew (the one its trace describes), so what a model
+    says about a scene can be checked against it."""
+    generate_scenes(tmp_path, num_images=12, seed=3, traces=True)
+    rows = [json.loads(line) for line in (tmp_path / TRACES_FILE).read_text().splitlines()]
+    assert len({r["image_id"] for r in rows}) >= 8
+    for row in rows:
+        assert f"This is {SCENE_WORDS[scene_type(row['image_id'], seed=3)]}" in row["cot_data"], row

@@ -106,6 +106,7 @@ SCENES: Mapping[str, Scene] = MappingProxyType(
 )
 """Scene types and their context rules; categories may belong to several scenes (e.g. person, book)."""
 
+IMAGE_SIZE = (384, 288)  # nominal (width, height) of a rendered scene
 _IN_SCENE_PROB = 0.9
 _OBJECTS_PER_IMAGE = (3, 8)
 _EMPTY_PROB = 0.05
@@ -204,7 +205,7 @@ def generate_scenes(
     out_dir: str | Path,
     num_images: int = SynthJob.num_images,
     seed: int = SynthJob.seed,
-    image_size: tuple[int, int] = (384, 288),
+    image_size: tuple[int, int] = IMAGE_SIZE,
     traces: bool = SynthJob.traces,
 ) -> Path:
     """Render ``num_images`` scenes to ``out_dir/images/*.jpg`` and write ``out_dir/instances.json``.
@@ -243,6 +244,14 @@ def generate_scenes(
         (out / TRACES_FILE).write_text(lines, encoding="utf-8")
     logger.info("wrote %d images with %d annotations to %s", len(images), len(annotations), out)
     return path
+
+
+def scene_type(image_id: int, seed: int = SynthJob.seed, image_size: tuple[int, int] = IMAGE_SIZE) -> str:
+    """The scene type `generate_scenes(..., seed, image_size)` drew for image `image_id` (its first draws,
+    replayed): what a reader of the image should recognise, for measuring whether a model does."""
+    rng = np.random.default_rng((seed, image_id))
+    _image_sizes(rng, 1, image_size)
+    return _SCENE_NAMES[int(rng.integers(len(SCENES)))]
 
 
 def generate_annotations(
