@@ -47,7 +47,7 @@ TRAINED = {
 }
 EVALUATED = ("start", *TRAINED)  # each evaluated on the same items, compared in this order
 LABELS = {"start": "start (random weights)", **{name: what for name, (what, _) in TRAINED.items()}}
-# Trace completions take 48 tokens of the tiny tokenizer (median; 64 at the 99th percentile, up to 69):
+# Trace completions take 48 tokens of the tiny tokenizer (median; 65 at the 99th percentile, up to 68):
 # room for answers a little longer than the traces, in GRPO's samples and in the eval.
 NEW_TOKENS = 96
 
