@@ -265,17 +265,23 @@ def crm_record(
     model, processor, generate, diagnostics, row: dict, completion: str, singles: int, fill: str
 ) -> dict:
     """Both contrasts for one answer, each region set with its control. `generate(rows) -> completions` is
-    the eval's greedy generator; `fill` covers the hidden regions (`Diagnostics.ablate`)."""
+    the eval's greedy generator; `fill` covers the hidden regions (`Diagnostics.ablate`). Without a
+    `model` (a served one) only the regenerated contrast: its step deltas are empty."""
     sets = region_sets(diagnostics, row, singles)
     if not sets:
         return {"sets": []}
     controls = diagnostics.controls(row, [ids for _, ids in sets], fill)
     ablated = [{**row, "image": diagnostics.hide(row, ids, fill)} for _, ids in sets]
     ablated += [{**row, "image": image} for image, _ in controls]
-    deltas = step_deltas(model, processor, [row, *ablated], completion)
+    generated = generate(ablated)
+    if None in generated:  # a served model's request failed: no record, the next run asks again
+        return {"sets": None}
+    deltas = [[]] * len(ablated)  # a served model gives no logits on a completion it did not write
+    if model is not None:
+        deltas = step_deltas(model, processor, [row, *ablated], completion)
     arms = [
         _regenerated(completion, row, new, a, delta, gone_categories(diagnostics, row, ids))
-        for new, a, delta, (_, ids) in zip(generate(ablated), ablated, deltas, sets + sets)
+        for new, a, delta, (_, ids) in zip(generated, ablated, deltas, sets + sets)
     ]
     return {
         "sets": [

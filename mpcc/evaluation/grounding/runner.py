@@ -1,6 +1,8 @@
-"""`--diagnostics crm,evidence`: the step-level measures of `mpcc.evaluation.grounding.evidence` (evidence
-attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision vetoes) and
-`mpcc.evaluation.grounding.crm` over an eval run's greedy answers.
+"""`--diagnostics crm,evidence,entropy`: the step-level measures of `mpcc.evaluation.grounding.evidence`
+(evidence attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision
+vetoes), `mpcc.evaluation.grounding.crm` and `mpcc.evaluation.grounding.entropy` over an eval run's greedy
+answers. A served model has no weights here (model None): its answers bring their entropy, and CRM
+runs its regenerated contrast only.
 
 Evidence is measured on every evaluated row's answer; CRM (one batched forward per answer, one
 regeneration per region set and per its control) on one answer per item: its open question when
@@ -19,6 +21,7 @@ from mpcc.errors import ConfigError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.crm import crm_record, summarise_crm
+from mpcc.evaluation.grounding.entropy import entropy_record, summarise_entropy
 from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
 from mpcc.evaluation.grounding.monitor import ALL, uncertainty_report
 from mpcc.files import read_appended
@@ -68,11 +71,12 @@ def run_step_diagnostics(
     answers = [a for a in answers if a["completion"]]
     todo = [("evidence", a) for a in answers if "evidence" in config.diagnostics]
     todo += [("crm", a) for a in _crm_answers(answers) if "crm" in config.diagnostics]
+    todo += [("entropy", a) for a in answers if "entropy" in config.diagnostics]
     todo = [(kind, a) for kind, a in todo if (kind, a["prompt_id"]) not in done]
     if todo:
         model, processor = model_source()
         generator = generator_source()
-        layers = resolve_layers(model, config.attention_layers)
+        layers = resolve_layers(model, config.attention_layers) if "evidence" in config.diagnostics else None
         greedy = Decoding(max_new_tokens=config.decoding.max_new_tokens)
         with open(path, "a", encoding="utf-8") as f:
             for kind, answer in tqdm(todo, desc="step diagnostics", unit="answer"):
@@ -81,17 +85,25 @@ def run_step_diagnostics(
                     record = evidence_record(
                         model, processor, row, answer["completion"], diagnostics.regions(row), layers
                     )
+                elif kind == "entropy":
+                    record = (
+                        answer.get("entropy") or {"entropy_full": None}  # served: its server's log-probs
+                        if model is None
+                        else entropy_record(model, processor, row, answer["completion"])
+                    )
                 else:
                     record = crm_record(
                         model, processor, lambda rs: generator(rs, greedy, config.seed), diagnostics, row,
                         answer["completion"], config.crm_regions, config.crm_fill,
                     )  # fmt: skip
+                    if record["sets"] is None:  # a served model's request failed: the next run asks again
+                        continue
                 record = {"kind": kind, **{k: answer[k] for k in KEPT}, **record}
                 done[(kind, answer["prompt_id"])] = record
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 f.flush()
     wanted = {a["prompt_id"] for a in answers}
-    records = {"evidence": [], "crm": []}
+    records = {"evidence": [], "crm": [], "entropy": []}
     for (kind, pid), record in done.items():
         if pid in wanted:
             records[kind].append(record)
@@ -105,4 +117,6 @@ def run_step_diagnostics(
         section["uncertainty"]["task_key"] = config.monitor_task
     if "crm" in config.diagnostics:
         section["crm"] = summarise_crm(records["crm"])
+    if "entropy" in config.diagnostics:
+        section["entropy"] = summarise_entropy(records["entropy"])
     return section
