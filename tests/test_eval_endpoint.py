@@ -156,6 +156,15 @@ def test_entropy_from_the_servers_log_probs(served, tiny_builds, tmp_path, capsy
         assert p["entropy"]["entropy_full"] <= float(full.mean()) + 1e-4  # a lower bound
         assert math.isfinite(p["entropy"]["entropy_full"])
 
+    local = tmp_path / "local"  # the same answers on the local model: entropy from its logits, no lower
+    assert _eval(served, tiny_builds["eval"], local, "--batch-size", "1", "--diagnostics", "entropy",
+                 model=served["model"]) == 0  # fmt: skip
+    lines = [json.loads(line) for line in (local / "grounding.jsonl").read_text().splitlines()]
+    by_pid = {r["prompt_id"]: r for r in lines if r["kind"] == "entropy"}
+    assert {r["source"] for r in by_pid.values()} == {"logits"} and len(by_pid) == len(predictions)
+    for p in predictions:
+        assert by_pid[p["prompt_id"]]["entropy_full"] >= p["entropy"]["entropy_full"] - 1e-4
+
     with Proxy(served["url"], strip=True) as proxy:
         out = tmp_path / "stripped"
         assert (
@@ -190,3 +199,19 @@ def test_answer_level_diagnostics_and_crm_regeneration_over_the_api(served, tiny
     sets = [s for r in records for s in r["sets"]]
     assert sets and all(s["step_delta"] == [] and s["mean_delta"] is None for s in sets)
     assert all(isinstance(s["completion"], str) and isinstance(s["control"]["completion"], str) for s in sets)
+
+
+def test_a_run_with_no_answer_is_an_error_and_the_same_command_resumes(served, tiny_builds, tmp_path, capsys):
+    out = tmp_path / "run"
+    with Proxy(served["url"], faults=True, actions=("fail",)) as proxy:
+        command = ["--endpoint", proxy.url, "--retries", "0"]
+        assert _eval(served, tiny_builds["eval"], out, *command) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert (
+            "no row was answered by" in err
+            and 'commonest error: HTTP 500: {"error": "injected failure"}' in err
+        )
+        assert (out / "predictions.jsonl").read_text() == "" and not (out / "metrics.json").exists()
+        proxy.faults = False
+        assert _eval(served, tiny_builds["eval"], out, *command) == 0
+    assert json.loads((out / "metrics.json").read_text())["unanswered"]["rows"] == 0

@@ -238,14 +238,13 @@ def _summarise(by_condition: dict[str, list[dict]], conditions: tuple[str, ...])
 
 def _unanswered(generator, by_condition: dict[str, list[dict]], expected: int, url: str | None) -> dict:
     """metrics' `unanswered` of a served model's run: rows with no prediction yet and this run's request
-    errors. A run with no prediction at all is an error (the folder keeps its record: the same command
-    resumes)."""
+    errors. A run with no answer on the normal image is an error: nothing to score (the folder keeps its
+    record and predictions: the same command resumes)."""
     errors = generator().errors if generator.cache_info().currsize else Counter()
-    answered = sum(map(len, by_condition.values()))
-    if not answered:
+    if not by_condition["normal"]:
         commonest = f"; commonest error: {one_line(errors.most_common(1)[0][0])}" if errors else ""
-        raise MpccError(f"no row of {expected} was answered by {url}{commonest}")
-    return {"rows": expected - answered, "errors": dict(errors)}
+        raise MpccError(f"no row was answered by {url}{commonest}; the same command asks again")
+    return {"rows": expected - sum(map(len, by_condition.values())), "errors": dict(errors)}
 
 
 def run_eval(
