@@ -1,5 +1,5 @@
-"""What each eval diagnostic costs: wall time and peak memory of `mpcc eval` with one diagnostic, relative
-to a plain eval of the same items, each run in a fresh process (so peaks do not mix), medians of repeats.
+"""What each eval diagnostic costs: wall time and peak memory of `mpcc eval` with one diagnostic (and with
+`crm,evidence` together), relative to a plain eval of the same items, each run in a fresh process (so peaks do not mix), medians of repeats.
 
     python benchmarks/diagnostics_cost.py --data EVAL_BUILD --items 12 --repeats 3
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mpcc.reports.tables import markdown_table
 
-VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm")
+VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm", "crm,evidence")
 
 _RUN = """
 import json, sys, time
@@ -29,7 +29,7 @@ config = EvalConfig(
     formats=("mc4", "mc7", "yesno", "open"),
     limit=int(items),
     decoding=Decoding(max_new_tokens=int(tokens)),
-    diagnostics=() if variant == "plain" else (variant,),
+    diagnostics=() if variant == "plain" else tuple(variant.split(",")),
 )
 start = time.perf_counter()
 run_eval(model, data, out, config)
@@ -57,11 +57,13 @@ def main() -> None:
     p.add_argument("--items", type=int, default=12, help="items (all their formats: 8 rows each)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="plain is always run")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnostics_cost.json"))
     a = p.parse_args()
-    runs = {v: [] for v in VARIANTS}
+    variants = ("plain", *(v for v in a.variants if v != "plain"))
+    runs = {v: [] for v in variants}
     for _ in range(a.repeats):  # interleaved, so drift on a shared machine hits every variant alike
-        for variant in VARIANTS:
+        for variant in variants:
             runs[variant].append(run_once(a.model, a.data, a.items, a.max_new_tokens, variant))
     median = {
         v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb")} for v, rs in runs.items()
@@ -69,7 +71,7 @@ def main() -> None:
     plain = median["plain"]
     result = {
         "command": f"python benchmarks/diagnostics_cost.py --items {a.items} --max-new-tokens "
-        f"{a.max_new_tokens} --repeats {a.repeats}",
+        f"{a.max_new_tokens} --repeats {a.repeats} --variants {' '.join(variants)}",
         "machine": platform.platform(),
         "model": a.model,
         "items": a.items,
