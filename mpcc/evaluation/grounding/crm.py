@@ -288,11 +288,14 @@ def crm_record(
     model, processor, diagnostics, row: dict, completion: str, ablation: Ablation, regenerated: list[str]
 ) -> dict:
     """Both contrasts for one answer, each region set with its control; `regenerated` are the greedy
-    completions on `ablation.rows`, in order."""
+    completions on `ablation.rows`, in order. Without a `model` (a served one) only the regenerated
+    contrast: a served model gives no logits on a completion it did not write (step deltas empty)."""
     sets = ablation.sets
     if not sets:
         return {"sets": []}
-    deltas = step_deltas(model, processor, [row, *ablation.rows], completion)
+    deltas = [[]] * len(ablation.rows)
+    if model is not None:
+        deltas = step_deltas(model, processor, [row, *ablation.rows], completion)
     arms = [
         _regenerated(completion, row, new, a, delta, gone_categories(diagnostics, row, ids))
         for new, a, delta, (_, ids) in zip(regenerated, ablation.rows, deltas, sets + sets, strict=True)

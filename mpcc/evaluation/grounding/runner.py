@@ -1,6 +1,8 @@
-"""`--diagnostics crm,evidence`: the step-level measures of `mpcc.evaluation.grounding.evidence` (evidence
-attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision vetoes) and
-`mpcc.evaluation.grounding.crm` over an eval run's greedy answers.
+"""`--diagnostics crm,evidence,entropy`: the step-level measures of `mpcc.evaluation.grounding.evidence`
+(evidence attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision
+vetoes), `mpcc.evaluation.grounding.crm` and `mpcc.evaluation.grounding.entropy` over an eval run's greedy
+answers. A served model has no weights here (model None): its answers bring their entropy, and CRM
+runs its regenerated contrast only.
 
 Evidence is measured on every evaluated row's answer; CRM (one batched forward per answer, one
 regeneration per region set and per its control, several answers' regenerations in one generate call
@@ -21,6 +23,7 @@ from mpcc.errors import ConfigError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.crm import Ablation, ablate, crm_record, summarise_crm
+from mpcc.evaluation.grounding.entropy import entropy_record, summarise_entropy
 from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
 from mpcc.evaluation.grounding.monitor import ALL, uncertainty_report
 from mpcc.files import read_appended
@@ -89,11 +92,25 @@ def _crm_records(answers, rows, model, processor, diagnostics, config: EvalConfi
         regenerated = iter(generator([r for _, a in batch for r in a.rows], greedy, config.seed))
         for answer, ablation in batch:
             mine = [next(regenerated) for _ in ablation.rows]
+            if None in mine:  # a served model's request failed: no record, the next run asks again
+                continue
             row = rows[answer["prompt_id"]]
             yield (
                 "crm",
                 answer,
                 crm_record(model, processor, diagnostics, row, answer["completion"], ablation, mine),
+            )
+
+
+def _entropy_records(answers, rows, model, processor):
+    for answer in answers:
+        if model is None:  # served: the entropy its server's log-probs gave
+            yield "entropy", answer, answer.get("entropy") or {"entropy_full": None}
+        else:
+            yield (
+                "entropy",
+                answer,
+                entropy_record(model, processor, rows[answer["prompt_id"]], answer["completion"]),
             )
 
 
@@ -107,28 +124,35 @@ def run_step_diagnostics(
     path = out / GROUNDING
     done = _read(path)
     answers = [a for a in answers if a["completion"]]
-    evidence = [a for a in answers if "evidence" in config.diagnostics]
-    crm = [a for a in _crm_answers(answers) if "crm" in config.diagnostics]
-    evidence = [a for a in evidence if ("evidence", a["prompt_id"]) not in done]
-    crm = [a for a in crm if ("crm", a["prompt_id"]) not in done]
-    if evidence or crm:
+
+    def todo(kind: str, measured: list[dict]) -> list[dict]:
+        wanted = kind in config.diagnostics
+        return [a for a in measured if wanted and (kind, a["prompt_id"]) not in done]
+
+    evidence, crm, entropy = (
+        todo("evidence", answers),
+        todo("crm", _crm_answers(answers)),
+        todo("entropy", answers),
+    )
+    if evidence or crm or entropy:
         model, processor = model_source()
         generator = generator_source()
-        layers = resolve_layers(model, config.attention_layers)
+        layers = resolve_layers(model, config.attention_layers) if evidence else None
         measured = chain(
             _evidence_records(evidence, rows, model, processor, diagnostics, layers),
             _crm_records(crm, rows, model, processor, diagnostics, config, generator),
+            _entropy_records(entropy, rows, model, processor),
         )
         with open(path, "a", encoding="utf-8") as f:
             for kind, answer, record in tqdm(
-                measured, total=len(evidence) + len(crm), desc="step diagnostics"
+                measured, total=len(evidence) + len(crm) + len(entropy), desc="step diagnostics"
             ):
                 record = {"kind": kind, **{k: answer[k] for k in KEPT}, **record}
                 done[(kind, answer["prompt_id"])] = record
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 f.flush()
     wanted = {a["prompt_id"] for a in answers}
-    records = {"evidence": [], "crm": []}
+    records = {"evidence": [], "crm": [], "entropy": []}
     for (kind, pid), record in done.items():
         if pid in wanted:
             records[kind].append(record)
@@ -142,4 +166,6 @@ def run_step_diagnostics(
         section["uncertainty"]["task_key"] = config.monitor_task
     if "crm" in config.diagnostics:
         section["crm"] = summarise_crm(records["crm"])
+    if "entropy" in config.diagnostics:
+        section["entropy"] = summarise_entropy(records["entropy"])
     return section
