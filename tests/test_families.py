@@ -29,7 +29,7 @@ from mpcc.train import main as train
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny"
 NEW_FAMILIES = ("idefics3",)  # the Qwen families have their own tests (test_models, test_grounding, ...)
-STEPS = ["--max_steps", "2", "--save_steps", "2", "--max_completion_length", "16"]
+STEPS = ["--max_steps", "2", "--save_steps", "2"]
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +176,9 @@ def test_grpo_and_prior_sampling_train(arch, trainer, traced_train, tmp_path, ca
         "--output_dir",
         str(tmp_path),
     ]
-    argv += ["--dataset_path", str(traced_train), *STEPS, *(["--prior_mode", mode] if mode else [])]
+    argv += ["--dataset_path", str(traced_train), *STEPS, "--max_completion_length", "16"]
+    if mode:  # groups of 4 rows either way: 3 generated + the trace appended, or 4 with one replaced
+        argv += ["--prior_mode", mode, "--num_generations", "3" if mode == "append" else "4"]
     with caplog.at_level(logging.WARNING, logger="mpcc.families"):
         assert train(argv) == 0
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
