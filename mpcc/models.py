@@ -245,6 +245,14 @@ def model_type(name_or_path: str) -> str:
     return _load_config(name_or_path).model_type
 
 
+def check_grounding(name_or_path: str | os.PathLike) -> None:
+    """Refuse, in one line and before anything is generated, a model whose family cannot map its image
+    tokens to image regions with this processor (e.g. Gemma 3 with pan-and-scan)."""
+    reason = family(_load_config(name_or_path).model_type).grounding_refusal(load_processor(name_or_path))
+    if reason is not None:
+        raise ConfigError(f"the evidence diagnostic cannot run: {reason}")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """`tiny:<arch>` is a tiny random-weight model built on first use and cached; anything else as given."""
     if name_or_path.startswith(TINY_PREFIX):
@@ -380,6 +388,7 @@ def _train_tokenizer(corpus: list[str], vocab_size: int | None, arch_family: Fam
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         extra_special_tokens=[*SPECIAL_TOKENS[1:], *arch_family.special_tokens],
+        **arch_family.named_tokens,
         model_max_length=32768,
     )
     tokenizer.chat_template = chat_template(arch_family.image_placeholder)
@@ -463,7 +472,7 @@ def _tiny_fingerprint(arch: str, seed: int) -> str:
         "transformers": transformers.__version__,
         "corpus": _corpus(),
         "template": chat_template(_tiny_family(arch).image_placeholder),
-        "tokens": _tiny_family(arch).special_tokens,
+        "tokens": [_tiny_family(arch).special_tokens, _tiny_family(arch).named_tokens],
         "vocab": TINY_MAX_VOCAB,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -23,12 +23,15 @@ from mpcc.data.build import BuildConfig, build
 from mpcc.errors import ConfigError
 from mpcc.evaluation.grounding.regions import grids_tokens
 from mpcc.families import FAMILIES, TINY_ARCHS, family
-from mpcc.models import load_model, load_processor, random_vlm
+from mpcc.models import check_grounding, load_model, load_processor, random_vlm
 from mpcc.train import main as train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny"
-NEW_FAMILIES = ("idefics3",)  # the Qwen families have their own tests (test_models, test_grounding, ...)
+NEW_FAMILIES = (
+    "idefics3",
+    "gemma3",
+)  # the Qwen families have their own tests (test_models, test_grounding, ...)
 STEPS = ["--max_steps", "2", "--save_steps", "2"]
 
 
@@ -100,7 +103,7 @@ def test_each_token_sees_its_preimage_box(arch, size):
     """A coordinate image (red = x, green = y): every image token's pixels in the processor's output
     average to the centre of the preimage box its family's grids give it, on images the processor
     tiles, resizes up and down and to another aspect ratio."""
-    _, processor = random_vlm(arch)
+    model, processor = random_vlm(arch)
     width, height = size
     x, y = np.meshgrid((np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height)
     pixels = np.stack([x * 255, y * 255, np.zeros_like(x)], -1).round().astype(np.uint8)
@@ -114,7 +117,7 @@ def test_each_token_sees_its_preimage_box(arch, size):
                     (left + (j + 0.5) * (right - left) / cols, top + (i + 0.5) * (bottom - top) / rows)
                 )
     seen = _token_colours(arch, processor, inputs)
-    assert len(seen) == len(centres) == int((inputs["input_ids"] == processor.image_token_id).sum())
+    assert len(seen) == len(centres) == int((inputs["input_ids"] == model.config.image_token_id).sum())
     tolerance = max(1 / rows for rows, _, _ in grids) / 4  # resampling blurs across a cell's edge
     np.testing.assert_allclose(np.array(seen), np.array(centres), atol=tolerance)
 
@@ -128,6 +131,8 @@ def _token_colours(arch: str, processor, inputs) -> list[tuple[float, float]]:
     if arch == "idefics3":
         images = inputs["pixel_values"][0]  # the tiles row-major, then the global image
         side = int(processor.image_seq_len**0.5)
+    else:  # gemma3: one square image
+        images, side = inputs["pixel_values"], int(processor.image_seq_length**0.5)
     out = []
     for image in images:
         image = image * std + mean
@@ -141,20 +146,22 @@ def _token_colours(arch: str, processor, inputs) -> list[tuple[float, float]]:
 
 @pytest.mark.parametrize("arch", NEW_FAMILIES)
 def test_a_region_of_known_cells_gets_exactly_those_tokens(arch):
-    """Cells chosen in the global image's grid, as a pixel mask: exactly those global tokens, and in each
-    tile the tokens whose preimage lies inside the chosen cells."""
+    """Cells chosen in the whole image's grid, as a pixel mask: exactly those tokens of the whole image,
+    and (a tiling family) in each tile the tokens whose preimage lies inside the chosen cells."""
     _, processor = random_vlm(arch)
     width, height = 300, 200
     inputs = _inputs(processor, Image.new("RGB", (width, height)))
     grids = FAMILIES[arch].token_grids(processor, inputs)
     rows, cols, box = grids[-1]
-    assert box == (0.0, 0.0, 1.0, 1.0) and len(grids) > 1  # tiles, then the whole image
+    assert box == (0.0, 0.0, 1.0, 1.0)  # the whole image last (after the tiles, if any)
     chosen = np.random.default_rng(0).random((rows, cols)) < 0.3
     cell_y = np.minimum((np.arange(height) + 0.5) * rows // height, rows - 1).astype(int)
     cell_x = np.minimum((np.arange(width) + 0.5) * cols // width, cols - 1).astype(int)
     mask = chosen[cell_y[:, None], cell_x[None, :]]
     tokens = grids_tokens(mask, grids)
     assert (tokens[-rows * cols :] == chosen.reshape(-1)).all()
+    if len(grids) == 1:
+        return
     tiles = [
         chosen[r * rows // 2 : (r + 1) * rows // 2, c * cols // 2 : (c + 1) * cols // 2]
         for r in range(2)
@@ -244,3 +251,17 @@ def test_export_reloads_without_mpcc_with_equal_logits(arch, sft_runs, tmp_path)
     with torch.no_grad():
         logits = model(**_inputs(processor, Image.open(image))).logits[0, -1]
     torch.testing.assert_close(torch.tensor(stock["logits"]), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_gemma3_pan_and_scan_is_refused_for_grounding_at_start(tmp_path):
+    """Pan-and-scan crops have no mapping to image regions: the evidence diagnostic refuses in one line."""
+    model, processor = random_vlm("gemma3")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    check_grounding(tmp_path)  # the tiny model: no pan-and-scan
+    processor.image_processor.do_pan_and_scan = True
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(
+        ConfigError, match="^the evidence diagnostic cannot run: Gemma 3 pan-and-scan[^\\n]*$"
+    ):
+        check_grounding(tmp_path)

@@ -29,7 +29,7 @@ from mpcc.files import read_appended
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
-from mpcc.models import resolve_model_path
+from mpcc.models import check_grounding, resolve_model_path
 from mpcc.outputs.checks import check_output
 from mpcc.outputs.locks import lock_output
 from mpcc.outputs.marker import MARKER
@@ -226,6 +226,7 @@ def run_eval(
     rows = eval_rows(data, config)
     if "evidence" in config.diagnostics:
         monitor_tasks(dict(rows), config.monitor_task)  # a wrong --monitor-task stops before generating
+        check_grounding(resolve_model_path(model_name_or_path))  # a family that cannot map its tokens too
     identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
     check_claim(out, identity, overwrite)
     diagnostics = _conditions(data, config)

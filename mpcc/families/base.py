@@ -25,7 +25,7 @@ TINY_TEXT = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Family:
     """One model family behind mpcc's model interface."""
 
@@ -34,6 +34,8 @@ class Family:
     processor: type  # the processor class mpcc loads it with (works without torchvision)
     image_placeholder: str  # what its chat template writes for one image
     special_tokens: tuple[str, ...]  # the tokens its processor and model need beyond Qwen's base set
+    # the tokenizer attributes its processor reads (e.g. Gemma 3's `boi_token`), each one of special_tokens
+    named_tokens: dict = field(default_factory=dict)
     # (tokenizer, text overrides, vision overrides) -> the tiny model's config
     tiny_config: Callable = field(repr=False)
     # () -> the tiny model's image processor (PIL, small sizes)
