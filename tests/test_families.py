@@ -21,6 +21,7 @@ from transformers import LlavaConfig
 from mpcc.cli import main as cli
 from mpcc.data.build import BuildConfig, build
 from mpcc.errors import ConfigError
+from mpcc.evaluation.grounding.attention import measure, resolve_layers
 from mpcc.evaluation.grounding.regions import grids_tokens
 from mpcc.families import FAMILIES, TINY_ARCHS, family
 from mpcc.models import check_grounding, load_model, load_processor, random_vlm
@@ -265,3 +266,17 @@ def test_gemma3_pan_and_scan_is_refused_for_grounding_at_start(tmp_path):
         ConfigError, match="^the evidence diagnostic cannot run: Gemma 3 pan-and-scan[^\\n]*$"
     ):
         check_grounding(tmp_path)
+
+
+@pytest.mark.parametrize("arch", NEW_FAMILIES)
+def test_the_measuring_pass_keeps_each_familys_logits(arch):
+    """The evidence diagnostic's attention pass reproduces the model's own forward: Gemma 3's sliding window
+    (made shorter than the prompt here) and its bidirectional attention inside the image block included."""
+    model, processor = random_vlm(arch, text={"sliding_window": 16} if arch == "gemma3" else None)
+    inputs = _inputs(processor, Image.effect_noise((300, 200), 64).convert("RGB"))
+    length = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        reference = model.eval()(**inputs).logits
+    measured = measure(model, inputs, torch.ones(1, 1, length), slice(0, length), resolve_layers(model, None))
+    assert (measured.logits - reference).abs().max() < 1e-4
+    assert measured.mass[0, 0] == pytest.approx(torch.ones(length), abs=1e-5)  # softmax sums to one
