@@ -29,10 +29,8 @@ from mpcc.train import main as train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny"
-NEW_FAMILIES = (
-    "idefics3",
-    "gemma3",
-)  # the Qwen families have their own tests (test_models, test_grounding, ...)
+# The Qwen families have their own tests (test_models, test_grounding, test_training, ...).
+NEW_FAMILIES = ("idefics3", "gemma3", "glm4v", "glm46v")
 STEPS = ["--max_steps", "2", "--save_steps", "2"]
 
 
@@ -98,7 +96,7 @@ def test_an_unsupported_family_is_refused_at_start_in_one_line(tmp_path):
         family("llava")
 
 
-@pytest.mark.parametrize("arch", NEW_FAMILIES)
+@pytest.mark.parametrize("arch", ("qwen2_5_vl", *NEW_FAMILIES))
 @pytest.mark.parametrize("size", [(300, 200), (640, 480), (90, 60), (123, 457)])
 def test_each_token_sees_its_preimage_box(arch, size):
     """A coordinate image (red = x, green = y): every image token's pixels in the processor's output
@@ -132,8 +130,13 @@ def _token_colours(arch: str, processor, inputs) -> list[tuple[float, float]]:
     if arch == "idefics3":
         images = inputs["pixel_values"][0]  # the tiles row-major, then the global image
         side = int(processor.image_seq_len**0.5)
-    else:  # gemma3: one square image
+    elif arch == "gemma3":  # one square image
         images, side = inputs["pixel_values"], int(processor.image_seq_length**0.5)
+    else:  # Qwen-VL's layout (GLM's too): each token's merge x merge patches in a row, (C, T, P, P) each
+        ip = processor.image_processor
+        shape = (-1, ip.merge_size**2, 3, ip.temporal_patch_size, ip.patch_size**2)
+        patches = inputs["pixel_values"].reshape(shape) * std + mean  # (3, 1, 1): per channel
+        return [tuple(p.tolist()) for p in patches[:, :, :2].mean((1, 3, 4))]
     out = []
     for image in images:
         image = image * std + mean

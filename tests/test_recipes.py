@@ -73,6 +73,7 @@ def test_recipes_and_accelerate_configs_resolve_by_name(tmp_path, monkeypatch):
         "tiny/grpo_prior",
         "tiny/sft",
         "smolvlm/grpo_prior",
+        "gemma3/grpo_prior",
     } == set(names())
     assert {"ddp", "zero2", "zero2_offload", "zero3"} == set(names("accelerate"))
     for name in ("tiny/grpo_prior", "tiny/grpo_prior.yaml"):
