@@ -99,6 +99,10 @@ def test_an_unsupported_family_is_refused_at_start_in_one_line(tmp_path):
     )
     with pytest.raises(ConfigError, match="'llava'.*supported"):
         family("llava")
+    recipe = str(RECIPES / "sft.yaml")
+    with pytest.raises(ConfigError, match="'llava' is not a supported model family"):  # before any data
+        train([recipe, "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("arch", ("qwen2_5_vl", *NEW_FAMILIES))
