@@ -290,13 +290,13 @@ def chat_template(image_placeholder: str) -> str:
     parts, an image written as the family's placeholder; assistant turns are marked for
     `return_assistant_tokens_mask` (TRL's assistant_only_loss). Newlines after block tags are written as
     expressions: transformers renders templates with trim_blocks."""
-    return _CHAT_TEMPLATE.replace("<|image|>", image_placeholder)
+    return _CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", image_placeholder)
 
 
 _CHAT_TEMPLATE = (
     "{% macro render(content) %}{% if content is string %}{{ content }}{% else %}"
     "{% for part in content %}"
-    "{% if part['type'] == 'image' %}<|image|>"
+    "{% if part['type'] == 'image' %}IMAGE_PLACEHOLDER"
     "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}{% endmacro %}"
@@ -307,7 +307,6 @@ _CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CHAT_TEMPLATE = chat_template(FAMILIES["qwen2_5_vl"].image_placeholder)  # the Qwen families'
 
 _BASE_CORPUS = """\
 You are a careful visual reasoner. First think through the question step by step, then answer.
@@ -511,7 +510,7 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
 
 
 __all__ = [
-    "CHAT_TEMPLATE",
+    "chat_template",
     "TINY_ARCHS",
     "Qwen2VLImageOnlyProcessor",
     "Qwen2_5_VLImageOnlyProcessor",
