@@ -35,7 +35,7 @@ from mpcc.generation.decoding import Decoding
 from mpcc.generation.endpoint import EndpointConfig, one_line
 from mpcc.generation.generators import APIGenerator, HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
-from mpcc.models import resolve_model_path
+from mpcc.models import check_grounding, resolve_model_path
 from mpcc.outputs.checks import check_output
 from mpcc.outputs.locks import lock_output
 from mpcc.outputs.marker import MARKER
@@ -266,6 +266,8 @@ def run_eval(
     if "evidence" in config.diagnostics:
         monitor_tasks(dict(rows), config.monitor_task)  # a wrong --monitor-task stops before generating
     model_path = None if url else resolve_model_path(model_name_or_path)
+    if "evidence" in config.diagnostics and model_path is not None:
+        check_grounding(model_path)  # a family that cannot map its tokens stops here too
     identity = run_identity(model_name_or_path, model_path, data, config, endpoint=url)
     check_claim(out, identity, overwrite)
     diagnostics = _conditions(data, config)

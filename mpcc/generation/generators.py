@@ -14,6 +14,7 @@ import torch
 from trl.data_utils import prepare_multimodal_messages
 
 from mpcc.errors import ConfigError
+from mpcc.families import use_speedup
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.endpoint import Endpoint, EndpointConfig, Request
 from mpcc.generation.image_features import ImageFeatureMemo
@@ -78,6 +79,7 @@ class HFGenerator:
         from mpcc.models import best_device, load_model, load_processor
 
         self.model, self.processor = load_model(path).to(best_device()).eval(), load_processor(path)
+        reuse_images = use_speedup(self.model.config.model_type, "image_feature_memo", reuse_images)
         self.image_memo = ImageFeatureMemo(self.MEMO_IMAGES) if reuse_images else None
         if self.image_memo is not None:
             self.image_memo.attach(self.model)
