@@ -8,7 +8,7 @@ LOCK := requirements.lock
 TORCH ?= $(or $(shell grep -sE '^torch==' $(LOCK)),torch==2.13.0)  # the second: before a first lock
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint lock test-latest latest-venv stock-check clean
+.PHONY: setup demo test lint lock test-latest latest-venv stock-check lmms-eval-check clean
 
 $(LOCK):
 	@echo "$(LOCK) is missing: run \`make lock\`" >&2; exit 1
@@ -76,6 +76,28 @@ $(STOCK)/.installed: $(VENV)/.installed
 
 stock-check: $(STOCK)/.installed
 	MPCC_STOCK_PYTHON=$(abspath $(STOCK))/bin/python $(BIN)/pytest -rs tests/test_stock_transformers.py
+
+# MPCC-Eval as an lmms-eval task (`mpcc export-mpcc-eval --format lmms-eval`) run by lmms-eval itself and
+# compared with `mpcc eval` (tests/test_lmms_eval_run.py), in a second venv: lmms-eval requires torchvision,
+# whose only wheel here is a CUDA build, so it is installed without its dependencies, then those its
+# `openai` model and the task use (the lock's versions where the lock has them), the lock's CPU torch,
+# and mpcc itself without dependencies (the task's utils.py imports mpcc's parsing).
+LMMS ?= .lmms-venv
+LMMS_EVAL := lmms-eval==0.7.3
+LMMS_DEPS := accelerate datasets evaluate httpx jsonlines aiohttp numexpr numpy pytablewriter sacrebleu \
+	scikit-learn openai pillow pyyaml loguru tenacity tiktoken pydantic packaging python-dotenv jinja2 sympy \
+	transformers levenshtein tqdm sqlitedict "filelock<4"  # lmms-eval 0.7.3 imports filelock._api
+$(LMMS)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(LMMS)
+	$(LMMS)/bin/pip install -q $(TORCH)
+	$(LMMS)/bin/pip install -q --no-deps $(LMMS_EVAL)
+	grep -vE '^(torch|filelock)==' $(LOCK) > $(LMMS)/constraints.txt
+	$(LMMS)/bin/pip install -q -c $(LMMS)/constraints.txt $(LMMS_DEPS)
+	$(LMMS)/bin/pip install -q --no-deps -e .
+	touch $@
+
+lmms-eval-check: $(LMMS)/.installed
+	MPCC_LMMS_PYTHON=$(abspath $(LMMS))/bin/python $(BIN)/pytest -rs -s tests/test_lmms_eval_run.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,5 +1,7 @@
-"""What each eval diagnostic costs: wall time and peak memory of `mpcc eval` with one diagnostic, relative
-to a plain eval of the same items, each run in a fresh process (so peaks do not mix), medians of repeats.
+"""What each eval diagnostic costs: wall time, CPU time and peak memory of `mpcc eval` with one diagnostic
+(and with `crm,evidence` together), relative to a plain eval of the same items, each run in a fresh
+process (so peaks do not mix), medians of interleaved repeats. CPU time (the process's user + system)
+moves less than wall time when other jobs share the machine.
 
     python benchmarks/diagnostics_cost.py --data EVAL_BUILD --items 12 --repeats 3
 """
@@ -17,10 +19,10 @@ from pathlib import Path
 
 from mpcc.reports.tables import markdown_table
 
-VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm")
+VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm", "crm,evidence")
 
 _RUN = """
-import json, sys, time
+import json, os, sys, time
 from mpcc.evaluation.config import EvalConfig
 from mpcc.generation.decoding import Decoding
 from mpcc.evaluation.harness import run_eval
@@ -29,13 +31,14 @@ config = EvalConfig(
     formats=("mc4", "mc7", "yesno", "open"),
     limit=int(items),
     decoding=Decoding(max_new_tokens=int(tokens)),
-    diagnostics=() if variant == "plain" else (variant,),
+    diagnostics=() if variant == "plain" else tuple(variant.split(",")),
 )
-start = time.perf_counter()
+start, cpu = time.perf_counter(), os.times()
 run_eval(model, data, out, config)
-seconds = time.perf_counter() - start
-status = open("/proc/self/status").read()
-print(json.dumps({"seconds": seconds, "peak_mb": int(status.split("VmHWM:")[1].split()[0]) / 1024}))
+seconds, used = time.perf_counter() - start, os.times()
+cpu_seconds = used.user + used.system - cpu.user - cpu.system
+peak_mb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mb": peak_mb}))
 """
 
 
@@ -57,24 +60,26 @@ def main() -> None:
     p.add_argument("--items", type=int, default=12, help="items (all their formats: 8 rows each)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="plain is always run")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnostics_cost.json"))
     a = p.parse_args()
-    runs = {v: [] for v in VARIANTS}
+    variants = ("plain", *(v for v in a.variants if v != "plain"))
+    runs = {v: [] for v in variants}
     for _ in range(a.repeats):  # interleaved, so drift on a shared machine hits every variant alike
-        for variant in VARIANTS:
+        for variant in variants:
             runs[variant].append(run_once(a.model, a.data, a.items, a.max_new_tokens, variant))
-    median = {
-        v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb")} for v, rs in runs.items()
-    }
+    measures = ("seconds", "cpu_seconds", "peak_mb")
+    median = {v: {k: statistics.median(r[k] for r in rs) for k in measures} for v, rs in runs.items()}
     plain = median["plain"]
     result = {
         "command": f"python benchmarks/diagnostics_cost.py --items {a.items} --max-new-tokens "
-        f"{a.max_new_tokens} --repeats {a.repeats}",
+        f"{a.max_new_tokens} --repeats {a.repeats} --variants {' '.join(variants)}",
         "machine": platform.platform(),
         "model": a.model,
         "items": a.items,
         "median": median,
         "time_ratio": {v: m["seconds"] / plain["seconds"] for v, m in median.items()},
+        "cpu_ratio": {v: m["cpu_seconds"] / plain["cpu_seconds"] for v, m in median.items()},
         "memory_ratio": {v: m["peak_mb"] / plain["peak_mb"] for v, m in median.items()},
         "runs": runs,
     }
@@ -85,12 +90,15 @@ def main() -> None:
             v,
             f"{m['seconds']:.1f}",
             f"{result['time_ratio'][v]:.2f}",
+            f"{m['cpu_seconds']:.1f}",
+            f"{result['cpu_ratio'][v]:.2f}",
             f"{m['peak_mb']:.0f}",
             f"{result['memory_ratio'][v]:.2f}",
         )
         for v, m in median.items()
     ]
-    print("\n".join(markdown_table(("eval", "seconds (median)", "x plain", "peak MB", "x plain"), rows)))
+    header = ("eval", "seconds (median)", "x plain", "CPU seconds", "x plain", "peak MB", "x plain")
+    print("\n".join(markdown_table(header, rows)))
     print(f"wrote {a.out}")
 
 

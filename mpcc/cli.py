@@ -63,6 +63,15 @@ def _synth(job) -> int:
 def _export_eval(job) -> int:
     from mpcc.data.mpcc_eval import export_items
 
+    if job.format == "lmms-eval":
+        from mpcc.evaluation.lmms_eval import TASK, export_task
+
+        rows = export_task(job.dataset, job.out, limit=job.limit)
+        print(f"wrote the lmms-eval task {TASK} ({rows} rows) to {job.out}")
+        print(f"  run it: lmms-eval --tasks {TASK} --include_path {job.out} --model ...")
+        return 0
+    if job.limit is not None:
+        raise ConfigError("--limit is for --format lmms-eval")
     counts = export_items(job.dataset, job.out)
     print(f"wrote {sum(counts.values())} items to {job.out} ({counts})")
     return 0
@@ -108,7 +117,7 @@ def _tiny_model(job) -> int:
     return 0
 
 
-def _eval(job, config) -> int:
+def _eval(job, config, client) -> int:
     from mpcc.evaluation.harness import compare_runs, run_eval
 
     if job.runs:
@@ -118,8 +127,12 @@ def _eval(job, config) -> int:
         return 0
     if not job.model or not job.data:
         raise ConfigError("--model and --data are required (or use `mpcc eval compare`)")
-    metrics = run_eval(job.model, job.data, job.out, config, overwrite=job.overwrite)
+    metrics = run_eval(job.model, job.data, job.out, config, job.overwrite, job.endpoint, client)
     print(f"accuracy {metrics['accuracy']:.3f} over {metrics['n']} rows; report: {job.out / 'report.md'}")
+    unanswered = metrics.get("unanswered", {})
+    if unanswered.get("rows"):
+        errors = unanswered["errors"]
+        print(f"  unanswered: {unanswered['rows']} rows (errors: {errors}); the same command asks again")
     return 0
 
 
@@ -137,6 +150,8 @@ def _annotate(job, config, teacher_config) -> int:
         print(f"  traces without a row: {r.traces - r.matched} {r.unmatched_traces or ''}")
         print(f"  rows without a trace: {r.rows_without_trace} (both listed in {r.unmatched_file})")
         return 0
+    from dataclasses import asdict
+
     from mpcc.annotation.annotate import annotate
     from mpcc.annotation.config import check_sampling
     from mpcc.annotation.output import check_paths
@@ -149,9 +164,7 @@ def _annotate(job, config, teacher_config) -> int:
     t = teacher_config
     check_paths(Path(job.target[0]), job.out, job.overwrite)  # before loading a teacher
     check_sampling(config, t.decoding)
-    endpoint = {"concurrency": t.concurrency, "timeout": t.timeout, "retries": t.retries}
-    endpoint |= {"backoff": t.backoff, "rate_limit": t.rate_limit}
-    teacher = make_teacher(t.spec, t.decoding, model=t.model, batch_size=t.batch_size, **endpoint)
+    teacher = make_teacher(t.spec, t.decoding, model=t.model, batch_size=t.batch_size, **asdict(t.endpoint))
     r = annotate(job.target[0], job.out, teacher, config, work_dir=job.work_dir, overwrite=job.overwrite)
     print(f"annotated {r.counts['rows']} rows into {r.path}: kept {r.counts['kept']}")
     print(f"  rejected rows: {r.counts['rejected'] or 'none'}")
@@ -231,7 +244,7 @@ COMMANDS = {
         "generate a synthetic COCO-format scene dataset", ("mpcc.data.synthetic.SynthJob",), _synth
     ),
     "export-mpcc-eval": Command(
-        "write an eval dataset in the authors' MPCC-Eval JSON layout",
+        "write an eval dataset in the authors' MPCC-Eval JSON layout, or as an lmms-eval task folder",
         ("mpcc.data.mpcc_eval.ExportItemsJob",),
         _export_eval,
     ),
@@ -244,7 +257,11 @@ COMMANDS = {
     "recipes": Command("list the packaged recipes and Accelerate configs (`mpcc train NAME`)", (), _recipes),
     "eval": Command(
         "evaluate a model on an MPCC eval build or another dataset (or: mpcc eval compare RUN ... --out DIR)",
-        ("mpcc.evaluation.config.EvalJob", "mpcc.evaluation.config.EvalConfig"),
+        (
+            "mpcc.evaluation.config.EvalJob",
+            "mpcc.evaluation.config.EvalConfig",
+            "mpcc.generation.endpoint.EndpointConfig",
+        ),
         _eval,
     ),
     "tiny-model": Command(

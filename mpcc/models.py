@@ -1,9 +1,10 @@
-"""Loading Qwen VL models and processors, LoRA, and tiny random-weight models for offline tests.
+"""Loading vision-language models and processors of the supported families (mpcc.families), LoRA, and
+tiny random-weight models for offline tests.
 
 Every folder mpcc writes names only stock transformers classes, so stock `AutoProcessor` /
-`AutoModelForImageTextToText`, vLLM and TRL's `vllm-serve` load it without mpcc. The image-only
-processors below are mpcc's way to *load* Qwen VL processors where torchvision is missing
-(`load_processor`); they save themselves as the stock class.
+`AutoModelForImageTextToText`, vLLM and TRL's `vllm-serve` load it without mpcc. A family's loading class
+(e.g. an image-only processor, where the stock one wants a torchvision video processor) saves itself as
+the stock class.
 """
 
 from __future__ import annotations
@@ -28,19 +29,17 @@ from transformers import (
     AutoProcessor,
     GenerationConfig,
     ProcessorMixin,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLProcessor,
-    Qwen2VLConfig,
-    Qwen2VLProcessor,
-    Qwen3VLConfig,
-    Qwen3VLMoeConfig,
-    Qwen3VLProcessor,
 )
 from transformers.image_utils import SizeDict
-from transformers.models.auto.video_processing_auto import get_video_processor_config
 
 import mpcc
 from mpcc.errors import ConfigError, InputError, MissingInputError, UnreadableInputError
+from mpcc.families import FAMILIES, TINY_ARCHS, Family, family, family_of_processor
+from mpcc.families.qwen import (
+    Qwen2_5_VLImageOnlyProcessor,
+    Qwen2VLImageOnlyProcessor,
+    Qwen3VLImageOnlyProcessor,
+)
 from mpcc.inputs import read_json
 from mpcc.options import option
 from mpcc.outputs.checks import check_output
@@ -50,77 +49,7 @@ from mpcc.outputs.staging import staged_output
 logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------
-# Image-only processors
-
-# What a stock video processor needs from the image processor to match it (the rest are its defaults).
-_VIDEO_KEYS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std")
-
-
-class _ImageOnly:
-    """Leaves the video processor out of a Qwen VL processor, and saves as the stock processor.
-
-    The stock Qwen VL processors are (image processor, tokenizer, video processor), and their video
-    processors exist only as torchvision classes: without torchvision, loading one fails with an
-    ImportError, or AutoProcessor falls back to the bare tokenizer and TRL then trains text-only.
-    ProcessorMixin derives the parts it loads, checks and saves from `__init__`'s parameter names, so a
-    signature without `video_processor` is all it takes; image handling is the stock class's.
-
-    Saved folders must load with stock transformers, which wants the stock class name and a video
-    processor config. transformers writes `type(self).__name__` into processor_config.json and
-    tokenizer_config.json, so each subclass takes its stock class's `__name__` (its `__qualname__`
-    stays mpcc's, for pickling); `to_dict` adds the source's video processor config, or one built from
-    the image processor's patch, merge and normalisation settings (the video class's defaults do the rest).
-    """
-
-    _video_processor_type: str  # the stock video processor class of the family
-    video_processor_config: dict | None = None  # as read from the folder this processor was loaded from
-
-    def __init_subclass__(cls, video_processor_type: str, **kwargs):
-        super().__init_subclass__(**kwargs)
-        cls._video_processor_type = video_processor_type
-        cls.__name__ = next(b for b in cls.__bases__ if b is not _ImageOnly).__name__
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        # transformers' own reading of the checkpoint's video settings (needs no torchvision)
-        processor.video_processor_config = get_video_processor_config(pretrained_model_name_or_path) or None
-        return processor
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        out["video_processor"] = self.video_processor_config or {
-            "video_processor_type": self._video_processor_type,
-            **{k: out["image_processor"][k] for k in _VIDEO_KEYS if k in out["image_processor"]},
-        }
-        return out
-
-
-class Qwen2VLImageOnlyProcessor(_ImageOnly, Qwen2VLProcessor, video_processor_type="Qwen2VLVideoProcessor"):
-    """Qwen2-VL processor without a video processor (works without torchvision)."""
-
-
-class Qwen2_5_VLImageOnlyProcessor(
-    _ImageOnly, Qwen2_5_VLProcessor, video_processor_type="Qwen2VLVideoProcessor"
-):
-    """Qwen2.5-VL processor without a video processor (works without torchvision)."""
-
-
-class Qwen3VLImageOnlyProcessor(_ImageOnly, Qwen3VLProcessor, video_processor_type="Qwen3VLVideoProcessor"):
-    """Qwen3-VL processor without a video processor (works without torchvision)."""
-
-
-IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
-    Qwen2VLConfig.model_type: Qwen2VLImageOnlyProcessor,
-    Qwen2_5_VLConfig.model_type: Qwen2_5_VLImageOnlyProcessor,
-    Qwen3VLConfig.model_type: Qwen3VLImageOnlyProcessor,
-    Qwen3VLMoeConfig.model_type: Qwen3VLImageOnlyProcessor,
-}
-# A processor saved without its model names only the stock class: map the name back.
-_IMAGE_ONLY_BY_STOCK_NAME = {p.__name__: p for p in IMAGE_ONLY_PROCESSORS.values()}
+# Processors
 
 
 def _is_missing_local_path(name_or_path: str | os.PathLike) -> bool:
@@ -164,6 +93,13 @@ def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels:
     image_processor.size = SizeDict(**size)
 
 
+def _family_or_none(kind: str) -> Family | None:
+    try:
+        return family(kind)
+    except ConfigError:
+        return None
+
+
 def _named_processor_class(name_or_path: str | os.PathLike) -> str | None:
     try:
         return ProcessorMixin.get_processor_dict(name_or_path)[0].get("processor_class")
@@ -174,18 +110,18 @@ def _named_processor_class(name_or_path: str | os.PathLike) -> str | None:
 def load_processor(
     name_or_path: str | os.PathLike, min_pixels: int | None = None, max_pixels: int | None = None
 ) -> ProcessorMixin:
-    """A processor with an image processor, for Qwen VL checkpoints whether or not torchvision is there.
-
-    Qwen VL checkpoints get the image-only processor of their family; other models AutoProcessor's.
-    Raises rather than return a tokenizer-only processor, which TRL would silently train as text-only.
-    """
+    """A processor with an image processor, whether or not torchvision is there: its family's loading
+    class (mpcc.families), else AutoProcessor's. Raises rather than return a tokenizer-only processor,
+    which TRL would silently train as text-only."""
     try:
-        processor_class = IMAGE_ONLY_PROCESSORS.get(_load_config(name_or_path).model_type, AutoProcessor)
+        config = _load_config(name_or_path)
     except MissingInputError:
         raise
     except UnreadableInputError:  # a processor saved without its model: the (stock) class its config names
-        named = _named_processor_class(name_or_path)
-        processor_class = _IMAGE_ONLY_BY_STOCK_NAME.get(named, AutoProcessor)
+        found = family_of_processor(_named_processor_class(name_or_path))
+    else:
+        found = _family_or_none(config.model_type)
+    processor_class = found.processor if found is not None else AutoProcessor
     try:
         processor = processor_class.from_pretrained(name_or_path)
     except (OSError, ValueError, ImportError) as e:
@@ -249,6 +185,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: str = "auto", attn_implem
             f"{str(name_or_path)!r} is a {config.model_type!r} model, not an image-text-to-text "
             "(vision-language) model such as Qwen2.5-VL"
         )
+    family(config.model_type)  # a vision-language model of a family mpcc does not know: refused here
     if Path(name_or_path).is_dir():
         check_safetensors(name_or_path)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
@@ -308,6 +245,14 @@ def model_type(name_or_path: str) -> str:
     return _load_config(name_or_path).model_type
 
 
+def check_grounding(name_or_path: str | os.PathLike) -> None:
+    """Refuse, in one line and before anything is generated, a model whose family cannot map its image
+    tokens to image regions with this processor (e.g. Gemma 3 with pan-and-scan)."""
+    reason = family(_load_config(name_or_path).model_type).grounding_refusal(load_processor(name_or_path))
+    if reason is not None:
+        raise ConfigError(f"the evidence diagnostic cannot run: {reason}")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """`tiny:<arch>` is a tiny random-weight model built on first use and cached; anything else as given."""
     if name_or_path.startswith(TINY_PREFIX):
@@ -318,7 +263,6 @@ def resolve_model_path(name_or_path: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Tiny models
 
-TINY_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 TINY_MAX_VOCAB = 2048  # the built-in corpus yields fewer (about 1,150 tokens)
 _TINY_FORMAT = 3  # bump when the tiny build changes, so caches rebuild (3: '>' never merged with answers)
 
@@ -340,13 +284,19 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-# Qwen-style: `<|im_start|>role\n...<|im_end|>\n`; content a string or a list of text/image/video parts;
-# assistant turns are marked for `return_assistant_tokens_mask` (TRL's assistant_only_loss). Newlines after
-# block tags are written as expressions: transformers renders templates with trim_blocks.
-CHAT_TEMPLATE = (
+
+def chat_template(image_placeholder: str) -> str:
+    """Qwen-style: `<|im_start|>role\\n...<|im_end|>\\n`; content a string or a list of text/image/video
+    parts, an image written as the family's placeholder; assistant turns are marked for
+    `return_assistant_tokens_mask` (TRL's assistant_only_loss). Newlines after block tags are written as
+    expressions: transformers renders templates with trim_blocks."""
+    return _CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", image_placeholder)
+
+
+_CHAT_TEMPLATE = (
     "{% macro render(content) %}{% if content is string %}{{ content }}{% else %}"
     "{% for part in content %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% if part['type'] == 'image' %}IMAGE_PLACEHOLDER"
     "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}{% endmacro %}"
@@ -406,8 +356,9 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _train_tokenizer(corpus: list[str], vocab_size: int | None = None):
-    """A byte-level BPE Qwen2Tokenizer trained here, with Qwen's pre-tokenization and special tokens.
+def _train_tokenizer(corpus: list[str], vocab_size: int | None, arch_family: Family):
+    """A byte-level BPE Qwen2Tokenizer trained here, with Qwen's pre-tokenization and special tokens, the
+    family's own special tokens after them, and its chat template.
 
     `vocab_size` pads the vocabulary with filler entries that no merge produces: they decode, but
     never come out of encoding; real-size embedding tables for benchmarks.
@@ -422,7 +373,7 @@ def _train_tokenizer(corpus: list[str], vocab_size: int | None = None):
     tok.normalizer, tok.pre_tokenizer = pipeline.normalizer, pipeline.pre_tokenizer
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_MAX_VOCAB,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *arch_family.special_tokens],
         initial_alphabet=ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -436,67 +387,18 @@ def _train_tokenizer(corpus: list[str], vocab_size: int | None = None):
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+        extra_special_tokens=[*SPECIAL_TOKENS[1:], *arch_family.special_tokens],
+        **arch_family.named_tokens,
         model_max_length=32768,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template(arch_family.image_placeholder)
     return tokenizer
 
 
-def _tiny_config(arch: str, tokenizer, text_overrides: dict, vision_overrides: dict):
-    """Hidden size 64, 2 layers; a 2-block vision tower with the real patch, merge and temporal sizes."""
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-    }
-    vision = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-    if arch == "qwen2_vl":
-        config_class = Qwen2VLConfig
-        vision |= {"embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2}
-    elif arch == "qwen2_5_vl":
-        config_class = Qwen2_5_VLConfig
-        vision |= {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64}
-        vision |= {"window_size": 112, "fullatt_block_indexes": [1]}
-    elif arch == "qwen3_vl":
-        config_class = Qwen3VLConfig
-        text |= {"head_dim": 16}
-        text["rope_parameters"] |= {"mrope_section": [4, 2, 2], "mrope_interleaved": True}
-        vision |= {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64, "patch_size": 16}
-        vision |= {"num_position_embeddings": 256, "deepstack_visual_indexes": [1]}
-    else:
+def _tiny_family(arch: str) -> Family:
+    if arch not in FAMILIES:
         raise ConfigError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
-    return config_class(
-        text_config=text | text_overrides,
-        vision_config=vision | vision_overrides,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-
-
-def _tiny_image_processor(arch: str):
-    """The PIL image processor with the family's patch size and normalisation, and small default bounds."""
-    from transformers import Qwen2VLImageProcessorPil
-
-    qwen3 = arch == "qwen3_vl"
-    patch = 16 if qwen3 else 14
-    factor = patch * 2  # one merged token covers factor x factor pixels
-    norm = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if qwen3 else {}
-    return Qwen2VLImageProcessorPil(
-        patch_size=patch, merge_size=2, temporal_patch_size=2,
-        min_pixels=4 * factor**2, max_pixels=64 * factor**2, **norm,
-    )  # fmt: skip
+    return FAMILIES[arch]
 
 
 def random_vlm(
@@ -514,13 +416,15 @@ def random_vlm(
     The tiny shape by default; `text` / `vision` override its config and `vocab_size` pads the
     tokenizer, so benchmarks get real shapes (e.g. Qwen2.5-VL-3B's) without downloading anything.
     """
-    if arch not in TINY_ARCHS:
-        raise ConfigError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
-    tokenizer = _train_tokenizer(_corpus(), vocab_size)
-    processor = IMAGE_ONLY_PROCESSORS[arch](
-        image_processor=_tiny_image_processor(arch), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    arch_family = _tiny_family(arch)
+    tokenizer = _train_tokenizer(_corpus(), vocab_size, arch_family)
+    processor = arch_family.processor(
+        image_processor=arch_family.tiny_image_processor(),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+        **arch_family.tiny_processor_kwargs,
     )
-    config = _tiny_config(arch, tokenizer, text or {}, vision or {})
+    config = arch_family.tiny_config(tokenizer, text or {}, vision or {})
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(seed)  # seeded without touching the caller's random state
@@ -532,8 +436,8 @@ def random_vlm(
 
 @dataclass(frozen=True, kw_only=True)
 class TinyModelJob:
-    """`mpcc tiny-model`: a tiny Qwen-VL-family model with random weights, a locally trained tokenizer and a
-    chat template, saved with save_pretrained. Nothing is downloaded."""
+    """`mpcc tiny-model`: a tiny model of any supported family (mpcc.families) with random weights, a
+    locally trained tokenizer and a chat template, saved with save_pretrained. Nothing is downloaded."""
 
     arch: str = option("qwen2_5_vl", "architecture", choices=TINY_ARCHS)
     out: Path = option(help="directory to write")
@@ -567,7 +471,8 @@ def _tiny_fingerprint(arch: str, seed: int) -> str:
         "seed": seed,
         "transformers": transformers.__version__,
         "corpus": _corpus(),
-        "template": CHAT_TEMPLATE,
+        "template": chat_template(_tiny_family(arch).image_placeholder),
+        "tokens": [_tiny_family(arch).special_tokens, _tiny_family(arch).named_tokens],
         "vocab": TINY_MAX_VOCAB,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -581,8 +486,7 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
     DeepSpeed ZeRO-3, creating a model here is a collective (zero.Init) that only the main process
     would enter while the other ranks wait for it, and the run would hang.
     """
-    if arch not in TINY_ARCHS:
-        raise ConfigError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
+    _tiny_family(arch)
     root = Path(cache_dir) if cache_dir is not None else mpcc.cache_dir() / "tiny"
     final = root / f"{arch}-{_tiny_fingerprint(arch, seed)}"
     if final.is_dir():
@@ -607,8 +511,7 @@ def ensure_tiny_model(arch: str, cache_dir: str | os.PathLike | None = None, see
 
 
 __all__ = [
-    "CHAT_TEMPLATE",
-    "IMAGE_ONLY_PROCESSORS",
+    "chat_template",
     "TINY_ARCHS",
     "Qwen2VLImageOnlyProcessor",
     "Qwen2_5_VLImageOnlyProcessor",

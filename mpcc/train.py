@@ -21,12 +21,15 @@ from trl import get_peft_config
 
 from mpcc.errors import InputError, MissingInputError, run_command
 from mpcc.evaluation.callback import EvalCallback
+from mpcc.families import family
 from mpcc.models import (
+    TINY_PREFIX,
     check_safetensors,
     freeze_vision_tower,
     keep_lora_off_vision_tower,
     load_model,
     load_processor,
+    model_type,
     resolve_model_path,
 )
 from mpcc.outputs.modes import set_modes
@@ -148,10 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run, train_args, model_args = load_recipe(argv[0], argv[1:])
-    # cheap checks first: the data's split, the weight files (model and checkpoint) are whole
+    # cheap checks first: the model's family (one line, before any data is read), the data's split, the
+    # weight files (model and checkpoint) are whole
+    name = model_args.model_name_or_path
+    if name and (os.path.isdir(name) or name.startswith(TINY_PREFIX)):  # a hub name: when it is loaded
+        family(model_type(name))
     check_training_data(run.dataset_path, run.allow_eval_data)
-    if model_args.model_name_or_path and os.path.isdir(model_args.model_name_or_path):
-        check_safetensors(model_args.model_name_or_path)
+    if name and os.path.isdir(name):
+        check_safetensors(name)
     main_process = train_args.process_index == 0
     # the output_dir is this run's (held until training ends); the main process first: it builds data
     with train_args.main_process_first(desc="output_dir and data"):

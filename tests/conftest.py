@@ -1,5 +1,6 @@
 """Shared fixtures: the real tinycoco subset beside the project, and builds made from it once; small
-synthetic scenes, train and eval builds of them and a tiny model, made once per test module that asks.
+synthetic scenes, train and eval builds of them and a tiny model, made once per test module that asks;
+the tiny model served over the OpenAI API, once.
 
 The subset is read from $MPCC_TINYCOCO (a path relative to the project root, or absolute), by default
 ../shared/data/tinycoco. A clone without it still runs: every test that uses the `tinycoco` fixture
@@ -10,10 +11,15 @@ mandatory: with MPCC_REQUIRE_TINYCOCO=1 (set by .ci/run) the fixture fails inste
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import datasets
+import httpx
 import pytest
+from ports import free_port
 
 from mpcc.data.build import BuildConfig, build
 
@@ -91,3 +97,43 @@ def tiny_model(tmp_path_factory) -> Path:
     from mpcc.models import build_tiny_model
 
     return build_tiny_model("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """The tiny model behind a real OpenAI-compatible server on loopback (tests/openai_server.py, mpcc's
+    own generation: no `transformers serve`, whose internals change between releases), started once for
+    the endpoint tests of annotate and eval."""
+    from mpcc.models import resolve_model_path
+
+    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPCC_CACHE", str(cache))
+        model = resolve_model_path("tiny:qwen2_5_vl")
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [sys.executable, str(Path(__file__).with_name("openai_server.py")), model, "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(cache)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the test server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the test server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield {"url": url, "model": model, "cache": cache}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -28,10 +28,11 @@ def named_classes(folder: Path) -> set[str]:
     names = {
         processor["processor_class"],
         processor["image_processor"]["image_processor_type"],
-        processor["video_processor"]["video_processor_type"],
         tokenizer["processor_class"],
         tokenizer["tokenizer_class"],
     }
+    if "video_processor" in processor:  # families whose stock processor has one (Qwen-VL)
+        names.add(processor["video_processor"]["video_processor_type"])
     if (folder / "config.json").is_file():
         names |= set(json.loads((folder / "config.json").read_text())["architectures"])
     return names

@@ -14,7 +14,7 @@ from mpcc.annotation.config import AnnotateConfig
 from mpcc.annotation.importing import UNMATCHED_FILE, import_traces, read_traces
 from mpcc.annotation.prompts import GUIDED_SYSTEM, GUIDED_TASK, PROMPT_VERSION, teacher_messages
 from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
-from mpcc.annotation.teachers import LocalTeacher, TeacherError, api_base, message_text, openai_messages
+from mpcc.annotation.teachers import LocalTeacher, TeacherError
 from mpcc.annotation.verify import verify
 from mpcc.cli import main
 from mpcc.data.build import BuildConfig, build
@@ -22,6 +22,7 @@ from mpcc.data.prompts import conversation, open_question
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes
 from mpcc.generation.decoding import Decoding
+from mpcc.generation.endpoint import api_base, message_text, openai_messages
 from mpcc.rewards import exact_match_reward, format_reward, trace_completion
 from mpcc.text.names import mentions
 from mpcc.training.data import load_train_dataset

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -20,124 +19,22 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from openai_server import QuietJsonHandler
+from openai_server import Proxy, QuietJsonHandler
 from PIL import Image
-from ports import free_port
 
 from mpcc.annotation.annotate import annotate, request_seed
 from mpcc.annotation.config import AnnotateConfig
 from mpcc.annotation.store import PROGRESS_FILE
-from mpcc.annotation.teachers import EndpointTeacher, RateLimiter, Request, TeacherError
+from mpcc.annotation.teachers import EndpointTeacher, TeacherError
 from mpcc.annotation.verify import verify
 from mpcc.cli import main
 from mpcc.data.render import load_dataset
 from mpcc.generation.decoding import Decoding
-from mpcc.models import resolve_model_path
+from mpcc.generation.endpoint import RateLimiter, Request
 
 DECODING = Decoding(max_new_tokens=16, do_sample=True)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """The tiny model behind a real OpenAI-compatible server on loopback (tests/openai_server.py, mpcc's
-    own generation: no `transformers serve`, whose internals change between releases)."""
-    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(cache))
-        model = resolve_model_path("tiny:qwen2_5_vl")
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [sys.executable, str(Path(__file__).with_name("openai_server.py")), model, "--port", str(port)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(cache)}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the test server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the test server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield {"url": url, "model": model, "cache": cache}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class Proxy(ThreadingHTTPServer):
-    """Forwards to an upstream server. With `faults`, the first time it sees a request body it answers
-    500 (1 in 3), or stalls for `stall` seconds and answers nothing (1 in 3), or forwards it; a body seen
-    again (a retry) is forwarded. `delay` slows every forwarded request."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream: str, faults: bool = False, stall: float = 0.0, delay: float = 0.0):
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream, self.faults, self.stall, self.delay = upstream, faults, stall, delay
-        self.seen: dict[str, int] = {}
-        self.first: list[str] = []
-        self.bodies: list[dict] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def decide(self, body: bytes) -> str:
-        key = hashlib.sha256(body).hexdigest()
-        with self.lock:
-            self.bodies.append(json.loads(body))
-            self.seen[key] = self.seen.get(key, 0) + 1
-            if self.seen[key] > 1 or not self.faults:
-                return "forward"
-            self.first.append(key)
-            return ("fail", "stall", "forward")[(len(self.first) - 1) % 3]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
-
-
-class _ProxyHandler(QuietJsonHandler):
-    def do_GET(self):
-        response = httpx.get(self.server.upstream + self.path, timeout=30)
-        self.reply(response.status_code, response.content)
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        action = self.server.decide(body)
-        if action == "fail":
-            return self.reply(500, b'{"error": "injected failure"}')
-        if action == "stall":
-            time.sleep(self.server.stall)  # the client has timed out by now; it gets nothing
-            return None
-        time.sleep(self.server.delay)
-        response = httpx.post(
-            self.server.upstream + self.path,
-            content=body,
-            headers={"Content-Type": "application/json"},
-            timeout=120,
-        )
-        with contextlib.suppress(OSError):  # the client gave up (timeout) while the model answered
-            self.reply(response.status_code, response.content)
 
 
 def _rows(path: Path, limit: int) -> list[dict]:

@@ -12,6 +12,7 @@ from test_bench import _one_step
 from transformers import AutoModelForImageTextToText
 
 from mpcc.bench import BenchConfig, bench_dataset
+from mpcc.families import FAMILIES
 from mpcc.generation import image_features
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import generate
@@ -39,7 +40,7 @@ def _inputs(processor, rows):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("arch", [f.name for f in FAMILIES.values() if f.image_feature_memo])
 def test_memo_gives_the_same_completions_and_logits(arch):
     model, processor = random_vlm(arch)
     model.eval()

@@ -19,6 +19,7 @@ LAYERS = (
     ("mpcc.records",),  # written atomically; the output checks name outputs by their records
     ("mpcc.outputs",),
     ("mpcc.data",),
+    ("mpcc.families",),  # what mpcc knows of each model family, below everything that loads a model
     ("mpcc.models",),
     ("mpcc.generation", "mpcc.reports"),
     ("mpcc.training", "mpcc.evaluation", "mpcc.annotation"),

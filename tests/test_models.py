@@ -13,8 +13,8 @@ from stock_files import assert_stock_folders
 from transformers import ProcessorMixin, Qwen2Config, Qwen2ForCausalLM
 
 import mpcc.models as models
+from mpcc.families import qwen
 from mpcc.models import (
-    TINY_ARCHS,
     build_tiny_model,
     ensure_tiny_model,
     freeze_vision_tower,
@@ -25,13 +25,14 @@ from mpcc.models import (
     vision_tower,
 )
 
+QWEN_ARCHS = tuple(f.name for f in qwen.FAMILIES)  # the other families: tests/test_families.py
 MIN_PIXELS, MAX_PIXELS = 32 * 32 * 4, 32 * 32 * 16  # small bounds: 4 to about 20 image tokens
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    return {arch: build_tiny_model(arch, root / arch) for arch in TINY_ARCHS}
+    return {arch: build_tiny_model(arch, root / arch) for arch in QWEN_ARCHS}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_tiny_tokenizer_answers_with_the_tokens_the_prompt_uses(tiny):
                 assert tokens[tag + 2] in option_letter, (text, tokens, option_letter)
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_tiny_build_ties_config_to_tokenizer(tiny, arch):
     path = tiny[arch]
     config = json.loads((path / "config.json").read_text())
@@ -91,7 +92,7 @@ def test_tiny_build_ties_config_to_tokenizer(tiny, arch):
     assert len(tokenizer("<|im_start|><|image_pad|>").input_ids) == 2
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_processor_has_an_image_processor_without_torchvision(tiny, arch, tmp_path):
     processor = load_processor(tiny[arch], min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     assert isinstance(processor, ProcessorMixin)
@@ -120,7 +121,7 @@ def test_processor_saved_without_its_model_loads_by_the_stock_name(tiny, tmp_pat
     assert type(load_processor(tmp_path)) is models.Qwen3VLImageOnlyProcessor
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_image_pad_count_matches_the_grid(tiny, image, arch):
     processor = load_processor(tiny[arch], min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     text = processor.apply_chat_template(_messages(image), add_generation_prompt=True, tokenize=False)
@@ -140,7 +141,7 @@ def test_image_pad_count_matches_the_grid(tiny, image, arch):
     assert MIN_PIXELS <= area <= MAX_PIXELS
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_forward_and_generate_with_an_image(tiny, image, arch):
     processor = load_processor(tiny[arch], min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     model = load_model(tiny[arch], dtype="float32").eval()
@@ -155,7 +156,7 @@ def test_forward_and_generate_with_an_image(tiny, image, arch):
     assert 1 <= out.shape[1] - inputs["input_ids"].shape[1] <= 5
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_grpo_trains_one_step_as_a_vlm(tiny, arch, tmp_path):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -216,7 +217,7 @@ def test_lora_can_adapt_the_vision_tower(tiny):
     assert any(".visual." in n for n in trainable)
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
 def test_full_fine_tune_freezes_only_the_vision_tower(tiny, arch):
     model = load_model(tiny[arch])
     params = list(vision_tower(model).parameters())

@@ -22,8 +22,18 @@ CPU = [] if torch.cuda.is_available() else ["--bf16", "false"]
 def test_every_recipe_parses(recipe):
     run, train, model = load_recipe(recipe, CPU)  # by its packaged name
     assert isinstance(train, SFTConfig if run.trainer == "sft" else MpccGRPOConfig)
-    tiny = recipe.startswith("tiny/")
-    assert model.model_name_or_path == ("tiny:qwen2_5_vl" if tiny else "Qwen/Qwen2.5-VL-3B-Instruct")
+    folder = recipe.rpartition("/")[0]
+    assert model.model_name_or_path == MODELS[folder]
+
+
+# Each recipe folder's model: a Qwen2.5-VL at the top, its tiny twin, SmolVLM (Idefics3), Gemma 3, GLM-4.6V.
+MODELS = {
+    "": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "tiny": "tiny:qwen2_5_vl",
+    "smolvlm": "HuggingFaceTB/SmolVLM-Instruct",
+    "gemma3": "google/gemma-3-4b-it",
+    "glm": "zai-org/GLM-4.6V-Flash",
+}
 
 
 def test_paper_settings_reach_the_configs():
@@ -57,7 +67,17 @@ def test_command_line_overrides_win():
 
 def test_recipes_and_accelerate_configs_resolve_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the checkout
-    assert {"grpo", "grpo_prior", "sft", "tiny/grpo", "tiny/grpo_prior", "tiny/sft"} == set(names())
+    assert {
+        "grpo",
+        "grpo_prior",
+        "sft",
+        "tiny/grpo",
+        "tiny/grpo_prior",
+        "tiny/sft",
+        "smolvlm/grpo_prior",
+        "gemma3/grpo_prior",
+        "glm/grpo_prior",
+    } == set(names())
     assert {"ddp", "zero2", "zero2_offload", "zero3"} == set(names("accelerate"))
     for name in ("tiny/grpo_prior", "tiny/grpo_prior.yaml"):
         assert resolve(name) == RECIPES / "tiny" / "grpo_prior.yaml"
@@ -76,7 +96,7 @@ def test_recipes_and_accelerate_configs_resolve_by_name(tmp_path, monkeypatch):
 
 
 def test_unknown_names_list_the_packaged_ones():
-    with pytest.raises(ValueError, match=r"^nope: no such file.*packaged: grpo, .*tiny/grpo_prior"):
+    with pytest.raises(ValueError, match=r"^nope: no such file.*packaged: .*\bgrpo, .*tiny/grpo_prior"):
         resolve("nope")
     with pytest.raises(ValueError, match=r"accelerate/zero3: .* no packaged recipe"):
         load_recipe("accelerate/zero3")  # an Accelerate config is not a recipe

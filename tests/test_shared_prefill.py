@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mpcc.families import FAMILIES
 from mpcc.generation.shared_prefill import generate_sharing_prefill
 from mpcc.models import random_vlm
 
@@ -40,7 +41,7 @@ def _count_tokens(model) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("arch", [f.name for f in FAMILIES.values() if f.shared_prefill])
 @pytest.mark.parametrize("order", [(0, 0, 0, 1, 1, 1), (0, 1, 0, 1, 1, 0)])
 def test_same_tokens_with_each_prompt_prefilled_once(arch, order):
     model, processor = random_vlm(arch)

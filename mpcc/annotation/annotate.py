@@ -23,10 +23,11 @@ from mpcc.annotation.config import AnnotateConfig, check_sampling
 from mpcc.annotation.output import RowResult, check_paths, row_result, tally, utc_now, write_annotated
 from mpcc.annotation.prompts import PROMPT_VERSION, teacher_messages
 from mpcc.annotation.store import PROGRESS_FILE, ProgressLog, check_run
-from mpcc.annotation.teachers import Request, TeacherError, one_line, too_long
+from mpcc.annotation.teachers import TeacherError
 from mpcc.annotation.verify import verify
 from mpcc.data.render import load_dataset
 from mpcc.errors import InputError
+from mpcc.generation.endpoint import Request, one_line, too_long
 from mpcc.records import read_build
 from mpcc.seeds import mix_seed
 

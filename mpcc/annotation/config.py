@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from mpcc.errors import ConfigError
 from mpcc.generation.decoding import Decoding
+from mpcc.generation.endpoint import EndpointConfig
 from mpcc.options import option
 
 MODES = ("guided", "blind")
@@ -73,15 +74,7 @@ class TeacherConfig:
     temperature: float = option(0.7, "0 = greedy", minimum=0)
     top_p: float = option(0.9, "nucleus sampling", above=0, maximum=1)
     batch_size: int = option(8, "local teacher: rows per generate call", minimum=1)
-    concurrency: int = option(8, "endpoint: requests in flight", minimum=1)
-    timeout: float = option(
-        120.0, "endpoint: seconds per request, all told (connecting, sending, the whole answer)", above=0
-    )
-    retries: int = option(5, "endpoint: more tries after a timeout, connection error, 429 or 5xx", minimum=0)
-    backoff: float = option(1.0, "endpoint: first retry delay in seconds, doubling", minimum=0)
-    rate_limit: float | None = option(
-        None, "endpoint: requests per second at most (default: no limit)", above=0
-    )
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
     @property
     def spec(self) -> str:

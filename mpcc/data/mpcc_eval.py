@@ -73,12 +73,23 @@ def read_items(path: Path, source: CocoSource) -> list[EvalItem]:
     return items
 
 
+EXPORT_FORMATS = ("mpcc-eval", "lmms-eval")
+
+
 @dataclass(frozen=True)
 class ExportItemsJob:
-    """`mpcc export-mpcc-eval`: an eval build in the authors' MPCC-Eval JSON layout."""
+    """`mpcc export-mpcc-eval`: an eval build in the authors' MPCC-Eval JSON layout, or as an lmms-eval
+    task folder (mpcc.evaluation.lmms_eval)."""
 
     dataset: Path = option(help="an eval dataset written by `mpcc prepare eval`", positional=True)
-    out: Path = option(help="JSON file to write")
+    out: Path = option(help="JSON file to write (lmms-eval: the task folder, written whole)")
+    format: str = option(
+        "mpcc-eval",
+        "mpcc-eval: the authors' JSON layout; lmms-eval: a task folder (mpcc_eval.yaml, utils.py, the rows "
+        "with their images) for `lmms-eval --tasks mpcc_eval --include_path OUT`",
+        choices=EXPORT_FORMATS,
+    )
+    limit: int | None = option(None, "lmms-eval: only the first N items (all their rows)", minimum=1)
 
 
 def export_items(dataset_dir: str | Path, out: str | Path) -> dict[str, int]:

@@ -13,7 +13,7 @@ from mpcc.options import option, validate_bounds
 
 EVAL_FORMATS = (*OPTION_FORMATS, "open")
 IMAGE_DIAGNOSTICS = ("blind", "context", "shape")  # the same questions on a changed image
-STEP_DIAGNOSTICS = ("crm", "evidence")  # inside the greedy reasoning, step by step
+STEP_DIAGNOSTICS = ("crm", "evidence", "entropy")  # measured on the greedy answers
 DIAGNOSTICS = (*IMAGE_DIAGNOSTICS, *STEP_DIAGNOSTICS)
 BACKENDS = ("hf", "vllm")
 BOX_FORMATS = ("xyxy", "xywh")  # evidence boxes of other datasets
@@ -75,7 +75,8 @@ class EvalConfig:
         "comma-separated of blind (image blanked), context (the k most predictive context objects hidden "
         "too), shape (only the hidden region's silhouette); crm (contrastive region masking of each "
         "reasoning step), evidence (attention on the context objects during the reasoning, entropy, "
-        "the vision veto)",
+        "the vision veto), entropy (each answer's token entropy and how well it ranks wrong answers; "
+        "from a served model's token log-probs too)",
     )
     context_k: int = option(
         2, "context objects the `context` diagnostic hides (and CRM's joint set)", minimum=1
@@ -138,7 +139,14 @@ class EvalJob:
     runs: tuple[str, ...] = option(
         (), "with `compare`: the eval output directories to compare", positional=True
     )
-    model: str | None = option(None, "model path or hub name (or tiny:<arch>)")
+    model: str | None = option(
+        None, "model path or hub name (or tiny:<arch>), or openai:NAME: the model NAME served at --endpoint"
+    )
+    endpoint: str | None = option(
+        None,
+        "with --model openai:NAME: the OpenAI-compatible server's base URL http(s)://HOST[:PORT]/v1 "
+        "(default: $OPENAI_BASE_URL); the API key comes from $OPENAI_API_KEY and is never written",
+    )
     data: Path | None = option(
         None,
         "an `mpcc prepare eval` build, or another dataset: saved with save_to_disk, or a JSONL file beside "

@@ -3,6 +3,8 @@
 Predictions are appended to `predictions.jsonl` as they come, so a stopped run resumes where it
 stopped: rows (and samples) already there are not generated again. Sampling seeds depend on the
 sample index and the batch, not on what ran before, so a resumed run equals an uninterrupted one.
+A served model (`openai:NAME`, mpcc.evaluation.served) answers the same rows over HTTP; a row whose
+request failed is not written, so the report counts it as unanswered and the next run asks again.
 """
 
 from __future__ import annotations
@@ -10,26 +12,30 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from mpcc.data import prompts
 from mpcc.data.render import load_dataset
-from mpcc.errors import InputError
+from mpcc.errors import InputError, MpccError
 from mpcc.evaluation.config import IMAGE_DIAGNOSTICS, STEP_DIAGNOSTICS, EvalConfig
 from mpcc.evaluation.external import dataset_rows
 from mpcc.evaluation.grounding.annotated import AnnotatedRegions
 from mpcc.evaluation.grounding.conditions import Diagnostics
+from mpcc.evaluation.grounding.entropy import served_entropy
 from mpcc.evaluation.grounding.runner import GROUNDING, monitor_tasks, run_step_diagnostics
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
 from mpcc.evaluation.run_identity import check_claim, claim, run_identity
+from mpcc.evaluation.served import served_endpoint, served_generator
 from mpcc.files import read_appended
 from mpcc.generation.decoding import Decoding
-from mpcc.generation.generators import HFGenerator, VLLMGenerator
+from mpcc.generation.endpoint import EndpointConfig, one_line
+from mpcc.generation.generators import APIGenerator, HFGenerator, VLLMGenerator
 from mpcc.inputs import read_json, read_text
-from mpcc.models import resolve_model_path
+from mpcc.models import check_grounding, resolve_model_path
 from mpcc.outputs.checks import check_output
 from mpcc.outputs.locks import lock_output
 from mpcc.outputs.marker import MARKER
@@ -143,8 +149,14 @@ def _summarise_diagnostics(by_condition: dict[str, list[dict]]) -> dict:
     return out
 
 
-def _load_generator(model_name_or_path: str, rows: list[tuple[str, dict]], config: EvalConfig):
-    """The generator of the run's backend (a tiny:<arch> model is built once and cached)."""
+def _load_generator(
+    model_name_or_path: str, rows: list[tuple[str, dict]], config: EvalConfig, url: str | None,
+    client: EndpointConfig,
+):  # fmt: skip
+    """The generator of the run's backend (a tiny:<arch> model is built once and cached), or of the
+    served model at `url`."""
+    if url is not None:
+        return served_generator(model_name_or_path, url, [row for _, row in rows], client, config)
     path = resolve_model_path(model_name_or_path)
     if config.backend == "vllm":
         images = max(len(r.get("images") or [1]) for _, r in rows)
@@ -183,17 +195,25 @@ def _score(text: str, sample: int, pid: str, row: dict, condition: str) -> dict:
 
 
 def _predict(generator, todo: list, diagnostics: Diagnostics | None, config: EvalConfig, path: Path) -> None:
-    """Generate for `todo` in batches, appending each batch's scored predictions to `path` once made."""
+    """Generate for `todo` in batches, appending each batch's scored predictions to `path` once made (a
+    served model's failed rows are left out). A served model's answers carry their entropy when the
+    entropy diagnostic runs (from the token log-probs its server returned)."""
     sampling = config.samples > 1 or config.decoding.do_sample
     d = config.decoding
     decoding = Decoding(d.max_new_tokens, sampling, d.temperature, d.top_p)
+    entropy = isinstance(generator, APIGenerator) and "entropy" in config.diagnostics
     with open(path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc="eval", unit="row") as bar:
         for start in range(0, len(todo), config.batch_size):
             batch = todo[start : start + config.batch_size]
             inputs = [row if c == "normal" else diagnostics.apply(row, c) for _, _, row, c in batch]
             texts = generator(inputs, decoding, mix_seed(config.seed, batch[0][0], start))
-            for (sample, pid, row, condition), text in zip(batch, texts):
-                f.write(json.dumps(_score(text, sample, pid, row, condition), ensure_ascii=False) + "\n")
+            for i, ((sample, pid, row, condition), text) in enumerate(zip(batch, texts)):
+                if text is None:
+                    continue
+                record = _score(text, sample, pid, row, condition)
+                if entropy:
+                    record["entropy"] = served_entropy(text, generator.logprobs[i])
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             bar.update(len(batch))
 
@@ -222,21 +242,45 @@ def _summarise(by_condition: dict[str, list[dict]], conditions: tuple[str, ...])
     return metrics
 
 
+def _unanswered(generator, by_condition: dict[str, list[dict]], expected: int, url: str | None) -> dict:
+    """metrics' `unanswered` of a served model's run: rows with no prediction yet and this run's request
+    errors. A run with no answer on the normal image is an error: nothing to score (the folder keeps its
+    record and predictions: the same command resumes)."""
+    errors = generator().errors if generator.cache_info().currsize else Counter()
+    if not by_condition["normal"]:
+        commonest = f"; commonest error: {one_line(errors.most_common(1)[0][0])}" if errors else ""
+        raise MpccError(f"no row was answered by {url}{commonest}; the same command asks again")
+    return {"rows": expected - sum(map(len, by_condition.values())), "errors": dict(errors)}
+
+
 def run_eval(
-    model_name_or_path: str, data: str | Path, out: str | Path, config: EvalConfig, overwrite: bool = False
+    model_name_or_path: str,
+    data: str | Path,
+    out: str | Path,
+    config: EvalConfig,
+    overwrite: bool = False,
+    endpoint: str | None = None,
+    client: EndpointConfig | None = None,
 ) -> dict:
     """Evaluate, writing predictions.jsonl, metrics.json, report.md, report.html and the charts under
-    `out`; an unfinished run of the same settings resumes, another run's are refused unless `overwrite`."""
+    `out`; an unfinished run of the same settings resumes, another run's are refused unless `overwrite`.
+    A model `openai:NAME` is served at `endpoint` and asked as `client` says (mpcc.evaluation.served)."""
     out = Path(out)
+    url = served_endpoint(model_name_or_path, endpoint, config)
     _lock = lock_output(out, inputs=(model_name_or_path, data))  # no other writer until this returns
     rows = eval_rows(data, config)
     if "evidence" in config.diagnostics:
         monitor_tasks(dict(rows), config.monitor_task)  # a wrong --monitor-task stops before generating
-    identity = run_identity(model_name_or_path, resolve_model_path(model_name_or_path), data, config)
+    model_path = None if url else resolve_model_path(model_name_or_path)
+    if "evidence" in config.diagnostics and model_path is not None:
+        check_grounding(model_path)  # a family that cannot map its tokens stops here too
+    identity = run_identity(model_name_or_path, model_path, data, config, endpoint=url)
     check_claim(out, identity, overwrite)
     diagnostics = _conditions(data, config)
     conditions = ("normal", *(d for d in config.diagnostics if d in IMAGE_DIAGNOSTICS))
-    generator = functools.cache(functools.partial(_load_generator, model_name_or_path, rows, config))
+    generator = functools.cache(
+        functools.partial(_load_generator, model_name_or_path, rows, config, url, client or EndpointConfig())
+    )
     todo = _todo(rows, conditions, config.samples, set() if overwrite else _done(out / PREDICTIONS))
     if todo:
         generator()  # weights that do not load stop the run here, before anything is written
@@ -247,7 +291,11 @@ def run_eval(
     if todo:
         _predict(generator(), todo, diagnostics, config, out / PREDICTIONS)
     by_condition = _by_condition(out / PREDICTIONS, conditions)
+    expected = len(rows) * config.samples * len(conditions)
+    unanswered = _unanswered(generator, by_condition, expected, url) if url is not None else None
     metrics = _summarise(by_condition, conditions)
+    if unanswered is not None:
+        metrics["unanswered"] = unanswered
     if set(config.diagnostics) & set(STEP_DIAGNOSTICS):
         answers = [r for r in by_condition["normal"] if r["sample"] == 0]
         by_pid = {f"{pid}:normal": row for pid, row in rows}
@@ -263,7 +311,10 @@ def run_eval(
 
 
 def _hf_model(generator, model_name_or_path: str):
-    """(model, processor) for the measuring passes: the HF generator's own, else loaded once more."""
+    """(model, processor) for the measuring passes: the HF generator's own, else loaded once more; a
+    served model has none (None, None): the measures that need them were refused or are left out."""
+    if isinstance(generator, APIGenerator):
+        return None, None
     if isinstance(generator, HFGenerator):
         return generator.model, generator.processor
     return HFGenerator(resolve_model_path(model_name_or_path)).model, generator.processor

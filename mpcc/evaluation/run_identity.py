@@ -2,10 +2,11 @@
 
 `mpcc eval` appends predictions as it goes and a rerun into the same `--out` generates only what is
 missing. That is right only when everything that shapes a prediction is unchanged: the model (its path
-and a fingerprint of its weights files), the data (the build record, or a saved dataset's
-fingerprint), the prompt version, formats, limit, samples, seed, decoding, backend and diagnostics.
-These are stored in its record (mpcc.records.EvalRun, `eval_run.json`) beside the predictions; a rerun
-with any of them changed is refused with what differs, until `--overwrite` (start over) or another `--out`.
+and a fingerprint of its weights files, or a served model's name and endpoint URL), the data (the build
+record, or a saved dataset's fingerprint), the prompt version, formats, limit, samples, seed, decoding,
+backend and diagnostics. These are stored in its record (mpcc.records.EvalRun, `eval_run.json`) beside
+the predictions; a rerun with any of them changed is refused with what differs, until `--overwrite`
+(start over) or another `--out`.
 """
 
 from __future__ import annotations
@@ -84,15 +85,20 @@ def data_fingerprint(data: str | Path) -> str:
     return digest.hexdigest()
 
 
-def run_identity(model: str, model_path: str, data: str | Path, config: EvalConfig) -> EvalRun:
+def run_identity(
+    model: str, model_path: str | None, data: str | Path, config: EvalConfig, endpoint: str | None = None
+) -> EvalRun:
     """`model` as given (a local path made absolute), `model_path` where its files are (tiny:<arch> is
-    built into the cache); the data by content, so a moved build is the same data."""
+    built into the cache; None for a served model); the data by content, so a moved build is the same
+    data. A served model (openai:NAME) is its name and its `endpoint`'s base URL: never the API key."""
+    served = {"endpoint": endpoint} if endpoint is not None else {}
     return EvalRun(
         model=str(Path(model).resolve()) if Path(model).exists() else model,
-        weights=weights_fingerprint(model_path),
+        weights=weights_fingerprint(model_path) if model_path is not None else None,
         settings={
             "data": data_fingerprint(data),
             "prompt_version": PROMPT_VERSION,
+            **served,
             **json_values(dataclasses.asdict(config)),
         },
     )

@@ -1,4 +1,5 @@
-"""Batched generation for evaluation: left-padded batches through HF `generate`, greedy by default.
+"""Batched generation for evaluation: left-padded batches through HF `generate`, greedy by default; the
+same prompts through vLLM's offline engine or a model served behind an OpenAI-compatible endpoint.
 
 The MPCC authors' script generates one item at a time; batching the same model over the same items
 is the harness's main speed lever (see benchmarks/eval_throughput.py).
@@ -6,12 +7,26 @@ is the harness's main speed lever (see benchmarks/eval_throughput.py).
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import asdict
+
 import torch
 from trl.data_utils import prepare_multimodal_messages
 
 from mpcc.errors import ConfigError
+from mpcc.families import use_speedup
 from mpcc.generation.decoding import Decoding
+from mpcc.generation.endpoint import Endpoint, EndpointConfig, Request
 from mpcc.generation.image_features import ImageFeatureMemo
+from mpcc.seeds import mix_seed
+
+API_PREFIX = "openai:"  # `--model openai:NAME`: the model NAME served behind an endpoint
+CHARS_PER_TOKEN = 32  # a served answer longer than this many characters per allowed token is an error
+
+
+def served_name(model: str) -> str | None:
+    """NAME of `openai:NAME` (a served model), else None (a local one)."""
+    return model[len(API_PREFIX) :] if str(model).startswith(API_PREFIX) else None
 
 
 def conversation(row: dict) -> list[dict]:
@@ -64,6 +79,7 @@ class HFGenerator:
         from mpcc.models import best_device, load_model, load_processor
 
         self.model, self.processor = load_model(path).to(best_device()).eval(), load_processor(path)
+        reuse_images = use_speedup(self.model.config.model_type, "image_feature_memo", reuse_images)
         self.image_memo = ImageFeatureMemo(self.MEMO_IMAGES) if reuse_images else None
         if self.image_memo is not None:
             self.image_memo.attach(self.model)
@@ -112,3 +128,29 @@ class VLLMGenerator:
         )
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
+
+
+class APIGenerator:
+    """The same prompts, images (PNG, lossless) and decoding sent to `model` behind an OpenAI-compatible
+    endpoint, a batch's rows concurrently, with mpcc.generation.endpoint's retries, deadline and answer
+    cap (`CHARS_PER_TOKEN` per allowed token). A row whose request failed comes back as None, its error
+    counted in `errors`: the caller keeps the others and asks again in its next run. Each row of a batch
+    has its own seed, from the batch's. With `top_logprobs`, `logprobs` holds the last call's per-row
+    token log-probs (None where the server gave none)."""
+
+    def __init__(self, url: str, model: str, config: EndpointConfig, top_logprobs: int | None = None):
+        self.endpoint = Endpoint(url, Decoding(), model=model, top_logprobs=top_logprobs, **asdict(config))
+        served = self.endpoint.served_models()
+        if model not in served:
+            raise ConfigError(f"{self.endpoint.base} does not serve {model!r} (it serves {served})")
+        self.errors: Counter = Counter()
+        self.logprobs: list[list[dict] | None] = []
+
+    def __call__(self, rows: list[dict], decoding: Decoding, seed: int) -> list[str | None]:
+        self.endpoint.decoding = decoding
+        requests = [Request(i, conversation(r), None, mix_seed(seed, i)) for i, r in enumerate(rows)]
+        cap = decoding.max_new_tokens * CHARS_PER_TOKEN
+        replies = sorted(self.endpoint.run(requests, max_chars=cap), key=lambda reply: reply.request.key)
+        self.errors.update(r.error for r in replies if r.error is not None)
+        self.logprobs = [r.logprobs for r in replies]
+        return [r.text for r in replies]

@@ -185,7 +185,24 @@ def grounding_markdown(section: dict) -> str:
         lines += [f"![risk-coverage]({RISK_CHART})", ""]
     if "crm" in section:
         lines += _crm_markdown(section["crm"])
+    if "entropy" in section:
+        lines += _entropy_markdown(section["entropy"])
     return "\n".join(lines)
+
+
+def _entropy_markdown(e: dict) -> list[str]:
+    """The `entropy` diagnostic's table (mpcc.evaluation.grounding.entropy)."""
+    lines = ["### Answer entropy", ""]
+    if not e["n"]:
+        return [*lines, "No answer had an entropy.", ""]
+    rows = [
+        ("mean full-response entropy (nats)", estimate(e["entropy_full"], ".4f")),
+        ("AUROC of entropy for a wrong answer (0.5: chance)", estimate(e["auroc_wrong"], ".4f")),
+        ("AURC ranking by -entropy (lower is better)", estimate(e["aurc"], ".4f")),
+        ("AURC random / oracle", f"{fmt(e['aurc_random'], '.4f')} / {fmt(e['aurc_oracle'], '.4f')}"),
+    ]
+    source = f"from {', '.join(e['source'])} over {e['n']} answers"
+    return [*lines, *markdown_table(("measure", source), rows)]
 
 
 def _at(section: dict, path: tuple[str, ...]):

@@ -130,14 +130,16 @@ class MpccGRPOConfig(GRPOConfig):
         metadata={
             "help": "encode each unique image once per step and reuse its features in generation, "
             "reference and old log-probs and (frozen tower) the policy forward; a group's G rows share one "
-            "image (mpcc.generation.image_features). Same completions, losses and gradients."
+            "image (mpcc.generation.image_features; families whose API allows it, see mpcc.families). Same "
+            "completions, losses and gradients."
         },
     )
     share_prompt_prefill: bool = field(
         default=True,
         metadata={
             "help": "HF generation: prefill each group's prompt once and share its KV cache with the group's "
-            "rows (mpcc.generation.shared_prefill; dynamic cache, Qwen-VL). Same greedy completions."
+            "rows (mpcc.generation.shared_prefill; dynamic cache, families whose API allows it). Same greedy "
+            "completions."
         },
     )
 

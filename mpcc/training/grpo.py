@@ -16,6 +16,7 @@ import functools
 
 from trl import GRPOTrainer
 
+from mpcc.families import use_speedup
 from mpcc.generation.image_features import ImageFeatureMemo
 from mpcc.generation.shared_prefill import generate_sharing_prefill
 from mpcc.training.resume import ExactResumeMixin
@@ -97,11 +98,15 @@ class MpccGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         if getattr(self.args, "compile_generation", False):  # TRL builds its config with compilation off
             self.generation_config.disable_compile = False
         self.image_memo = None
-        if getattr(self.args, "reuse_image_features", False):
+        kind = self.model.config.model_type
+        wanted = getattr(self.args, "reuse_image_features", False)
+        if use_speedup(kind, "image_feature_memo", wanted):
             self.image_memo = ImageFeatureMemo()
             for model in (self.model, getattr(self, "ref_model", None)):
                 if model is not None:
                     self.image_memo.attach(model)
+        wanted = getattr(self.args, "share_prompt_prefill", False)
+        self._share_prefill = use_speedup(kind, "shared_prefill", wanted)
 
     def _generate_and_score_completions(self, inputs):
         """A new batch: the previous one's image features are freed (and counted in the logs)."""
@@ -117,7 +122,7 @@ class MpccGRPOTrainer(ExactResumeMixin, GRPOTrainer):
 
     def _generate_single_turn(self, *args, **kwargs):
         drop_stale_input_hooks(self.model)
-        if self.use_vllm or not getattr(self.args, "share_prompt_prefill", False):
+        if self.use_vllm or not self._share_prefill:
             return super()._generate_single_turn(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)  # the object TRL's generation unwraps to
         model.generate = functools.partial(generate_sharing_prefill, model, model.generate)

@@ -30,7 +30,7 @@ from mpcc.errors import ConfigError, InputError
 from mpcc.evaluation.config import BOX_FORMATS
 from mpcc.evaluation.grounding.conditions import CANVAS
 
-ANNOTATED_DIAGNOSTICS = ("blind", "evidence")  # the rest need a hidden object, its context and categories
+ANNOTATED_DIAGNOSTICS = ("blind", "evidence", "entropy")  # the rest need a hidden object, context, categories
 
 
 def _numbers(value) -> bool:

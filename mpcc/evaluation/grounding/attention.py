@@ -64,7 +64,7 @@ _ACTIVE: contextvars.ContextVar[_Probe | None] = contextvars.ContextVar("mpcc_pr
 
 def _allowed(mask: torch.Tensor | None, rows: slice, q_len: int, k_len: int, device) -> torch.Tensor:
     """Bool (batch or 1, 1, rows, keys): which keys each query row of the chunk may attend to."""
-    if mask is None:  # causal, no padding: sdpa_mask skips building it
+    if mask is None:  # sdpa_mask skips building it only where causal is exact: no padding, no window reached
         q = torch.arange(rows.start, rows.stop, device=device)[:, None] + (k_len - q_len)
         return (torch.arange(k_len, device=device)[None, :] <= q)[None, None]
     chunk = mask[:, :, rows]
@@ -76,8 +76,8 @@ def measured_attention(module, query, key, value, attention_mask, scaling=None, 
     probe = _ACTIVE.get()
     if probe is None or getattr(module, "layer_idx", None) not in probe.layers:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    if kwargs.get("sliding_window"):
-        raise ConfigError("the measuring pass does not support sliding-window attention layers")
+    if kwargs.get("softcap") is not None:
+        raise ConfigError("the measuring pass does not support attention logit soft-capping")
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     batch, heads, q_len, _ = query.shape

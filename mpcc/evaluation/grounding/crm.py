@@ -37,6 +37,7 @@ headline contrast evidence minus control; steps sit at normalised positions (i +
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 import numpy as np
@@ -261,21 +262,43 @@ def _regenerated(completion: str, row: dict, new: str, ablated: dict, delta: lis
     }
 
 
-def crm_record(
-    model, processor, generate, diagnostics, row: dict, completion: str, singles: int, fill: str
-) -> dict:
-    """Both contrasts for one answer, each region set with its control. `generate(rows) -> completions` is
-    the eval's greedy generator; `fill` covers the hidden regions (`Diagnostics.ablate`)."""
+@dataclass(frozen=True)
+class Ablation:
+    """One answer's region sets (kind, annotation ids), each set's control (image, overlap) and the
+    ablated rows to regenerate: the sets' evidence ablations, then their controls."""
+
+    sets: list[tuple[str, list[int]]]
+    controls: list[tuple]
+    rows: list[dict]
+
+
+def ablate(diagnostics, row: dict, singles: int, fill: str) -> Ablation:
+    """The ablated images of one answer; `fill` covers the hidden regions (`Diagnostics.ablate`). Made
+    apart from `crm_record` so that the regenerations of several answers go in one generate call."""
     sets = region_sets(diagnostics, row, singles)
     if not sets:
-        return {"sets": []}
+        return Ablation([], [], [])
     controls = diagnostics.controls(row, [ids for _, ids in sets], fill)
     ablated = [{**row, "image": diagnostics.hide(row, ids, fill)} for _, ids in sets]
     ablated += [{**row, "image": image} for image, _ in controls]
-    deltas = step_deltas(model, processor, [row, *ablated], completion)
+    return Ablation(sets, controls, ablated)
+
+
+def crm_record(
+    model, processor, diagnostics, row: dict, completion: str, ablation: Ablation, regenerated: list[str]
+) -> dict:
+    """Both contrasts for one answer, each region set with its control; `regenerated` are the greedy
+    completions on `ablation.rows`, in order. Without a `model` (a served one) only the regenerated
+    contrast: a served model gives no logits on a completion it did not write (step deltas empty)."""
+    sets = ablation.sets
+    if not sets:
+        return {"sets": []}
+    deltas = [[]] * len(ablation.rows)
+    if model is not None:
+        deltas = step_deltas(model, processor, [row, *ablation.rows], completion)
     arms = [
         _regenerated(completion, row, new, a, delta, gone_categories(diagnostics, row, ids))
-        for new, a, delta, (_, ids) in zip(generate(ablated), ablated, deltas, sets + sets)
+        for new, a, delta, (_, ids) in zip(regenerated, ablation.rows, deltas, sets + sets, strict=True)
     ]
     return {
         "sets": [
@@ -283,7 +306,7 @@ def crm_record(
                 "kind": kind,
                 "ann_ids": ids,
                 **arms[i],
-                "control": {**arms[len(sets) + i], "overlap": controls[i][1]},
+                "control": {**arms[len(sets) + i], "overlap": ablation.controls[i][1]},
             }
             for i, (kind, ids) in enumerate(sets)
         ]

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mpcc.errors import ValidationError
 from mpcc.evaluation.grounding.attention import measure
 from mpcc.evaluation.grounding.forcing import (
     answer_tokens,
@@ -59,9 +60,10 @@ from mpcc.evaluation.grounding.forcing import (
     teacher_forced,
     token_steps,
 )
-from mpcc.evaluation.grounding.regions import region_tokens, token_grid
+from mpcc.evaluation.grounding.regions import grids_tokens
 from mpcc.evaluation.grounding.uncertainty import token_entropy
 from mpcc.evaluation.intervals import item_bootstrap
+from mpcc.families import family
 from mpcc.text.steps import split_steps
 
 BINS = 10
@@ -75,11 +77,13 @@ def evidence_record(model, processor, row: dict, completion: str, regions, layer
     inputs, prompt_len, offsets = teacher_forced(processor, [row], completion, model.device)
     ids = inputs["input_ids"][0].cpu()
     image = ids == model.config.image_token_id
-    grid = token_grid(inputs["image_grid_thw"][0], processor.image_processor.merge_size)
+    grids = family(model.config.model_type).token_grids(processor, inputs)
+    if sum(rows * cols for rows, cols, _ in grids) != int(image.sum()):
+        raise ValidationError(f"{int(image.sum())} image tokens, but the token grids {grids} count others")
     groups = torch.zeros(1, len(GROUPS), len(ids))
     groups[0, 0, image] = 1.0
     for g, region in enumerate(regions, start=1):
-        groups[0, g, image] = torch.from_numpy(region_tokens(region, grid)).float()
+        groups[0, g, image] = torch.from_numpy(grids_tokens(region, grids)).float()
     steps = split_steps(completion)
     step_of = np.array(token_steps(offsets, steps))
     reasoning = np.flatnonzero(step_of >= 0)

@@ -35,9 +35,10 @@ def teacher_forced(
     inputs = dict(prompts)
     inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids.expand(batch, -1)], dim=1)
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    if "mm_token_type_ids" in inputs:  # text tokens: type 0
-        types = inputs["mm_token_type_ids"]
-        inputs["mm_token_type_ids"] = torch.cat([types, types.new_zeros(batch, len(completion_ids))], dim=1)
+    for key in ("mm_token_type_ids", "token_type_ids"):  # text tokens: type 0 (Gemma 3 names it the latter)
+        if key in inputs:
+            types = inputs[key]
+            inputs[key] = torch.cat([types, types.new_zeros(batch, len(completion_ids))], dim=1)
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
     return inputs, prompt_len, [tuple(o) for o in encoded["offset_mapping"]]
 

@@ -1,12 +1,12 @@
-"""Image regions on the model's vision-token grid.
+"""Image regions on the model's image tokens.
 
-A Qwen-VL processor resizes the whole image (no crop) to a multiple of `patch_size x merge_size`
-pixels, and each image token the language model sees is one merged cell of that resized image,
-laid out row-major over `image_grid_thw` = (t, h, w) patches, i.e. (h / merge) x (w / merge) tokens.
-Cell (i, j) is therefore the preimage box [i H / rows, (i + 1) H / rows) x [j W / cols, (j + 1) W / cols)
-of the original H x W image. A region's *coverage* of a cell is the share of that box's area inside
-the region (fractional pixels counted by area), and a token belongs to the region when its coverage is
-at least `threshold` (default one half).
+Each model family (mpcc.families) says how an image becomes tokens: blocks of `rows x cols` tokens in
+token order, each block a regular grid over a box of the original image (Qwen-VL: one block over the whole
+image; a tiling processor: one block per tile, then one over the whole image). Cell (i, j) of a block over
+the box [x0, x1) x [y0, y1) of an H x W image is the preimage box
+[y0 + i (y1 - y0) / rows, ...) x [x0 + j (x1 - x0) / cols, ...). A region's *coverage* of a cell is the
+share of that box's area inside the region (fractional pixels counted by area), and a token belongs to the
+region when its coverage is at least `threshold` (default one half).
 """
 
 from __future__ import annotations
@@ -15,29 +15,35 @@ import numpy as np
 from PIL import Image
 
 from mpcc.errors import ValidationError
+from mpcc.families import WHOLE_IMAGE, Grid
+from mpcc.families.qwen import token_grid
 
 COVERAGE_THRESHOLD = 0.5
 
 
-def token_grid(image_grid_thw, merge_size: int) -> tuple[int, int]:
-    """(rows, cols) of image tokens for one image's `image_grid_thw` row (t, h, w in patches)."""
-    t, h, w = (int(x) for x in image_grid_thw)
-    if t != 1 or h % merge_size or w % merge_size:
-        raise ValidationError(
-            f"image_grid_thw {(t, h, w)} is not one still image in {merge_size}x{merge_size} cells"
-        )
-    return h // merge_size, w // merge_size
-
-
-def cell_coverage(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(rows, cols) share of each cell's preimage box inside the HxW bool `mask` (area-exact box filter)."""
+def cell_coverage(mask: np.ndarray, grid: tuple[int, int], box=WHOLE_IMAGE) -> np.ndarray:
+    """(rows, cols) share of each cell's preimage box inside the HxW bool `mask` (area-exact box filter);
+    the cells divide `box` (left, top, right, bottom in fractions of the image)."""
     rows, cols = grid
     if mask.ndim != 2 or min(mask.shape) == 0:
         raise ValidationError(f"a region mask must be a non-empty 2-D array, got shape {mask.shape}")
+    height, width = mask.shape
+    source = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
     image = Image.fromarray(mask.astype(np.float32), mode="F")
-    return np.asarray(image.resize((cols, rows), resample=Image.Resampling.BOX), dtype=np.float64)
+    resized = image.resize((cols, rows), resample=Image.Resampling.BOX, box=source)
+    return np.asarray(resized, dtype=np.float64)
 
 
-def region_tokens(mask: np.ndarray, grid: tuple[int, int], threshold: float = COVERAGE_THRESHOLD):
+def region_tokens(
+    mask: np.ndarray, grid: tuple[int, int], threshold: float = COVERAGE_THRESHOLD, box=WHOLE_IMAGE
+):
     """Flat bool per image token (row-major): does the region cover at least `threshold` of its cell?"""
-    return (cell_coverage(mask, grid) >= threshold - 1e-6).reshape(-1)
+    return (cell_coverage(mask, grid, box) >= threshold - 1e-6).reshape(-1)
+
+
+def grids_tokens(mask: np.ndarray, grids: list[Grid], threshold: float = COVERAGE_THRESHOLD) -> np.ndarray:
+    """`region_tokens` over each of an image's token blocks, in token order."""
+    return np.concatenate([region_tokens(mask, (rows, cols), threshold, box) for rows, cols, box in grids])
+
+
+__all__ = ["COVERAGE_THRESHOLD", "cell_coverage", "grids_tokens", "region_tokens", "token_grid"]

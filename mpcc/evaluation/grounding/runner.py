@@ -1,16 +1,20 @@
-"""`--diagnostics crm,evidence`: the step-level measures of `mpcc.evaluation.grounding.evidence` (evidence
-attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision vetoes) and
-`mpcc.evaluation.grounding.crm` over an eval run's greedy answers.
+"""`--diagnostics crm,evidence,entropy`: the step-level measures of `mpcc.evaluation.grounding.evidence`
+(evidence attention, entropy; then `monitor`: AURC, AUROC, the entropy x vision model per task, the vision
+vetoes), `mpcc.evaluation.grounding.crm` and `mpcc.evaluation.grounding.entropy` over an eval run's greedy
+answers. A served model has no weights here (model None): its answers bring their entropy, and CRM
+runs its regenerated contrast only.
 
 Evidence is measured on every evaluated row's answer; CRM (one batched forward per answer, one
-regeneration per region set and per its control) on one answer per item: its open question when
-evaluated, else its first row. Records are appended to `grounding.jsonl` as they come, so a stopped
-run resumes where it stopped. The section's tables and charts are mpcc.reports.grounding's.
+regeneration per region set and per its control, several answers' regenerations in one generate call
+of `--batch-size` rows) on one answer per item: its open question when evaluated, else its first row.
+Records are appended to `grounding.jsonl` as they come, so a stopped run resumes where it stopped. The
+section's tables and charts are mpcc.reports.grounding's.
 """
 
 from __future__ import annotations
 
 import json
+from itertools import chain
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -18,7 +22,8 @@ from tqdm.auto import tqdm
 from mpcc.errors import ConfigError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
-from mpcc.evaluation.grounding.crm import crm_record, summarise_crm
+from mpcc.evaluation.grounding.crm import Ablation, ablate, crm_record, summarise_crm
+from mpcc.evaluation.grounding.entropy import entropy_record, summarise_entropy
 from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
 from mpcc.evaluation.grounding.monitor import ALL, uncertainty_report
 from mpcc.files import read_appended
@@ -56,6 +61,59 @@ def monitor_tasks(rows: dict[str, dict], key: str) -> dict[str, str]:
     return {pid: str(row[key]) for pid, row in rows.items()}
 
 
+def _crm_batches(answers: list[dict], rows: dict[str, dict], diagnostics, config: EvalConfig):
+    """[(answer, its ablation)] lists whose ablated rows fit one generate call of `--batch-size` rows
+    (an answer with more rows than that goes alone), so regenerations are batched across items."""
+    batch: list[tuple[dict, Ablation]] = []
+    for answer in answers:
+        ablation = ablate(diagnostics, rows[answer["prompt_id"]], config.crm_regions, config.crm_fill)
+        if batch and sum(len(a.rows) for _, a in batch) + len(ablation.rows) > config.batch_size:
+            yield batch
+            batch = []
+        batch.append((answer, ablation))
+    if batch:
+        yield batch
+
+
+def _evidence_records(answers, rows, model, processor, diagnostics, layers):
+    for answer in answers:
+        row = rows[answer["prompt_id"]]
+        regions = diagnostics.regions(row)
+        yield (
+            "evidence",
+            answer,
+            evidence_record(model, processor, row, answer["completion"], regions, layers),
+        )
+
+
+def _crm_records(answers, rows, model, processor, diagnostics, config: EvalConfig, generator):
+    greedy = Decoding(max_new_tokens=config.decoding.max_new_tokens)
+    for batch in _crm_batches(answers, rows, diagnostics, config):
+        regenerated = iter(generator([r for _, a in batch for r in a.rows], greedy, config.seed))
+        for answer, ablation in batch:
+            mine = [next(regenerated) for _ in ablation.rows]
+            if None in mine:  # a served model's request failed: no record, the next run asks again
+                continue
+            row = rows[answer["prompt_id"]]
+            yield (
+                "crm",
+                answer,
+                crm_record(model, processor, diagnostics, row, answer["completion"], ablation, mine),
+            )
+
+
+def _entropy_records(answers, rows, model, processor):
+    for answer in answers:
+        if model is None:  # served: the entropy its server's log-probs gave
+            yield "entropy", answer, answer.get("entropy") or {"entropy_full": None}
+        else:
+            yield (
+                "entropy",
+                answer,
+                entropy_record(model, processor, rows[answer["prompt_id"]], answer["completion"]),
+            )
+
+
 def run_step_diagnostics(
     model_source, generator_source, diagnostics, rows: dict[str, dict], answers: list[dict],
     config: EvalConfig, out: Path,
@@ -66,32 +124,35 @@ def run_step_diagnostics(
     path = out / GROUNDING
     done = _read(path)
     answers = [a for a in answers if a["completion"]]
-    todo = [("evidence", a) for a in answers if "evidence" in config.diagnostics]
-    todo += [("crm", a) for a in _crm_answers(answers) if "crm" in config.diagnostics]
-    todo = [(kind, a) for kind, a in todo if (kind, a["prompt_id"]) not in done]
-    if todo:
+
+    def todo(kind: str, measured: list[dict]) -> list[dict]:
+        wanted = kind in config.diagnostics
+        return [a for a in measured if wanted and (kind, a["prompt_id"]) not in done]
+
+    evidence, crm, entropy = (
+        todo("evidence", answers),
+        todo("crm", _crm_answers(answers)),
+        todo("entropy", answers),
+    )
+    if evidence or crm or entropy:
         model, processor = model_source()
         generator = generator_source()
-        layers = resolve_layers(model, config.attention_layers)
-        greedy = Decoding(max_new_tokens=config.decoding.max_new_tokens)
+        layers = resolve_layers(model, config.attention_layers) if evidence else None
+        measured = chain(
+            _evidence_records(evidence, rows, model, processor, diagnostics, layers),
+            _crm_records(crm, rows, model, processor, diagnostics, config, generator),
+            _entropy_records(entropy, rows, model, processor),
+        )
         with open(path, "a", encoding="utf-8") as f:
-            for kind, answer in tqdm(todo, desc="step diagnostics", unit="answer"):
-                row = rows[answer["prompt_id"]]
-                if kind == "evidence":
-                    record = evidence_record(
-                        model, processor, row, answer["completion"], diagnostics.regions(row), layers
-                    )
-                else:
-                    record = crm_record(
-                        model, processor, lambda rs: generator(rs, greedy, config.seed), diagnostics, row,
-                        answer["completion"], config.crm_regions, config.crm_fill,
-                    )  # fmt: skip
+            for kind, answer, record in tqdm(
+                measured, total=len(evidence) + len(crm) + len(entropy), desc="step diagnostics"
+            ):
                 record = {"kind": kind, **{k: answer[k] for k in KEPT}, **record}
                 done[(kind, answer["prompt_id"])] = record
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 f.flush()
     wanted = {a["prompt_id"] for a in answers}
-    records = {"evidence": [], "crm": []}
+    records = {"evidence": [], "crm": [], "entropy": []}
     for (kind, pid), record in done.items():
         if pid in wanted:
             records[kind].append(record)
@@ -105,4 +166,6 @@ def run_step_diagnostics(
         section["uncertainty"]["task_key"] = config.monitor_task
     if "crm" in config.diagnostics:
         section["crm"] = summarise_crm(records["crm"])
+    if "entropy" in config.diagnostics:
+        section["entropy"] = summarise_entropy(records["entropy"])
     return section

@@ -1,0 +1,51 @@
+"""What mpcc needs to know about one model family, in one record (`Family`).
+
+A family is a set of transformers `model_type`s that share a processor, a token layout for images and a
+tiny-model recipe. Everything family-specific in mpcc reads it from here, so a new family is one module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# One block of image tokens: `rows` x `cols` tokens laid out row-major, each the cell of a regular grid over
+# `box` = (left, top, right, bottom), a box of the original image in fractions of its width and height.
+Grid = tuple[int, int, tuple[float, float, float, float]]
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+
+# The tiny text model every family shares (hidden size 64, 2 layers); a family adds or overrides keys.
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Family:
+    """One model family behind mpcc's model interface."""
+
+    name: str  # the `model_type` of its tiny model (`mpcc tiny-model --arch NAME`)
+    model_types: tuple[str, ...]  # every config `model_type` it covers
+    processor: type  # the processor class mpcc loads it with (works without torchvision)
+    image_placeholder: str  # what its chat template writes for one image
+    special_tokens: tuple[str, ...]  # the tokens its processor and model need beyond Qwen's base set
+    # the tokenizer attributes its processor reads (e.g. Gemma 3's `boi_token`), each one of special_tokens
+    named_tokens: dict = field(default_factory=dict)
+    # (tokenizer, text overrides, vision overrides) -> the tiny model's config
+    tiny_config: Callable = field(repr=False)
+    # () -> the tiny model's image processor (PIL, small sizes)
+    tiny_image_processor: Callable = field(repr=False)
+    # (processor, one row's processor outputs) -> the image's token blocks in token order (grounding)
+    token_grids: Callable = field(repr=False)
+    tiny_processor_kwargs: dict = field(default_factory=dict)  # e.g. image tokens per image
+    # encode-once: `get_image_features(pixel_values, image_grid_thw)` one image per grid row (Qwen's API)
+    image_feature_memo: bool = False
+    # prefill-once: the model keeps its multimodal rope offsets in `rope_deltas` (Qwen's API)
+    shared_prefill: bool = False
+    # (processor) -> why grounding cannot map this processor's tokens, or None when it can
+    grounding_refusal: Callable = field(default=lambda processor: None, repr=False)

@@ -1,0 +1,298 @@
+"""Model families beyond Qwen (mpcc.families) through the whole path on the real tinycoco build: tiny
+model, token grids for grounding, SFT / GRPO / GRPO + prior sampling (replace, append), `mpcc eval` with
+every diagnostic, export, and a reload of the export in a process that never imports mpcc (same logits).
+One module-scoped SFT run per family feeds the eval and the export; models stay tiny (hidden size 64)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from stock_files import assert_stock_folders
+from transformers import LlavaConfig
+
+from mpcc.cli import main as cli
+from mpcc.data.build import BuildConfig, build
+from mpcc.errors import ConfigError
+from mpcc.evaluation.grounding.attention import measure, resolve_layers
+from mpcc.evaluation.grounding.regions import grids_tokens
+from mpcc.families import FAMILIES, TINY_ARCHS, family
+from mpcc.families.image_only import ImageOnly
+from mpcc.models import check_grounding, load_model, load_processor, random_vlm
+from mpcc.train import main as train
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes" / "tiny"
+# The Qwen families have their own tests (test_models, test_grounding, test_training, ...).
+NEW_FAMILIES = ("idefics3", "gemma3", "glm4v", "glm46v")
+# The whole path (train, eval, export) per distinct family: GLM-4.1V differs from GLM-4.6V only in its class
+# names, which its tiny model, grids, memo, prefill and stock-loading tests cover (suite time on 2 cores).
+PATH_FAMILIES = ("idefics3", "gemma3", "glm46v")
+STEPS = ["--max_steps", "2", "--save_steps", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
+
+
+@pytest.fixture(scope="module")
+def traced_train(tinycoco, tmp_path_factory) -> Path:
+    """A tinycoco train build with template traces (SFT targets and prior samples)."""
+    out = tmp_path_factory.mktemp("traced") / "train"
+    config = BuildConfig("train", template_traces=True)
+    build(tinycoco / "instances.json", tinycoco / "images", out, config, num_proc=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_runs(traced_train, tmp_path_factory) -> dict[str, Path]:
+    """Two SFT steps per new family; the output feeds the eval and export tests."""
+    root = tmp_path_factory.mktemp("sft")
+    runs = {}
+    for arch in PATH_FAMILIES:
+        out = root / arch
+        argv = [str(RECIPES / "sft.yaml"), "--model_name_or_path", f"tiny:{arch}", "--output_dir", str(out)]
+        assert train([*argv, "--dataset_path", str(traced_train), *STEPS]) == 0
+        runs[arch] = out
+    return runs
+
+
+def _image_message(image) -> list[dict]:
+    text = {"type": "text", "text": "Which object is hidden?"}
+    return [{"role": "user", "content": [{"type": "image", "image": image}, text]}]
+
+
+def _inputs(processor, image):
+    return processor.apply_chat_template(
+        _image_message(image),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+
+
+def test_every_family_has_a_tiny_model_and_the_command_lists_them(capsys):
+    with pytest.raises(SystemExit):
+        cli(["tiny-model", "--help"])
+    listed = capsys.readouterr().out
+    assert all(arch in listed for arch in TINY_ARCHS) and set(NEW_FAMILIES) <= set(TINY_ARCHS)
+
+
+def test_an_unsupported_family_is_refused_at_start_in_one_line(tmp_path):
+    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    LlavaConfig(text_config={"model_type": "llama", **tiny}, vision_config=tiny).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        load_model(tmp_path)  # before any weights are read (the folder has none)
+    message = str(refused.value)
+    assert (
+        "\n" not in message and "'llava'" in message and all(t in message for t in ("qwen2_5_vl", "idefics3"))
+    )
+    with pytest.raises(ConfigError, match="'llava'.*supported"):
+        family("llava")
+    recipe = str(RECIPES / "sft.yaml")
+    with pytest.raises(ConfigError, match="'llava' is not a supported model family"):  # before any data
+        train([recipe, "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arch", ("qwen2_5_vl", *NEW_FAMILIES))
+@pytest.mark.parametrize("size", [(300, 200), (640, 480), (90, 60), (123, 457)])
+def test_each_token_sees_its_preimage_box(arch, size):
+    """A coordinate image (red = x, green = y): every image token's pixels in the processor's output
+    average to the centre of the preimage box its family's grids give it, on images the processor
+    tiles, resizes up and down and to another aspect ratio."""
+    model, processor = random_vlm(arch)
+    width, height = size
+    x, y = np.meshgrid((np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height)
+    pixels = np.stack([x * 255, y * 255, np.zeros_like(x)], -1).round().astype(np.uint8)
+    inputs = _inputs(processor, Image.fromarray(pixels))
+    grids = FAMILIES[arch].token_grids(processor, inputs)
+    centres = []
+    for rows, cols, (left, top, right, bottom) in grids:
+        for i in range(rows):
+            for j in range(cols):
+                centres.append(
+                    (left + (j + 0.5) * (right - left) / cols, top + (i + 0.5) * (bottom - top) / rows)
+                )
+    seen = _token_colours(arch, processor, inputs)
+    assert len(seen) == len(centres) == int((inputs["input_ids"] == model.config.image_token_id).sum())
+    tolerance = max(1 / rows for rows, _, _ in grids) / 4  # resampling blurs across a cell's edge
+    np.testing.assert_allclose(np.array(seen), np.array(centres), atol=tolerance)
+
+
+def _token_colours(arch: str, processor, inputs) -> list[tuple[float, float]]:
+    """(red, green) in [0, 1] averaged over each image token's pixels, in token order."""
+    mean, std = (
+        torch.tensor(v)[:, None, None]
+        for v in (processor.image_processor.image_mean, processor.image_processor.image_std)
+    )
+    if arch == "idefics3":
+        images = inputs["pixel_values"][0]  # the tiles row-major, then the global image
+        side = int(processor.image_seq_len**0.5)
+    elif arch == "gemma3":  # one square image
+        images, side = inputs["pixel_values"], int(processor.image_seq_length**0.5)
+    else:  # Qwen-VL's layout (GLM's too): each token's merge x merge patches in a row, (C, T, P, P) each
+        ip = processor.image_processor
+        shape = (-1, ip.merge_size**2, 3, ip.temporal_patch_size, ip.patch_size**2)
+        patches = inputs["pixel_values"].reshape(shape) * std + mean  # (3, 1, 1): per channel
+        return [tuple(p.tolist()) for p in patches[:, :, :2].mean((1, 3, 4))]
+    out = []
+    for image in images:
+        image = image * std + mean
+        cell = image.shape[-1] // side
+        for i in range(side):
+            for j in range(side):
+                patch = image[:2, i * cell : (i + 1) * cell, j * cell : (j + 1) * cell]
+                out.append(tuple(patch.mean((1, 2)).tolist()))
+    return out
+
+
+@pytest.mark.parametrize("arch", NEW_FAMILIES)
+def test_a_region_of_known_cells_gets_exactly_those_tokens(arch):
+    """Cells chosen in the whole image's grid, as a pixel mask: exactly those tokens of the whole image,
+    and (a tiling family) in each tile the tokens whose preimage lies inside the chosen cells."""
+    _, processor = random_vlm(arch)
+    width, height = 300, 200
+    inputs = _inputs(processor, Image.new("RGB", (width, height)))
+    grids = FAMILIES[arch].token_grids(processor, inputs)
+    rows, cols, box = grids[-1]
+    assert box == (0.0, 0.0, 1.0, 1.0)  # the whole image last (after the tiles, if any)
+    chosen = np.random.default_rng(0).random((rows, cols)) < 0.3
+    cell_y = np.minimum((np.arange(height) + 0.5) * rows // height, rows - 1).astype(int)
+    cell_x = np.minimum((np.arange(width) + 0.5) * cols // width, cols - 1).astype(int)
+    mask = chosen[cell_y[:, None], cell_x[None, :]]
+    tokens = grids_tokens(mask, grids)
+    assert (tokens[-rows * cols :] == chosen.reshape(-1)).all()
+    if len(grids) == 1:
+        return
+    tiles = [
+        chosen[r * rows // 2 : (r + 1) * rows // 2, c * cols // 2 : (c + 1) * cols // 2]
+        for r in range(2)
+        for c in range(2)
+    ]
+    per_tile = tokens[: -rows * cols].reshape(len(tiles), rows, cols)
+    for tile, got in zip(tiles, per_tile):  # a 2 x 2 tiling: each global cell spans 2 x 2 tile tokens
+        assert (got == np.kron(tile, np.ones((2, 2), bool))).all()
+
+
+@pytest.mark.parametrize("arch", PATH_FAMILIES)
+@pytest.mark.parametrize("trainer", ["grpo", "grpo_prior:replace", "grpo_prior:append"])
+def test_grpo_and_prior_sampling_train(arch, trainer, traced_train, tmp_path, caplog):
+    recipe, _, mode = trainer.partition(":")
+    argv = [
+        str(RECIPES / f"{recipe}.yaml"),
+        "--model_name_or_path",
+        f"tiny:{arch}",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    argv += ["--dataset_path", str(traced_train), *STEPS, "--max_completion_length", "16"]
+    if mode:  # groups of 4 rows either way: 3 generated + the trace appended, or 4 with one replaced
+        argv += ["--prior_mode", mode, "--num_generations", "3" if mode == "append" else "4"]
+    with caplog.at_level(logging.WARNING, logger="mpcc.families"):
+        assert train(argv) == 0
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "loss" in h]
+    assert len(steps) == 2 and all(np.isfinite(h["loss"]) for h in steps)
+    if mode:
+        assert all(h["prior/traces"] >= 1 for h in steps)
+    for speedup in ("image_feature_memo", "shared_prefill"):  # said at start where the family lacks it
+        said = any(speedup in r.getMessage() and arch in r.getMessage() for r in caplog.records)
+        assert said == (not getattr(FAMILIES[arch], speedup))
+
+
+@pytest.mark.parametrize("arch", PATH_FAMILIES)
+def test_eval_with_every_diagnostic(arch, sft_runs, tiny_builds, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(sft_runs[arch]), "--data", str(tiny_builds["eval"]), "--out", str(out)]
+    argv += ["--limit", "1", "--max-new-tokens", "24", "--diagnostics", "blind,context,shape,crm,evidence"]
+    assert cli(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["diagnostics"]) >= {"blind", "context", "shape"}
+    grounding = [json.loads(line) for line in (out / "grounding.jsonl").read_text().splitlines()]
+    kinds = {g["kind"] for g in grounding}
+    assert {"evidence", "crm"} <= kinds
+    evidence = [g for g in grounding if g["kind"] == "evidence"]
+    assert all(g["tokens"]["image"] > g["tokens"]["evidence"] > 0 for g in evidence)
+
+
+# Runs in a fresh interpreter that never imports mpcc: the exported folder as any user loads it.
+STOCK_SCRIPT = """
+import json, sys
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+folder, image = sys.argv[1], Image.open(sys.argv[2])
+processor = AutoProcessor.from_pretrained(folder)
+model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+question = {"type": "text", "text": "Which object is hidden?"}
+messages = [{"role": "user", "content": [{"type": "image", "image": image}, question]}]
+inputs = processor.apply_chat_template(
+    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+)
+with torch.no_grad():
+    logits = model(**inputs).logits[0, -1].tolist()
+mpcc = any(m.split(".")[0] == "mpcc" for m in sys.modules)
+print(json.dumps({"processor": type(processor).__name__, "logits": logits, "mpcc imported": mpcc}))
+"""
+
+
+@pytest.mark.parametrize("arch", PATH_FAMILIES)
+def test_export_reloads_without_mpcc_with_equal_logits(arch, sft_runs, tmp_path):
+    out = tmp_path / "export"
+    assert cli(["export", str(sft_runs[arch]), "--out", str(out)]) == 0
+    assert_stock_folders(out)
+    # a stock processor with a torchvision video processor loads only where torchvision is (see
+    # test_stock_transformers.py); the others load in this very Python, without mpcc
+    python = os.environ.get("MPCC_STOCK_PYTHON")
+    if python is None and issubclass(FAMILIES[arch].processor, ImageOnly):
+        pytest.skip("its stock processor needs torchvision: MPCC_STOCK_PYTHON (make stock-check) not set")
+    image = tmp_path / "image.png"
+    Image.effect_noise((300, 220), 64).convert("RGB").save(image)
+    command = [python or sys.executable, "-c", STOCK_SCRIPT, str(out), str(image)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stock = json.loads(run.stdout.splitlines()[-1])
+    assert not stock["mpcc imported"] and stock["processor"] == FAMILIES[arch].processor.__name__
+    model, processor = load_model(out, dtype="float32").eval(), load_processor(out)
+    with torch.no_grad():
+        logits = model(**_inputs(processor, Image.open(image))).logits[0, -1]
+    torch.testing.assert_close(torch.tensor(stock["logits"]), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_gemma3_pan_and_scan_is_refused_for_grounding_at_start(tmp_path):
+    """Pan-and-scan crops have no mapping to image regions: the evidence diagnostic refuses in one line."""
+    model, processor = random_vlm("gemma3")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    check_grounding(tmp_path)  # the tiny model: no pan-and-scan
+    processor.image_processor.do_pan_and_scan = True
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(
+        ConfigError, match="^the evidence diagnostic cannot run: Gemma 3 pan-and-scan[^\\n]*$"
+    ):
+        check_grounding(tmp_path)
+
+
+@pytest.mark.parametrize("arch", NEW_FAMILIES)
+def test_the_measuring_pass_keeps_each_familys_logits(arch):
+    """The evidence diagnostic's attention pass reproduces the model's own forward: Gemma 3's sliding window
+    (made shorter than the prompt here) and its bidirectional attention inside the image block included."""
+    model, processor = random_vlm(arch, text={"sliding_window": 16} if arch == "gemma3" else None)
+    inputs = _inputs(processor, Image.effect_noise((300, 200), 64).convert("RGB"))
+    length = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        reference = model.eval()(**inputs).logits
+    measured = measure(model, inputs, torch.ones(1, 1, length), slice(0, length), resolve_layers(model, None))
+    assert (measured.logits - reference).abs().max() < 1e-4
+    assert measured.mass[0, 0] == pytest.approx(torch.ones(length), abs=1e-5)  # softmax sums to one
