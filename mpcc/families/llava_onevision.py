@@ -37,6 +37,30 @@ class LlavaOnevisionImageOnlyProcessor(
 ):
     """LLaVA-OneVision processor without a video processor (works without torchvision)."""
 
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        num_image_tokens=None,
+        vision_feature_select_strategy=None,
+        chat_template=None,
+        image_token=None,
+        video_token=None,
+        vision_aspect_ratio=None,
+        **kwargs,
+    ):
+        """The stock class's settings by name: ProcessorMixin saves and loads only those `__init__` names
+        (None: the stock default)."""
+        named = {
+            "num_image_tokens": num_image_tokens,
+            "vision_feature_select_strategy": vision_feature_select_strategy,
+            "image_token": image_token,
+            "video_token": video_token,
+            "vision_aspect_ratio": vision_aspect_ratio,
+        }
+        named = {k: v for k, v in named.items() if v is not None}
+        super().__init__(image_processor, tokenizer, chat_template, **named, **kwargs)
+
 
 def _unpadded(height: int, width: int, rows: int, cols: int) -> tuple[int, int, int, int]:
     """The feature cells (top, bottom, left, right) `unpad_image` keeps of a rows x cols canvas grid."""
