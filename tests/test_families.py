@@ -328,3 +328,13 @@ def test_the_measuring_pass_keeps_each_familys_logits(arch):
     measured = measure(model, inputs, torch.ones(1, 1, length), slice(0, length), resolve_layers(model, None))
     assert (measured.logits - reference).abs().max() < 1e-4
     assert measured.mass[0, 0] == pytest.approx(torch.ones(length), abs=1e-5)  # softmax sums to one
+
+
+def test_llava_onevision_tiles_of_partial_patches_are_refused_for_grounding_at_start(tmp_path):
+    """A tile that is not a whole number of patches (the real 384-pixel tiles of 14-pixel patches) leaves
+    strips of each tile unseen, so the canvas grid is not regular: the evidence diagnostic refuses."""
+    model, processor = random_vlm("llava_onevision", vision={"patch_size": 16})  # 56-pixel tiles
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="^the evidence diagnostic cannot run: LLaVA-OneVision tiles[^\\n]*$"):
+        check_grounding(tmp_path)
