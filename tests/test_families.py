@@ -154,7 +154,10 @@ def _token_colours(arch: str, model, processor, inputs) -> list[tuple[float, flo
         cells = tiles.unflatten(-1, (side, -1)).unflatten(-3, (side, -1)).mean((-3, -1))
         newline = torch.full((2,), torch.nan)
         packed, _ = model.model.pack_image_features(
-            [cells.flatten(-2).transpose(1, 2)], inputs["image_sizes"], newline, model.config.vision_aspect_ratio
+            [cells.flatten(-2).transpose(1, 2)],
+            inputs["image_sizes"],
+            newline,
+            model.config.vision_aspect_ratio,
         )
         return [tuple(c) for c in packed[0].tolist()]
     if arch == "idefics3":
@@ -186,7 +189,8 @@ def test_a_region_of_known_cells_gets_exactly_those_tokens(arch):
     width, height = 300, 200
     inputs = _inputs(processor, Image.new("RGB", (width, height)))
     grids = FAMILIES[arch].token_grids(processor, inputs)
-    whole = -1 if arch != "llava_onevision" else 0  # the whole image after the tiles (LLaVA-OneVision: before)
+    # the whole image after the tiles (LLaVA-OneVision: before)
+    whole = 0 if arch == "llava_onevision" else -1
     rows, cols, box = grids[whole]
     assert box == (0.0, 0.0, 1.0, 1.0)
     chosen = np.random.default_rng(0).random((rows, cols)) < 0.3
@@ -336,5 +340,7 @@ def test_llava_onevision_tiles_of_partial_patches_are_refused_for_grounding_at_s
     model, processor = random_vlm("llava_onevision", vision={"patch_size": 16})  # 56-pixel tiles
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    with pytest.raises(ConfigError, match="^the evidence diagnostic cannot run: LLaVA-OneVision tiles[^\\n]*$"):
+    with pytest.raises(
+        ConfigError, match="^the evidence diagnostic cannot run: LLaVA-OneVision tiles[^\\n]*$"
+    ):
         check_grounding(tmp_path)
