@@ -248,7 +248,8 @@ def model_type(name_or_path: str) -> str:
 def check_grounding(name_or_path: str | os.PathLike) -> None:
     """Refuse, in one line and before anything is generated, a model whose family cannot map its image
     tokens to image regions with this processor (e.g. Gemma 3 with pan-and-scan)."""
-    reason = family(_load_config(name_or_path).model_type).grounding_refusal(load_processor(name_or_path))
+    config = _load_config(name_or_path)
+    reason = family(config.model_type).grounding_refusal(config, load_processor(name_or_path))
     if reason is not None:
         raise ConfigError(f"the evidence diagnostic cannot run: {reason}")
 

@@ -23,7 +23,7 @@ from mpcc.cli import main as cli
 from mpcc.data.build import BuildConfig, build
 from mpcc.errors import ConfigError
 from mpcc.evaluation.grounding.attention import measure, resolve_layers
-from mpcc.evaluation.grounding.regions import grids_tokens
+from mpcc.evaluation.grounding.regions import cell_coverage, grids_tokens
 from mpcc.families import FAMILIES, TINY_ARCHS, family
 from mpcc.families.image_only import ImageOnly
 from mpcc.models import check_grounding, load_model, load_processor, random_vlm
@@ -32,10 +32,10 @@ from mpcc.train import main as train
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny"
 # The Qwen families have their own tests (test_models, test_grounding, test_training, ...).
-NEW_FAMILIES = ("idefics3", "gemma3", "glm4v", "glm46v")
+NEW_FAMILIES = ("idefics3", "gemma3", "glm4v", "glm46v", "llava_onevision")
 # The whole path (train, eval, export) per distinct family: GLM-4.1V differs from GLM-4.6V only in its class
 # names, which its tiny model, grids, memo, prefill and stock-loading tests cover (suite time on 2 cores).
-PATH_FAMILIES = ("idefics3", "gemma3", "glm46v")
+PATH_FAMILIES = ("idefics3", "gemma3", "glm46v", "llava_onevision")
 STEPS = ["--max_steps", "2", "--save_steps", "2"]
 
 
@@ -110,7 +110,8 @@ def test_an_unsupported_family_is_refused_at_start_in_one_line(tmp_path):
 def test_each_token_sees_its_preimage_box(arch, size):
     """A coordinate image (red = x, green = y): every image token's pixels in the processor's output
     average to the centre of the preimage box its family's grids give it, on images the processor
-    tiles, resizes up and down and to another aspect ratio."""
+    tiles, resizes up and down and to another aspect ratio (a box reaching into a black padding: the
+    mean of the coordinates there, 0 outside the image)."""
     model, processor = random_vlm(arch)
     width, height = size
     x, y = np.meshgrid((np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height)
@@ -118,24 +119,47 @@ def test_each_token_sees_its_preimage_box(arch, size):
     inputs = _inputs(processor, Image.fromarray(pixels))
     grids = FAMILIES[arch].token_grids(processor, inputs)
     centres = []
-    for rows, cols, (left, top, right, bottom) in grids:
+    for rows, cols, box in grids:
+        if box is None:  # no preimage: the model's newline token (NaN below)
+            centres += [(np.nan, np.nan)] * rows * cols
+            continue
+        left, top, right, bottom = box
         for i in range(rows):
             for j in range(cols):
-                centres.append(
-                    (left + (j + 0.5) * (right - left) / cols, top + (i + 0.5) * (bottom - top) / rows)
-                )
-    seen = _token_colours(arch, processor, inputs)
+                x = _mean_inside(left + j * (right - left) / cols, left + (j + 1) * (right - left) / cols)
+                y = _mean_inside(top + i * (bottom - top) / rows, top + (i + 1) * (bottom - top) / rows)
+                centres.append((x[0] * y[1], y[0] * x[1]))
+    seen = _token_colours(arch, model, processor, inputs)
     assert len(seen) == len(centres) == int((inputs["input_ids"] == model.config.image_token_id).sum())
-    tolerance = max(1 / rows for rows, _, _ in grids) / 4  # resampling blurs across a cell's edge
+    # resampling blurs across a cell's edge
+    tolerance = max((box[3] - box[1]) / rows for rows, _, box in grids if box is not None) / 4
     np.testing.assert_allclose(np.array(seen), np.array(centres), atol=tolerance)
 
 
-def _token_colours(arch: str, processor, inputs) -> list[tuple[float, float]]:
+def _mean_inside(start: float, end: float) -> tuple[float, float]:
+    """Over [start, end): the mean of the coordinate, taken as 0 outside [0, 1], and the share inside."""
+    lo, hi = min(max(start, 0.0), 1.0), min(max(end, 0.0), 1.0)
+    return (hi**2 - lo**2) / 2 / (end - start), (hi - lo) / (end - start)
+
+
+def _token_colours(arch: str, model, processor, inputs) -> list[tuple[float, float]]:
     """(red, green) in [0, 1] averaged over each image token's pixels, in token order."""
     mean, std = (
         torch.tensor(v)[:, None, None]
         for v in (processor.image_processor.image_mean, processor.image_processor.image_std)
     )
+    if arch == "llava_onevision":  # each patch's colour, laid out by the model's own code (unpad, shrink)
+        side = int(processor.num_image_tokens**0.5)
+        tiles = (inputs["pixel_values"][0] * std + mean)[:, :2]  # the base image, then the canvas's tiles
+        cells = tiles.unflatten(-1, (side, -1)).unflatten(-3, (side, -1)).mean((-3, -1))
+        newline = torch.full((2,), torch.nan)
+        packed, _ = model.model.pack_image_features(
+            [cells.flatten(-2).transpose(1, 2)],
+            inputs["image_sizes"],
+            newline,
+            model.config.vision_aspect_ratio,
+        )
+        return [tuple(c) for c in packed[0].tolist()]
     if arch == "idefics3":
         images = inputs["pixel_values"][0]  # the tiles row-major, then the global image
         side = int(processor.image_seq_len**0.5)
@@ -165,14 +189,26 @@ def test_a_region_of_known_cells_gets_exactly_those_tokens(arch):
     width, height = 300, 200
     inputs = _inputs(processor, Image.new("RGB", (width, height)))
     grids = FAMILIES[arch].token_grids(processor, inputs)
-    rows, cols, box = grids[-1]
-    assert box == (0.0, 0.0, 1.0, 1.0)  # the whole image last (after the tiles, if any)
+    # the whole image after the tiles (LLaVA-OneVision: before)
+    whole = 0 if arch == "llava_onevision" else -1
+    rows, cols, box = grids[whole]
+    assert box == (0.0, 0.0, 1.0, 1.0)
     chosen = np.random.default_rng(0).random((rows, cols)) < 0.3
     cell_y = np.minimum((np.arange(height) + 0.5) * rows // height, rows - 1).astype(int)
     cell_x = np.minimum((np.arange(width) + 0.5) * cols // width, cols - 1).astype(int)
     mask = chosen[cell_y[:, None], cell_x[None, :]]
     tokens = grids_tokens(mask, grids)
-    assert (tokens[-rows * cols :] == chosen.reshape(-1)).all()
+    assert ((tokens[-rows * cols :] if whole else tokens[: rows * cols]) == chosen.reshape(-1)).all()
+    if arch == "llava_onevision":  # rows of the unpadded canvas, each ending in a newline token in no region
+        assert [g[2] is None for g in grids[1:]] == [False, True] * (len(grids) // 2)
+        strip_cols, first = grids[1][1], grids[1][2]
+        everything = grids_tokens(np.ones((height, width), bool), grids)
+        assert not everything[rows * cols :][strip_cols :: strip_cols + 1].any()
+        assert first[1] < 0  # 300 x 200 on a square canvas: the first row reaches into the padding above
+        inside = cell_coverage(np.ones((height, width), bool), (1, strip_cols), first)
+        share = first[3] / (first[3] - first[1])  # PIL's box filter takes a fractional box edge to a pixel
+        np.testing.assert_allclose(inside, share, atol=1 / ((first[3] - first[1]) * height))
+        return
     if len(grids) == 1:
         return
     tiles = [
@@ -296,3 +332,15 @@ def test_the_measuring_pass_keeps_each_familys_logits(arch):
     measured = measure(model, inputs, torch.ones(1, 1, length), slice(0, length), resolve_layers(model, None))
     assert (measured.logits - reference).abs().max() < 1e-4
     assert measured.mass[0, 0] == pytest.approx(torch.ones(length), abs=1e-5)  # softmax sums to one
+
+
+def test_llava_onevision_tiles_of_partial_patches_are_refused_for_grounding_at_start(tmp_path):
+    """A tile that is not a whole number of patches (the real 384-pixel tiles of 14-pixel patches) leaves
+    strips of each tile unseen, so the canvas grid is not regular: the evidence diagnostic refuses."""
+    model, processor = random_vlm("llava_onevision", vision={"patch_size": 16})  # 56-pixel tiles
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(
+        ConfigError, match="^the evidence diagnostic cannot run: LLaVA-OneVision tiles[^\\n]*$"
+    ):
+        check_grounding(tmp_path)

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # One block of image tokens: `rows` x `cols` tokens laid out row-major, each the cell of a regular grid over
-# `box` = (left, top, right, bottom), a box of the original image in fractions of its width and height.
-Grid = tuple[int, int, tuple[float, float, float, float]]
+# `box` = (left, top, right, bottom), a box of the original image in fractions of its width and height (it may
+# reach past the image into a padded canvas); box None: tokens without a preimage (e.g. LLaVA-OneVision's
+# row-end newlines), image tokens in no region.
+Grid = tuple[int, int, tuple[float, float, float, float] | None]
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
 # The tiny text model every family shares (hidden size 64, 2 layers); a family adds or overrides keys.
@@ -47,5 +49,5 @@ class Family:
     image_feature_memo: bool = False
     # prefill-once: the model keeps its multimodal rope offsets in `rope_deltas` (Qwen's API)
     shared_prefill: bool = False
-    # (processor) -> why grounding cannot map this processor's tokens, or None when it can
-    grounding_refusal: Callable = field(default=lambda processor: None, repr=False)
+    # (model config, processor) -> why grounding cannot map their image tokens, or None when it can
+    grounding_refusal: Callable = field(default=lambda config, processor: None, repr=False)

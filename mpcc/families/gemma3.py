@@ -22,7 +22,7 @@ def _token_grids(processor, inputs) -> list:
     return [(side, side, WHOLE_IMAGE)]
 
 
-def _grounding_refusal(processor) -> str | None:
+def _grounding_refusal(config, processor) -> str | None:
     if processor.image_processor.do_pan_and_scan:
         return "Gemma 3 pan-and-scan crops are not mapped to image regions (set do_pan_and_scan false)"
     return None

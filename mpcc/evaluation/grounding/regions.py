@@ -11,6 +11,8 @@ region when its coverage is at least `threshold` (default one half).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
@@ -28,7 +30,13 @@ def cell_coverage(mask: np.ndarray, grid: tuple[int, int], box=WHOLE_IMAGE) -> n
     if mask.ndim != 2 or min(mask.shape) == 0:
         raise ValidationError(f"a region mask must be a non-empty 2-D array, got shape {mask.shape}")
     height, width = mask.shape
-    source = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+    # a box past the image's edge (a padded canvas): the mask padded with "outside" to hold it
+    pad_x = math.ceil(max(0.0, -box[0], box[2] - 1) * width)
+    pad_y = math.ceil(max(0.0, -box[1], box[3] - 1) * height)
+    source = (
+        box[0] * width + pad_x, box[1] * height + pad_y, box[2] * width + pad_x, box[3] * height + pad_y
+    )  # fmt: skip
+    mask = np.pad(mask, ((pad_y, pad_y), (pad_x, pad_x)))
     image = Image.fromarray(mask.astype(np.float32), mode="F")
     resized = image.resize((cols, rows), resample=Image.Resampling.BOX, box=source)
     return np.asarray(resized, dtype=np.float64)
@@ -42,8 +50,14 @@ def region_tokens(
 
 
 def grids_tokens(mask: np.ndarray, grids: list[Grid], threshold: float = COVERAGE_THRESHOLD) -> np.ndarray:
-    """`region_tokens` over each of an image's token blocks, in token order."""
-    return np.concatenate([region_tokens(mask, (rows, cols), threshold, box) for rows, cols, box in grids])
+    """`region_tokens` over each of an image's token blocks, in token order (a block without a preimage box
+    in no region)."""
+    return np.concatenate(
+        [
+            np.zeros(rows * cols, bool) if box is None else region_tokens(mask, (rows, cols), threshold, box)
+            for rows, cols, box in grids
+        ]
+    )
 
 
 __all__ = ["COVERAGE_THRESHOLD", "cell_coverage", "grids_tokens", "region_tokens", "token_grid"]
