@@ -24,6 +24,7 @@ from mpcc.data.answer_options import OPTION_FORMATS
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
 from mpcc.data.synthetic import TRACES_FILE, generate_scenes
+from mpcc.evaluation.accuracy_tables import demo_tables
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import METRICS, compare_runs, read_predictions, run_eval
 from mpcc.export import export
@@ -33,7 +34,6 @@ from mpcc.records import BUILD_FILE
 from mpcc.reports.charts import ACCURACY_CHART, reward_curve_chart
 from mpcc.reports.compare import COMPARISON
 from mpcc.reports.eval_report import REPORT_HTML
-from mpcc.reports.intervals_table import demo_tables
 from mpcc.reports.learning import LEARNING_CHART, learning_section
 from mpcc.train import main as train_main
 from mpcc.training.curves import generated_reward, learning_summary, log_history

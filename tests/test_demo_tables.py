@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from mpcc.reports.intervals_table import CHANCE, demo_tables, estimates
+from mpcc.evaluation.accuracy_tables import CHANCE, demo_tables, estimates
 
 
 def _answers(p_correct: float, items: int = 60, seed: int = 0) -> list[dict]:
