@@ -389,12 +389,13 @@ def _same(batched, alone, path="record"):
         assert batched == alone, path
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "glm4v"])
 def test_evidence_records_in_one_batch_equal_one_at_a_time(tiny_builds, arch):
     """Answers of different prompt lengths (rows of every format, images of several sizes) and completion
     lengths, measured in one right-padded forward, give exactly the records each gives alone: padding
-    takes no attention and no row's queries count in another's profile or received keys."""
-    model, processor = random_vlm(arch)
+    takes no attention and no row's queries count in another's profile or received keys. In each model
+    family's positions and masks (Gemma 3: a sliding window shorter than the prompt)."""
+    model, processor = random_vlm(arch, text={"sliding_window": 16} if arch == "gemma3" else None)
     model.eval()
     diagnostics = Diagnostics(tiny_builds["eval"])
     rows = [row for _, row in eval_rows(tiny_builds["eval"], EvalConfig(formats=EVAL_FORMATS, limit=3))]

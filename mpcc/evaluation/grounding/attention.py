@@ -46,16 +46,10 @@ class _Probe:
     queries: slice  # the query positions whose masses are kept (step 1)
     buckets: torch.Tensor  # (batch, kept queries) long: each kept query's position bucket, -1 for none
     n_buckets: int
-    one_hot: torch.Tensor = field(init=False)  # (batch, kept queries, buckets) float: 0 rows for -1
     mass: torch.Tensor | None = None  # (batch, groups, queries) summed over measured layers, mean over heads
     profile: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, heads, groups, buckets)
     keys: torch.Tensor | None = None  # (batch, keys): received from bucketed queries, summed over layers
     layers_seen: int = 0
-
-    def __post_init__(self):
-        self.one_hot = (
-            self.buckets[..., None] == torch.arange(self.n_buckets, device=self.buckets.device)
-        ).float()
 
 
 @dataclass(frozen=True)
@@ -104,7 +98,9 @@ def measured_attention(module, query, key, value, attention_mask, scaling=None, 
         rows = slice(start, min(q_len, start + step))
         scores = torch.matmul(query[:, :, rows], key.transpose(-1, -2)).float() * scaling
         allowed = _allowed(attention_mask, rows, q_len, k_len, query.device)
-        scores.masked_fill_(~allowed, float("-inf"))
+        # the lowest float, not -inf (as eager): a padded query past a sliding window attends to no key,
+        # and its NaN would reach every row's output through the zero weight on its value (0 * NaN)
+        scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1)
         out[:, :, rows] = torch.matmul(weights.to(value.dtype), value)
         lo, hi = max(rows.start, first), min(rows.stop, last)
@@ -115,7 +111,11 @@ def measured_attention(module, query, key, value, attention_mask, scaling=None, 
     mass = per_head.mean(1)
     probe.mass = mass if probe.mass is None else probe.mass + mass
     probe.keys = keys if probe.keys is None else probe.keys + keys
-    probe.profile[module.layer_idx] = torch.einsum("bhgq,bqn->bhgn", per_head, probe.one_hot)
+    profile = per_head.new_zeros(*per_head.shape[:3], probe.n_buckets)
+    for row, buckets in enumerate(probe.buckets):  # index_add: float32 sums even under autocast
+        bucketed = buckets >= 0
+        profile[row].index_add_(2, buckets[bucketed], per_head[row][..., bucketed])
+    probe.profile[module.layer_idx] = profile
     probe.layers_seen += 1
     return out.transpose(1, 2).contiguous(), None
 
