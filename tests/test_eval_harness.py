@@ -171,9 +171,17 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
         "--max-new-tokens",
         "24",
     ]
-    options += ["--formats", "mc4,open", "--monitor-task", "difficulty"]
+    options += ["--formats", "mc4,open", "--monitor-task", "difficulty", "--batch-size", "4"]
     command = ["eval", "--model", str(checkpoint), "--data", str(tiny_builds["eval"]), "--out", str(out)]
     command += options
+    forwards = []
+    measure = evidence.measure
+
+    def counted(model, inputs, *args, **kwargs):
+        forwards.append(inputs["input_ids"].shape[0])
+        return measure(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(evidence, "measure", counted)
     assert main(command) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -182,6 +190,7 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     assert sorted(r["prompt_id"] for r in records if r["kind"] == "evidence") == sorted(
         p["prompt_id"] for p in answered
     )
+    assert forwards == [min(4, len(answered) - start) for start in range(0, len(answered), 4)]  # batched
     attributions = [r for r in records if r["kind"] == "crm"]
     assert len(attributions) == len({p["item_id"] for p in answered})
     assert all(

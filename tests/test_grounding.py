@@ -26,11 +26,12 @@ from mpcc.evaluation.grounding.crm import (
 )
 from mpcc.evaluation.grounding.evidence import (
     evidence_record,
+    evidence_records,
     reasoning_measures,
     summarise_evidence,
     top_k_overlap,
 )
-from mpcc.evaluation.grounding.forcing import answer_tokens, teacher_forced, token_steps
+from mpcc.evaluation.grounding.forcing import answer_tokens, teacher_forced, teacher_forced_pairs, token_steps
 from mpcc.evaluation.grounding.regions import cell_coverage, region_tokens, token_grid
 from mpcc.evaluation.harness import eval_rows
 from mpcc.generation.generators import conversation
@@ -370,6 +371,44 @@ def test_a_random_weight_model_shows_no_length_free_collapse(tiny_builds):
     assert collapse["n"] >= 16 and collapse["low"] is not None, collapse
     assert 0.9 <= collapse["value"] <= 1.1 and collapse["low"] <= 1 <= collapse["high"], collapse
     assert raw["high"] < 0.95, raw
+
+
+def _same(batched, alone, path="record"):
+    """Equal records: numbers to 1e-5 relative (plus 1e-7 absolute), everything else exactly."""
+    if isinstance(alone, dict):
+        assert batched.keys() == alone.keys(), path
+        for key in alone:
+            _same(batched[key], alone[key], f"{path}.{key}")
+    elif isinstance(alone, list):
+        assert len(batched) == len(alone), path
+        for i, (b, a) in enumerate(zip(batched, alone)):
+            _same(b, a, f"{path}[{i}]")
+    elif isinstance(alone, float):
+        assert batched == pytest.approx(alone, rel=1e-5, abs=1e-7), path
+    else:
+        assert batched == alone, path
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "glm4v"])
+def test_evidence_records_in_one_batch_equal_one_at_a_time(tiny_builds, arch):
+    """Answers of different prompt lengths (rows of every format, images of several sizes) and completion
+    lengths, measured in one right-padded forward, give exactly the records each gives alone: padding
+    takes no attention and no row's queries count in another's profile or received keys. In each model
+    family's positions and masks (Gemma 3: a sliding window shorter than the prompt)."""
+    model, processor = random_vlm(arch, text={"sliding_window": 16} if arch == "gemma3" else None)
+    model.eval()
+    diagnostics = Diagnostics(tiny_builds["eval"])
+    rows = [row for _, row in eval_rows(tiny_builds["eval"], EvalConfig(formats=EVAL_FORMATS, limit=3))]
+    texts = [TRACE, "<answer>knife</answer>", TRACE.replace("A fork", "A fork and a cup and a spoon")]
+    answers = [(row, texts[i % 3], diagnostics.regions(row)) for i, row in enumerate(rows[:7])]
+    assert len({row["format"] for row, _, _ in answers}) > 1 and len({t for _, t, _ in answers}) == 3
+    layers = resolve_layers(model, None)
+    _, forced = teacher_forced_pairs(
+        processor, [row for row, _, _ in answers], [t for _, t, _ in answers], "cpu"
+    )
+    assert len({f.prompt_len for f in forced}) > 1 and len({f.length for f in forced}) > 2  # real padding
+    alone = [evidence_record(model, processor, row, text, regions, layers) for row, text, regions in answers]
+    _same(evidence_records(model, processor, answers, layers), alone)
 
 
 def test_teacher_forced_crm_equals_one_at_a_time(eval_row):

@@ -11,7 +11,7 @@ from trl.models import unwrap_model_for_generation
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.conditions import Diagnostics
-from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
+from mpcc.evaluation.grounding.evidence import evidence_records, summarise_evidence
 from mpcc.evaluation.harness import eval_rows
 from mpcc.evaluation.metrics import compute_metrics
 from mpcc.evaluation.parsing import is_correct, parse_answer
@@ -62,7 +62,8 @@ class EvalCallback(TrainerCallback):
             model.eval()
             for start in range(0, len(self.rows), self.batch_size):
                 batch = self.rows[start : start + self.batch_size]
-                for row, text in zip(batch, generate(model, processor, batch, self.decoding)):
+                texts = generate(model, processor, batch, self.decoding)
+                for row, text in zip(batch, texts):
                     parsed, format_ok = parse_answer(text, row)
                     records.append(
                         {
@@ -73,10 +74,12 @@ class EvalCallback(TrainerCallback):
                             "correct": is_correct(parsed, row),
                         }
                     )
-                    if self.regions and text:
-                        layers = resolve_layers(model, None)
-                        regions = self.regions[row["item_id"]]
-                        record = evidence_record(model, processor, row, text, regions, layers)
+                answered = [
+                    (r, t, self.regions[r["item_id"]]) for r, t in zip(batch, texts) if t and self.regions
+                ]
+                if answered:  # the batch's answers in one measuring forward
+                    evidence = evidence_records(model, processor, answered, resolve_layers(model, None))
+                    for (row, _, _), record in zip(answered, evidence):
                         measured.append({**record, **{k: row[k] for k in ("item_id", "difficulty")}})
         trainer.model.train(was_training)
         m = compute_metrics(records)

@@ -13,8 +13,13 @@ image tokens are read.
 The model keeps whatever attention it was loaded with (sdpa, flash) for everything else: only for
 this pass, the language model's attention is switched to `ATTENTION`, which computes the same
 attention as eager in chunks of queries and reduces each chunk to group masses at once, so memory
-stays at one chunk of weights (at most `CHUNK_ELEMENTS` floats) plus per-head masses of the kept
-queries (heads x groups x queries floats) however long the sequence, never a full attention map.
+stays at one chunk of weights (at most `CHUNK_ELEMENTS` floats, over the whole batch) plus per-head
+masses of the kept queries (batch x heads x groups x queries floats) however long the sequence, never a
+full attention map.
+
+A batch may hold several answers of different lengths (right-padded, `forcing.teacher_forced_pairs`):
+padded keys get no attention (the mask), and per-row buckets keep each row's own queries for its
+profile and received keys; each row reads its masses from its own positions.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ class _Probe:
     layers: frozenset[int]
     groups: torch.Tensor  # (batch, groups, keys) float: 1 where a key belongs to a group
     queries: slice  # the query positions whose masses are kept (step 1)
-    buckets: torch.Tensor  # (kept queries,) long: each kept query's position bucket, -1 for none
+    buckets: torch.Tensor  # (batch, kept queries) long: each kept query's position bucket, -1 for none
     n_buckets: int
     mass: torch.Tensor | None = None  # (batch, groups, queries) summed over measured layers, mean over heads
     profile: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, heads, groups, buckets)
@@ -93,20 +98,24 @@ def measured_attention(module, query, key, value, attention_mask, scaling=None, 
         rows = slice(start, min(q_len, start + step))
         scores = torch.matmul(query[:, :, rows], key.transpose(-1, -2)).float() * scaling
         allowed = _allowed(attention_mask, rows, q_len, k_len, query.device)
-        scores.masked_fill_(~allowed, float("-inf"))
+        # the lowest float, not -inf (as eager): a padded query past a sliding window attends to no key,
+        # and its NaN would reach every row's output through the zero weight on its value (0 * NaN)
+        scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1)
         out[:, :, rows] = torch.matmul(weights.to(value.dtype), value)
         lo, hi = max(rows.start, first), min(rows.stop, last)
         if lo < hi:  # kept queries in this chunk: reduce their weights at once
             kept = weights[:, :, lo - start : hi - start]
             per_head[..., lo - first : hi - first] = torch.einsum("bhqk,bgk->bhgq", kept, probe.groups)
-            keys += torch.matmul(in_bucket[lo - first : hi - first], kept).sum(1) / heads
+            keys += torch.einsum("bq,bhqk->bk", in_bucket[:, lo - first : hi - first], kept) / heads
     mass = per_head.mean(1)
     probe.mass = mass if probe.mass is None else probe.mass + mass
     probe.keys = keys if probe.keys is None else probe.keys + keys
-    bucketed = probe.buckets >= 0
     profile = per_head.new_zeros(*per_head.shape[:3], probe.n_buckets)
-    probe.profile[module.layer_idx] = profile.index_add_(3, probe.buckets[bucketed], per_head[..., bucketed])
+    for row, buckets in enumerate(probe.buckets):  # index_add: float32 sums even under autocast
+        bucketed = buckets >= 0
+        profile[row].index_add_(2, buckets[bucketed], per_head[row][..., bucketed])
+    probe.profile[module.layer_idx] = profile
     probe.layers_seen += 1
     return out.transpose(1, 2).contiguous(), None
 
@@ -151,11 +160,17 @@ def measure(
     """The forward's logits and, for the query positions `queries` (step 1), the attention mass on each
     key group averaged over heads and the measured `layers`; `buckets` (one index < `n_buckets` per kept
     query, -1 for none; default: all in bucket 0) groups queries for the per-layer, per-head profile and
-    the keys' received attention (see `Measured`)."""
-    n_queries = len(range(*queries.indices(inputs["input_ids"].shape[1])))
+    the keys' received attention (see `Measured`). `buckets` of shape (batch, kept queries) bucket each
+    row's queries apart: a batch of answers of different lengths marks each one's padding and prompt -1
+    and reads its masses from its own positions."""
+    batch, length = inputs["input_ids"].shape
+    n_queries = len(range(*queries.indices(length)))
     buckets = torch.zeros(n_queries, dtype=torch.long) if buckets is None else buckets.long()
-    if buckets.shape != (n_queries,) or (n_queries and int(buckets.max()) >= n_buckets):
-        raise ConfigError(f"measure: buckets must be {n_queries} indices below {n_buckets} (or -1)")
+    buckets = buckets.expand(batch, -1) if buckets.dim() == 1 else buckets
+    if buckets.shape != (batch, n_queries) or (n_queries and int(buckets.max()) >= n_buckets):
+        raise ConfigError(
+            f"measure: buckets must be {n_queries} indices below {n_buckets} (or -1), per row or for all"
+        )
     probe = _Probe(layers, groups.to(torch.float32), queries, buckets.to(groups.device), n_buckets)
     with _measuring(model, probe):
         logits = model(**inputs).logits

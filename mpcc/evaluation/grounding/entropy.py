@@ -4,10 +4,11 @@ for any model: a local one from its logits, a served one from the token log-prob
 Per answer: `entropy_full` = the mean token entropy over the whole completion (the best text-only
 uncertainty signal in "Don't Blink"), `entropy_answer` = over the tokens inside the final
 <answer></answer> block (null when there is none). A local model's entropy is over its whole vocabulary
-(`uncertainty.token_entropy`, one teacher-forced forward over prompt + completion). A server gives only
-the top k alternatives of each token (OpenAI's API: k <= 20); their probabilities p_1..p_k and the rest
-r = 1 - sum p_i counted as one more outcome give H_k = -sum p_i log p_i - r log r, a lower bound of the
-token's entropy (mpcc's definition; `source` says which one a run used).
+(`uncertainty.token_entropy`, one teacher-forced forward over prompt + completion, several answers
+right-padded into one). A server gives only the top k alternatives of each token (OpenAI's API: k <= 20);
+their probabilities p_1..p_k and the rest r = 1 - sum p_i counted as one more outcome give
+H_k = -sum p_i log p_i - r log r, a lower bound of the token's entropy (mpcc's definition; `source`
+says which one a run used).
 
 Per run (`summarise_entropy`): the mean, the AUROC of entropy for being wrong and the AURC of the
 ranking by -entropy (`uncertainty`), each with an item-bootstrap interval, beside the AURC of a random
@@ -21,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from mpcc.evaluation.grounding.forcing import answer_tokens, mean_or_none, teacher_forced
+from mpcc.evaluation.grounding.forcing import answer_tokens, mean_or_none, teacher_forced_pairs
 from mpcc.evaluation.grounding.uncertainty import aurc, auroc, token_entropy
 from mpcc.evaluation.intervals import item_bootstrap
 
@@ -30,12 +31,15 @@ SERVED_TOP = 20  # alternatives asked of a server per token: the most OpenAI's A
 
 
 @torch.inference_mode()
-def entropy_record(model, processor, row: dict, completion: str) -> dict:
-    """A local model's entropies of `completion` on `row` (one teacher-forced forward)."""
-    inputs, prompt_len, offsets = teacher_forced(processor, [row], completion, model.device)
-    logits = model(**inputs).logits[0, prompt_len - 1 : -1]
-    entropy = token_entropy(logits).cpu().numpy()
-    return _record(completion, entropy, offsets, LOGITS)
+def entropy_records(model, processor, answers: list[tuple[dict, str]]) -> list[dict]:
+    """A local model's entropies of each (row, completion), all from one right-padded forward."""
+    rows, completions = zip(*answers)
+    inputs, forced = teacher_forced_pairs(processor, list(rows), list(completions), model.device)
+    logits = model(**inputs).logits
+    return [
+        _record(completion, token_entropy(logits[i, f.produced_by]).cpu().numpy(), f.offsets, LOGITS)
+        for i, (completion, f) in enumerate(zip(completions, forced))
+    ]
 
 
 def top_entropy(token: dict) -> float:

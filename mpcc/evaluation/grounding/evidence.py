@@ -8,7 +8,9 @@ token, the attention of the forward step that produced it (the query one positio
 over heads and the measured layers (`--attention-layers`, default all), on three key groups: `image`
 (all image tokens), `evidence` (the image tokens covered by the evidence regions: the union of the
 context objects' segmentations minus the hidden region, coverage >= 1/2,
-`mpcc.evaluation.grounding.regions`) and `target` (the hidden region's tokens, the fill).
+`mpcc.evaluation.grounding.regions`) and `target` (the hidden region's tokens, the fill). Several
+answers share one forward (`evidence_records`: right-padded, each read from its own positions), with
+the records each would get alone.
 
 Those masses are shares of *all* attended keys, and the keys grow with the reasoning: under uniform
 attention the token at query position q puts |E| / (q + 1) on the evidence, so the mass falls along the
@@ -45,19 +47,21 @@ layer and head.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mpcc.errors import ValidationError
-from mpcc.evaluation.grounding.attention import measure
+from mpcc.evaluation.grounding.attention import Measured, measure
 from mpcc.evaluation.grounding.forcing import (
+    Forced,
     answer_tokens,
     by_level,
     completion_logprobs,
     mean_or_none,
     step_positions,
-    teacher_forced,
+    teacher_forced_pairs,
     token_steps,
 )
 from mpcc.evaluation.grounding.regions import grids_tokens
@@ -74,38 +78,80 @@ DIGITS = 4  # a profile's shares are stored rounded: grounding.jsonl stays small
 
 def evidence_record(model, processor, row: dict, completion: str, regions, layers: frozenset[int]) -> dict:
     """The measures above for one answer; `regions` = (evidence, target) HxW bool masks of `row`."""
-    inputs, prompt_len, offsets = teacher_forced(processor, [row], completion, model.device)
-    ids = inputs["input_ids"][0].cpu()
-    image = ids == model.config.image_token_id
-    grids = family(model.config.model_type).token_grids(processor, inputs)
-    if sum(rows * cols for rows, cols, _ in grids) != int(image.sum()):
-        raise ValidationError(f"{int(image.sum())} image tokens, but the token grids {grids} count others")
-    groups = torch.zeros(1, len(GROUPS), len(ids))
-    groups[0, 0, image] = 1.0
-    for g, region in enumerate(regions, start=1):
-        groups[0, g, image] = torch.from_numpy(grids_tokens(region, grids)).float()
-    steps = split_steps(completion)
-    step_of = np.array(token_steps(offsets, steps))
-    reasoning = np.flatnonzero(step_of >= 0)
-    thirds = np.full(len(step_of), -1)
-    thirds[reasoning] = np.minimum(_positions(len(reasoning)) * len(THIRDS), len(THIRDS) - 1).astype(int)
-    produced_by = slice(prompt_len - 1, len(ids) - 1)
-    thirds = torch.from_numpy(thirds)
-    measured = measure(model, inputs, groups.to(model.device), produced_by, layers, thirds, len(THIRDS))
-    mass = measured.mass[0].cpu().numpy()  # (groups, completion tokens)
-    counts = groups[0].sum(-1).long().tolist()
+    return evidence_records(model, processor, [(row, completion, regions)], layers)[0]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One answer's place in a batched measuring pass."""
+
+    completion: str
+    forced: Forced
+    image: torch.Tensor  # bool per position of its batch row: the image tokens
+    n_steps: int
+    step_of: np.ndarray  # per completion token: its step, -1 for none
+    own: slice  # the queries that produced its completion tokens, within the pass's kept window
+
+    @property
+    def reasoning(self) -> np.ndarray:
+        return np.flatnonzero(self.step_of >= 0)
+
+
+def evidence_records(model, processor, answers: list[tuple], layers: frozenset[int]) -> list[dict]:
+    """`evidence_record` of each (row, completion, regions) answer, all from one measuring forward (on a
+    CPU, a forward per answer costs more than the answer); each record equals its answer's alone."""
+    rows, completions, _ = zip(*answers)
+    inputs, forced = teacher_forced_pairs(processor, list(rows), list(completions), model.device)
+    ids = inputs["input_ids"].cpu()
+    window = slice(min(f.prompt_len for f in forced) - 1, max(f.length for f in forced) - 1)
+    groups = torch.zeros(len(answers), len(GROUPS), ids.shape[1])
+    thirds = torch.full((len(answers), window.stop - window.start), -1)  # -1: another row's, or padding
+    measured_answers = []
+    for i, ((_, completion, regions), f) in enumerate(zip(answers, forced)):
+        image = ids[i] == model.config.image_token_id
+        grids = family(model.config.model_type).token_grids(processor, _one_row(inputs, i))
+        if sum(rows * cols for rows, cols, _ in grids) != int(image.sum()):
+            raise ValidationError(
+                f"{int(image.sum())} image tokens, but the token grids {grids} count others"
+            )
+        groups[i, 0, image] = 1.0
+        for g, region in enumerate(regions, start=1):
+            groups[i, g, image] = torch.from_numpy(grids_tokens(region, grids)).float()
+        steps = split_steps(completion)
+        own = slice(f.produced_by.start - window.start, f.produced_by.stop - window.start)
+        answer = _Answer(completion, f, image, len(steps), np.array(token_steps(f.offsets, steps)), own)
+        reasoning = answer.reasoning
+        third = np.minimum(_positions(len(reasoning)) * len(THIRDS), len(THIRDS) - 1).astype(int)
+        thirds[i, own.start + torch.from_numpy(reasoning)] = torch.from_numpy(third)
+        measured_answers.append(answer)
+    measured = measure(model, inputs, groups.to(model.device), window, layers, thirds, len(THIRDS))
+    return [_record(measured, i, inputs["input_ids"], groups[i], a) for i, a in enumerate(measured_answers)]
+
+
+def _one_row(inputs: dict, i: int) -> dict:
+    """Row i's token ids and image grid: what a family's `token_grids` reads (one image per row)."""
+    return {k: inputs[k][i : i + 1] for k in ("input_ids", "image_grid_thw") if k in inputs}
+
+
+def _record(measured: Measured, i: int, ids: torch.Tensor, groups: torch.Tensor, answer: _Answer) -> dict:
+    """Row i's record from the batch's pass: its own queries, its own keys, its logits up to its padding."""
+    forced, step_of, reasoning = answer.forced, answer.step_of, answer.reasoning
+    mass = measured.mass[i, :, answer.own].cpu().numpy()  # (groups, completion tokens)
+    counts = groups.sum(-1).long().tolist()
     mass[[g for g, n in enumerate(counts) if n == 0]] = np.nan  # nothing to look at: no mass, not zero
-    entropy = token_entropy(measured.logits[0, produced_by]).cpu().numpy()
-    logprob = completion_logprobs(measured.logits, inputs["input_ids"], prompt_len)[0].cpu().numpy()
-    answer = answer_tokens(completion, offsets)
-    received = measured.keys[0, image.to(measured.keys.device)].cpu().numpy() if len(reasoning) else None
+    logits = measured.logits[i : i + 1, : forced.length]
+    entropy = token_entropy(logits[0, forced.produced_by]).cpu().numpy()
+    logprob = completion_logprobs(logits, ids[i : i + 1, : forced.length], forced.prompt_len)[0].cpu().numpy()
+    answer_span = answer_tokens(answer.completion, forced.offsets)
+    image = answer.image.to(measured.keys.device)
+    received = measured.keys[i, image].cpu().numpy() if len(reasoning) else None
     return {
         "tokens": dict(zip(GROUPS, counts)),
         "entropy_full": float(entropy.mean()),
-        "entropy_answer": mean_or_none(entropy[answer]),
+        "entropy_answer": mean_or_none(entropy[answer_span]),
         **reasoning_measures(mass[:, reasoning], counts),
-        "evidence_overlap": top_k_overlap(received, groups[0, 1, image].bool().numpy()),
-        "profile": _profile(measured.profile[0].cpu().numpy(), measured.layers),
+        "evidence_overlap": top_k_overlap(received, groups[1, answer.image].bool().numpy()),
+        "profile": _profile(measured.profile[i].cpu().numpy(), measured.layers),
         "steps": [
             {
                 "position": round(pos, 4),
@@ -115,7 +161,7 @@ def evidence_record(model, processor, row: dict, completion: str, regions, layer
                 "entropy": mean_or_none(entropy[step_of == s]),
                 "logprob": mean_or_none(logprob[step_of == s]),
             }
-            for s, pos in enumerate(step_positions(len(steps)))
+            for s, pos in enumerate(step_positions(answer.n_steps))
         ],
     }
 

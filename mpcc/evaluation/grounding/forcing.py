@@ -9,6 +9,8 @@ no step (-1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -18,29 +20,69 @@ from mpcc.generation.generators import prompt_inputs
 from mpcc.text.answers import answer_span
 
 
+@dataclass(frozen=True)
+class Forced:
+    """One (row, completion) pair's place in a teacher-forced batch: its tokens are the batch row's first
+    `length`, the completion from `prompt_len` on; right padding after them."""
+
+    prompt_len: int
+    length: int
+    offsets: list[tuple[int, int]]  # the completion tokens' character offsets
+
+    @property
+    def produced_by(self) -> slice:
+        """The query positions whose next-token predictions are the completion's tokens."""
+        return slice(self.prompt_len - 1, self.length - 1)
+
+
+def teacher_forced_pairs(
+    processor, rows: list[dict], completions: list[str], device
+) -> tuple[dict, list[Forced]]:
+    """(inputs on `device`, one `Forced` per pair): each row's prompt followed by its own completion, as
+    one right-padded batch. Right, not left: every pair's tokens keep the positions they have alone (a
+    Llama-style model counts positions from 0 whatever the mask; Qwen's rope index skips masked tokens),
+    and a padded query still has its own tokens to attend to (a left-padded one attends to nothing: NaN)."""
+    prompts = prompt_inputs(processor, rows)  # left-padded: re-laid below
+    encoded = [
+        processor.tokenizer(c, add_special_tokens=False, return_offsets_mapping=True) for c in completions
+    ]
+    if any(len(e["input_ids"]) == 0 for e in encoded):
+        raise ValidationError("an empty completion has nothing to measure")
+    real = prompts["attention_mask"].bool()
+    forced = [
+        Forced(int(n), int(n) + len(e["input_ids"]), [tuple(o) for o in e["offset_mapping"]])
+        for n, e in zip(real.sum(1), encoded)
+    ]
+    width = max(f.length for f in forced)
+    inputs = dict(prompts)
+    # the token-aligned tensors; the types (Gemma 3 names them token_type_ids) are 0 for text and padding
+    for key in ("input_ids", "mm_token_type_ids", "token_type_ids"):
+        if key not in prompts:
+            continue
+        tokens = prompts[key]
+        laid = tokens.new_full(
+            (len(rows), width), processor.tokenizer.pad_token_id if key == "input_ids" else 0
+        )
+        for i, (f, e) in enumerate(zip(forced, encoded)):
+            laid[i, : f.prompt_len] = tokens[i, real[i]]
+            if key == "input_ids":
+                laid[i, f.prompt_len : f.length] = torch.tensor(e["input_ids"], dtype=tokens.dtype)
+        inputs[key] = laid
+    lengths = torch.tensor([f.length for f in forced])
+    inputs["attention_mask"] = (torch.arange(width)[None] < lengths[:, None]).long()
+    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    return inputs, forced
+
+
 def teacher_forced(
     processor, rows: list[dict], completion: str, device
 ) -> tuple[dict, int, list[tuple[int, int]]]:
     """(inputs on `device`, prompt length, completion token offsets): each row's prompt followed by the
     same `completion`, as one batch. The rows' images must give equal prompt lengths (same image size)."""
-    prompts = prompt_inputs(processor, rows)
-    if not bool(prompts["attention_mask"].all()):
+    inputs, forced = teacher_forced_pairs(processor, rows, [completion] * len(rows), device)
+    if len({f.prompt_len for f in forced}) > 1:
         raise ValidationError("teacher-forced rows must share one prompt length (images of one size)")
-    encoded = processor.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-    completion_ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
-    if len(completion_ids) == 0:
-        raise ValidationError("an empty completion has nothing to measure")
-    batch = len(rows)
-    prompt_len = prompts["input_ids"].shape[1]
-    inputs = dict(prompts)
-    inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids.expand(batch, -1)], dim=1)
-    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    for key in ("mm_token_type_ids", "token_type_ids"):  # text tokens: type 0 (Gemma 3 names it the latter)
-        if key in inputs:
-            types = inputs[key]
-            inputs[key] = torch.cat([types, types.new_zeros(batch, len(completion_ids))], dim=1)
-    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    return inputs, prompt_len, [tuple(o) for o in encoded["offset_mapping"]]
+    return inputs, forced[0].prompt_len, forced[0].offsets
 
 
 def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:

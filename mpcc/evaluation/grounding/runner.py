@@ -4,9 +4,10 @@ vetoes), `mpcc.evaluation.grounding.crm` and `mpcc.evaluation.grounding.entropy`
 answers. A served model has no weights here (model None): its answers bring their entropy, and CRM
 runs its regenerated contrast only.
 
-Evidence is measured on every evaluated row's answer; CRM (one batched forward per answer, one
-regeneration per region set and per its control, several answers' regenerations in one generate call
-of `--batch-size` rows) on one answer per item: its open question when evaluated, else its first row.
+Evidence (and entropy) is measured on every evaluated row's answer, `--batch-size` answers per
+teacher-forced forward; CRM (one batched forward per answer, one regeneration per region set and per its
+control, several answers' regenerations in one generate call of `--batch-size` rows) on one answer per
+item: its open question when evaluated, else its first row.
 Records are appended to `grounding.jsonl` as they come, so a stopped run resumes where it stopped. The
 section's tables and charts are mpcc.reports.grounding's.
 """
@@ -23,8 +24,8 @@ from mpcc.errors import ConfigError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.crm import Ablation, ablate, crm_record, summarise_crm
-from mpcc.evaluation.grounding.entropy import entropy_record, summarise_entropy
-from mpcc.evaluation.grounding.evidence import evidence_record, summarise_evidence
+from mpcc.evaluation.grounding.entropy import entropy_records, summarise_entropy
+from mpcc.evaluation.grounding.evidence import evidence_records, summarise_evidence
 from mpcc.evaluation.grounding.monitor import ALL, uncertainty_report
 from mpcc.files import read_appended
 from mpcc.generation.decoding import Decoding
@@ -75,15 +76,16 @@ def _crm_batches(answers: list[dict], rows: dict[str, dict], diagnostics, config
         yield batch
 
 
-def _evidence_records(answers, rows, model, processor, diagnostics, layers):
-    for answer in answers:
-        row = rows[answer["prompt_id"]]
-        regions = diagnostics.regions(row)
-        yield (
-            "evidence",
-            answer,
-            evidence_record(model, processor, row, answer["completion"], regions, layers),
-        )
+def _evidence_records(answers, rows, model, processor, diagnostics, config: EvalConfig, layers):
+    """Measured `--batch-size` answers per forward: one forward per answer would cost more than the
+    answers' generation on a CPU."""
+    for start in range(0, len(answers), config.batch_size):
+        batch = answers[start : start + config.batch_size]
+        measured = [
+            (rows[a["prompt_id"]], a["completion"], diagnostics.regions(rows[a["prompt_id"]])) for a in batch
+        ]
+        for answer, record in zip(batch, evidence_records(model, processor, measured, layers)):
+            yield "evidence", answer, record
 
 
 def _crm_records(answers, rows, model, processor, diagnostics, config: EvalConfig, generator):
@@ -102,16 +104,16 @@ def _crm_records(answers, rows, model, processor, diagnostics, config: EvalConfi
             )
 
 
-def _entropy_records(answers, rows, model, processor):
-    for answer in answers:
-        if model is None:  # served: the entropy its server's log-probs gave
+def _entropy_records(answers, rows, model, processor, config: EvalConfig):
+    if model is None:  # served: the entropy its server's log-probs gave
+        for answer in answers:
             yield "entropy", answer, answer.get("entropy") or {"entropy_full": None}
-        else:
-            yield (
-                "entropy",
-                answer,
-                entropy_record(model, processor, rows[answer["prompt_id"]], answer["completion"]),
-            )
+        return
+    for start in range(0, len(answers), config.batch_size):
+        batch = answers[start : start + config.batch_size]
+        pairs = [(rows[a["prompt_id"]], a["completion"]) for a in batch]
+        for answer, record in zip(batch, entropy_records(model, processor, pairs)):
+            yield "entropy", answer, record
 
 
 def run_step_diagnostics(
@@ -139,9 +141,9 @@ def run_step_diagnostics(
         generator = generator_source()
         layers = resolve_layers(model, config.attention_layers) if evidence else None
         measured = chain(
-            _evidence_records(evidence, rows, model, processor, diagnostics, layers),
+            _evidence_records(evidence, rows, model, processor, diagnostics, config, layers),
             _crm_records(crm, rows, model, processor, diagnostics, config, generator),
-            _entropy_records(entropy, rows, model, processor),
+            _entropy_records(entropy, rows, model, processor, config),
         )
         with open(path, "a", encoding="utf-8") as f:
             for kind, answer, record in tqdm(
