@@ -25,6 +25,16 @@ TINY_TEXT = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 4096,
 }
+# The tiny SigLIP tower of the families that use one (Idefics3, Gemma 3, LLaVA-OneVision).
+TINY_SIGLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def tiny_text(tokenizer, **keys) -> dict:
+    """TINY_TEXT sized to the tiny tokenizer, with its special tokens (Qwen's names, which the tiny
+    tokenizer has: bos and pad `<|endoftext|>`, eos `<|im_end|>`); `keys` add or override."""
+    ids = tokenizer.convert_tokens_to_ids
+    special = {"bos_token_id": ids("<|endoftext|>"), "eos_token_id": ids("<|im_end|>")}
+    return TINY_TEXT | {"vocab_size": len(tokenizer), **special, "pad_token_id": ids("<|endoftext|>")} | keys
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ import math
 
 from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor
 
-from mpcc.families.base import TINY_TEXT, WHOLE_IMAGE, Family
+from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, tiny_text
 
 BOI, IMAGE, EOI = "<start_of_image>", "<image_soft_token>", "<end_of_image>"
 TINY_IMAGE, TINY_PATCH, TINY_TOKENS = 128, 8, 64  # 16 x 16 patches pooled to 8 x 8 tokens
@@ -31,17 +31,8 @@ def _grounding_refusal(config, processor) -> str | None:
 def _tiny_config(tokenizer, text_overrides: dict, vision_overrides: dict):
     """A 2-layer Gemma 3 text model (head dim 16) and a 2-layer SigLIP tower on 128-pixel images."""
     ids = tokenizer.convert_tokens_to_ids
-    text = TINY_TEXT | {
-        "vocab_size": len(tokenizer),
-        "head_dim": 16,
-        "query_pre_attn_scalar": 16,
-        "sliding_window": 512,
-        "bos_token_id": ids("<|endoftext|>"),
-        "eos_token_id": ids("<|im_end|>"),
-        "pad_token_id": ids("<|endoftext|>"),
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    vision |= {"image_size": TINY_IMAGE, "patch_size": TINY_PATCH}
+    text = tiny_text(tokenizer, head_dim=16, query_pre_attn_scalar=16, sliding_window=512)
+    vision = TINY_SIGLIP | {"image_size": TINY_IMAGE, "patch_size": TINY_PATCH}
     return Gemma3Config(
         text_config=text | text_overrides,
         vision_config=vision | vision_overrides,

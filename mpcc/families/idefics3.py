@@ -15,7 +15,7 @@ import math
 from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor
 
 from mpcc.errors import ValidationError
-from mpcc.families.base import TINY_TEXT, WHOLE_IMAGE, Family
+from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, tiny_text
 
 MAX_TILES = 6  # the processor's tile-name tokens go up to <row_6_col_6>
 TILE_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, MAX_TILES + 1) for c in range(1, MAX_TILES + 1))
@@ -43,15 +43,8 @@ def _token_grids(processor, inputs) -> list:
 def _tiny_config(tokenizer, text_overrides: dict, vision_overrides: dict):
     """A 2-layer Llama text model and a 2-layer SigLIP tower on 112-pixel tiles (the real patch size)."""
     ids = tokenizer.convert_tokens_to_ids
-    text = TINY_TEXT | {
-        "model_type": "llama",
-        "vocab_size": len(tokenizer),
-        "bos_token_id": ids("<|endoftext|>"),
-        "eos_token_id": ids("<|im_end|>"),
-        "pad_token_id": ids("<|endoftext|>"),
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    vision |= {"image_size": TINY_TILE, "patch_size": TINY_PATCH}
+    text = tiny_text(tokenizer, model_type="llama")
+    vision = TINY_SIGLIP | {"image_size": TINY_TILE, "patch_size": TINY_PATCH}
     return Idefics3Config(
         text_config=text | text_overrides,
         vision_config=vision | vision_overrides,

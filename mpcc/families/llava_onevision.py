@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import select_best_resolution
 
-from mpcc.families.base import TINY_TEXT, WHOLE_IMAGE, Family
+from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, tiny_text
 from mpcc.families.image_only import ImageOnly
 
 TINY_TILE, TINY_PATCH = 56, 14  # 4 x 4 tokens per tile
@@ -109,15 +109,12 @@ def _grounding_refusal(config, processor) -> str | None:
 def _tiny_config(tokenizer, text_overrides: dict, vision_overrides: dict):
     """A 2-layer Qwen2 text model and a 2-layer SigLIP tower on 56-pixel tiles (the real patch size)."""
     ids = tokenizer.convert_tokens_to_ids
-    text = TINY_TEXT | {
-        "model_type": "qwen2",
-        "vocab_size": len(tokenizer),
-        "bos_token_id": ids("<|endoftext|>"),
-        "eos_token_id": ids("<|im_end|>"),
-        "pad_token_id": ids("<|endoftext|>"),
+    text = tiny_text(tokenizer, model_type="qwen2")
+    vision = TINY_SIGLIP | {
+        "model_type": "siglip_vision_model",
+        "image_size": TINY_TILE,
+        "patch_size": TINY_PATCH,
     }
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    vision |= {"model_type": "siglip_vision_model", "image_size": TINY_TILE, "patch_size": TINY_PATCH}
     return LlavaOnevisionConfig(
         text_config=text | text_overrides,
         vision_config=vision | vision_overrides,

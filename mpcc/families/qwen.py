@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from mpcc.errors import ValidationError
-from mpcc.families.base import TINY_TEXT, WHOLE_IMAGE, Family
+from mpcc.families.base import WHOLE_IMAGE, Family, tiny_text
 from mpcc.families.image_only import ImageOnly
 
 PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -58,13 +58,8 @@ def _tiny_config(arch: str):
 
     def build(tokenizer, text_overrides: dict, vision_overrides: dict):
         ids = tokenizer.convert_tokens_to_ids
-        text = TINY_TEXT | {
-            "vocab_size": len(tokenizer),
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": ids("<|endoftext|>"),
-            "eos_token_id": ids("<|im_end|>"),
-            "pad_token_id": ids("<|endoftext|>"),
-        }
+        rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}
+        text = tiny_text(tokenizer, rope_parameters=rope)
         vision = {"depth": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2}
         vision |= {"temporal_patch_size": 2}
         if arch == "qwen2_vl":
