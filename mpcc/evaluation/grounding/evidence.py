@@ -129,8 +129,8 @@ def evidence_records(model, processor, answers: list[tuple], layers: frozenset[i
 
 
 def _one_row(inputs: dict, i: int) -> dict:
-    """Row i's token ids and image grid: what a family's `token_grids` reads (one image per row)."""
-    return {k: inputs[k][i : i + 1] for k in ("input_ids", "image_grid_thw") if k in inputs}
+    """Row i's token ids and image grid or size: what a family's `token_grids` reads (one image per row)."""
+    return {k: inputs[k][i : i + 1] for k in ("input_ids", "image_grid_thw", "image_sizes") if k in inputs}
 
 
 def _record(measured: Measured, i: int, ids: torch.Tensor, groups: torch.Tensor, answer: _Answer) -> dict:
