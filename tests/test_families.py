@@ -21,7 +21,7 @@ from transformers import LlavaConfig
 
 from mpcc.cli import main as cli
 from mpcc.data.build import BuildConfig, build
-from mpcc.errors import ConfigError
+from mpcc.errors import ConfigError, ValidationError
 from mpcc.evaluation.grounding.attention import measure, resolve_layers
 from mpcc.evaluation.grounding.regions import cell_coverage, grids_tokens
 from mpcc.families import FAMILIES, TINY_ARCHS, family
@@ -32,10 +32,10 @@ from mpcc.train import main as train
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny"
 # The Qwen families have their own tests (test_models, test_grounding, test_training, ...).
-NEW_FAMILIES = ("idefics3", "gemma3", "glm4v", "glm46v", "llava_onevision")
+NEW_FAMILIES = ("idefics3", "smolvlm", "gemma3", "glm4v", "glm46v", "llava_onevision", "internvl")
 # The whole path (train, eval, export) per distinct family: GLM-4.1V differs from GLM-4.6V only in its class
 # names, which its tiny model, grids, memo, prefill and stock-loading tests cover (suite time on 2 cores).
-PATH_FAMILIES = ("idefics3", "gemma3", "glm46v", "llava_onevision")
+PATH_FAMILIES = ("idefics3", "smolvlm", "gemma3", "glm46v", "llava_onevision", "internvl")
 STEPS = ["--max_steps", "2", "--save_steps", "2"]
 
 
@@ -81,6 +81,12 @@ def _inputs(processor, image):
     )
 
 
+def _grids(arch: str, processor, inputs, image) -> list:
+    """The family's token grids of one row, given its image's size as the evidence diagnostic gives it."""
+    size = torch.tensor([[image.height, image.width]])
+    return FAMILIES[arch].token_grids(processor, {**inputs, "image_sizes": size})
+
+
 def test_every_family_has_a_tiny_model_and_the_command_lists_them(capsys):
     with pytest.raises(SystemExit):
         cli(["tiny-model", "--help"])
@@ -116,8 +122,9 @@ def test_each_token_sees_its_preimage_box(arch, size):
     width, height = size
     x, y = np.meshgrid((np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height)
     pixels = np.stack([x * 255, y * 255, np.zeros_like(x)], -1).round().astype(np.uint8)
-    inputs = _inputs(processor, Image.fromarray(pixels))
-    grids = FAMILIES[arch].token_grids(processor, inputs)
+    image = Image.fromarray(pixels)
+    inputs = _inputs(processor, image)
+    grids = _grids(arch, processor, inputs, image)
     centres = []
     for rows, cols, box in grids:
         if box is None:  # no preimage: the model's newline token (NaN below)
@@ -160,10 +167,13 @@ def _token_colours(arch: str, model, processor, inputs) -> list[tuple[float, flo
             model.config.vision_aspect_ratio,
         )
         return [tuple(c) for c in packed[0].tolist()]
-    if arch == "idefics3":
+    if arch in ("idefics3", "smolvlm"):
         images = inputs["pixel_values"][0]  # the tiles row-major, then the global image
         side = int(processor.image_seq_len**0.5)
-    elif arch == "gemma3":  # one square image
+    elif arch in (
+        "gemma3",
+        "internvl",
+    ):  # one square image; InternVL: its tiles row-major, then the thumbnail
         images, side = inputs["pixel_values"], int(processor.image_seq_length**0.5)
     else:  # Qwen-VL's layout (GLM's too): each token's merge x merge patches in a row, (C, T, P, P) each
         ip = processor.image_processor
@@ -187,8 +197,8 @@ def test_a_region_of_known_cells_gets_exactly_those_tokens(arch):
     and (a tiling family) in each tile the tokens whose preimage lies inside the chosen cells."""
     _, processor = random_vlm(arch)
     width, height = 300, 200
-    inputs = _inputs(processor, Image.new("RGB", (width, height)))
-    grids = FAMILIES[arch].token_grids(processor, inputs)
+    image = Image.new("RGB", (width, height))
+    grids = _grids(arch, processor, _inputs(processor, image), image)
     # the whole image after the tiles (LLaVA-OneVision: before)
     whole = 0 if arch == "llava_onevision" else -1
     rows, cols, box = grids[whole]
@@ -334,13 +344,31 @@ def test_the_measuring_pass_keeps_each_familys_logits(arch):
     assert measured.mass[0, 0] == pytest.approx(torch.ones(length), abs=1e-5)  # softmax sums to one
 
 
-def test_llava_onevision_tiles_of_partial_patches_are_refused_for_grounding_at_start(tmp_path):
-    """A tile that is not a whole number of patches (the real 384-pixel tiles of 14-pixel patches) leaves
-    strips of each tile unseen, so the canvas grid is not regular: the evidence diagnostic refuses."""
-    model, processor = random_vlm("llava_onevision", vision={"patch_size": 16})  # 56-pixel tiles
+@pytest.mark.parametrize(
+    ("arch", "patch", "named"),
+    [("llava_onevision", 16, "LLaVA-OneVision"), ("internvl", 15, "InternVL"), ("idefics3", 13, "Idefics3")]
+    + [("smolvlm", 13, "SmolVLM")],
+)
+def test_tiles_of_partial_patches_are_refused_for_grounding_at_start(arch, patch, named, tmp_path):
+    """A tile that is not a whole number of patches (LLaVA-OneVision's and SmolVLM's real 384-pixel tiles
+    of 14-pixel patches) leaves a strip of each tile unseen (the patch convolution's stride), so its cells
+    are not a regular grid of the tile: the evidence diagnostic refuses in one line."""
+    model, processor = random_vlm(arch)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    with pytest.raises(
-        ConfigError, match="^the evidence diagnostic cannot run: LLaVA-OneVision tiles[^\\n]*$"
-    ):
+    check_grounding(tmp_path)  # the tiny model: whole patches
+    model.config.vision_config.patch_size = patch  # 56- or 112-pixel tiles
+    model.config.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=f"^the evidence diagnostic cannot run: {named} tiles[^\\n]*$"):
         check_grounding(tmp_path)
+
+
+def test_internvl_tiles_that_disagree_with_the_image_size_are_refused():
+    """InternVL's prompt does not name its tiles: they are recomputed from the image's size, and a size that
+    tiles otherwise than the image tokens show is refused rather than mapped wrongly."""
+    _, processor = random_vlm("internvl")
+    image = Image.new("RGB", (300, 200))  # 2 x 2 tiles and the thumbnail
+    inputs = _inputs(processor, image)
+    assert len(_grids("internvl", processor, inputs, image)) == 5
+    with pytest.raises(ValidationError, match="5 InternVL image blocks, but a 200x600 image tiles into 1x3"):
+        FAMILIES["internvl"].token_grids(processor, {**inputs, "image_sizes": torch.tensor([[200, 600]])})

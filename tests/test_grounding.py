@@ -389,7 +389,9 @@ def _same(batched, alone, path="record"):
         assert batched == alone, path
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "glm4v", "llava_onevision"])
+@pytest.mark.parametrize(
+    "arch", ["qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "glm4v", "llava_onevision", "internvl"]
+)
 def test_evidence_records_in_one_batch_equal_one_at_a_time(tiny_builds, arch):
     """Answers of different prompt lengths (rows of every format, images of several sizes) and completion
     lengths, measured in one right-padded forward, give exactly the records each gives alone: padding

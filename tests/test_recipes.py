@@ -26,13 +26,16 @@ def test_every_recipe_parses(recipe):
     assert model.model_name_or_path == MODELS[folder]
 
 
-# Each recipe folder's model: a Qwen2.5-VL at the top, its tiny twin, SmolVLM (Idefics3), Gemma 3, GLM-4.6V.
+# Each recipe folder's model: a Qwen2.5-VL at the top, its tiny twin, SmolVLM (Idefics3), SmolVLM2, Gemma 3,
+# GLM-4.6V, InternVL3.
 MODELS = {
     "": "Qwen/Qwen2.5-VL-3B-Instruct",
     "tiny": "tiny:qwen2_5_vl",
     "smolvlm": "HuggingFaceTB/SmolVLM-Instruct",
+    "smolvlm2": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
     "gemma3": "google/gemma-3-4b-it",
     "glm": "zai-org/GLM-4.6V-Flash",
+    "internvl": "OpenGVLab/InternVL3-2B-hf",
 }
 
 
@@ -75,8 +78,10 @@ def test_recipes_and_accelerate_configs_resolve_by_name(tmp_path, monkeypatch):
         "tiny/grpo_prior",
         "tiny/sft",
         "smolvlm/grpo_prior",
+        "smolvlm2/grpo_prior",
         "gemma3/grpo_prior",
         "glm/grpo_prior",
+        "internvl/grpo_prior",
     } == set(names())
     assert {"ddp", "zero2", "zero2_offload", "zero3"} == set(names("accelerate"))
     for name in ("tiny/grpo_prior", "tiny/grpo_prior.yaml"):

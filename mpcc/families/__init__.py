@@ -9,13 +9,21 @@ from __future__ import annotations
 import logging
 
 from mpcc.errors import ConfigError
-from mpcc.families import gemma3, glm, idefics3, llava_onevision, qwen
+from mpcc.families import gemma3, glm, idefics3, internvl, llava_onevision, qwen
 from mpcc.families.base import WHOLE_IMAGE, Family, Grid
 
 logger = logging.getLogger(__name__)
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (*qwen.FAMILIES, idefics3.FAMILY, gemma3.FAMILY, *glm.FAMILIES, llava_onevision.FAMILY)
+    f.name: f
+    for f in (
+        *qwen.FAMILIES,
+        *idefics3.FAMILIES,
+        gemma3.FAMILY,
+        *glm.FAMILIES,
+        llava_onevision.FAMILY,
+        internvl.FAMILY,
+    )
 }
 TINY_ARCHS = tuple(FAMILIES)
 _BY_MODEL_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}

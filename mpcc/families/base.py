@@ -37,6 +37,17 @@ def tiny_text(tokenizer, **keys) -> dict:
     return TINY_TEXT | {"vocab_size": len(tokenizer), **special, "pad_token_id": ids("<|endoftext|>")} | keys
 
 
+def partial_patch_refusal(family: str, tile: int, patch: int) -> str | None:
+    """Why a family's tiles of `tile` pixels cannot be mapped with `patch`-pixel patches, or None: the patch
+    convolution's stride leaves a strip of each tile unseen, so the cells are not a regular grid of it."""
+    if tile % patch:
+        return (
+            f"{family} tiles of {tile} pixels are not a whole number of {patch}-pixel patches: "
+            "its image tokens are not mapped to image regions"
+        )
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Family:
     """One model family behind mpcc's model interface."""
@@ -52,7 +63,8 @@ class Family:
     tiny_config: Callable = field(repr=False)
     # () -> the tiny model's image processor (PIL, small sizes)
     tiny_image_processor: Callable = field(repr=False)
-    # (processor, one row's processor outputs) -> the image's token blocks in token order (grounding)
+    # (processor, one row's processor outputs with `image_sizes` [[height, width]] of its image, which
+    # mpcc adds where the processor does not give it) -> the image's token blocks in token order (grounding)
     token_grids: Callable = field(repr=False)
     tiny_processor_kwargs: dict = field(default_factory=dict)  # e.g. image tokens per image
     # encode-once: `get_image_features(pixel_values, image_grid_thw)` one image per grid row (Qwen's API)

@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import select_best_resolution
 
-from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, tiny_text
+from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, partial_patch_refusal, tiny_text
 from mpcc.families.image_only import ImageOnly
 
 TINY_TILE, TINY_PATCH = 56, 14  # 4 x 4 tokens per tile
@@ -98,12 +98,7 @@ def _token_grids(processor, inputs) -> list:
 
 def _grounding_refusal(config, processor) -> str | None:
     vision = config.vision_config
-    if vision.image_size % vision.patch_size:
-        return (
-            f"LLaVA-OneVision tiles of {vision.image_size} pixels are not a whole number of "
-            f"{vision.patch_size}-pixel patches: its image tokens are not mapped to image regions"
-        )
-    return None
+    return partial_patch_refusal("LLaVA-OneVision", vision.image_size, vision.patch_size)
 
 
 def _tiny_config(tokenizer, text_overrides: dict, vision_overrides: dict):

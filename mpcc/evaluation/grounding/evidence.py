@@ -109,7 +109,7 @@ def evidence_records(model, processor, answers: list[tuple], layers: frozenset[i
     measured_answers = []
     for i, ((_, completion, regions), f) in enumerate(zip(answers, forced)):
         image = ids[i] == model.config.image_token_id
-        grids = family(model.config.model_type).token_grids(processor, _one_row(inputs, i))
+        grids = family(model.config.model_type).token_grids(processor, _one_row(inputs, i, regions[0].shape))
         if sum(rows * cols for rows, cols, _ in grids) != int(image.sum()):
             raise ValidationError(
                 f"{int(image.sum())} image tokens, but the token grids {grids} count others"
@@ -128,9 +128,11 @@ def evidence_records(model, processor, answers: list[tuple], layers: frozenset[i
     return [_record(measured, i, inputs["input_ids"], groups[i], a) for i, a in enumerate(measured_answers)]
 
 
-def _one_row(inputs: dict, i: int) -> dict:
-    """Row i's token ids and image grid or size: what a family's `token_grids` reads (one image per row)."""
-    return {k: inputs[k][i : i + 1] for k in ("input_ids", "image_grid_thw", "image_sizes") if k in inputs}
+def _one_row(inputs: dict, i: int, size: tuple[int, int]) -> dict:
+    """Row i's token ids, image grid and image (height, width): what a family's `token_grids` reads (one
+    image per row). The size is the regions' (masks of the image), for processors that do not return it."""
+    row = {k: inputs[k][i : i + 1] for k in ("input_ids", "image_grid_thw", "image_sizes") if k in inputs}
+    return {"image_sizes": torch.tensor([size]), **row}
 
 
 def _record(measured: Measured, i: int, ids: torch.Tensor, groups: torch.Tensor, answer: _Answer) -> dict:
