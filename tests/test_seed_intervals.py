@@ -8,7 +8,7 @@ import pytest
 
 from mpcc.evaluation.metrics import bootstrap_ci
 from mpcc.evaluation.seed_intervals import SeedBootstrap, groups_of
-from mpcc.evaluation.study_tables import per_seed_table, reading, verdict
+from mpcc.evaluation.study_tables import chance_levels, per_seed_table, reading, verdict
 
 
 def answers(right: list[int], level: str = "easy", ood_from: int | None = None) -> list[dict]:
@@ -83,12 +83,14 @@ def test_groups_and_too_few_answers():
     ]  # fmt: skip
     # a run with one (shared) seed pairs with a seeded run
     assert boot.difference("a", "z", "all").value == pytest.approx(np.mean(pattern(0.5)))
+    chance = chance_levels(answers([0] * 4, ood_from=2))  # one mc4 and one yes/no question per item
+    assert chance["mc4"] == 0.25 and chance["ood"] == chance["all"] == pytest.approx((0.25 + 0.5) / 2)
     table = "\n".join(per_seed_table(boot, {"a": "A", "z": "Z"}, ["a", "z"], [0]))
     assert "| Z | 0.000 |" in table  # the untrained model's one eval stands for every seed
 
 
 def test_reading_says_when_prior_sampling_does_not_beat_plain_grpo():
-    base = pattern(0.5, n=60)
+    base = pattern(0.25, n=60)  # at mc4's chance
     runs = {
         "zero_shot": {-1: answers([0] * 60)},
         "sft": {s: answers(base) for s in (0, 1)},
@@ -104,10 +106,12 @@ def test_reading_says_when_prior_sampling_does_not_beat_plain_grpo():
             0: {"reward_last": 0.2, "zero_variance_groups": 0.0, "reward_first": 0.0, "window": 10}
         },
     }
-    text = reading(SeedBootstrap(runs), weak)
+    text = reading(SeedBootstrap(runs), weak, {"prior_replace": "R"})
     assert text.startswith("Reading: SFT is above zero-shot on every level measured")
     assert "no eval items at level middle, hard" in text
     assert "GRPO + prior (append) does not beat plain GRPO overall" in text
     assert "GRPO + prior (replace) beats plain GRPO overall (above:" in text
+    assert "mc4 above chance (interval above 0.25): R;" in text  # the others sit at chance
+
     assert "no reward variance in 100% of cases (prior sampling: 0%)" in text and "0.000 vs 0.200" in text
     assert verdict(None) == "not measured"

@@ -78,6 +78,7 @@ def test_study_runs_every_stage_and_writes_the_report(study):
         "open",
         "all",
     ]
+    assert re.search(r"^\| chance \(uniform guess\) \| 0\.\d+ \|", table, re.M)  # beside every column
     for label in (
         "zero-shot = prompt-only",
         "SFT",

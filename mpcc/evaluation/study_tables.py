@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from mpcc.evaluation.accuracy_tables import CHANCE
 from mpcc.evaluation.intervals import Estimate
-from mpcc.evaluation.seed_intervals import SeedBootstrap
+from mpcc.evaluation.seed_intervals import Records, SeedBootstrap, groups_of
 from mpcc.reports.tables import MISSING, fmt, markdown_table
 
 LEVEL_COLUMNS = ("easy", "middle", "hard", "ood")  # all formats pooled
@@ -27,19 +27,33 @@ def cell(est: Estimate | None, signed: bool = False) -> str:
     return f"{est.value:{spec}} [{est.low:{spec}}, {est.high:{spec}}]"
 
 
+def chance_levels(records: Records) -> dict[str, float]:
+    """Each column's accuracy under a uniform guess: the mean, over the column's questions, of their
+    format's chance (a pooled column mixes formats: five of an object's eight questions are yes/no)."""
+    levels: dict[str, list[float]] = {}
+    for r in records:
+        for column in groups_of(r):
+            levels.setdefault(column, []).append(CHANCE[r["format"]])
+    return {column: sum(values) / len(values) for column, values in levels.items()}
+
+
+def always_no(records: Records) -> float | None:
+    """The yes/no accuracy of answering "no" every time (most yes/no questions name a wrong object)."""
+    yesno = [r for r in records if r["format"] == "yesno"]
+    return sum(r["answer"] == "no" for r in yesno) / len(yesno) if yesno else None
+
+
 def accuracy_table(
-    boot: SeedBootstrap, labels: Mapping[str, str], rows: Sequence[str], chance: bool
+    boot: SeedBootstrap, labels: Mapping[str, str], rows: Sequence[str], records: Records | None = None
 ) -> list[str]:
-    """One row per run (mean over seeds [95% interval]) in every column; the chance row first."""
+    """One row per run (mean over seeds [95% interval]) in every column; with one run's `records`, first
+    the chance row (uniform guess per question; always "no" beside yes/no)."""
     lines = []
-    if chance:
-        lines.append(
-            (
-                "chance (uniform guess)",
-                *(fmt(CHANCE.get(c)) if c in CHANCE else MISSING for c in COLUMNS),
-                "–",
-            )
-        )
+    if records:
+        chance = chance_levels(records)
+        cells = {c: fmt(chance.get(c)) for c in COLUMNS}
+        cells["yesno"] += f' (always "no": {fmt(always_no(records))})'
+        lines.append(("chance (uniform guess)", *cells.values(), "–"))
     for name in rows:
         if name in boot.runs:
             seeds = len(boot.runs[name])
@@ -136,7 +150,9 @@ def weak_reading(summaries: Mapping[str, Mapping[int, dict]]) -> str | None:
     )
 
 
-def reading(boot: SeedBootstrap, summaries: Mapping[str, Mapping[int, dict]]) -> str:
+def reading(
+    boot: SeedBootstrap, summaries: Mapping[str, Mapping[int, dict]], labels: Mapping[str, str] | None = None
+) -> str:
     """One line: SFT vs zero-shot per level, prior sampling vs plain GRPO overall and OOD, and the weak
     start, each as its paired interval allows."""
     parts = []
@@ -160,6 +176,13 @@ def reading(boot: SeedBootstrap, summaries: Mapping[str, Mapping[int, dict]]) ->
                 f"GRPO + prior ({mode}) {'beats' if beats else 'does not beat'} plain GRPO overall "
                 f"({verdict(overall)}; OOD: {verdict(ood)})"
             )
+    above = [n for n in boot.runs if _clear(boot.estimate(n, "mc4"), CHANCE["mc4"])]
+    parts.append(
+        f"mc4 above chance (interval above 0.25): {', '.join((labels or {}).get(n, n) for n in above)}"
+        if above
+        else 'no run\'s mc4 is above chance (0.25): the pooled columns rest on yes/no, where always "no" '
+        "scores most"
+    )
     weak = weak_reading(summaries)
     if weak:
         parts.append(weak)
@@ -167,4 +190,9 @@ def reading(boot: SeedBootstrap, summaries: Mapping[str, Mapping[int, dict]]) ->
 
 
 def _above(est: Estimate | None) -> bool:
-    return est is not None and est.enough and est.low > 0
+    return _clear(est, 0.0)
+
+
+def _clear(est: Estimate | None, level: float) -> bool:
+    """The estimate's interval lies wholly above `level`."""
+    return est is not None and est.enough and est.low > level

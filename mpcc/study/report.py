@@ -7,12 +7,12 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from mpcc.evaluation.accuracy_tables import CHANCE
 from mpcc.evaluation.seed_intervals import SeedBootstrap, groups_of
 from mpcc.evaluation.study_tables import (
     COLUMNS,
     LEVEL_COLUMNS,
     accuracy_table,
+    chance_levels,
     difference_table,
     per_seed_table,
     reading,
@@ -45,11 +45,13 @@ DEFINITIONS = f"""## What the rows and columns are
   (the recipe's G generated samples + the trace in each group); **GRPO + prior (replace)**: as the
   paper's text says (the trace replaces one of the G: G - 1 generated). Same seed, data and steps.
 - **easy / middle / hard**: the eval build's difficulty levels; **ood**: hidden objects of the
-  categories held out of every training build (checked below); each pools all formats.
+  categories held out of every training build (checked below); each pools all formats. Five of an
+  object's eight questions are yes/no, where answering "no" every time scores about 0.8, so a pooled
+  column is read against the chance row (a uniform guess per question) and the other rows, never 0.
 - **Intervals**: 95% percentile bootstrap over seeds *and* items: each of 1000 resamples draws the seeds
   with replacement and the hidden objects with replacement (the eight questions about one object travel
   together), and averages the drawn seeds' accuracies. Differences are paired (same draws for both
-  runs). With 3 seeds the seed part is coarse: the per-seed table shows the spread itself.
+  runs). With a few seeds the seed part is coarse: the per-seed table shows the spread itself.
 - **random patches** (ablation a): the train set's twin whose hidden region is a rectangle of exactly
   the object's mask area at a seeded spot on the object (`--mask-mode random_patch`, mpcc.data.masking):
   part of the object shows, its outline does not; question, answer and trace unchanged. Both runs are
@@ -125,14 +127,16 @@ def _timings(out: Path) -> list[str]:
     train = sum(v for k, v in timings.items() if k.startswith("train "))
     evals = sum(v for k, v in timings.items() if k.startswith("eval "))
     return [
-        "Time (this machine, the runs done by the study's commands so far): "
-        f"training {train / 60:.1f} min, evaluation {evals / 60:.1f} min ({len(timings)} runs; each in "
-        f"`{TIMINGS}`; data stages not counted).",
+        "Time (this machine, the runs done by the study's commands so far): training "
+        f"{train / 60:.1f} min, evaluation {evals / 60:.1f} min ({len(timings)} trainings and evals; each "
+        f"in `{TIMINGS}`; data stages not counted).",
         "",
     ]
 
 
-def _charts(out: Path, boot: SeedBootstrap, labels: dict, histories: dict, table: dict[str, Arm]) -> None:
+def _charts(
+    out: Path, boot: SeedBootstrap, labels: dict, histories: dict, table: dict[str, Arm], chance: dict
+) -> None:
     def cells(names, columns):
         return {
             labels[n]: {c: (e.as_dict() if (e := boot.estimate(n, c)) else None) for c in columns}
@@ -140,11 +144,11 @@ def _charts(out: Path, boot: SeedBootstrap, labels: dict, histories: dict, table
             if n in boot.runs
         }
 
-    interval_bars_chart(cells(MAIN, list(COLUMNS)), list(COLUMNS), out / CHARTS["accuracy"], CHANCE)
+    interval_bars_chart(cells(MAIN, list(COLUMNS)), list(COLUMNS), out / CHARTS["accuracy"], chance)
     ablation = ["sft", MASKING["sft"], "prior_append", MASKING["prior_append"]]
     ablation += [n for n in table if n.startswith("no_")]
     interval_bars_chart(
-        cells(ablation, [*LEVEL_COLUMNS, "all"]), [*LEVEL_COLUMNS, "all"], out / CHARTS["ablations"]
+        cells(ablation, [*LEVEL_COLUMNS, "all"]), [*LEVEL_COLUMNS, "all"], out / CHARTS["ablations"], chance
     )
 
     def curves(names):
@@ -167,7 +171,8 @@ def write_report(config: StudyConfig, table: dict[str, Arm], paths: dict[str, Pa
     boot = SeedBootstrap(answers)
     labels = {name: arm.label for name, arm in table.items()}
     summaries = _summaries(histories)
-    _charts(out, boot, labels, histories, table)
+    first = next((rs for by_seed in answers.values() for rs in by_seed.values() if rs), [])  # same questions
+    _charts(out, boot, labels, histories, table, chance_levels(first))
     masking = [n for pair in MASKING.items() for n in pair]
     rewards = ["prior_append", *[n for n in table if n.startswith("no_")]]
     lines = [
@@ -176,12 +181,12 @@ def write_report(config: StudyConfig, table: dict[str, Arm], paths: dict[str, Pa
         f"`{command(config)}` (all options below). Synthetic scenes; every model is evaluated on the same "
         "items in every format, greedy answers.",
         "",
-        reading(boot, {n: summaries[n] for n in WEAK if n in summaries}),
+        reading(boot, {n: summaries[n] for n in WEAK if n in summaries}, labels),
         "",
         *_timings(config.out),
         "## The table (mean over seeds [95% interval over seeds and items])",
         "",
-        *accuracy_table(boot, labels, MAIN, chance=True),
+        *accuracy_table(boot, labels, MAIN, first),
         f"![accuracy with intervals]({CHARTS['accuracy']})",
         "",
         "## Paired differences (accuracy, all formats pooled)",
@@ -211,14 +216,14 @@ def write_report(config: StudyConfig, table: dict[str, Arm], paths: dict[str, Pa
         lines += [
             "## Ablation (a): semantic masks vs random patches of the same area",
             "",
-            *accuracy_table(boot, labels, masking, chance=False),
+            *accuracy_table(boot, labels, masking),
             *difference_table(boot, labels, list(MASKING.items())),
         ]
     if len(rewards) > 1:
         lines += [
             "## Ablation (b): each reward component removed (GRPO + prior (append))",
             "",
-            *accuracy_table(boot, labels, rewards, chance=False),
+            *accuracy_table(boot, labels, rewards),
             *difference_table(boot, labels, [("prior_append", n) for n in rewards[1:]]),
         ]
     if MASKING["sft"] in table or len(rewards) > 1:
