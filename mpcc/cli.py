@@ -86,6 +86,13 @@ def _demo(config) -> int:
     return 0
 
 
+def _study(config) -> int:
+    from mpcc.study.runs import run_study
+
+    run_study(config)
+    return 0
+
+
 def _train(recipe: str, overrides: list[str]) -> int:
     """`accelerate launch --config_file <accelerate_config> -m mpcc.train RECIPE ...`, or in this process
     without an accelerate_config."""
@@ -250,6 +257,11 @@ COMMANDS = {
     ),
     "demo": Command(
         "run the main job end to end on the embedded synthetic default", ("mpcc.demo.DemoConfig",), _demo
+    ),
+    "study": Command(
+        "the paper's table and ablations in miniature over seeds, with intervals (resumable; ~45 min)",
+        ("mpcc.study.config.StudyConfig",),
+        _study,
     ),
     "train": Command(
         "train from a recipe (launches Accelerate with the recipe's accelerate_config)", (), _train

@@ -25,10 +25,12 @@ LAYERS = (
     ("mpcc.training", "mpcc.evaluation", "mpcc.annotation"),
     ("mpcc.launch", "mpcc.export", "mpcc.bench", "mpcc.train"),
     ("mpcc.demo",),
+    ("mpcc.study",),  # reuses the demo's stages
     ("mpcc.cli", "mpcc.__main__"),
 )
 SIBLINGS_APART = ("mpcc.training", "mpcc.evaluation", "mpcc.annotation")  # one layer, no edges between
 EVALUATION_USERS = {"mpcc.cli", "mpcc.demo", "mpcc.train", "mpcc.export"}  # the commands that run an eval
+EVALUATION_USERS |= {"mpcc.study.runs", "mpcc.study.outputs", "mpcc.study.report"}  # `mpcc study`
 
 
 def _module(path: Path) -> str:

@@ -115,3 +115,63 @@ def test_target_outside_its_box_is_still_hidden(mode):
     mask[5:30, 10:40] = True
     out = np.asarray(render_masked(image, mask, [12.0, 8.0, 10.0, 10.0], MaskSpec(mode=mode)))
     assert (out[mask] == 0).all()
+
+
+# ----------------------------------------------------------------------------- random_patch (ablation)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scene=scenes(), fill=st.sampled_from(FILLS))
+def test_random_patch_has_the_mask_area_hides_part_of_the_target_and_is_seeded(scene, fill):
+    """Same area as the object's mask (exactly, up to the image's own size), always hiding a target pixel
+    (the question about the hidden object keeps its answer), painted with the fill, the same bytes for
+    the same seed."""
+    image, mask, bbox, seed = scene
+    spec = MaskSpec(mode="random_patch", fill=fill)
+    region = region_mask(mask, bbox, spec, seed=seed)
+    assert region.sum() == min(mask.sum(), mask.size)
+    assert (region & mask).any()
+    ys, xs = np.nonzero(region)
+    assert (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) - region.sum() < xs.max() - xs.min() + 1
+    out = np.asarray(render_masked(image, mask, bbox, spec, seed=seed))
+    assert (out[~region] == np.asarray(image)[~region]).all()
+    if fill == "black":
+        assert (out[region] == 0).all()
+    assert (np.asarray(render_masked(image, mask, bbox, spec, seed=seed)) == out).all()
+    assert (region_mask(mask, bbox, spec, seed=seed) == region).all()
+
+
+def test_random_patch_moves_with_the_seed_and_is_not_the_object():
+    mask = np.zeros((80, 100), bool)
+    mask[20:50, 30:60] = True
+    mask[20:35, 30:45] = False  # an L shape, so no rectangle equals it
+    spec = MaskSpec(mode="random_patch")
+    regions = [region_mask(mask, [30, 20, 30, 30], spec, seed=s) for s in range(8)]
+    assert len({r.tobytes() for r in regions}) > 1  # the seed places it
+    for region in regions:
+        assert region.sum() == mask.sum() and (region & mask).any()
+        assert (mask & ~region).any()  # part of the object stays visible
+    assert MaskSpec(mode="random_patch").mode in MaskSpec.__dataclass_fields__["mode"].metadata["choices"]
+
+
+def test_random_patch_build_rows_keep_the_targets_answer(tmp_path):
+    """A train build with random_patch masks: the same rows, questions and answers as the semantic
+    build, only the pixels differ; and image diagnostics refuse such a build."""
+    from mpcc.data.build import BuildConfig, build
+    from mpcc.data.render import load_dataset
+    from mpcc.data.synthetic import generate_scenes
+    from mpcc.errors import ConfigError
+    from mpcc.evaluation.grounding.conditions import Diagnostics
+
+    scenes = tmp_path / "scenes"
+    generate_scenes(scenes, num_images=6, seed=3)
+    semantic, patch = tmp_path / "semantic", tmp_path / "patch"
+    for out, mode in ((semantic, "segm_dilated"), (patch, "random_patch")):
+        config = BuildConfig("train", mask=MaskSpec(mode=mode))
+        build(scenes / "instances.json", scenes / "images", out, config, num_proc=1)
+    a, b = load_dataset(semantic), load_dataset(patch)
+    columns = ("ann_id", "solution", "prompt", "answer")
+    assert [tuple(r[c] for c in columns) for r in a] == [tuple(r[c] for c in columns) for r in b]
+    assert any(np.asarray(x["image"]).tobytes() != np.asarray(y["image"]).tobytes() for x, y in zip(a, b))
+    with pytest.raises(ConfigError, match="random_patch"):
+        Diagnostics(patch)

@@ -1,9 +1,20 @@
 """Hide one instance: which pixels to cover (the region) and what to paint there (the fill).
 
 `render_masked` is a pure function of (image, target mask, bbox, spec, seed): the same call gives
-the same bytes at build time and, lazily, at training time. Whatever the mode, the region is a
-superset of the instance's own mask, and the optional feather only fades *outward*: every pixel of
-the target is fully replaced by the fill.
+the same bytes at build time and, lazily, at training time. In the semantic modes (MASK_MODES) the
+region is a superset of the instance's own mask, and the optional feather only fades *outward*: every
+pixel of the target is fully replaced by the fill.
+
+`random_patch` (PATCH_MODES) is the control of semantic masking, for training ablations (`mpcc study`):
+a shape-free rectangle of exactly the target mask's pixel count (the target box's aspect ratio; whole
+rows, then one partial row), placed at a seeded random spot: its centre is a target pixel drawn
+uniformly, and the rectangle is shifted to lie inside the image. It always hides that target pixel,
+usually leaves part of the object visible and hides background or other objects instead of the rest.
+The question and its answer stay those of the target ("which object is hidden under the mask?"), so
+the row stays answerable: part of the target is hidden, and what shows of it plus the context name it.
+A patch away from the object was rejected: it would hide no object (background only) or leave the
+target fully visible without singling it out among the scene's objects, so the question would have no
+defined answer.
 """
 
 from __future__ import annotations
@@ -19,22 +30,26 @@ from pycocotools import mask as mask_utils
 from mpcc.errors import ConfigError, InputError
 from mpcc.options import option
 
-MASK_MODES = ("segm", "segm_dilated", "hull", "bbox")
+MASK_MODES = ("segm", "segm_dilated", "hull", "bbox")  # semantic: the region covers the whole target
+PATCH_MODES = ("random_patch",)  # the ablation's control: same area, not the object's shape or place
+ALL_MODES = MASK_MODES + PATCH_MODES
 FILLS = ("black", "gray", "mean", "blur", "noise")
 FILL_WORDS = {"black": "black", "gray": "gray", "mean": "flat-coloured", "blur": "blurred", "noise": "noisy"}
 
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """How a target is hidden. `segm_dilated` grows the mask by max(dilate_px, dilate_frac * box side)."""
+    """How a target is hidden. `segm_dilated` grows the mask by max(dilate_px, dilate_frac * box side);
+    `random_patch` hides a rectangle of the mask's area at a seeded spot on the target (module docstring)."""
 
     options_group: ClassVar[str] = "masking"
 
     mode: str = option(
         "segm_dilated",
-        "region to hide: the instance mask, the mask grown by a margin, its convex hull, or its box "
-        "(the authors' setting)",
-        choices=MASK_MODES,
+        "region to hide: the instance mask, the mask grown by a margin, its convex hull, its box "
+        "(the authors' setting), or random_patch: a rectangle of the mask's area at a seeded spot on the "
+        "target that leaves part of it visible (the semantic-masking ablation's control)",
+        choices=ALL_MODES,
         flag="mask_mode",
     )
     fill: str = option("black", "what covers the region", choices=FILLS)
@@ -45,8 +60,8 @@ class MaskSpec:
     )
 
     def __post_init__(self):
-        if self.mode not in MASK_MODES:
-            raise ConfigError(f"mask mode {self.mode!r} is not one of {MASK_MODES}")
+        if self.mode not in ALL_MODES:
+            raise ConfigError(f"mask mode {self.mode!r} is not one of {ALL_MODES}")
         if self.fill not in FILLS:
             raise ConfigError(f"fill {self.fill!r} is not one of {FILLS}")
         if self.dilate_px < 0 or self.dilate_frac < 0 or self.feather < 0:
@@ -123,10 +138,44 @@ def _extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)
 
 
-def _region(target: np.ndarray, bbox, spec: MaskSpec) -> tuple[tuple[slice, slice], np.ndarray]:
-    """The pixels to hide as (window, mask inside it). The window spans the annotated box and every
-    target pixel, so the region covers the target even when box and mask disagree."""
+def random_patch(target: np.ndarray, bbox, seed: int) -> np.ndarray:
+    """`random_patch`'s region (module docstring): exactly `target.sum()` pixels (the image's at most), in
+    a rectangle of the box's aspect ratio whose last row may be partial, around a seeded target pixel."""
     height, width = target.shape
+    area = min(int(target.sum()), height * width)
+    region = np.zeros_like(target)
+    if area == 0:
+        return region
+    aspect = bbox[2] / bbox[3] if bbox[2] > 0 and bbox[3] > 0 else 1.0
+    cols = min(width, area, max(1, round(math.sqrt(area * aspect))))
+    full, rest = divmod(area, cols)
+    rows = full + (rest > 0)
+    if rows > height:  # too tall for the image: as wide as needed to fit
+        cols = math.ceil(area / height)
+        full, rest = divmod(area, cols)
+        rows = full + (rest > 0)
+    ys, xs = np.nonzero(target)
+    pick = np.random.default_rng([seed, 0x9A7C]).integers(len(ys))
+    cy, cx = int(ys[pick]), int(xs[pick])
+    top = min(max(0, cy - rows // 2), height - rows)
+    left = min(max(0, cx - cols // 2), width - cols)
+    # the partial row goes on the side away from the drawn pixel, which so stays hidden
+    first = top + 1 if rest and cy - top >= rows / 2 else top
+    region[first : first + full, left : left + cols] = True
+    if rest:
+        region[top if first > top else top + full, left : left + rest] = True
+    return region
+
+
+def _region(
+    target: np.ndarray, bbox, spec: MaskSpec, seed: int = 0
+) -> tuple[tuple[slice, slice], np.ndarray]:
+    """The pixels to hide as (window, mask inside it). In the semantic modes the window spans the
+    annotated box and every target pixel, so the region covers the target even when box and mask
+    disagree; `random_patch`'s window is the whole image."""
+    height, width = target.shape
+    if spec.mode == "random_patch":
+        return (slice(0, height), slice(0, width)), random_patch(target, bbox, seed)
     extent = _extent(target)
     box = bbox
     if extent is not None:
@@ -151,9 +200,10 @@ def _region(target: np.ndarray, bbox, spec: MaskSpec) -> tuple[tuple[slice, slic
     return win, region | inside
 
 
-def region_mask(target: np.ndarray, bbox, spec: MaskSpec) -> np.ndarray:
-    """The pixels to hide, as an HxW bool mask: always a superset of `target`."""
-    win, inside = _region(target, bbox, spec)
+def region_mask(target: np.ndarray, bbox, spec: MaskSpec, seed: int = 0) -> np.ndarray:
+    """The pixels to hide, as an HxW bool mask: a superset of `target` in the semantic modes; `seed` is
+    render_masked's (it places a random patch)."""
+    win, inside = _region(target, bbox, spec, seed)
     region = np.zeros_like(target)
     region[win] = inside
     return region
@@ -203,7 +253,7 @@ def render_masked(image: Image.Image, target: np.ndarray, bbox, spec: MaskSpec, 
     pixels = np.array(image if image.mode == "RGB" else to_rgb(image))
     if target.shape != pixels.shape[:2]:
         raise InputError(f"mask shape {target.shape} differs from image shape {pixels.shape[:2]}")
-    win, inside = _region(target, bbox, spec)
+    win, inside = _region(target, bbox, spec, seed)
     extent = _extent(inside)
     if extent is None:
         return Image.fromarray(pixels)

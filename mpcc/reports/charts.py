@@ -126,3 +126,54 @@ def reward_curve_chart(curves: dict[str, tuple[list, list]], out: str | Path, wi
     ax.set_xlabel("training step")
     ax.set_ylabel("mean reward of generated samples")
     return _save(fig, ax, out)
+
+
+def _running_mean(ys: list[float], window: int) -> list[float]:
+    return [float(np.mean(ys[max(0, i + 1 - window) : i + 1])) for i in range(len(ys))]
+
+
+def seed_band_chart(
+    curves: dict[str, dict[int, tuple[list, list]]], out: str | Path, ylabel: str, window: int = 10
+) -> Path:
+    """Per run, the mean over seeds of each seed's running mean (last `window` logged steps) vs training
+    step, in a band from the lowest to the highest seed: how far a curve is from its seeds' spread."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for name, by_seed in curves.items():
+        steps = sorted(set.intersection(*(set(xs) for xs, _ in by_seed.values()))) if by_seed else []
+        if not steps:
+            continue
+        smooth = []
+        for xs, ys in by_seed.values():
+            at = dict(zip(xs, _running_mean(ys, window)))
+            smooth.append([at[s] for s in steps])
+        values = np.array(smooth)
+        (line,) = ax.plot(steps, values.mean(0), label=f"{name} ({len(by_seed)} seeds)")
+        ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{ylabel}\n(mean of the last {window} steps)")
+    return _save(fig, ax, out)
+
+
+def interval_bars_chart(
+    runs: dict[str, dict[str, dict | None]], columns: list[str], out: str | Path, chance: dict | None = None
+) -> Path:
+    """Grouped bars, one group per column and one bar per run, each with its interval as an error bar
+    (cells as mpcc.evaluation.intervals.Estimate dicts; a cell without interval: a bar without one, a
+    missing cell: none); `chance` draws a short line at each column's chance level."""
+    width = 0.8 / max(1, len(runs))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(columns) + 1), 3.8), dpi=100)
+    for k, (name, cells) in enumerate(runs.items()):
+        xs = [i + k * width for i in range(len(columns))]
+        cell = [cells.get(c) for c in columns]
+        heights = [c["value"] if c and c["value"] is not None else np.nan for c in cell]
+        below = [c["value"] - c["low"] if c and c["low"] is not None else 0 for c in cell]
+        above = [c["high"] - c["value"] if c and c["low"] is not None else 0 for c in cell]
+        ax.bar(xs, heights, width, yerr=[below, above], capsize=2, label=name, error_kw={"linewidth": 0.8})
+    for i, column in enumerate(columns):
+        if chance and column in chance:
+            ax.hlines(chance[column], i - width / 2, i + 0.8 - width / 2, colors="black", linestyles="dotted")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(columns))])
+    ax.set_xticklabels(columns, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% interval; dotted: chance)")
+    return _save(fig, ax, out)

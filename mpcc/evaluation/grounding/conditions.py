@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 
 from mpcc.data.build import load_stats
 from mpcc.data.coco import load_coco
-from mpcc.data.masking import MaskSpec, decode, dilate, region_mask, render_masked
+from mpcc.data.masking import PATCH_MODES, MaskSpec, decode, dilate, region_mask, render_masked
 from mpcc.data.render import mask_rle, render_targets, target_seed
 from mpcc.errors import ConfigError
 from mpcc.evaluation.config import CRM_FILLS, IMAGE_DIAGNOSTICS
@@ -39,6 +39,11 @@ class Diagnostics:
     def __init__(self, data: str | Path, k: int = 2, images_dir: str | Path | None = None):
         record = read_build(data)
         self.spec = MaskSpec(**record.mask)
+        if self.spec.mode in PATCH_MODES:  # its regions are not objects': hiding "an object" means nothing
+            raise ConfigError(
+                f"{data}: built with mask mode {self.spec.mode!r} (a training ablation's control); image "
+                "diagnostics need a build whose mask hides the whole target"
+            )
         self.seed = record.seed
         self.k = k
         self.images_dir = Path(images_dir or record.images_dir)

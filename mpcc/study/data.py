@@ -1,0 +1,62 @@
+"""The study's data: the demo's scenes, train build (semantic masks, traces imported) and eval build,
+plus the random-patch twin of the train build (same targets, formats, questions and traces; only the
+pixels hidden differ: mpcc.data.masking's `random_patch`), and the check that the OOD column holds only
+categories no training row has as its target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpcc.annotation.importing import import_traces
+from mpcc.data.answer_options import OPTION_FORMATS
+from mpcc.data.build import BuildConfig, build
+from mpcc.data.masking import MaskSpec
+from mpcc.data.synthetic import TRACES_FILE
+from mpcc.records import BUILD_FILE
+
+TRAIN_FORMATS = ("open", *OPTION_FORMATS)  # as the demo's train set: one row per object, format drawn
+
+
+def layout(out: Path) -> dict[str, Path]:
+    """The data folders by name; the first four are the demo's own (mpcc.demo._layout under `out`)."""
+    data = out / "data"
+    return {
+        "build": data / "train_build",
+        "train": data / "train",
+        "eval": data / "eval",
+        "preview": out / "preview",
+        "patch_build": data / "train_patch_build",
+        "train_patch": data / "train_patch",
+    }
+
+
+def patch_train_set(out: Path, seed: int, paths: dict[str, Path]) -> None:
+    """The train build with random-patch masks, its traces imported as the semantic build's are."""
+    scenes = out / "scenes" / "train"
+    if not (paths["patch_build"] / BUILD_FILE).is_file():
+        config = BuildConfig("train", seed=seed, formats=TRAIN_FORMATS, mask=MaskSpec(mode="random_patch"))
+        build(scenes / "instances.json", scenes / "images", paths["patch_build"], config)
+    import_traces(scenes / TRACES_FILE, paths["patch_build"], paths["train_patch"])
+
+
+def target_categories(build_dir: Path) -> set[str]:
+    """The categories a train build's rows have as their target (hidden object, hence answer)."""
+    from datasets import load_from_disk
+
+    return set(load_from_disk(str(build_dir)).select_columns(["category"])["category"])
+
+
+def exposure(build_dir: Path, names: set[str]) -> dict[str, int]:
+    """How many of a train build's rows show one of `names` other than as the target: as a visible
+    context object, among the answer options (a distractor, or a yes/no row's candidate), or named in
+    the reasoning trace. The OOD split holds categories out as *targets* only, as COCO's held-out
+    categories are; these counts say how much of them training still sees."""
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(build_dir)).select_columns(["context", "options", "candidate", "reasoning"])
+    counts = {"rows": len(rows), "context": 0, "options": 0, "trace": 0}
+    for row in rows:
+        counts["context"] += bool(names & set(row["context"]))
+        counts["options"] += bool(names & {*row["options"], row["candidate"]})
+        counts["trace"] += any(name in (row["reasoning"] or "") for name in names)
+    return counts
