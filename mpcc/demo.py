@@ -23,8 +23,8 @@ from mpcc.annotation.importing import import_traces
 from mpcc.data.answer_options import OPTION_FORMATS
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.preview import write_preview
-from mpcc.data.synthetic import TRACES_FILE, generate_scenes
-from mpcc.evaluation.accuracy_tables import demo_tables
+from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes, scene_type
+from mpcc.evaluation.accuracy_tables import ReasoningCheck, demo_tables
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import METRICS, compare_runs, read_predictions, run_eval
 from mpcc.export import export
@@ -50,6 +50,7 @@ LABELS = {"start": "start (random weights)", **{name: what for name, (what, _) i
 # Trace completions take 48 tokens of the tiny tokenizer (median; 65 at the 99th percentile, up to 68):
 # room for answers a little longer than the traces, in GRPO's samples and in the eval.
 NEW_TOKENS = 96
+VAL_SCENES = 120  # at most: about 230 hidden objects, more than the eval asks of them
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,9 @@ class DemoConfig:
     with prior sampling and plain GRPO -> eval of all four on the same items -> comparison -> export."""
 
     out: Path = option(Path("runs/demo"), "work directory")
-    num_images: int = option(240, "synthetic scenes", minimum=2)
+    num_images: int = option(800, "synthetic training scenes (held-out: half as many, at most 120)", minimum=2)
     seed: int = option(0, "seed", minimum=0)
-    sft_steps: int = option(150, "SFT steps on the traces", minimum=1)
+    sft_steps: int = option(450, "SFT steps on the traces", minimum=1)
     grpo_steps: int = option(100, "steps of each GRPO run (with prior sampling, plain)", minimum=1)
     eval_items: int = option(100, "eval items (hidden objects), each asked in every format", minimum=1)
     recipes: str = option(
@@ -104,12 +105,28 @@ def _eval_runs(paths: dict[str, Path]) -> list[Path]:
     return [paths[f"eval_{name}"] for name in EVALUATED]
 
 
+def _val_seed(config: DemoConfig) -> int:
+    return config.seed + 1  # the held-out scenes are another draw
+
+
 def _draw_scenes(config: DemoConfig) -> None:
     scenes = config.out / "scenes"
     generate_scenes(scenes / "train", num_images=config.num_images, seed=config.seed, traces=True)
     generate_scenes(
-        scenes / "val", num_images=max(1, config.num_images // 2), seed=config.seed + 1, traces=False
+        scenes / "val", num_images=min(max(1, config.num_images // 2), VAL_SCENES), seed=_val_seed(config)
     )
+
+
+def _scene_check(config: DemoConfig) -> ReasoningCheck:
+    """Does an answer's reasoning open with the scene type its image shows (as the traces do)? The
+    generator knows each held-out image's type: a measure of seeing that needs no right answer."""
+    seed = _val_seed(config)
+
+    def passes(answer: dict) -> bool:
+        image_id = int(answer["item_id"].split("-")[0])
+        return f"This is {SCENE_WORDS[scene_type(image_id, seed)]}" in answer["completion"]
+
+    return ReasoningCheck("the scene type (of six)", passes, 1 / len(SCENES))
 
 
 def _train_set(config: DemoConfig, paths: dict[str, Path]) -> None:
@@ -184,15 +201,15 @@ def _learning(paths: dict[str, Path]) -> dict[str, list[dict]]:
     return {TRAINED[name][0]: log_history(paths[name]) for name in ("grpo_prior", "grpo")}
 
 
-def _tables(paths: dict[str, Path]) -> list[str]:
+def _tables(config: DemoConfig, paths: dict[str, Path]) -> list[str]:
     """The interval tables (by format with chance, by level, OOD, blank-image control) and the reading."""
     answers = {LABELS[name]: read_predictions(paths[f"eval_{name}"]) for name in EVALUATED}
     normal = {label: by["normal"] for label, by in answers.items()}
     blind = {label: by.get("blind", []) for label, by in answers.items()}
-    return demo_tables(normal, blind, pair=(LABELS["grpo_prior"], LABELS["grpo"]))
+    return demo_tables(normal, blind, pair=(LABELS["grpo_prior"], LABELS["grpo"]), check=_scene_check(config))
 
 
-def _compare(paths: dict[str, Path]) -> None:
+def _compare(config: DemoConfig, paths: dict[str, Path]) -> None:
     """compare.md of the four evals: the interval tables, the point-estimate tables and chart of `mpcc eval
     compare`, the GRPO runs' learning curves and their chart."""
     # overwrite: a comparison cut short before its curves is made again
@@ -201,15 +218,16 @@ def _compare(paths: dict[str, Path]) -> None:
     point_estimates = compared.read_text(encoding="utf-8")
     learning = learning_section(learning_summary(histories), LEARNING_CHART)
     compared.write_text(
-        "\n".join(["# MPCC demo", "", *_tables(paths), point_estimates, *learning]) + "\n", encoding="utf-8"
+        "\n".join(["# MPCC demo", "", *_tables(config, paths), point_estimates, *learning]) + "\n",
+        encoding="utf-8",
     )
     curves = {name: generated_reward(history) for name, history in histories.items()}
     reward_curve_chart(curves, paths["compare"] / LEARNING_CHART)  # last: it marks the stage done
 
 
-def _summary(paths: dict[str, Path]) -> str:
+def _summary(config: DemoConfig, paths: dict[str, Path]) -> str:
     """The comparison's headline tables (with intervals) and learning curves, for the terminal."""
-    return "\n".join(_tables(paths) + learning_section(learning_summary(_learning(paths))))
+    return "\n".join(_tables(config, paths) + learning_section(learning_summary(_learning(paths))))
 
 
 def _ready(path: Path, marker: str) -> Callable[[], bool]:
@@ -275,7 +293,7 @@ def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
             "compare the four models",
             paths["compare"],
             _ready(paths["compare"], LEARNING_CHART),
-            lambda: _compare(paths),
+            lambda: _compare(config, paths),
         ),
         (
             "export the prior-sampling model with its eval results",
@@ -313,7 +331,7 @@ def run_demo(
     )
     paths = _layout(config.out)
     _stages(_data_stages(config, paths) + _model_stages(config, paths))
-    print(_summary(paths), flush=True)
+    print(_summary(config, paths), flush=True)
     print(
         f"comparison: {paths['compare'] / COMPARISON} (charts: {ACCURACY_CHART}, {LEARNING_CHART})\n"
         f"preview: {paths['preview'] / 'index.html'}; reports: {config.out / 'eval'}/*/{REPORT_HTML}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from mpcc.evaluation.accuracy_tables import CHANCE, demo_tables, estimates
+from mpcc.evaluation.accuracy_tables import CHANCE, ReasoningCheck, demo_tables, estimates
 
 
 def _answers(p_correct: float, items: int = 60, seed: int = 0) -> list[dict]:
@@ -47,8 +47,41 @@ def test_tables_show_chance_and_read_only_what_the_intervals_allow():
         "Reading: mc4 above chance (interval above 0.25): SFT, GRPO with prior sampling"
     )
     assert "does not differ from (intervals overlap) plain GRPO" in text
-    assert "masked image above blank image for: SFT, GRPO with prior sampling, plain GRPO" in text
+    used = "accuracy with the masked image above the blank image's for: "
+    assert used + "SFT, GRPO with prior sampling, plain GRPO" in text
     assert f"| chance (uniform guess) | {CHANCE['mc4']:.3f} | {CHANCE['mc7']:.3f} |" in text
     assert "held-out categories (OOD)" in text and "blank image" in text
     at_chance = demo_tables({"plain GRPO": _answers(0.25)}, {})
     assert at_chance[0].startswith("Reading: no run's mc4 is above chance")
+
+
+def test_what_the_reasoning_reads_is_compared_with_a_blank_image():
+    """The share of answers whose reasoning reads the scene right, masked vs blank, with intervals; the
+    reading names only the runs whose intervals are apart."""
+
+    def said(records: list[dict], p_right: float, seed: int) -> list[dict]:
+        rng = random.Random(seed)
+        return [
+            {**r, "completion": "This is a kitchen." if rng.random() < p_right else "This is a street."}
+            for r in records
+        ]
+
+    check = ReasoningCheck("the scene type (of six)", lambda a: "This is a kitchen" in a["completion"], 1 / 6)
+    normal = {
+        "sees": said(_answers(0.3, seed=1), 0.9, 1),
+        "blind anyway": said(_answers(0.3, seed=2), 0.2, 2),
+    }
+    blind = {
+        "sees": said(_answers(0.3, seed=3), 0.15, 3),
+        "blind anyway": said(_answers(0.3, seed=4), 0.2, 4),
+    }
+    lines = demo_tables(normal, blind, check=check)
+    text = "\n".join(lines)
+    assert "more often with the masked image than with a blank one: sees;" in lines[0]
+    table = text.split("## What the reasoning reads off the image: the scene type (of six)")[1]
+    assert "| chance (uniform guess) | 0.167 | 0.167 |" in table
+    sees = next(line for line in table.splitlines() if line.startswith("| sees |"))
+    masked, blank = (float(cell.split()[0]) for cell in sees.strip("|").split("|")[1:3])
+    assert masked > 0.8 and blank < 0.25 and "(n=480)" in sees
+    nobody = demo_tables({"blind anyway": normal["blind anyway"]}, blind, check=check)[0]
+    assert "no run's reasoning names the scene type (of six) more often with the masked image" in nobody

@@ -8,10 +8,11 @@ object share its image, so they are not eight pieces of evidence.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from mpcc.data.difficulty import LEVELS
-from mpcc.evaluation.intervals import MIN_ANSWERS, Estimate
+from mpcc.evaluation.intervals import MIN_ANSWERS, Estimate, item_bootstrap
 from mpcc.evaluation.metrics import SPLITS, bootstrap_ci
 from mpcc.reports.tables import estimate, fmt, markdown_table
 
@@ -99,6 +100,42 @@ def blind_control(
     return ["## The image's share: masked image vs a blank one", "", *markdown_table(header, rows)]
 
 
+@dataclass(frozen=True)
+class ReasoningCheck:
+    """Something an answer's reasoning should read off the image, where the truth is known (the synthetic
+    scenes' type): accuracy at this size can stay at chance while the reasoning already sees."""
+
+    what: str  # e.g. "the scene type"
+    passes: Callable[[dict], bool]  # (a scored answer) -> its reasoning reads it right
+    chance: float  # the share a uniform guess gets
+
+
+Shares = Mapping[str, tuple[Estimate, Estimate]]  # run -> (masked image, blank image)
+
+
+def reasoning_shares(
+    check: ReasoningCheck, normal: Mapping[str, Records], blind: Mapping[str, Records], seed: int = 0
+) -> dict[str, tuple[Estimate, Estimate]]:
+    """Per run with a blank-image control, the share of answers whose reasoning passes `check` with the
+    masked image and with a blank one, each with its interval over items."""
+
+    def share(records: list[dict]) -> float | None:
+        return sum(map(check.passes, records)) / len(records) if records else None
+
+    return {
+        name: (item_bootstrap(rs, share, seed=seed), item_bootstrap(blind[name], share, seed=seed))
+        for name, rs in normal.items()
+        if blind.get(name)
+    }
+
+
+def reasoning_table(check: ReasoningCheck, shares: Shares) -> list[str]:
+    rows = [("chance (uniform guess)", fmt(check.chance), fmt(check.chance))]
+    rows += [(name, estimate(a.as_dict()), estimate(b.as_dict())) for name, (a, b) in shares.items()]
+    header = ("run", "masked image", "blank image")
+    return [f"## What the reasoning reads off the image: {check.what}", "", *markdown_table(header, rows)]
+
+
 def _above(a: Estimate, b: Estimate) -> bool:
     return a.enough and b.enough and a.low > b.high
 
@@ -113,10 +150,12 @@ def reading(
     runs: Mapping[str, Mapping[str, Estimate]],
     blind: Mapping[str, Mapping[str, Estimate]],
     pair: tuple[str, str] | None = None,
+    reads: tuple[str, Shares] | None = None,
 ) -> str:
     """One line from the intervals: which runs' mc4 lies above chance, how the two runs of `pair` (prior
-    sampling, plain GRPO) compare overall, which runs beat their blank-image control, and how wide the OOD
-    intervals are. A difference whose intervals overlap is reported as none shown."""
+    sampling, plain GRPO) compare overall, which runs beat their blank-image control (in accuracy, and in
+    what their reasoning reads off the image: `reads` = (ReasoningCheck.what, its shares)), and how wide
+    the OOD intervals are. A difference whose intervals overlap is reported as none shown."""
     above = [n for n, e in runs.items() if "mc4" in e and e["mc4"].enough and e["mc4"].low > CHANCE["mc4"]]
     parts = [
         f"mc4 above chance (interval above 0.25): {', '.join(above)}"
@@ -127,10 +166,15 @@ def reading(
         parts.append(f"{pair[0]} {_versus(runs[pair[0]]['all'], runs[pair[1]]['all'])} {pair[1]} overall")
     used = [n for n in runs if n in blind and _above(runs[n]["all"], blind[n]["all"])]
     parts.append(
-        f"masked image above blank image for: {', '.join(used)}"
+        f"accuracy with the masked image above the blank image's for: {', '.join(used)}"
         if used
-        else "no run is shown to use the image"
+        else "no run's accuracy is shown to use the image"
     )
+    if reads:
+        what, shares = reads
+        seen = [n for n, (a, b) in shares.items() if _above(a, b)]
+        claim = f"names {what} more often with the masked image than with a blank one"
+        parts.append(f"reasoning {claim}: {', '.join(seen)}" if seen else f"no run's reasoning {claim}")
     ood = [e["out"] for e in runs.values() if "out" in e and e["out"].enough]
     if ood:
         widest = max(e.high - e.low for e in ood)
@@ -143,19 +187,23 @@ def demo_tables(
     blind: Mapping[str, Records],
     pair: tuple[str, str] | None = None,
     seed: int = 0,
+    check: ReasoningCheck | None = None,
 ) -> list[str]:
     """The markdown sections, from each run's scored answers (sample 0) with the masked and the blank
-    image; `pair` names the two runs the reading compares (prior sampling, plain GRPO)."""
+    image; `pair` names the two runs the reading compares (prior sampling, plain GRPO); `check` adds what
+    the reasoning reads off the image, masked vs blank."""
     runs = {name: estimates(rs, seed) for name, rs in normal.items()}
+    shares = reasoning_shares(check, normal, blind, seed) if check else {}
     blanks = {name: estimates(rs, seed) for name, rs in blind.items() if rs}
     first = next(iter(normal.values()), [])
     levels = {level: level for level in LEVELS}
     splits = {split: SPLIT_NAMES[split] for split in SPLITS}
     return [
-        reading(runs, blanks, pair),
+        reading(runs, blanks, pair, (check.what, shares) if check else None),
         "",
         *by_format(runs, first),
         *by_group("Accuracy by level", levels, runs),
         *by_group("In distribution vs held-out categories (OOD)", splits, runs),
         *(blind_control(runs, blanks) if blanks else []),
+        *(reasoning_table(check, shares) if check else []),
     ]
