@@ -1,6 +1,6 @@
 """Preprocess each image once (mpcc.generation.image_inputs): the processor's inputs are the same tensors
-as without the memo, whatever was seen before or dropped, and one image's patches never stand for
-another's."""
+as without the memo, whatever was seen before or dropped, one image's patches never stand for
+another's, and calls it does not serve go to the processor as they are."""
 
 from __future__ import annotations
 
@@ -52,5 +52,11 @@ def test_inputs_equal_the_processors_own(arch, kept):
         _same(prompt_inputs(processor, _rows(images, order)), prompt_inputs(own, _rows(images, order)))
     if kept == 64:  # 3 distinct images, each processed once over the 11 rows
         assert memo.counts == {"images": 11, "processed": 3}
+    counts = dict(memo.counts)
+    other = processor.image_processor(images[:2])  # no torch tensors asked: the processor's own call
+    assert memo.counts == counts
+    assert np.array_equal(
+        np.asarray(other["pixel_values"]), np.asarray(own.image_processor(images[:2])["pixel_values"])
+    )
     with pytest.raises(ConfigError, match="already"):
         memo.attach(processor)

@@ -71,10 +71,12 @@ def generate(model, processor, rows: list[dict], decoding: Decoding) -> list[str
 
 class HFGenerator:
     """`generate` over a model loaded once, on the GPU when there is one. An item's rows share one image:
-    with `reuse_images`, each is preprocessed and encoded once while it is among the last `MEMO_IMAGES`
-    seen (the diagnostics' measuring passes on the same image reuse it too)."""
+    with `reuse_images`, each is encoded once while it is among the last `MEMO_IMAGES` seen (the
+    diagnostics' measuring passes on the same image reuse it too), and preprocessed once while among the
+    last `INPUT_MEMO_IMAGES` (host memory: a batch's images, then CRM's teacher-forced pass over them)."""
 
     MEMO_IMAGES = 64
+    INPUT_MEMO_IMAGES = 32
 
     def __init__(self, path: str, reuse_images: bool = True):
         from mpcc.models import best_device, load_model, load_processor
@@ -82,7 +84,7 @@ class HFGenerator:
         self.model, self.processor = load_model(path).to(best_device()).eval(), load_processor(path)
         reuse_images = use_speedup(self.model.config.model_type, "image_feature_memo", reuse_images)
         self.image_memo = ImageFeatureMemo(self.MEMO_IMAGES) if reuse_images else None
-        self.input_memo = ImageInputMemo(self.MEMO_IMAGES) if reuse_images else None
+        self.input_memo = ImageInputMemo(self.INPUT_MEMO_IMAGES) if reuse_images else None
         if reuse_images:
             self.image_memo.attach(self.model)
             self.input_memo.attach(self.processor)

@@ -9,7 +9,8 @@ call). The inputs are the same tensors as without the memo.
 
 For the Qwen-VL layout (`pixel_values`: the patches of all images concatenated, one `image_grid_thw`
 row per image: `mpcc.models.image_slices`), the families with `image_feature_memo`. An image is
-keyed by its mode, size and a cryptographic digest of its pixels, and by the call's options.
+keyed by its mode, size and a cryptographic digest of its pixels, and by the call's options; a call
+for other than torch tensors of PIL images goes to the processor as it is.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class ImageInputMemo:
         @functools.wraps(original)
         def preprocess(images, *args, **kwargs):
             flat = make_flat_list_of_images(images)
-            if args or not all(isinstance(im, Image.Image) for im in flat):
+            tensors = kwargs.get("return_tensors") == "pt"
+            if args or not tensors or not all(isinstance(im, Image.Image) for im in flat):
                 return original(images, *args, **kwargs)
             return self._inputs(original, flat, kwargs)
 
