@@ -1,7 +1,9 @@
 """What each eval diagnostic costs: wall time, CPU time and peak memory of `mpcc eval` with one diagnostic
 (and with `crm,evidence` together), relative to a plain eval of the same items, each run in a fresh
 process (so peaks do not mix), medians of interleaved repeats. CPU time (the process's user + system)
-moves less than wall time when other jobs share the machine.
+moves less than wall time when other jobs share the machine; the load average before and after the runs
+and torch's thread count are recorded, to tell a quiet machine's figures from a shared one's (there,
+OMP_NUM_THREADS=1 keeps threads that spin waiting for a descheduled sibling out of the CPU seconds).
 
     python benchmarks/diagnostics_cost.py --data EVAL_BUILD --items 12 --repeats 3
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -23,6 +26,7 @@ VARIANTS = ("plain", "blind", "context", "shape", "evidence", "crm", "crm,eviden
 
 _RUN = """
 import json, os, sys, time
+import torch
 from mpcc.evaluation.config import EvalConfig
 from mpcc.generation.decoding import Decoding
 from mpcc.evaluation.harness import run_eval
@@ -38,7 +42,8 @@ run_eval(model, data, out, config)
 seconds, used = time.perf_counter() - start, os.times()
 cpu_seconds = used.user + used.system - cpu.user - cpu.system
 peak_mb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
-print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mb": peak_mb}))
+threads = torch.get_num_threads()
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mb": peak_mb, "threads": threads}))
 """
 
 
@@ -65,6 +70,7 @@ def main() -> None:
     a = p.parse_args()
     variants = ("plain", *(v for v in a.variants if v != "plain"))
     runs = {v: [] for v in variants}
+    load_before = os.getloadavg()
     for _ in range(a.repeats):  # interleaved, so drift on a shared machine hits every variant alike
         for variant in variants:
             runs[variant].append(run_once(a.model, a.data, a.items, a.max_new_tokens, variant))
@@ -75,6 +81,8 @@ def main() -> None:
         "command": f"python benchmarks/diagnostics_cost.py --items {a.items} --max-new-tokens "
         f"{a.max_new_tokens} --repeats {a.repeats} --variants {' '.join(variants)}",
         "machine": platform.platform(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},  # 1, 5, 15 minutes
+        "torch_threads": runs["plain"][0]["threads"],
         "model": a.model,
         "items": a.items,
         "median": median,
@@ -99,6 +107,7 @@ def main() -> None:
     ]
     header = ("eval", "seconds (median)", "x plain", "CPU seconds", "x plain", "peak MB", "x plain")
     print("\n".join(markdown_table(header, rows)))
+    print(f"load average (1, 5, 15 min) before {load_before}, after {result['load_average']['after']}")
     print(f"wrote {a.out}")
 
 

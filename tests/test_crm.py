@@ -13,7 +13,7 @@ import torch
 
 from mpcc.errors import ConfigError
 from mpcc.evaluation.config import CRM_FILLS, EvalConfig
-from mpcc.evaluation.grounding.conditions import Diagnostics, matched_colour, place_like
+from mpcc.evaluation.grounding.conditions import Diagnostics, avoid_spectrum, matched_colour, place_like
 from mpcc.evaluation.grounding.crm import (
     CLASSES,
     ablate,
@@ -384,3 +384,44 @@ def test_regenerations_of_several_answers_share_a_generate_call(crm_rows, tiny_b
     calls.clear()
     assert records(64, tmp_path / "together") == alone
     assert calls == [sum(sizes)]
+
+
+@pytest.mark.parametrize("shape", [(37, 41), (60, 80), (149, 73)])
+def test_placement_equals_brute_force_on_any_image_size(shape):
+    """The FFT scores every translation exactly on sides with large prime factors too (padded to a
+    fast size), with its spectrum passed in or not: the place a brute-force count would draw."""
+    rng = np.random.default_rng(shape[0])
+    avoid = rng.random(shape) < 0.3
+    region = np.zeros(shape, bool)
+    region[3:14, 5:12] = rng.random((11, 7)) < 0.8
+    crop = region[3:14, 5:12]
+    hits = np.array(
+        [
+            [(crop & avoid[y : y + 11, x : x + 7]).sum() for x in range(shape[1] - 6)]
+            for y in range(shape[0] - 10)
+        ]
+    )
+    places = np.argwhere(hits == hits.min())
+    top, left = places[np.random.default_rng(5).integers(len(places))]
+    expected = np.zeros_like(region)
+    expected[top : top + 11, left : left + 7] = crop
+    for spectrum in (None, avoid_spectrum(avoid)):
+        moved, overlap = place_like(region, avoid, seed=5, spectrum=spectrum)
+        assert overlap == hits.min() and (moved == expected).all()
+
+
+def test_ablations_made_once_per_row_equal_ones_made_afresh(crm_rows, tiny_builds):
+    """The images an item's rows share are rendered once while its rows come (`Diagnostics._memo`):
+    rows asked in turn, and back again, get exactly the ablations a fresh `Diagnostics` makes."""
+    diagnostics, rows = crm_rows
+    for row in [rows[0], rows[1], rows[0], rows[2]]:
+        for fill in CRM_FILLS:
+            fresh = Diagnostics(tiny_builds["eval"], k=2)
+            kept, made = ablate(diagnostics, row, 3, fill), ablate(fresh, row, 3, fill)
+            assert kept.sets == made.sets and [o for _, o in kept.controls] == [o for _, o in made.controls]
+            assert [np.array(r["image"]).tobytes() for r in kept.rows] == [
+                np.array(r["image"]).tobytes() for r in made.rows
+            ]
+            assert np.array(diagnostics.apply(row, "context")["image"]).tobytes() == (
+                np.array(fresh.apply(row, "context")["image"]).tobytes()
+            )

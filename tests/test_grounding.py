@@ -3,9 +3,11 @@ contrastive region masking, each against an independent reference."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from PIL import Image
 
 from mpcc.errors import ConfigError, ValidationError
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig, parse_layers
-from mpcc.evaluation.grounding import attention
+from mpcc.evaluation.grounding import attention, runner
 from mpcc.evaluation.grounding.attention import measure, resolve_layers
 from mpcc.evaluation.grounding.conditions import Diagnostics
 from mpcc.evaluation.grounding.crm import (
@@ -24,6 +26,7 @@ from mpcc.evaluation.grounding.crm import (
     step_deltas,
     step_similarity,
 )
+from mpcc.evaluation.grounding.entropy import entropy_records
 from mpcc.evaluation.grounding.evidence import (
     evidence_record,
     evidence_records,
@@ -33,6 +36,7 @@ from mpcc.evaluation.grounding.evidence import (
 )
 from mpcc.evaluation.grounding.forcing import answer_tokens, teacher_forced, teacher_forced_pairs, token_steps
 from mpcc.evaluation.grounding.regions import cell_coverage, region_tokens, token_grid
+from mpcc.evaluation.grounding.runner import GROUNDING, run_step_diagnostics
 from mpcc.evaluation.harness import eval_rows
 from mpcc.generation.generators import conversation
 from mpcc.models import random_vlm
@@ -486,3 +490,78 @@ def test_step_diagnostics_options_are_checked():
         parse_layers("0,last")
     assert parse_layers("0, -1") == (0, -1)
     assert EvalConfig(diagnostics=("evidence", "blind")).diagnostics == ("evidence", "blind")
+
+
+def test_entropy_with_evidence_comes_from_the_evidence_pass(tiny_builds, tmp_path, monkeypatch):
+    """With `evidence,entropy` the entropy records are the evidence pass's (no second forward) and equal
+    the records the entropy pass alone writes, answers of every format and of several lengths."""
+    model = random_vlm("qwen2_5_vl")
+    model[0].eval()
+    diagnostics = Diagnostics(tiny_builds["eval"])
+    config = EvalConfig(formats=EVAL_FORMATS, limit=2, batch_size=4)
+    rows = {f"{pid}:normal": row for pid, row in eval_rows(tiny_builds["eval"], config)}
+    texts = [TRACE, "<answer>knife</answer>", "<think>A fork.</think> no answer block"]
+    answers = [
+        {"prompt_id": pid, "completion": texts[i % 3], "correct": i % 2 == 0}
+        | {k: row[k] for k in ("item_id", "format", "difficulty")}
+        for i, (pid, row) in enumerate(rows.items())
+    ]
+
+    def entropy(kinds: tuple[str, ...], out) -> dict:
+        out.mkdir()
+        run_step_diagnostics(
+            lambda: model, lambda: None, diagnostics, rows, answers, replace(config, diagnostics=kinds), out
+        )
+        records = [json.loads(line) for line in (out / GROUNDING).read_text().splitlines()]
+        return {r["prompt_id"]: r for r in records if r["kind"] == "entropy"}
+
+    alone = entropy(("entropy",), tmp_path / "alone")
+    monkeypatch.setattr(runner, "entropy_records", None)  # a second forward would now fail
+    both = entropy(("evidence", "entropy"), tmp_path / "both")
+    assert set(both) == set(alone) == set(rows)
+    assert any(r["entropy_answer"] is None for r in alone.values())  # the no-answer-block case is there
+    _same(both, alone)
+
+
+def test_measured_entropies_and_logprobs_equal_a_plain_forward(tiny_builds):
+    """The passes read logits at the completion positions only (`forcing.window_logits`): the evidence
+    and entropy records' entropies and step log-probabilities equal those of one plain full forward per
+    answer, taken by hand (to the precision of the measuring pass's own attention)."""
+    model, processor = random_vlm("qwen2_5_vl")
+    model.eval()
+    diagnostics = Diagnostics(tiny_builds["eval"])
+    rows = [row for _, row in eval_rows(tiny_builds["eval"], EvalConfig(formats=EVAL_FORMATS, limit=1))][:3]
+    texts = [TRACE, "<answer>knife</answer>", TRACE.replace("A fork", "A fork and a cup")]
+    layers = resolve_layers(model, None)
+    evidence = evidence_records(
+        model, processor, [(r, t, diagnostics.regions(r)) for r, t in zip(rows, texts)], layers
+    )
+    entropy = entropy_records(model, processor, list(zip(rows, texts)))
+    for row, text, measured, alone in zip(rows, texts, evidence, entropy):
+        prompt = processor.apply_chat_template(
+            conversation(row),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        completion = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.cat([prompt["input_ids"][0], torch.tensor(completion["input_ids"])])
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids[None],
+                pixel_values=prompt["pixel_values"],
+                image_grid_thw=prompt["image_grid_thw"],
+            ).logits[0, len(prompt["input_ids"][0]) - 1 : -1]
+        scores = logits.log_softmax(-1)
+        entropies = -(scores.exp() * scores).sum(-1).numpy()
+        logprobs = scores.gather(-1, torch.tensor(completion["input_ids"])[:, None])[:, 0].numpy()
+        offsets = [tuple(o) for o in completion["offset_mapping"]]
+        in_answer = answer_tokens(text, offsets)
+        step_of = np.array(token_steps(offsets, split_steps(text)))
+        for record in (measured, alone):
+            assert record["entropy_full"] == pytest.approx(entropies.mean(), rel=1e-5)
+            assert record["entropy_answer"] == pytest.approx(entropies[in_answer].mean(), rel=1e-5)
+        assert [s["logprob"] for s in measured["steps"]] == pytest.approx(
+            [logprobs[step_of == s].mean() for s in range(len(measured["steps"]))], rel=1e-4
+        )  # the measuring pass's attention is eager in float32 chunks, the plain forward's sdpa

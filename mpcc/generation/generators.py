@@ -18,6 +18,7 @@ from mpcc.families import use_speedup
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.endpoint import Endpoint, EndpointConfig, Request
 from mpcc.generation.image_features import ImageFeatureMemo
+from mpcc.generation.image_inputs import ImageInputMemo
 from mpcc.seeds import mix_seed
 
 API_PREFIX = "openai:"  # `--model openai:NAME`: the model NAME served behind an endpoint
@@ -71,9 +72,11 @@ def generate(model, processor, rows: list[dict], decoding: Decoding) -> list[str
 class HFGenerator:
     """`generate` over a model loaded once, on the GPU when there is one. An item's rows share one image:
     with `reuse_images`, each is encoded once while it is among the last `MEMO_IMAGES` seen (the
-    diagnostics' measuring passes on the same image reuse it too)."""
+    diagnostics' measuring passes on the same image reuse it too), and preprocessed once while among the
+    last `INPUT_MEMO_IMAGES` (host memory: a batch's images, then CRM's teacher-forced pass over them)."""
 
     MEMO_IMAGES = 64
+    INPUT_MEMO_IMAGES = 32
 
     def __init__(self, path: str, reuse_images: bool = True):
         from mpcc.models import best_device, load_model, load_processor
@@ -81,8 +84,10 @@ class HFGenerator:
         self.model, self.processor = load_model(path).to(best_device()).eval(), load_processor(path)
         reuse_images = use_speedup(self.model.config.model_type, "image_feature_memo", reuse_images)
         self.image_memo = ImageFeatureMemo(self.MEMO_IMAGES) if reuse_images else None
-        if self.image_memo is not None:
+        self.input_memo = ImageInputMemo(self.INPUT_MEMO_IMAGES) if reuse_images else None
+        if reuse_images:
             self.image_memo.attach(self.model)
+            self.input_memo.attach(self.processor)
 
     def __call__(self, rows: list[dict], decoding: Decoding, seed: int) -> list[str]:
         torch.manual_seed(seed)

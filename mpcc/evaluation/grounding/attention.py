@@ -34,6 +34,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mpcc.errors import ConfigError
+from mpcc.evaluation.grounding.forcing import window_logits
 
 ATTENTION = "mpcc_measured"
 CHUNK_ELEMENTS = 1 << 21  # attention weights held at once: 8 MB in float32 (the pass peaks a few times that)
@@ -56,7 +57,7 @@ class _Probe:
 class Measured:
     """What the measuring pass returns (batch first; queries = the kept query positions)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor  # (batch, queries, vocab)
     mass: torch.Tensor  # (batch, groups, queries): mean over heads and measured layers
     profile: torch.Tensor  # (batch, layers, heads, groups, buckets): masses summed over a bucket's queries
     keys: torch.Tensor  # (batch, keys): attention from the bucketed queries, summed over them, mean over
@@ -157,8 +158,8 @@ def measure(
     model, inputs: dict, groups: torch.Tensor, queries: slice, layers: frozenset[int],
     buckets: torch.Tensor | None = None, n_buckets: int = 1,
 ) -> Measured:  # fmt: skip
-    """The forward's logits and, for the query positions `queries` (step 1), the attention mass on each
-    key group averaged over heads and the measured `layers`; `buckets` (one index < `n_buckets` per kept
+    """The forward's logits at the query positions `queries` (step 1) and their attention mass on each
+    key group, averaged over heads and the measured `layers`; `buckets` (one index < `n_buckets` per kept
     query, -1 for none; default: all in bucket 0) groups queries for the per-layer, per-head profile and
     the keys' received attention (see `Measured`). `buckets` of shape (batch, kept queries) bucket each
     row's queries apart: a batch of answers of different lengths marks each one's padding and prompt -1
@@ -173,7 +174,7 @@ def measure(
         )
     probe = _Probe(layers, groups.to(torch.float32), queries, buckets.to(groups.device), n_buckets)
     with _measuring(model, probe):
-        logits = model(**inputs).logits
+        logits = window_logits(model, inputs, slice(*queries.indices(length)[:2]))
     if probe.layers_seen != len(layers):
         raise ConfigError(
             f"measured {probe.layers_seen} of {len(layers)} attention layers: this model's attention does "

@@ -50,6 +50,7 @@ class Diagnostics:
         self.stats, _ = load_stats(Path(data))
         self._annotations = record.annotations
         self._coco: COCO | None = None
+        self._row_memo: tuple[tuple, dict] = ((), {})
 
     @property
     def coco(self) -> COCO:
@@ -96,8 +97,24 @@ class Diagnostics:
 
     def hide(self, row: dict, ann_ids: list[int], fill: str = "target") -> Image.Image:
         """The row's masked image with the `ann_ids` objects hidden too: each object's region under the
-        build's mask mode, painted with `fill` (`ablate`)."""
-        return self.ablate(row, [(self.object_region(a), a) for a in ann_ids], fill)
+        build's mask mode, painted with `fill` (`ablate`). Made once per row in hand (`_memo`): CRM asks
+        for an object alone both as its evidence ablation and to size its control, and the `context`
+        condition for each of an item's rows."""
+        return self._memo(
+            row, ("hide", tuple(ann_ids), fill),
+            lambda: self.ablate(row, [(self.object_region(a), a) for a in ann_ids], fill),
+        )  # fmt: skip
+
+    def _memo(self, row: dict, key: tuple, make):
+        """`make()`, kept while the rows asked about are of one target (the last one's images only: an
+        item's rows and its CRM ablations come together). The images kept are never changed in place."""
+        target = (row["file_name"], row["ann_id"])
+        if self._row_memo[0] != target:
+            self._row_memo = (target, {})
+        made = self._row_memo[1]
+        if key not in made:
+            made[key] = make()
+        return made[key]
 
     def controls(self, row: dict, sets: list[list[int]], fill: str) -> list[tuple[Image.Image, float]]:
         """(image, overlap) per set of annotation ids: the control of `hide(row, ids, fill)`. Each object's
@@ -111,15 +128,17 @@ class Diagnostics:
         target = self.target_region(row)
         region = {a: self.object_region(a) for a in row["context_ann_ids"] if a in self.coco.anns}
         objects = np.logical_or.reduce([target, *region.values()])
+        spectrum = avoid_spectrum(objects)  # every set's first object avoids just the objects
         change = {
-            a: int(np.abs(np.asarray(self.ablate(row, [(region[a], a)], fill), int) - base).sum())
+            a: int(np.abs(np.asarray(self.hide(row, [a], fill), int) - base).sum())
             for a in dict.fromkeys(a for ids in sets for a in ids)
         }
         controls = []
         for ann_ids in sets:
             pixels, avoid, overlap, area = base.copy(), objects, 0, 0
             for ann_id in ann_ids:
-                moved, hit = place_like(region[ann_id], avoid, mix_seed(self.seed, row["ann_id"], ann_id))
+                seed = mix_seed(self.seed, row["ann_id"], ann_id)
+                moved, hit = place_like(region[ann_id], avoid, seed, spectrum if avoid is objects else None)
                 painted = moved & ~target  # the target stays hidden as built
                 pixels[painted] = matched_colour(base[painted], change[ann_id])
                 avoid = avoid | moved
@@ -134,12 +153,7 @@ class Diagnostics:
         object": each region takes the mean colour of the pixels in a band around it (width max(4 px,
         10% of the region's longer side)) that no hidden region covers; with no such pixel, the mean of
         all visible pixels; with none, the blank canvas's gray. Model-free and deterministic."""
-        image = render_targets(
-            self.images_dir / row["file_name"],
-            [(row["ann_id"], row["mask"], row["bbox"])],
-            self.spec,
-            self.seed,
-        )[row["ann_id"]]
+        image = self._memo(row, ("masked",), lambda: self._masked(row))
         if fill == "target":
             spec = MaskSpec("segm", self.spec.fill)
             for region, ann_id in regions:
@@ -160,6 +174,15 @@ class Diagnostics:
         for (region, _), colour in zip(regions, colours):
             pixels[region & ~target] = colour  # the target stays hidden as built
         return Image.fromarray(pixels)
+
+    def _masked(self, row: dict) -> Image.Image:
+        """The row's image rendered from the source with its target hidden, as the build did."""
+        return render_targets(
+            self.images_dir / row["file_name"],
+            [(row["ann_id"], row["mask"], row["bbox"])],
+            self.spec,
+            self.seed,
+        )[row["ann_id"]]
 
     def object_region(self, ann_id: int) -> np.ndarray:
         """The pixels that hide annotation `ann_id` under the build's mask mode (as its target would be)."""
@@ -182,22 +205,50 @@ class Diagnostics:
         return evidence & ~target, target
 
 
-def place_like(region: np.ndarray, avoid: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
+def place_like(
+    region: np.ndarray, avoid: np.ndarray, seed: int, spectrum: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """(moved, overlap): `region` translated, whole shape and area, to a place inside the image where it
     covers the fewest `avoid` pixels (overlap: how many), a seeded choice among the places that tie.
-    Every translation is scored at once: the cross-correlation of `avoid` with the region's crop (FFT)."""
+    Every translation is scored at once: the cross-correlation of `avoid` with the region's crop (FFT);
+    `spectrum`: `avoid_spectrum(avoid)` when already computed."""
     x, y, w, h = _box(region)
     moved = np.zeros_like(region)
     if w == 0:
         return moved, 0
     crop = region[y : y + h, x : x + w]
     height, width = region.shape
-    spectrum = np.fft.rfft2(avoid.astype(float)) * np.conj(np.fft.rfft2(crop.astype(float), s=region.shape))
-    hits = np.rint(np.fft.irfft2(spectrum, s=region.shape))[: height - h + 1, : width - w + 1]
+    spectrum = avoid_spectrum(avoid) if spectrum is None else spectrum
+    size = _fft_size(region.shape)
+    product = spectrum * np.conj(np.fft.rfft2(crop.astype(float), s=size))
+    hits = np.rint(np.fft.irfft2(product, s=size))[: height - h + 1, : width - w + 1]
     places = np.argwhere(hits == hits.min())
     top, left = places[np.random.default_rng(seed).integers(len(places))]
     moved[top : top + h, left : left + w] = crop
     return moved, int(hits.min())
+
+
+def avoid_spectrum(avoid: np.ndarray) -> np.ndarray:
+    """The FFT of an `avoid` mask that `place_like` correlates with."""
+    return np.fft.rfft2(avoid.astype(float), s=_fft_size(avoid.shape))
+
+
+def _fft_size(shape: tuple[int, int]) -> tuple[int, int]:
+    """Each side raised to the next product of 2, 3 and 5 (an FFT of a side with a large prime factor is
+    slow). No translation that stays inside the image wraps around, so the scores are unchanged."""
+    return _smooth(shape[0]), _smooth(shape[1])
+
+
+def _smooth(n: int) -> int:
+    """The least m >= n with no prime factor above 5."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
 
 
 def matched_colour(pixels: np.ndarray, change: float) -> np.ndarray:

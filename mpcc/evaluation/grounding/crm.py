@@ -45,11 +45,12 @@ import torch
 
 from mpcc.evaluation.grounding.forcing import (
     by_level,
-    completion_logprobs,
     mean_or_none,
     step_positions,
     teacher_forced,
+    token_logprobs,
     token_steps,
+    window_logits,
 )
 from mpcc.evaluation.intervals import item_bootstrap
 from mpcc.evaluation.parsing import parse_answer
@@ -80,7 +81,9 @@ def region_sets(diagnostics, row: dict, singles: int) -> list[tuple[str, list[in
 def step_deltas(model, processor, rows: list[dict], completion: str) -> list[list[float | None]]:
     """Per ablated row (rows[1:]), per step: mean step log-prob minus the same on rows[0] (the original)."""
     inputs, prompt_len, offsets = teacher_forced(processor, rows, completion, model.device)
-    logprob = completion_logprobs(model(**inputs).logits, inputs["input_ids"], prompt_len).cpu().numpy()
+    window = slice(prompt_len - 1, inputs["input_ids"].shape[1] - 1)
+    tokens = inputs["input_ids"][:, prompt_len:]
+    logprob = token_logprobs(window_logits(model, inputs, window), tokens).cpu().numpy()
     step_of = np.array(token_steps(offsets, split_steps(completion)))
     steps = range(step_of.max() + 1 if len(step_of) else 0)
     means = [[mean_or_none(lp[step_of == s]) for s in steps] for lp in logprob]

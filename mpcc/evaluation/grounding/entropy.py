@@ -22,7 +22,13 @@ import math
 import numpy as np
 import torch
 
-from mpcc.evaluation.grounding.forcing import answer_tokens, mean_or_none, teacher_forced_pairs
+from mpcc.evaluation.grounding.forcing import (
+    answer_tokens,
+    completion_window,
+    mean_or_none,
+    teacher_forced_pairs,
+    window_logits,
+)
 from mpcc.evaluation.grounding.uncertainty import aurc, auroc, token_entropy
 from mpcc.evaluation.intervals import item_bootstrap
 
@@ -35,11 +41,23 @@ def entropy_records(model, processor, answers: list[tuple[dict, str]]) -> list[d
     """A local model's entropies of each (row, completion), all from one right-padded forward."""
     rows, completions = zip(*answers)
     inputs, forced = teacher_forced_pairs(processor, list(rows), list(completions), model.device)
-    logits = model(**inputs).logits
+    window = completion_window(forced)
+    logits = window_logits(model, inputs, window)
+    own = [slice(f.produced_by.start - window.start, f.produced_by.stop - window.start) for f in forced]
     return [
-        _record(completion, token_entropy(logits[i, f.produced_by]).cpu().numpy(), f.offsets, LOGITS)
-        for i, (completion, f) in enumerate(zip(completions, forced))
+        _record(completion, token_entropy(logits[i, mine]).cpu().numpy(), f.offsets, LOGITS)
+        for i, (completion, f, mine) in enumerate(zip(completions, forced, own))
     ]
+
+
+def entropy_of_evidence(record: dict) -> dict:
+    """The entropy record of an answer the evidence pass measured: that teacher-forced forward's logits
+    give the same entropies (`evidence.evidence_records`), so `--diagnostics evidence,entropy` runs one."""
+    return {
+        "entropy_full": record["entropy_full"],
+        "entropy_answer": record["entropy_answer"],
+        "source": LOGITS,
+    }
 
 
 def top_entropy(token: dict) -> float:

@@ -58,10 +58,11 @@ from mpcc.evaluation.grounding.forcing import (
     Forced,
     answer_tokens,
     by_level,
-    completion_logprobs,
+    completion_window,
     mean_or_none,
     step_positions,
     teacher_forced_pairs,
+    token_logprobs,
     token_steps,
 )
 from mpcc.evaluation.grounding.regions import grids_tokens
@@ -103,7 +104,7 @@ def evidence_records(model, processor, answers: list[tuple], layers: frozenset[i
     rows, completions, _ = zip(*answers)
     inputs, forced = teacher_forced_pairs(processor, list(rows), list(completions), model.device)
     ids = inputs["input_ids"].cpu()
-    window = slice(min(f.prompt_len for f in forced) - 1, max(f.length for f in forced) - 1)
+    window = completion_window(forced)
     groups = torch.zeros(len(answers), len(GROUPS), ids.shape[1])
     thirds = torch.full((len(answers), window.stop - window.start), -1)  # -1: another row's, or padding
     measured_answers = []
@@ -141,9 +142,9 @@ def _record(measured: Measured, i: int, ids: torch.Tensor, groups: torch.Tensor,
     mass = measured.mass[i, :, answer.own].cpu().numpy()  # (groups, completion tokens)
     counts = groups.sum(-1).long().tolist()
     mass[[g for g, n in enumerate(counts) if n == 0]] = np.nan  # nothing to look at: no mass, not zero
-    logits = measured.logits[i : i + 1, : forced.length]
-    entropy = token_entropy(logits[0, forced.produced_by]).cpu().numpy()
-    logprob = completion_logprobs(logits, ids[i : i + 1, : forced.length], forced.prompt_len)[0].cpu().numpy()
+    logits = measured.logits[i, answer.own]
+    entropy = token_entropy(logits).cpu().numpy()
+    logprob = token_logprobs(logits, ids[i, forced.prompt_len : forced.length]).cpu().numpy()
     answer_span = answer_tokens(answer.completion, forced.offsets)
     image = answer.image.to(measured.keys.device)
     received = measured.keys[i, image].cpu().numpy() if len(reasoning) else None

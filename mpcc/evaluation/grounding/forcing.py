@@ -85,10 +85,22 @@ def teacher_forced(
     return inputs, forced[0].prompt_len, forced[0].offsets
 
 
-def completion_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """(batch, completion tokens) log-probability of each completion token given everything before it."""
-    scores = logits[:, prompt_len - 1 : -1].float().log_softmax(-1)
-    return scores.gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+def completion_window(forced: list[Forced]) -> slice:
+    """The query positions whose next-token predictions are some pair's completion tokens."""
+    return slice(min(f.prompt_len for f in forced) - 1, max(f.length for f in forced) - 1)
+
+
+def window_logits(model, inputs: dict, window: slice) -> torch.Tensor:
+    """The forward's logits at the `window` positions only: the prompt's (image tokens included) are
+    never read, and their vocabulary-wide rows would be most of the pass's memory on a large model."""
+    keep = torch.arange(window.start, window.stop, device=inputs["input_ids"].device)
+    return model(**inputs, logits_to_keep=keep).logits
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The log-probability of each of `tokens` (...,) under the logits (..., vocab) that predict it."""
+    scores = logits.float().log_softmax(-1)
+    return scores.gather(-1, tokens[..., None].to(scores.device)).squeeze(-1)
 
 
 def answer_tokens(completion: str, offsets: list[tuple[int, int]]) -> np.ndarray:

@@ -5,7 +5,8 @@ answers. A served model has no weights here (model None): its answers bring thei
 runs its regenerated contrast only.
 
 Evidence (and entropy) is measured on every evaluated row's answer, `--batch-size` answers per
-teacher-forced forward; CRM (one batched forward per answer, one regeneration per region set and per its
+teacher-forced forward (with both, an answer's entropy record comes from its evidence pass: one forward,
+not two); CRM (one batched forward per answer, one regeneration per region set and per its
 control, several answers' regenerations in one generate call of `--batch-size` rows) on one answer per
 item: its open question when evaluated, else its first row.
 Records are appended to `grounding.jsonl` as they come, so a stopped run resumes where it stopped. The
@@ -24,7 +25,7 @@ from mpcc.errors import ConfigError
 from mpcc.evaluation.config import EvalConfig
 from mpcc.evaluation.grounding.attention import resolve_layers
 from mpcc.evaluation.grounding.crm import Ablation, ablate, crm_record, summarise_crm
-from mpcc.evaluation.grounding.entropy import entropy_records, summarise_entropy
+from mpcc.evaluation.grounding.entropy import entropy_of_evidence, entropy_records, summarise_entropy
 from mpcc.evaluation.grounding.evidence import evidence_records, summarise_evidence
 from mpcc.evaluation.grounding.monitor import ALL, uncertainty_report
 from mpcc.files import read_appended
@@ -76,9 +77,10 @@ def _crm_batches(answers: list[dict], rows: dict[str, dict], diagnostics, config
         yield batch
 
 
-def _evidence_records(answers, rows, model, processor, diagnostics, config: EvalConfig, layers):
+def _evidence_records(answers, rows, model, processor, diagnostics, config: EvalConfig, layers, entropy):
     """Measured `--batch-size` answers per forward: one forward per answer would cost more than the
-    answers' generation on a CPU."""
+    answers' generation on a CPU. The answers whose prompt id is in `entropy` get their entropy record
+    from the same pass (its logits are the entropy pass's)."""
     for start in range(0, len(answers), config.batch_size):
         batch = answers[start : start + config.batch_size]
         measured = [
@@ -86,6 +88,8 @@ def _evidence_records(answers, rows, model, processor, diagnostics, config: Eval
         ]
         for answer, record in zip(batch, evidence_records(model, processor, measured, layers)):
             yield "evidence", answer, record
+            if answer["prompt_id"] in entropy:
+                yield "entropy", answer, entropy_of_evidence(record)
 
 
 def _crm_records(answers, rows, model, processor, diagnostics, config: EvalConfig, generator):
@@ -140,10 +144,14 @@ def run_step_diagnostics(
         model, processor = model_source()
         generator = generator_source()
         layers = resolve_layers(model, config.attention_layers) if evidence else None
+        measuring = {a["prompt_id"] for a in evidence} if model is not None else set()
+        with_evidence = {a["prompt_id"] for a in entropy} & measuring
         measured = chain(
-            _evidence_records(evidence, rows, model, processor, diagnostics, config, layers),
+            _evidence_records(evidence, rows, model, processor, diagnostics, config, layers, with_evidence),
             _crm_records(crm, rows, model, processor, diagnostics, config, generator),
-            _entropy_records(entropy, rows, model, processor, config),
+            _entropy_records(
+                [a for a in entropy if a["prompt_id"] not in with_evidence], rows, model, processor, config
+            ),
         )
         with open(path, "a", encoding="utf-8") as f:
             for kind, answer, record in tqdm(
