@@ -14,6 +14,7 @@ output is already there, so re-running the demo resumes instead of redoing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mpcc.records import BUILD_FILE
 from mpcc.reports.charts import ACCURACY_CHART, reward_curve_chart
 from mpcc.reports.compare import COMPARISON
 from mpcc.reports.eval_report import REPORT_HTML
+from mpcc.reports.grounding import compare_grounding
 from mpcc.reports.learning import LEARNING_CHART, learning_section
 from mpcc.train import main as train_main
 from mpcc.training.curves import generated_reward, learning_summary, log_history
@@ -60,11 +62,19 @@ class DemoConfig:
     with prior sampling and plain GRPO -> eval of all four on the same items -> comparison -> export."""
 
     out: Path = option(Path("runs/demo"), "work directory")
-    num_images: int = option(800, "synthetic training scenes (held-out: half as many, at most 120)", minimum=2)
+    num_images: int = option(
+        800, "synthetic training scenes (held-out: half as many, at most 120)", minimum=2
+    )
     seed: int = option(0, "seed", minimum=0)
     sft_steps: int = option(450, "SFT steps on the traces", minimum=1)
     grpo_steps: int = option(100, "steps of each GRPO run (with prior sampling, plain)", minimum=1)
     eval_items: int = option(100, "eval items (hidden objects), each asked in every format", minimum=1)
+    grounding_items: int = option(
+        20,
+        "the first N eval items' open questions (at most --eval-items) get the step-level grounding "
+        "diagnostics (crm, evidence), for each of the four models; 0: none",
+        minimum=0,
+    )
     recipes: str = option(
         "tiny", "where sft.yaml, grpo_prior.yaml and grpo.yaml are: a directory, or a packaged recipe folder"
     )
@@ -98,6 +108,7 @@ def _layout(out: Path) -> dict[str, Path]:
         "compare": out / "compare",
         "export": out / "export",
         **{f"eval_{name}": out / "eval" / name for name in EVALUATED},
+        **{f"grounding_{name}": out / "grounding" / name for name in EVALUATED},
     }
 
 
@@ -188,12 +199,35 @@ def _evaluate(name: str, config: DemoConfig, paths: dict[str, Path]) -> None:
     eval_config = EvalConfig(
         formats=EVAL_FORMATS,
         # the image's share (masked vs blank), for the trained models: the random start answers nothing
-        # either way; step-level grounding (crm, evidence) costs minutes: `mpcc eval --diagnostics`
+        # either way (step-level grounding: `_ground`, on fewer items)
         diagnostics=() if name == "start" else ("blind",),
         limit=config.eval_items,
         decoding=Decoding(max_new_tokens=NEW_TOKENS),
     )
     run_eval(model, paths["eval"], paths[f"eval_{name}"], eval_config)
+
+
+def _ground(config: DemoConfig, paths: dict[str, Path]) -> None:
+    """CRM and evidence attention on the open questions of the first `grounding_items` items, for each
+    model: the random start is the control that should show nothing."""
+    eval_config = EvalConfig(
+        formats=("open",),
+        diagnostics=("crm", "evidence"),
+        limit=min(config.grounding_items, config.eval_items),
+        decoding=Decoding(max_new_tokens=NEW_TOKENS),
+    )
+    for name in EVALUATED:
+        model = START if name == "start" else str(paths[name])
+        run_eval(model, paths["eval"], paths[f"grounding_{name}"], eval_config)
+
+
+def _grounding_lines(paths: dict[str, Path]) -> list[str]:
+    """The four models' step-level grounding compared (mpcc.reports.grounding), when it was measured."""
+    measured = {name: paths[f"grounding_{name}"] / METRICS for name in EVALUATED}
+    if not all(path.is_file() for path in measured.values()):
+        return []
+    sections = {LABELS[name]: json.loads(path.read_text())["grounding"] for name, path in measured.items()}
+    return [*compare_grounding(sections, paths["compare"]), ""]
 
 
 def _learning(paths: dict[str, Path]) -> dict[str, list[dict]]:
@@ -217,10 +251,8 @@ def _compare(config: DemoConfig, paths: dict[str, Path]) -> None:
     histories = _learning(paths)
     point_estimates = compared.read_text(encoding="utf-8")
     learning = learning_section(learning_summary(histories), LEARNING_CHART)
-    compared.write_text(
-        "\n".join(["# MPCC demo", "", *_tables(config, paths), point_estimates, *learning]) + "\n",
-        encoding="utf-8",
-    )
+    sections = [*_tables(config, paths), point_estimates, *_grounding_lines(paths), *learning]
+    compared.write_text("\n".join(["# MPCC demo", "", *sections]) + "\n", encoding="utf-8")
     curves = {name: generated_reward(history) for name, history in histories.items()}
     reward_curve_chart(curves, paths["compare"] / LEARNING_CHART)  # last: it marks the stage done
 
@@ -289,6 +321,19 @@ def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
             )
             for name in EVALUATED
         ],
+        *(
+            [
+                (
+                    f"measure step-level grounding (crm, evidence) of the four models on "
+                    f"{config.grounding_items} items' open questions",
+                    paths["grounding_grpo"],
+                    _ready(paths["grounding_grpo"], METRICS),
+                    lambda: _ground(config, paths),
+                )
+            ]
+            if config.grounding_items
+            else []
+        ),
         (
             "compare the four models",
             paths["compare"],
@@ -311,6 +356,7 @@ def run_demo(
     sft_steps: int = DemoConfig.sft_steps,
     grpo_steps: int = DemoConfig.grpo_steps,
     eval_items: int = DemoConfig.eval_items,
+    grounding_items: int = DemoConfig.grounding_items,
     recipes: str | Path = DemoConfig.recipes,
 ) -> dict[str, Path]:
     """Train scenes and held-out eval scenes (half as many, another seed), as COCO has train and val;
@@ -327,6 +373,7 @@ def run_demo(
         sft_steps=sft_steps,
         grpo_steps=grpo_steps,
         eval_items=eval_items,
+        grounding_items=grounding_items,
         recipes=str(recipes),
     )
     paths = _layout(config.out)

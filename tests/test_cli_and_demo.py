@@ -102,14 +102,14 @@ def test_demo_runs_end_to_end(tmp_path):
     -> export; every stage announced with its output."""
     env = {**os.environ, "MPCC_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "mpcc", "demo", "--out", str(tmp_path), "--num-images", "40"]
-    command += ["--sft-steps", "2", "--grpo-steps", "2", "--eval-items", "4"]
+    command += ["--sft-steps", "2", "--grpo-steps", "2", "--eval-items", "4", "--grounding-items", "2"]
     # from outside the checkout: the default recipes are the packaged ones
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = re.findall(r"^\[(\d+)/(\d+)\] (.*) -> (\S+)$", proc.stdout, re.M)
-    assert [int(k) for k, *_ in stages] == list(range(1, 14)) and {n for _, n, *_ in stages} == {"13"}
+    assert [int(k) for k, *_ in stages] == list(range(1, 15)) and {n for _, n, *_ in stages} == {"14"}
     assert all(Path(where).exists() for *_, where in stages)  # every stage's output is where it said
-    assert len(re.findall(r"^\[\d+/13\] done in \d+ s$", proc.stdout, re.M)) == 13
+    assert len(re.findall(r"^\[\d+/14\] done in \d+ s$", proc.stdout, re.M)) == 14
     assert "Setting accelerator to CPU" not in proc.stdout + proc.stderr
     train, evald = load_dataset(tmp_path / "data" / "train"), load_dataset(tmp_path / "data" / "eval")
     assert len(train) > 20 and len(evald) > 20 and all(train["reasoning"])
@@ -131,6 +131,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert compared.index("Reading: ") < compared.index("## Accuracy by format (95% interval")
     assert "| chance (uniform guess) | 0.250 | 0.143 |" in compared
     assert "held-out categories (OOD)" in compared and "## Accuracy by level and format" in compared
+    assert "## What the reasoning reads off the image: the scene type (of six)" in compared
+    # step-level grounding of the four models, the random start among them (the control)
+    grounded = compared.split("## Step-level grounding")[1].split("## Learning curves")[0]
+    assert all(f"| {label} |" in grounded for label in ("start (random weights)", "plain GRPO"))
+    assert "collapse ratio (raw mass)" in grounded and "CRM, evidence − control ablation:" in grounded
+    for run in runs:
+        grounding = json.loads((tmp_path / "grounding" / run / "metrics.json").read_text())
+        assert grounding["items"] == 2 and set(grounding["grounding"]) >= {"evidence", "crm"}
     assert all(f"| {run} |" in compared for run in runs)
     assert re.search(
         r"^\| GRPO with prior sampling \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| 2 \|$", compared, re.M
@@ -144,7 +152,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "comparison:" in proc.stdout
     # it ends with the comparison's headline tables, printed
     assert (
-        proc.stdout.index("[13/13] done")
+        proc.stdout.index("[14/14] done")
         < proc.stdout.index("## Accuracy by format")
         < proc.stdout.index("## Learning curves")
     )
@@ -153,7 +161,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(re.findall(r"^\[\d+/13\] .*: already done, in \S+$", again.stdout, re.M)) == 13
+    assert len(re.findall(r"^\[\d+/14\] .*: already done, in \S+$", again.stdout, re.M)) == 14
 
 
 def test_readme_commands_and_ci_agree():

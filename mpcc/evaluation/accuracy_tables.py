@@ -120,13 +120,13 @@ def reasoning_shares(
     masked image and with a blank one, each with its interval over items."""
 
     def share(records: list[dict]) -> float | None:
-        return sum(map(check.passes, records)) / len(records) if records else None
+        return sum(r["passes"] for r in records) / len(records) if records else None
 
-    return {
-        name: (item_bootstrap(rs, share, seed=seed), item_bootstrap(blind[name], share, seed=seed))
-        for name, rs in normal.items()
-        if blind.get(name)
-    }
+    def estimate(records: Records) -> Estimate:  # each answer checked once, not once per resample
+        checked = [{"item_id": r["item_id"], "passes": check.passes(r)} for r in records]
+        return item_bootstrap(checked, share, seed=seed)
+
+    return {name: (estimate(rs), estimate(blind[name])) for name, rs in normal.items() if blind.get(name)}
 
 
 def reasoning_table(check: ReasoningCheck, shares: Shares) -> list[str]:
