@@ -107,7 +107,8 @@ class EvalConfig:
     reuse_images: bool = option(
         True,
         "preprocess and encode each image once for all the rows of its item and the diagnostics' passes "
-        "over it (hf); vllm: its prefix cache prefills a shared system prompt + image once. Same predictions.",
+        "over it (hf); vllm: its prefix cache prefills a shared system prompt + image once. "
+        "Same predictions.",
     )
     backend: str = option(
         "hf",
