@@ -417,6 +417,19 @@ def test_evidence_records_in_one_batch_equal_one_at_a_time(tiny_builds, arch):
     _same(evidence_records(model, processor, answers, layers), alone)
 
 
+def _completion_scores(model, processor, row: dict, completion_ids: list[int]) -> torch.Tensor:
+    """(completion tokens, vocab) log-softmax of one plain forward of the row's prompt + the completion:
+    the reference the batched passes are checked against."""
+    prompt = processor.apply_chat_template(
+        conversation(row), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    ids = torch.cat([prompt["input_ids"][0], torch.tensor(completion_ids)])
+    inputs = {"pixel_values": prompt["pixel_values"], "image_grid_thw": prompt["image_grid_thw"]}
+    with torch.no_grad():
+        logits = model(input_ids=ids[None], **inputs).logits[0, len(prompt["input_ids"][0]) - 1 : -1]
+    return logits.log_softmax(-1)
+
+
 def test_teacher_forced_crm_equals_one_at_a_time(eval_row):
     """The batched contrast equals a plain forward per image, step means taken by hand."""
     diagnostics, row = eval_row
@@ -431,23 +444,9 @@ def test_teacher_forced_crm_equals_one_at_a_time(eval_row):
     step_of = np.array(token_steps([tuple(o) for o in completion["offset_mapping"]], split_steps(TRACE)))
     means = []
     for image in images:
-        prompt = processor.apply_chat_template(
-            conversation({**row, "image": image}),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
-        ids = torch.cat([prompt["input_ids"][0], torch.tensor(completion["input_ids"])])
-        with torch.no_grad():
-            logits = model(
-                input_ids=ids[None],
-                pixel_values=prompt["pixel_values"],
-                image_grid_thw=prompt["image_grid_thw"],
-            ).logits[0]
-        start = len(prompt["input_ids"][0])
-        token_lp = [logits[p - 1].log_softmax(-1)[ids[p]].item() for p in range(start, len(ids))]
-        means.append([np.mean(np.array(token_lp)[step_of == s]) for s in range(3)])
+        scores = _completion_scores(model, processor, {**row, "image": image}, completion["input_ids"])
+        token_lp = scores.gather(-1, torch.tensor(completion["input_ids"])[:, None])[:, 0].numpy()
+        means.append([np.mean(token_lp[step_of == s]) for s in range(3)])
     expected = [[a - b for a, b in zip(m, means[0])] for m in means[1:]]
     assert np.allclose(deltas, expected, atol=1e-4)
     assert not np.allclose(deltas, 0, atol=1e-7)  # hiding objects does change the model's view
@@ -538,22 +537,8 @@ def test_measured_entropies_and_logprobs_equal_a_plain_forward(tiny_builds):
     )
     entropy = entropy_records(model, processor, list(zip(rows, texts)))
     for row, text, measured, alone in zip(rows, texts, evidence, entropy):
-        prompt = processor.apply_chat_template(
-            conversation(row),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
         completion = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = torch.cat([prompt["input_ids"][0], torch.tensor(completion["input_ids"])])
-        with torch.no_grad():
-            logits = model(
-                input_ids=ids[None],
-                pixel_values=prompt["pixel_values"],
-                image_grid_thw=prompt["image_grid_thw"],
-            ).logits[0, len(prompt["input_ids"][0]) - 1 : -1]
-        scores = logits.log_softmax(-1)
+        scores = _completion_scores(model, processor, row, completion["input_ids"])
         entropies = -(scores.exp() * scores).sum(-1).numpy()
         logprobs = scores.gather(-1, torch.tensor(completion["input_ids"])[:, None])[:, 0].numpy()
         offsets = [tuple(o) for o in completion["offset_mapping"]]
