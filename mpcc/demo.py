@@ -83,7 +83,7 @@ class DemoConfig:
 Stage = tuple[str, Path, Callable[[], bool], Callable[[], object]]  # what, where, done, work
 
 
-def _stages(stages: list[Stage]) -> None:
+def run_stages(stages: list[Stage]) -> None:
     """Run (what, where, done, work) in order: a numbered line before each, its time after; a stage
     whose output is already there is reported and skipped."""
     for k, (what, where, done, work) in enumerate(stages, 1):
@@ -97,7 +97,7 @@ def _stages(stages: list[Stage]) -> None:
         print(f"[{k}/{len(stages)}] done in {time.monotonic() - start:.0f} s", flush=True)
 
 
-def _layout(out: Path) -> dict[str, Path]:
+def work_layout(out: Path) -> dict[str, Path]:
     """Every folder the demo writes but the scenes, by name (what `run_demo` returns)."""
     return {
         "build": out / "data" / "train_build",
@@ -262,11 +262,11 @@ def _summary(config: DemoConfig, paths: dict[str, Path]) -> str:
     return "\n".join(_tables(config, paths) + learning_section(learning_summary(_learning(paths))))
 
 
-def _ready(path: Path, marker: str) -> Callable[[], bool]:
+def ready(path: Path, marker: str) -> Callable[[], bool]:
     return lambda: (path / marker).is_file()
 
 
-def _data_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
+def data_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
     """Scenes, the train and eval builds and the preview."""
     scenes = config.out / "scenes"
     return [
@@ -281,19 +281,19 @@ def _data_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
         (
             "build the MPCC train set in every format and import the scenes' traces",
             paths["train"],
-            _ready(paths["train"], BUILD_FILE),
+            ready(paths["train"], BUILD_FILE),
             lambda: _train_set(config, paths),
         ),
         (
             "build the MPCC eval set (levels from the train set's statistics)",
             paths["eval"],
-            _ready(paths["eval"], BUILD_FILE),
+            ready(paths["eval"], BUILD_FILE),
             lambda: _eval_set(config, paths),
         ),
         (
             "write a visual preview of the eval set",
             paths["preview"],
-            _ready(paths["preview"], "index.html"),
+            ready(paths["preview"], "index.html"),
             lambda: write_preview(paths["eval"], paths["preview"], num=24, seed=config.seed),
         ),
     ]
@@ -307,7 +307,7 @@ def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
             (
                 f"{TRAINED[name][0]} from {_start(name, paths)}, {n} steps",
                 paths[name],
-                _ready(paths[name], "trainer_state.json"),
+                ready(paths[name], "trainer_state.json"),
                 lambda name=name, n=n: _train(name, n, config, paths),
             )
             for name, n in steps.items()
@@ -316,7 +316,7 @@ def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
             (
                 f"evaluate {START if name == 'start' else name} on {config.eval_items} items",
                 paths[f"eval_{name}"],
-                _ready(paths[f"eval_{name}"], METRICS),
+                ready(paths[f"eval_{name}"], METRICS),
                 lambda name=name: _evaluate(name, config, paths),
             )
             for name in EVALUATED
@@ -327,7 +327,7 @@ def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
                     f"measure step-level grounding (crm, evidence) of the four models on "
                     f"{config.grounding_items} items' open questions",
                     paths["grounding_grpo"],
-                    _ready(paths["grounding_grpo"], METRICS),
+                    ready(paths["grounding_grpo"], METRICS),
                     lambda: _ground(config, paths),
                 )
             ]
@@ -337,13 +337,13 @@ def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
         (
             "compare the four models",
             paths["compare"],
-            _ready(paths["compare"], LEARNING_CHART),
+            ready(paths["compare"], LEARNING_CHART),
             lambda: _compare(config, paths),
         ),
         (
             "export the prior-sampling model with its eval results",
             paths["export"],
-            _ready(paths["export"], "config.json"),
+            ready(paths["export"], "config.json"),
             lambda: export(paths["grpo_prior"], paths["export"], eval_run=paths["eval_grpo_prior"]),
         ),
     ]
@@ -376,8 +376,8 @@ def run_demo(
         grounding_items=grounding_items,
         recipes=str(recipes),
     )
-    paths = _layout(config.out)
-    _stages(_data_stages(config, paths) + _model_stages(config, paths))
+    paths = work_layout(config.out)
+    run_stages(data_stages(config, paths) + _model_stages(config, paths))
     print(_summary(config, paths), flush=True)
     print(
         f"comparison: {paths['compare'] / COMPARISON} (charts: {ACCURACY_CHART}, {LEARNING_CHART})\n"

@@ -18,7 +18,7 @@ TRAIN_FORMATS = ("open", *OPTION_FORMATS)  # as the demo's train set: one row pe
 
 
 def layout(out: Path) -> dict[str, Path]:
-    """The data folders by name; the first four are the demo's own (mpcc.demo._layout under `out`)."""
+    """The data folders by name; the first four are the demo's own (mpcc.demo.work_layout under `out`)."""
     data = out / "data"
     return {
         "build": data / "train_build",

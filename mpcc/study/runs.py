@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mpcc.demo import NEW_TOKENS, START, DemoConfig, _data_stages, _layout, _ready, _stages
+from mpcc.demo import NEW_TOKENS, START, DemoConfig, data_stages, ready, run_stages, work_layout
 from mpcc.evaluation.harness import METRICS
 from mpcc.records import BUILD_FILE
 from mpcc.study.arms import MAIN, WEAK, Arm, arms, read_facts, recipe_path
@@ -83,7 +83,7 @@ def _run_stages(config: StudyConfig, table: dict[str, Arm], paths: dict[str, Pat
         (
             f"evaluate the untrained model {START} on {config.eval_items} items",
             zero,
-            _ready(zero, METRICS),
+            ready(zero, METRICS),
             _timed(out, "eval zero_shot", lambda: _evaluate(config, START, zero, paths)),
         )
     ]
@@ -104,7 +104,7 @@ def _run_stages(config: StudyConfig, table: dict[str, Arm], paths: dict[str, Pat
                     (
                         f"{arm.label}, seed {seed}: {arm.recipe} from {start}, {arm.steps} steps",
                         where,
-                        _ready(where, STATE_FILE),
+                        ready(where, STATE_FILE),
                         _timed(
                             out,
                             f"train {name} {seed}",
@@ -118,7 +118,7 @@ def _run_stages(config: StudyConfig, table: dict[str, Arm], paths: dict[str, Pat
                         (
                             f"evaluate {arm.label}, seed {seed}",
                             target,
-                            _ready(target, METRICS),
+                            ready(target, METRICS),
                             _timed(
                                 out,
                                 f"eval {name} {seed}",
@@ -139,13 +139,13 @@ def run_study(config: StudyConfig) -> Path:
     table = arms(config, read_facts(config.recipes))
     paths = layout(config.out)
     demo = DemoConfig(out=config.out, num_images=config.num_images, seed=config.seed, recipes=config.recipes)
-    stages = _data_stages(demo, _layout(config.out))
+    stages = data_stages(demo, work_layout(config.out))
     if "masking" in config.ablations:
         stages.append(
             (
                 "build the random-patch twin of the train set (same rows and traces, other pixels)",
                 paths["train_patch"],
-                _ready(paths["train_patch"], BUILD_FILE),
+                ready(paths["train_patch"], BUILD_FILE),
                 lambda: patch_train_set(config.out, config.seed, paths),
             )
         )
@@ -154,6 +154,6 @@ def run_study(config: StudyConfig) -> Path:
     stages.append(
         ("write the report and charts", report, lambda: False, lambda: write_report(config, table, paths))
     )
-    _stages(stages)
+    run_stages(stages)
     print(f"report: {report / 'study.md'}", flush=True)
     return report / "study.md"
