@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mpcc.bench import SHAPES, BenchConfig, bench_model
+from mpcc.bench import SHAPES, VISION_SHAPES, BenchConfig, bench_model
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import eval_rows
 from mpcc.generation.decoding import Decoding
@@ -73,7 +73,7 @@ def main() -> None:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "machine": platform.platform(),
         "shape": a.shape,
-        "shape_overrides": SHAPES[a.shape],
+        "shape_overrides": VISION_SHAPES["qwen2_5_vl"] if a.shape == "vision" else SHAPES[a.shape],
         "rows": len(rows),
         "items": a.items,
         "rows_per_s": rate,

@@ -25,12 +25,14 @@ import torch
 import transformers
 import trl
 from transformers import TrainerCallback
+from transformers.image_utils import SizeDict
 
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import load_dataset
 from mpcc.data.synthetic import generate_scenes
 from mpcc.errors import ConfigError
-from mpcc.models import best_device, freeze_vision_tower, random_vlm, set_pixel_bounds, vision_tower
+from mpcc.families import TINY_ARCHS
+from mpcc.models import best_device, freeze_vision_tower, random_vlm, vision_tower
 from mpcc.options import option, validate_bounds
 from mpcc.reports.bench import bench_markdown
 from mpcc.rewards import resolve_rewards
@@ -43,12 +45,9 @@ logger = logging.getLogger(__name__)
 _QWEN25_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
 _QWEN25_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16}
 _QWEN25_VISION |= {"fullatt_block_indexes": [7, 15, 23, 31]}
-# Config overrides of the tiny Qwen2.5-VL giving the published models' exact shapes; `vision` is a CPU
-# shape where the vision work is visible: the real tower width at depth 2 and real image sizes, with
-# the tiny language model.
+# Config overrides of the tiny Qwen2.5-VL giving the published models' exact shapes (Qwen2.5-VL only).
 SHAPES = {
     "tiny": {},
-    "vision": {"vision": {**_QWEN25_VISION, "depth": 2, "fullatt_block_indexes": [1], "out_hidden_size": 64}},
     "3b": {
         "text": {
             "hidden_size": 2048,
@@ -76,6 +75,76 @@ SHAPES = {
         },
         "vision": _QWEN25_VISION | {"out_hidden_size": 3584},
         "vocab_size": 152064,
+    },
+}
+_QWEN_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}  # Qwen2(.5)-VL's own bounds
+_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "patch_size": 14}
+# SmolVLM-Instruct / SmolVLM2-2.2B: 384-pixel tiles, the longest side up to 4 tiles, 81 tokens each
+_SMOLVLM = {
+    "vision": _SO400M | {"image_size": 384},
+    "config": {"scale_factor": 3},
+    "image_processor": {"size": {"longest_edge": 4 * 384}, "max_image_size": {"longest_edge": 384}},
+    "processor": {"image_seq_len": 81},
+}
+_GLM = {  # Glm4vConfig's vision defaults (GLM-4.1V; GLM-4.6V uses the same class and defaults)
+    "vision": {"hidden_size": 1536, "intermediate_size": 13696, "num_heads": 12, "image_size": 336},
+    "image_processor": {"size": {"shortest_edge": 112 * 112, "longest_edge": 28 * 28 * 15000}},
+}
+_PINPOINTS = [[384 * r, 384 * c] for r in range(1, 7) for c in range(1, 7)]  # LlavaOnevisionConfig's default
+# The `vision` shape per tiny arch: the tiny language model with the real checkpoint's vision tower width
+# (depth 2, the tiny arch's own) and its real tile / image sizes. `vision`: tower config overrides,
+# `config`: model config keys, `image_processor` / `processor`: attributes set on the tiny processor.
+# Widths: the transformers config classes' defaults where they are the real checkpoint's (named), else
+# SigLIP-so400m's (LlavaOnevisionConfig's vision defaults), the tower of Gemma 3, SmolVLM and LLaVA-OneVision.
+VISION_SHAPES = {
+    # Qwen2VLConfig's vision defaults; `hidden_size` is the merger's output, the tiny text width
+    "qwen2_vl": {
+        "vision": {"embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16},
+        "image_processor": {"size": _QWEN_PIXELS},
+    },
+    "qwen2_5_vl": {
+        "vision": _QWEN25_VISION | {"depth": 2, "fullatt_block_indexes": [1], "out_hidden_size": 64},
+        "image_processor": {"size": _QWEN_PIXELS},
+    },
+    # Qwen3VLConfig's vision defaults (patch 16); Qwen3-VL's own pixel bounds
+    "qwen3_vl": {
+        "vision": {
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "num_position_embeddings": 2304,
+        },
+        "image_processor": {"size": {"shortest_edge": 256 * 256, "longest_edge": 4096 * 4096}},
+    },
+    "glm4v": _GLM,
+    "glm46v": _GLM,
+    # Gemma-3-4B-it: SigLIP-so400m on one 896-pixel image (recipes/gemma3); pooled to the tiny 64 tokens, not
+    # 256 (the processor builds its image-token string once, at construction)
+    "gemma3": {
+        "vision": _SO400M | {"image_size": 896},
+        "image_processor": {"size": {"height": 896, "width": 896}},
+    },
+    "idefics3": _SMOLVLM,  # recipes/smolvlm (SmolVLM-Instruct)
+    "smolvlm": _SMOLVLM,  # recipes/smolvlm2 (SmolVLM2-2.2B-Instruct)
+    # LLaVA-OneVision: SigLIP-so400m on 384-pixel tiles, 729 tokens each, anyres_max_9 over up to 6 x 6 tiles
+    "llava_onevision": {
+        "vision": _SO400M | {"image_size": 384},
+        "config": {"image_grid_pinpoints": _PINPOINTS, "vision_aspect_ratio": "anyres_max_9"},
+        "image_processor": {"size": {"height": 384, "width": 384}, "image_grid_pinpoints": _PINPOINTS},
+        "processor": {"num_image_tokens": 729, "vision_aspect_ratio": "anyres_max_9"},
+    },
+    # InternVLConfig's vision defaults (InternViT-300M, InternVL3-2B's): 448-pixel tiles, 256 tokens each, up
+    # to 12 tiles + a thumbnail (recipes/internvl)
+    "internvl": {
+        "vision": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "image_size": 448,
+        },
+        "config": {"image_seq_length": 256},
+        "image_processor": {"size": {"height": 448, "width": 448}, "max_patches": 12},
+        "processor": {"image_seq_length": 256},
     },
 }
 _FAST = {"cache_implementation": "static", "compile_generation": True}
@@ -106,10 +175,12 @@ class BenchJob:
 class BenchConfig:
     shape: str = option(
         "tiny",
-        "model shape: tiny (CPU-sized), vision (tiny language model, the real vision tower's width at depth "
-        "2, real image sizes), 3b / 7b (Qwen2.5-VL-3B / 7B exactly, random weights)",
-        choices=tuple(SHAPES),
+        "model shape: tiny (CPU-sized), vision (tiny language model, the --arch checkpoint's vision tower "
+        "width at depth 2, its real image sizes), 3b / 7b (Qwen2.5-VL-3B / 7B exactly, random weights; "
+        "qwen2_5_vl only)",
+        choices=(*SHAPES, "vision"),
     )
+    arch: str = option("qwen2_5_vl", "model family of the random-weight model", choices=TINY_ARCHS)
     prompts: int = option(2, "prompts per step", minimum=1)
     generations: int = option(
         8, "G: samples per prompt (the prior variants generate G - 1 + the trace)", minimum=2
@@ -123,8 +194,14 @@ class BenchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.shape not in SHAPES:
-            raise ConfigError(f"shape must be one of {sorted(SHAPES)}, got {self.shape!r}")
+        if self.shape not in (*SHAPES, "vision"):
+            raise ConfigError(f"shape must be one of {[*SHAPES, 'vision']}, got {self.shape!r}")
+        if self.arch not in TINY_ARCHS:
+            raise ConfigError(f"arch must be one of {TINY_ARCHS}, got {self.arch!r}")
+        if self.shape in ("3b", "7b") and self.arch != "qwen2_5_vl":
+            raise ConfigError(
+                f"shape {self.shape} is Qwen2.5-VL's only; --arch {self.arch} has tiny and vision"
+            )
         unknown = set(self.variants) - set(VARIANTS)
         if unknown or not self.variants:
             raise ConfigError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {self.variants}")
@@ -156,14 +233,41 @@ def bench_dataset(config: BenchConfig, root: Path):
 
 
 def bench_model(config: BenchConfig):
-    """The benchmark's random-weight model of `config.shape`, its vision tower frozen, and its processor."""
-    shape, device = SHAPES[config.shape], best_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, processor = random_vlm("qwen2_5_vl", seed=config.seed, dtype=dtype, device=device, **shape)
-    if shape:  # real shapes see real image sizes (Qwen2.5-VL's own pixel bounds)
-        set_pixel_bounds(processor.image_processor, 56 * 56, 28 * 28 * 16384)
+    """The benchmark's random-weight `config.arch` model of `config.shape`, its vision tower frozen, and its
+    processor; real shapes see real image sizes."""
+    device = best_device()
+    kwargs = {"seed": config.seed, "dtype": torch.bfloat16 if device.type == "cuda" else torch.float32}
+    if config.shape == "vision":
+        spec = VISION_SHAPES[config.arch]
+        model, processor = random_vlm(
+            config.arch, vision=spec["vision"], config=spec.get("config"), device=device, **kwargs
+        )
+        settings = (
+            (processor.image_processor, spec["image_processor"]),
+            (processor, spec.get("processor", {})),
+        )
+    else:
+        model, processor = random_vlm(config.arch, device=device, **kwargs, **SHAPES[config.shape])
+        real = config.shape != "tiny"
+        settings = ((processor.image_processor, {"size": _QWEN_PIXELS} if real else {}),)
+    for target, values in settings:
+        for key, value in values.items():
+            setattr(target, key, SizeDict(**value) if key == "size" else value)
     freeze_vision_tower(model)  # as `mpcc train` does by default
     return model, processor
+
+
+def _patches(pixel_values: torch.Tensor, patch_size: int | list[int]) -> int:
+    """The patches a vision tower encodes from `pixel_values`, per family layout: one row per patch (Qwen-VL,
+    GLM), else images or tiles (..., C, H, W) of (H // patch) x (W // patch) patches each; an all-zero tile is
+    batch padding, which Idefics3 and LLaVA-OneVision drop before the tower (normalised pixels are never
+    all exactly zero)."""
+    if pixel_values.dim() == 2:
+        return pixel_values.shape[0]
+    tiles = pixel_values.flatten(0, -4)
+    height, width = patch_size if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size)
+    real = int(tiles.flatten(1).any(1).sum())
+    return real * (tiles.shape[-2] // height) * (tiles.shape[-1] // width)
 
 
 class _PhaseTimer(TrainerCallback):
@@ -181,16 +285,17 @@ class _PhaseTimer(TrainerCallback):
             trace = torch.tensor(getattr(trainer, "_trace_slot", []) or [False] * len(generated))
             self._now["generated_tokens"] += generated[~trace.to(generated.device)].sum().item()
             self._now["train_tokens"] += (out["prompt_mask"].sum() + out["completion_mask"].sum()).item()
-            grid = out.get("image_grid_thw")
-            self._now["patches"] += 0 if grid is None else grid.prod(-1).sum().item()
+            self._now["patches"] += _patches(out["pixel_values"], self.patch_size)
             return out
 
         trainer._generate_and_score_completions = counted
-        vision_tower(trainer.model).register_forward_pre_hook(self._count_encoding)
+        self.patch_size = trainer.model.config.vision_config.patch_size
+        vision_tower(trainer.model).register_forward_pre_hook(self._count_encoding, with_kwargs=True)
 
-    def _count_encoding(self, module, args):
+    def _count_encoding(self, module, args, kwargs):
         self._now["vision_calls"] += 1
-        self._now["patches_encoded"] += args[0].shape[0]  # pixel_values: one row per patch
+        pixels = args[0] if args else kwargs.get("pixel_values", kwargs.get("hidden_states"))
+        self._now["patches_encoded"] += _patches(pixels, self.patch_size)
 
     def _time(self, method: str, phase: str) -> None:
         inner = getattr(self.trainer, method)
@@ -298,7 +403,7 @@ def run_bench(config: BenchConfig, out: str | Path, command: str = "") -> dict:
         dataset = bench_dataset(config, Path(tmp))
         variants = {}
         for name in config.variants:
-            logger.info("benchmarking %s (%s shape)", name, config.shape)
+            logger.info("benchmarking %s (%s %s shape)", name, config.arch, config.shape)
             variants[name] = run_variant(name, config, dataset, Path(tmp))
     base = variants.get("vanilla", {}).get("step_s")
     for result in variants.values():

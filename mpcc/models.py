@@ -408,14 +408,16 @@ def random_vlm(
     text: dict | None = None,
     vision: dict | None = None,
     vocab_size: int | None = None,
+    config: dict | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ):
     """A random-weight `arch` model and its processor, built offline.
 
-    The tiny shape by default; `text` / `vision` override its config and `vocab_size` pads the
-    tokenizer, so benchmarks get real shapes (e.g. Qwen2.5-VL-3B's) without downloading anything.
+    The tiny shape by default; `text` / `vision` override its text / vision config, `config` its top-level
+    keys (e.g. Idefics3's `scale_factor`) and `vocab_size` pads the tokenizer, so benchmarks get real shapes
+    (e.g. Qwen2.5-VL-3B's) without downloading anything.
     """
     arch_family = _tiny_family(arch)
     tokenizer = _train_tokenizer(_corpus(), vocab_size, arch_family)
@@ -425,12 +427,14 @@ def random_vlm(
         chat_template=tokenizer.chat_template,
         **arch_family.tiny_processor_kwargs,
     )
-    config = arch_family.tiny_config(tokenizer, text or {}, vision or {})
+    model_config = arch_family.tiny_config(tokenizer, text or {}, vision or {})
+    for key, value in (config or {}).items():
+        setattr(model_config, key, value)
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(seed)  # seeded without touching the caller's random state
-        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
-    eos, pad = config.text_config.eos_token_id, config.text_config.pad_token_id
+        model = AutoModelForImageTextToText.from_config(model_config, dtype=dtype)
+    eos, pad = model_config.text_config.eos_token_id, model_config.text_config.pad_token_id
     model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
     return model, processor
 

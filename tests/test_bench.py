@@ -17,9 +17,10 @@ import torch
 import trl
 from transformers import CompileConfig, TrainerCallback
 
-from mpcc.bench import SHAPES, BenchConfig, bench_dataset
+from mpcc.bench import SHAPES, VISION_SHAPES, BenchConfig, bench_dataset
 from mpcc.cli import main
-from mpcc.models import random_vlm
+from mpcc.families import TINY_ARCHS
+from mpcc.models import random_vlm, vision_tower
 from mpcc.rewards import resolve_rewards
 from mpcc.training.config import MpccGRPOConfig
 from mpcc.training.grpo import MpccGRPOTrainer
@@ -90,6 +91,61 @@ def test_3b_shape_is_qwen25_vl_3b():
     model, processor = random_vlm("qwen2_5_vl", device="meta", **SHAPES["3b"])
     assert sum(p.numel() for p in model.parameters()) == 3_754_622_976  # Qwen2.5-VL-3B-Instruct's count
     assert len(processor.tokenizer) == model.config.text_config.vocab_size == 151_936
+
+
+# The real checkpoints' vision tower widths (the patch embedding's output channels), written out here
+# independently of mpcc.bench: Qwen2(.5)-VL's ViT, Qwen3-VL's, GLM-4.1V's, SigLIP-so400m, InternViT-300M.
+REAL_WIDTHS = {
+    "qwen2_vl": 1280,
+    "qwen2_5_vl": 1280,
+    "qwen3_vl": 1152,
+    "glm4v": 1536,
+    "glm46v": 1536,
+    "gemma3": 1152,
+    "idefics3": 1152,
+    "smolvlm": 1152,
+    "llava_onevision": 1152,
+    "internvl": 1024,
+}
+
+
+def test_every_family_has_a_vision_shape_with_its_real_tower_width():
+    assert set(VISION_SHAPES) == set(TINY_ARCHS) == set(REAL_WIDTHS)
+    for arch, spec in VISION_SHAPES.items():
+        model, _ = random_vlm(arch, vision=spec["vision"], config=spec.get("config"), device="meta")
+        tower = vision_tower(model)
+        embed = next(m for m in tower.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+        assert embed.out_channels == REAL_WIDTHS[arch], arch
+        blocks = [m for m in tower.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+        assert max(len(b) for b in blocks) == 2, arch  # depth 2
+        assert model.config.text_config.hidden_size == 64, arch  # the tiny language model
+
+
+def test_bench_counts_a_non_qwen_family(tmp_path, capsys):
+    """Gemma 3 has no image_grid_thw: patches come from pixel_values, 128 / 8 = 16 x 16 per image."""
+    args = ["bench", "grpo", "--out", str(tmp_path), "--arch", "gemma3", "--steps", "1", "--warmup", "0"]
+    args += ["--generations", "2", "--max-new-tokens", "4", "--variants", "vanilla,mpcc_grpo"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "grpo_bench.json").read_text())
+    assert report["config"]["arch"] == "gemma3"
+    vanilla, grpo = report["variants"]["vanilla"], report["variants"]["mpcc_grpo"]
+    for result in (vanilla, grpo):
+        assert result["steps"][0]["patches"] == 2 * 2 * 256  # 2 prompts x G=2 rows, one image each
+    # vanilla encodes every row's image twice (generation, policy forward); without Gemma 3's encode-once
+    # memo mpcc_grpo does the same
+    assert vanilla["patches_encoded"] == grpo["patches_encoded"] == 2 * 2 * 2 * 256
+    lines = (tmp_path / "grpo_bench.md").read_text().splitlines()
+    assert lines[0].startswith("GRPO step, gemma3 shape `tiny`")
+    header = next(line for line in lines if line.startswith("| trainer |"))
+    assert header.split(" | ")[-3:] == ["MFU", "peak GiB", "vs vanilla |"]
+    assert "patches encoded" in header and "| vanilla |" in "\n".join(lines) and capsys.readouterr().out
+
+
+def test_qwen_sizes_are_refused_for_other_families(tmp_path, capsys):
+    assert main(["bench", "grpo", "--out", str(tmp_path), "--shape", "3b", "--arch", "gemma3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mpcc bench: error: shape 3b is Qwen2.5-VL's only; --arch gemma3 has tiny and vision"]
+    assert not (tmp_path / "grpo_bench.json").exists()
 
 
 class _Capture(TrainerCallback):

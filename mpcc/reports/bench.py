@@ -31,7 +31,7 @@ def bench_markdown(report: dict) -> str:
         for name, r in report["variants"].items()
     ]
     lines = [
-        f"GRPO step, shape `{c['shape']}`, {c['prompts']} prompts x G={c['generations']}, "
+        f"GRPO step, {c['arch']} shape `{c['shape']}`, {c['prompts']} prompts x G={c['generations']}, "
         f"{c['max_new_tokens']} new tokens, {c['image_size'][0]}x{c['image_size'][1]} images; "
         f"medians of {c['steps']} steps after {c['warmup']} warm-up; device: {report['device']}; "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
