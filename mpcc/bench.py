@@ -106,7 +106,8 @@ VISION_SHAPES = {
         "vision": _QWEN25_VISION | {"depth": 2, "fullatt_block_indexes": [1], "out_hidden_size": 64},
         "image_processor": {"size": _QWEN_PIXELS},
     },
-    # Qwen3VLConfig's vision defaults (patch 16); Qwen3-VL's own pixel bounds
+    # Qwen3VLConfig's vision defaults (patch 16); pixel bounds as the Qwen3-VL checkpoints' preprocessor
+    # config is recalled to set them (256^2 to 4096^2 pixels): not checked against the file here
     "qwen3_vl": {
         "vision": {
             "hidden_size": 1152,
