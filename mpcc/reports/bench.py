@@ -25,7 +25,7 @@ def _speedup(value: float | None) -> str:
 
 def bench_markdown(report: dict) -> str:
     """The settings line, the command, then one row per trainer variant (medians of the timed steps)."""
-    c = report["config"]
+    c = {"arch": "qwen2_5_vl"} | report["config"]  # a report from before `--arch` is Qwen2.5-VL's
     rows = [
         (name, *(fmt(r[key], spec) for key, spec in _COLUMNS.values()), _speedup(r["speedup_vs_vanilla"]))
         for name, r in report["variants"].items()
