@@ -4,9 +4,11 @@ Synthetic scenes (with reasoning traces written by the scene generator) -> MPCC 
 question format, traces imported and verified like any teacher's -> eval build -> preview -> SFT of a
 tiny offline model on the traces -> from that SFT checkpoint, GRPO with prior sampling and plain GRPO
 (same recipe settings, seed and steps) -> evaluation of the start model and the three results on the
-same items (the trained ones also with a blank image) -> one comparison (accuracies with 95% intervals
-over items, chance beside each format, by format, by level and on the held-out categories, a one-line
-reading; learning curves of the generated samples' reward) -> export of the prior-sampling checkpoint.
+same items (the trained ones also with a blank image) -> step-level grounding (crm, evidence) of all
+four on the first items' open questions -> one comparison (accuracies with 95% intervals over items,
+chance beside each format, by format, by level and on the held-out categories; what the reasoning reads
+off the image, masked vs blank; the grounding tables; a one-line reading; learning curves of the
+generated samples' reward) -> export of the prior-sampling checkpoint.
 
 Each stage prints what it does, where its output goes and how long it took; it is skipped when its
 output is already there, so re-running the demo resumes instead of redoing.
@@ -59,7 +61,8 @@ VAL_SCENES = 120  # at most: about 230 hidden objects, more than the eval asks o
 class DemoConfig:
     """`mpcc demo`: synthetic scenes with reasoning traces -> MPCC train set in every format (traces
     imported and verified) + eval set -> preview -> SFT of a tiny offline model (CPU), then from it GRPO
-    with prior sampling and plain GRPO -> eval of all four on the same items -> comparison -> export."""
+    with prior sampling and plain GRPO -> eval of all four on the same items, and their step-level
+    grounding on fewer -> comparison -> export."""
 
     out: Path = option(Path("runs/demo"), "work directory")
     num_images: int = option(
