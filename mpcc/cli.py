@@ -78,11 +78,9 @@ def _export_eval(job) -> int:
 
 
 def _demo(config) -> int:
-    from dataclasses import asdict
-
     from mpcc.demo import run_demo
 
-    run_demo(**asdict(config))
+    run_demo(config)
     return 0
 
 

@@ -16,20 +16,20 @@ output is already there, so re-running the demo resumes instead of redoing.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpcc.annotation.importing import import_traces
+from mpcc.annotation.importing import ImportResult, import_traces
 from mpcc.data.answer_options import OPTION_FORMATS
 from mpcc.data.build import BuildConfig, build
+from mpcc.data.masking import MaskSpec
 from mpcc.data.preview import write_preview
 from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes, scene_type
 from mpcc.evaluation.accuracy_tables import ReasoningCheck, demo_tables
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
-from mpcc.evaluation.harness import METRICS, compare_runs, read_predictions, run_eval
+from mpcc.evaluation.harness import METRICS, compare_runs, read_metrics, read_predictions, run_eval
 from mpcc.export import export
 from mpcc.generation.decoding import Decoding
 from mpcc.options import option
@@ -54,6 +54,7 @@ LABELS = {"start": "start (random weights)", **{name: what for name, (what, _) i
 # Trace completions take 48 tokens of the tiny tokenizer (median; 65 at the 99th percentile, up to 68):
 # room for answers a little longer than the traces, in GRPO's samples and in the eval.
 NEW_TOKENS = 96
+TRAIN_FORMATS = ("open", *OPTION_FORMATS)  # one row per hidden object, its format drawn per object
 VAL_SCENES = 120  # at most: about 230 hidden objects, more than the eval asks of them
 
 
@@ -143,20 +144,24 @@ def _scene_check(config: DemoConfig) -> ReasoningCheck:
     return ReasoningCheck("the scene type (of six)", passes, 1 / len(SCENES))
 
 
+def traced_train_set(
+    scenes: Path, build_dir: Path, out: Path, seed: int, mask: MaskSpec | None = None, num_proc: int = 0
+) -> ImportResult:
+    """The train build of generated `scenes` in every format (`TRAIN_FORMATS`; `mask`: how targets are
+    hidden, the default when None) at `build_dir`, then the scenes' traces imported and verified into
+    `out`; a build already there is kept (a resumed run imports only). Returns the import's result."""
+    if not (build_dir / BUILD_FILE).is_file():
+        config = BuildConfig("train", seed=seed, formats=TRAIN_FORMATS, mask=mask or MaskSpec())
+        build(scenes / "instances.json", scenes / "images", build_dir, config, num_proc=num_proc)
+    return import_traces(scenes / TRACES_FILE, build_dir, out)
+
+
 def _train_set(config: DemoConfig, paths: dict[str, Path]) -> None:
-    """The train build in every format, then the scenes' traces imported and verified into it."""
-    scenes, formats = config.out / "scenes" / "train", ("open", *OPTION_FORMATS)
-    if not (paths["build"] / BUILD_FILE).is_file():  # resumed after the build: import only
-        build(
-            scenes / "instances.json",
-            scenes / "images",
-            paths["build"],
-            BuildConfig("train", seed=config.seed, formats=formats),
-        )
-    imported = import_traces(scenes / TRACES_FILE, paths["build"], paths["train"])
+    scenes = config.out / "scenes" / "train"
+    imported = traced_train_set(scenes, paths["build"], paths["train"], config.seed)
     print(
         f"  traces: kept {imported.counts['kept']} of {imported.counts['rows']} rows "
-        f"(rejected: {imported.counts['rejected'] or 'none'}); formats {', '.join(formats)}",
+        f"(rejected: {imported.counts['rejected'] or 'none'}); formats {', '.join(TRAIN_FORMATS)}",
         flush=True,
     )
 
@@ -226,10 +231,10 @@ def _ground(config: DemoConfig, paths: dict[str, Path]) -> None:
 
 def _grounding_lines(paths: dict[str, Path]) -> list[str]:
     """The four models' step-level grounding compared (mpcc.reports.grounding), when it was measured."""
-    measured = {name: paths[f"grounding_{name}"] / METRICS for name in EVALUATED}
-    if not all(path.is_file() for path in measured.values()):
+    runs = {name: paths[f"grounding_{name}"] for name in EVALUATED}
+    if not all((run / METRICS).is_file() for run in runs.values()):
         return []
-    sections = {LABELS[name]: json.loads(path.read_text())["grounding"] for name, path in measured.items()}
+    sections = {LABELS[name]: read_metrics(run)["grounding"] for name, run in runs.items()}
     return [*compare_grounding(sections, paths["compare"]), ""]
 
 
@@ -352,33 +357,15 @@ def _model_stages(config: DemoConfig, paths: dict[str, Path]) -> list[Stage]:
     ]
 
 
-def run_demo(
-    out: str | Path = DemoConfig.out,
-    num_images: int = DemoConfig.num_images,
-    seed: int = DemoConfig.seed,
-    sft_steps: int = DemoConfig.sft_steps,
-    grpo_steps: int = DemoConfig.grpo_steps,
-    eval_items: int = DemoConfig.eval_items,
-    grounding_items: int = DemoConfig.grounding_items,
-    recipes: str | Path = DemoConfig.recipes,
-) -> dict[str, Path]:
-    """Train scenes and held-out eval scenes (half as many, another seed), as COCO has train and val;
-    SFT of the tiny start model, then GRPO with prior sampling and plain GRPO from the SFT checkpoint,
-    on the same train set; the start and the three results evaluated on the same `eval_items` items;
-    their comparison in `out/compare`; the prior-sampling checkpoint exported to `out/export`."""
+def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, Path]:
+    """Train scenes and held-out eval scenes (half as many, at most VAL_SCENES, another seed), as COCO has
+    train and val; SFT of the tiny start model, then GRPO with prior sampling and plain GRPO from the SFT
+    checkpoint, on the same train set; the start and the three results evaluated on the same `eval_items`
+    items, and their step-level grounding on the first `grounding_items`; their comparison in
+    `out/compare`; the prior-sampling checkpoint exported to `out/export`."""
     import datasets
 
     datasets.disable_progress_bars()  # the stage lines say what is built; the trainers keep their bars
-    config = DemoConfig(
-        out=Path(out),
-        num_images=num_images,
-        seed=seed,
-        sft_steps=sft_steps,
-        grpo_steps=grpo_steps,
-        eval_items=eval_items,
-        grounding_items=grounding_items,
-        recipes=str(recipes),
-    )
     paths = work_layout(config.out)
     run_stages(data_stages(config, paths) + _model_stages(config, paths))
     print(_summary(config, paths), flush=True)

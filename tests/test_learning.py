@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mpcc.annotation.importing import import_traces
-from mpcc.data.answer_options import OPTION_FORMATS
-from mpcc.data.build import BuildConfig, build
 from mpcc.data.render import load_dataset
-from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes, scene_type
+from mpcc.data.synthetic import SCENE_WORDS, SCENES, generate_scenes, scene_type
+from mpcc.demo import traced_train_set
 from mpcc.evaluation.grounding.conditions import CANVAS
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.generators import generate
@@ -28,15 +26,7 @@ SEED = 0
 def _train_set(root: Path) -> Path:
     """60 scenes with their traces, built in every format and the traces imported, as the demo does."""
     generate_scenes(root / "scenes", num_images=60, seed=SEED, traces=True)
-    formats = ("open", *OPTION_FORMATS)
-    build(
-        root / "scenes" / "instances.json",
-        root / "scenes" / "images",
-        root / "build",
-        BuildConfig("train", seed=SEED, formats=formats),
-        num_proc=1,
-    )
-    import_traces(root / "scenes" / TRACES_FILE, root / "build", root / "train")
+    traced_train_set(root / "scenes", root / "build", root / "train", SEED, num_proc=1)
     return root / "train"
 
 

@@ -7,36 +7,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpcc.annotation.importing import import_traces
-from mpcc.data.answer_options import OPTION_FORMATS
-from mpcc.data.build import BuildConfig, build
 from mpcc.data.masking import MaskSpec
-from mpcc.data.synthetic import TRACES_FILE
-from mpcc.records import BUILD_FILE
-
-TRAIN_FORMATS = ("open", *OPTION_FORMATS)  # as the demo's train set: one row per object, format drawn
+from mpcc.demo import traced_train_set, work_layout
 
 
 def layout(out: Path) -> dict[str, Path]:
-    """The data folders by name; the first four are the demo's own (mpcc.demo.work_layout under `out`)."""
-    data = out / "data"
+    """The data folders by name: the demo's own (mpcc.demo.work_layout under `out`) and the twin's."""
+    demo = work_layout(out)
     return {
-        "build": data / "train_build",
-        "train": data / "train",
-        "eval": data / "eval",
-        "preview": out / "preview",
-        "patch_build": data / "train_patch_build",
-        "train_patch": data / "train_patch",
+        **{name: demo[name] for name in ("build", "train", "eval", "preview")},
+        "patch_build": out / "data" / "train_patch_build",
+        "train_patch": out / "data" / "train_patch",
     }
 
 
 def patch_train_set(out: Path, seed: int, paths: dict[str, Path]) -> None:
     """The train build with random-patch masks, its traces imported as the semantic build's are."""
-    scenes = out / "scenes" / "train"
-    if not (paths["patch_build"] / BUILD_FILE).is_file():
-        config = BuildConfig("train", seed=seed, formats=TRAIN_FORMATS, mask=MaskSpec(mode="random_patch"))
-        build(scenes / "instances.json", scenes / "images", paths["patch_build"], config)
-    import_traces(scenes / TRACES_FILE, paths["patch_build"], paths["train_patch"])
+    scenes, mask = out / "scenes" / "train", MaskSpec(mode="random_patch")
+    traced_train_set(scenes, paths["patch_build"], paths["train_patch"], seed, mask=mask)
 
 
 def target_categories(build_dir: Path) -> set[str]:
