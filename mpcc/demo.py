@@ -26,7 +26,15 @@ from mpcc.data.answer_options import OPTION_FORMATS
 from mpcc.data.build import BuildConfig, build
 from mpcc.data.masking import MaskSpec
 from mpcc.data.preview import write_preview
-from mpcc.data.synthetic import SCENE_WORDS, SCENES, TRACES_FILE, generate_scenes, scene_type
+from mpcc.data.synthetic import (
+    OUTLINE_WORDS,
+    SCENE_WORDS,
+    SCENES,
+    TRACES_FILE,
+    generate_scenes,
+    outline_word,
+    scene_type,
+)
 from mpcc.evaluation.accuracy_tables import ReasoningCheck, demo_tables
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import METRICS, compare_runs, read_metrics, read_predictions, run_eval
@@ -132,16 +140,24 @@ def _draw_scenes(config: DemoConfig) -> None:
     )
 
 
-def _scene_check(config: DemoConfig) -> ReasoningCheck:
-    """Does an answer's reasoning open with the scene type its image shows (as the traces do)? The
-    generator knows each held-out image's type: a measure of seeing that needs no right answer."""
+def _reasoning_checks(config: DemoConfig) -> list[ReasoningCheck]:
+    """What an answer's reasoning should read off the image, as the traces do, where the generator knows
+    the truth for every held-out image: the scene type it opens with, and the hidden object's outline its
+    mask shows ("the small boxy mask"), the cue multiple choice needs (benchmarks/scene_ceiling.py).
+    Measures of seeing that need no right answer."""
     seed = _val_seed(config)
 
-    def passes(answer: dict) -> bool:
+    def names_scene(answer: dict) -> bool:
         image_id = int(answer["item_id"].split("-")[0])
         return f"This is {SCENE_WORDS[scene_type(image_id, seed)]}" in answer["completion"]
 
-    return ReasoningCheck("the scene type (of six)", passes, 1 / len(SCENES))
+    def names_outline(answer: dict) -> bool:
+        return f"{outline_word(answer['category'])} mask" in answer["completion"]
+
+    return [
+        ReasoningCheck("the scene type (of six)", names_scene, 1 / len(SCENES)),
+        ReasoningCheck("the mask's outline (of six)", names_outline, 1 / len(OUTLINE_WORDS)),
+    ]
 
 
 def traced_train_set(
@@ -248,7 +264,9 @@ def _tables(config: DemoConfig, paths: dict[str, Path]) -> list[str]:
     answers = {LABELS[name]: read_predictions(paths[f"eval_{name}"]) for name in EVALUATED}
     normal = {label: by["normal"] for label, by in answers.items()}
     blind = {label: by.get("blind", []) for label, by in answers.items()}
-    return demo_tables(normal, blind, pair=(LABELS["grpo_prior"], LABELS["grpo"]), check=_scene_check(config))
+    return demo_tables(
+        normal, blind, pair=(LABELS["grpo_prior"], LABELS["grpo"]), checks=_reasoning_checks(config)
+    )
 
 
 def _compare(config: DemoConfig, paths: dict[str, Path]) -> None:

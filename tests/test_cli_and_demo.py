@@ -132,6 +132,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "| chance (uniform guess) | 0.250 | 0.143 |" in compared
     assert "held-out categories (OOD)" in compared and "## Accuracy by level and format" in compared
     assert "## What the reasoning reads off the image: the scene type (of six)" in compared
+    assert "## What the reasoning reads off the image: the mask's outline (of six)" in compared
     # step-level grounding of the four models, the random start among them (the control)
     grounded = compared.split("## Step-level grounding")[1].split("## Learning curves")[0]
     assert all(f"| {label} |" in grounded for label in ("start (random weights)", "plain GRPO"))

@@ -4,8 +4,12 @@ difference only where the intervals are apart."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+from mpcc.data.synthetic import SCENES, outline_word, scene_trace, scene_type
+from mpcc.demo import DemoConfig, _reasoning_checks
 from mpcc.evaluation.accuracy_tables import CHANCE, ReasoningCheck, demo_tables, estimates
+from mpcc.rewards import trace_completion
 
 
 def _answers(p_correct: float, items: int = 60, seed: int = 0) -> list[dict]:
@@ -75,7 +79,7 @@ def test_what_the_reasoning_reads_is_compared_with_a_blank_image():
         "sees": said(_answers(0.3, seed=3), 0.15, 3),
         "blind anyway": said(_answers(0.3, seed=4), 0.2, 4),
     }
-    lines = demo_tables(normal, blind, check=check)
+    lines = demo_tables(normal, blind, checks=[check])
     text = "\n".join(lines)
     assert "more often with the masked image than with a blank one: sees;" in lines[0]
     table = text.split("## What the reasoning reads off the image: the scene type (of six)")[1]
@@ -83,5 +87,23 @@ def test_what_the_reasoning_reads_is_compared_with_a_blank_image():
     sees = next(line for line in table.splitlines() if line.startswith("| sees |"))
     masked, blank = (float(cell.split()[0]) for cell in sees.strip("|").split("|")[1:3])
     assert masked > 0.8 and blank < 0.25 and "(n=480)" in sees
-    nobody = demo_tables({"blind anyway": normal["blind anyway"]}, blind, check=check)[0]
+    nobody = demo_tables({"blind anyway": normal["blind anyway"]}, blind, checks=[check])[0]
     assert "no run's reasoning names the scene type (of six) more often with the masked image" in nobody
+
+
+def test_the_demos_checks_pass_the_generators_own_traces_and_nothing_else():
+    """A trace true of the held-out image passes both of the demo's checks; the same words about another
+    image's scene, or an object of another outline, fail the check they get wrong."""
+    config = DemoConfig(out=Path("unused"))
+    scene_check, outline_check = _reasoning_checks(config)
+    scenes = {scene_type(i, config.seed + 1): i for i in range(40)}  # one held-out image per scene type
+    assert len(scenes) == len(SCENES)
+    for scene, image_id in scenes.items():
+        target = SCENES[scene].categories[0]
+        other = next(c for c in SCENES[scene].categories if outline_word(c) != outline_word(target))
+        answer = {"item_id": f"{image_id}-1", "category": target}
+        answer["completion"] = trace_completion(scene_trace(scene, target, [], 0.03), target)
+        assert scene_check.passes(answer) and outline_check.passes(answer)
+        assert not outline_check.passes({**answer, "category": other})
+        elsewhere = next(i for s, i in scenes.items() if s != scene)
+        assert not scene_check.passes({**answer, "item_id": f"{elsewhere}-1"})

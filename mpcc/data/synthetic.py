@@ -502,7 +502,7 @@ SCENE_WORDS = {  # how traces name each scene type
     "farm_wild": "open country",
     "office": "an office",
 }
-_SHAPE_WORDS = {  # plain words: traces are for tiny models with tiny vocabularies too
+OUTLINE_WORDS = {  # how traces name each outline kind; plain words for tiny vocabularies
     "ellipse": "round",
     "rectangle": "boxy",
     "rounded_rect": "rounded",
@@ -510,6 +510,11 @@ _SHAPE_WORDS = {  # plain words: traces are for tiny models with tiny vocabulari
     "star": "star",
     "twin": "twin",
 }
+
+
+def outline_word(category: str) -> str:
+    """How traces name a category's outline (its shape kind, as the default segmentation mask shows it)."""
+    return OUTLINE_WORDS[list(_SHAPE_KINDS)[_CAT_KIND[_CAT_POS[category]]]]
 
 
 def _listing(names: list[str]) -> str:
@@ -526,7 +531,7 @@ def scene_trace(scene: str, target: str, visible: list[str], area_frac: float) -
     others = sorted(set(visible) - {target}, key=lambda name: (name not in expected, name))[:2]
     around = f", with {_listing(others)} around the mask" if others else ""
     size = "small " if area_frac < 0.02 else "large " if area_frac >= 0.06 else ""
-    mask = f"{size}{_SHAPE_WORDS[list(_SHAPE_KINDS)[_CAT_KIND[_CAT_POS[target]]]]} mask"
+    mask = f"{size}{outline_word(target)} mask"
     if target in visible:
         link = f"The {mask} fits another {target} like the one in view."
     elif target in expected:

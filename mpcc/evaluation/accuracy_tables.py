@@ -150,12 +150,12 @@ def reading(
     runs: Mapping[str, Mapping[str, Estimate]],
     blind: Mapping[str, Mapping[str, Estimate]],
     pair: tuple[str, str] | None = None,
-    reads: tuple[str, Shares] | None = None,
+    reads: Sequence[tuple[str, Shares]] = (),
 ) -> str:
     """One line from the intervals: which runs' mc4 lies above chance, how the two runs of `pair` (prior
     sampling, plain GRPO) compare overall, which runs beat their blank-image control (in accuracy, and in
-    what their reasoning reads off the image: `reads` = (ReasoningCheck.what, its shares)), and how wide
-    the OOD intervals are. A difference whose intervals overlap is reported as none shown."""
+    what their reasoning reads off the image: `reads` = (ReasoningCheck.what, its shares) per check), and
+    how wide the OOD intervals are. A difference whose intervals overlap is reported as none shown."""
     above = [n for n, e in runs.items() if "mc4" in e and e["mc4"].enough and e["mc4"].low > CHANCE["mc4"]]
     parts = [
         f"mc4 above chance (interval above 0.25): {', '.join(above)}"
@@ -170,8 +170,7 @@ def reading(
         if used
         else "no run's accuracy is shown to use the image"
     )
-    if reads:
-        what, shares = reads
+    for what, shares in reads:
         seen = [n for n, (a, b) in shares.items() if _above(a, b)]
         claim = f"names {what} more often with the masked image than with a blank one"
         parts.append(f"reasoning {claim}: {', '.join(seen)}" if seen else f"no run's reasoning {claim}")
@@ -187,23 +186,23 @@ def demo_tables(
     blind: Mapping[str, Records],
     pair: tuple[str, str] | None = None,
     seed: int = 0,
-    check: ReasoningCheck | None = None,
+    checks: Sequence[ReasoningCheck] = (),
 ) -> list[str]:
     """The markdown sections, from each run's scored answers (sample 0) with the masked and the blank
-    image; `pair` names the two runs the reading compares (prior sampling, plain GRPO); `check` adds what
-    the reasoning reads off the image, masked vs blank."""
+    image; `pair` names the two runs the reading compares (prior sampling, plain GRPO); each of `checks`
+    adds what the reasoning reads off the image, masked vs blank."""
     runs = {name: estimates(rs, seed) for name, rs in normal.items()}
-    shares = reasoning_shares(check, normal, blind, seed) if check else {}
+    shares = [(check, reasoning_shares(check, normal, blind, seed)) for check in checks]
     blanks = {name: estimates(rs, seed) for name, rs in blind.items() if rs}
     first = next(iter(normal.values()), [])
     levels = {level: level for level in LEVELS}
     splits = {split: SPLIT_NAMES[split] for split in SPLITS}
     return [
-        reading(runs, blanks, pair, (check.what, shares) if check else None),
+        reading(runs, blanks, pair, [(check.what, by_run) for check, by_run in shares]),
         "",
         *by_format(runs, first),
         *by_group("Accuracy by level", levels, runs),
         *by_group("In distribution vs held-out categories (OOD)", splits, runs),
         *(blind_control(runs, blanks) if blanks else []),
-        *(reasoning_table(check, shares) if check else []),
+        *(line for check, by_run in shares for line in reasoning_table(check, by_run)),
     ]
