@@ -9,7 +9,7 @@ An image's inputs (its family's `image_layout`: Qwen-VL's patches and grid row, 
 size, ...) are its key, compared exactly (a cheap checksum finds the candidates, `torch.equal` decides), so
 two different images never share features. The memo steps aside whenever a gradient could flow into the
 image path (grad enabled and any parameter outside the language model trainable: tower or projector): a
-trainable tower is reused only in no-grad passes (generation, reference and old log-probs). Clear it
+trainable one is reused only in no-grad passes (generation, reference and old log-probs). Clear it
 when the tower's weights may change and at each new batch (`clear`), so memory stays one step's images;
 an evaluation, whose rows of one item come together, keeps only the last `max_images` images.
 """
@@ -27,7 +27,8 @@ from mpcc.families import family
 
 
 class ImageFeatureMemo:
-    """Install on one or more models with `attach`; `counts` says what was encoded and what reused."""
+    """Install on one or more models with `attach`; `counts` says what was encoded and what reused (in
+    the layout's entries: images, InternVL's tiles)."""
 
     def __init__(self, max_images: int | None = None):
         self.max_images = max_images  # the oldest images are dropped beyond this (None: until `clear`)
