@@ -20,7 +20,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import (
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
@@ -197,13 +196,6 @@ def load_model(name_or_path: str | os.PathLike, dtype: str = "auto", attn_implem
 def best_device() -> torch.device:
     """The GPU when there is one, else the CPU: where mpcc runs a model it loads itself."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def image_slices(grid_thw) -> list[slice]:
-    """Where each image's patches lie in a batch's `pixel_values` (Qwen-VL processors: t*h*w rows per
-    image, images in order); `grid_thw` a tensor, array or nested list."""
-    ends = np.cumsum(np.asarray(grid_thw.tolist() if hasattr(grid_thw, "tolist") else grid_thw).prod(-1))
-    return [slice(int(end - size), int(end)) for end, size in zip(ends, np.diff(ends, prepend=0))]
 
 
 def vision_tower(model) -> torch.nn.Module | None:

@@ -56,11 +56,19 @@ def test_memo_gives_the_same_completions_and_logits(arch):
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, plain_logits)
     # 8 rows, 3 distinct images: generation encodes 3; the forward after it finds all 8 in the memo
-    assert (memo.counts["images"], memo.counts["encoded"]) == (16, 3)
+    # (counted in the layout's entries: images, or InternVL's tiles)
+    rows_units, distinct_units = _units(arch, processor, rows), _units(arch, processor, rows[:5:2])
+    assert (memo.counts["images"], memo.counts["encoded"]) == (2 * rows_units, distinct_units)
     memo.clear()
     with torch.no_grad():
         model(**inputs)
-    assert memo.counts["encoded"] == 6  # cleared: encoded again, each once
+    assert memo.counts["encoded"] == 2 * distinct_units  # cleared: encoded again, each once
+
+
+def _units(arch, processor, rows) -> int:
+    """The memo's entries for `rows`: one per image, or per tile where the layout is tiles."""
+    layout, inputs = FAMILIES[arch].image_layout, _inputs(processor, rows)
+    return len(layout.split({k: inputs[k] for k in layout.keys}))
 
 
 def test_different_images_never_share_features(monkeypatch):
@@ -98,6 +106,18 @@ def test_a_trainable_tower_gets_its_gradient():
     model.zero_grad()
     model(**inputs).logits.sum().backward()  # frozen: memoised even with grad enabled
     assert memo.counts["encoded"] == 3
+
+
+def test_a_trainable_projector_gets_its_gradient():
+    """Gemma 3's projector lies outside its tower: frozen tower, trainable projector, grad enabled, and
+    the memo steps aside so the projector gets its gradient."""
+    model, processor = random_vlm("gemma3")
+    freeze_vision_tower(model)
+    memo = ImageFeatureMemo()
+    memo.attach(model)
+    model(**_inputs(processor, _rows())).logits.sum().backward()
+    assert memo.counts["bypassed_calls"] == 1 and memo.counts["encoded"] == 0
+    assert all(p.grad is not None for p in model.model.multi_modal_projector.parameters())
 
 
 @pytest.mark.slow

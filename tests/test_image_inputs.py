@@ -11,6 +11,7 @@ from PIL import Image
 
 from mpcc.errors import ConfigError
 from mpcc.families import FAMILIES
+from mpcc.families.layouts import PATCHES
 from mpcc.generation.generators import prompt_inputs
 from mpcc.generation.image_inputs import ImageInputMemo
 from mpcc.models import random_vlm
@@ -38,7 +39,7 @@ def _same(a, b) -> None:
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("arch", [f.name for f in FAMILIES.values() if f.image_feature_memo])
+@pytest.mark.parametrize("arch", [f.name for f in FAMILIES.values() if f.image_layout is PATCHES])
 @pytest.mark.parametrize("kept", [64, 1])
 def test_inputs_equal_the_processors_own(arch, kept):
     """Batches with repeated images, images of two sizes and two images one pixel value apart, over

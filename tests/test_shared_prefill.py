@@ -1,5 +1,5 @@
-"""Prefill each distinct prompt once (mpcc.generation.shared_prefill): the same greedy tokens as plain
-`generate`, with each repeated prompt run through the language model once."""
+"""Prefill each distinct prompt once (mpcc.generation.shared_prefill): the same greedy tokens (and logits
+within 1e-5) as plain `generate`, with each repeated prompt run through the language model once."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _batch(processor, order, questions=("what is hidden here?", "name the object
 def _count_tokens(model) -> list[int]:
     """Tokens the language model processes, call after call."""
     seen = []
-    model.model.language_model.register_forward_pre_hook(
+    model.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[:2].numel()), with_kwargs=True
     )
     return seen
@@ -48,12 +48,15 @@ def test_same_tokens_with_each_prompt_prefilled_once(arch, order):
     model.eval()
     inputs = _batch(processor, order)
     settings = {"max_new_tokens": 10, "do_sample": False, "pad_token_id": processor.tokenizer.pad_token_id}
+    settings |= {"return_dict_in_generate": True, "output_logits": True}
     tokens = _count_tokens(model)
     plain = model.generate(**inputs, **settings)
     plain_prefill = tokens[0]
     tokens.clear()
     shared = generate_sharing_prefill(model, model.generate, **inputs, **settings)
-    assert torch.equal(shared, plain)
+    assert torch.equal(shared.sequences, plain.sequences)
+    for step, logits in zip(shared.logits, plain.logits, strict=True):  # the prefill's positions: generate's
+        torch.testing.assert_close(step, logits, rtol=0, atol=1e-5)
     rows, length = inputs["input_ids"].shape
     assert plain_prefill == rows * length
     assert tokens[0] == 2 * (length - 1) and tokens[1] == rows  # 2 prompts prefilled, then each row's last

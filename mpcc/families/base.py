@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mpcc.families.layouts import Patches, Stacked
+
 # One block of image tokens: `rows` x `cols` tokens laid out row-major, each the cell of a regular grid over
 # `box` = (left, top, right, bottom), a box of the original image in fractions of its width and height (it may
 # reach past the image into a padded canvas); box None: tokens without a preimage (e.g. LLaVA-OneVision's
@@ -67,9 +69,15 @@ class Family:
     # mpcc adds where the processor does not give it) -> the image's token blocks in token order (grounding)
     token_grids: Callable = field(repr=False)
     tiny_processor_kwargs: dict = field(default_factory=dict)  # e.g. image tokens per image
-    # encode-once: `get_image_features(pixel_values, image_grid_thw)` one image per grid row (Qwen's API)
+    # where each image lies in a batch's image inputs (`mpcc.families.layouts`), None: not known
+    image_layout: Patches | Stacked | None = None
+    # encode-once: `get_image_features` takes the layout's inputs and gives the layout's features
     image_feature_memo: bool = False
-    # prefill-once: the model keeps its multimodal rope offsets in `rope_deltas` (Qwen's API)
+    # prefill-once: a prompt prefix's cache, copied to rows (and Qwen's `rope_deltas`), continues `generate`
     shared_prefill: bool = False
     # (model config, processor) -> why grounding cannot map their image tokens, or None when it can
     grounding_refusal: Callable = field(default=lambda config, processor: None, repr=False)
+
+    def __post_init__(self):
+        if (self.image_feature_memo or self.shared_prefill) and self.image_layout is None:
+            raise ValueError(f"{self.name}: the encode-once memo and the shared prefill need an image_layout")

@@ -12,6 +12,7 @@ import math
 from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor
 
 from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, tiny_text
+from mpcc.families.layouts import Stacked
 
 BOI, IMAGE, EOI = "<start_of_image>", "<image_soft_token>", "<end_of_image>"
 TINY_IMAGE, TINY_PATCH, TINY_TOKENS = 128, 8, 64  # 16 x 16 patches pooled to 8 x 8 tokens
@@ -59,4 +60,7 @@ FAMILY = Family(
     token_grids=_token_grids,
     grounding_refusal=_grounding_refusal,
     tiny_processor_kwargs={"image_seq_length": TINY_TOKENS},
+    image_layout=Stacked("pixel_values", stacked_features=True),  # an image (or pan-and-scan crop) each
+    image_feature_memo=True,
+    shared_prefill=True,
 )

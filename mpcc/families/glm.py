@@ -19,6 +19,7 @@ from transformers import (
 
 from mpcc.families.base import TINY_TEXT, WHOLE_IMAGE, Family
 from mpcc.families.image_only import ImageOnly
+from mpcc.families.layouts import PATCHES
 from mpcc.families.qwen import token_grid
 
 TOKENS = (
@@ -92,6 +93,7 @@ def _family(name, config_class, processor, image_processor_class) -> Family:
         tiny_config=_tiny_config(config_class),
         tiny_image_processor=_tiny_image_processor(image_processor_class),
         token_grids=_token_grids,
+        image_layout=PATCHES,
         image_feature_memo=True,
         shared_prefill=True,
     )

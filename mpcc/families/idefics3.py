@@ -29,11 +29,15 @@ from transformers import (
 from mpcc.errors import ValidationError
 from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, partial_patch_refusal, tiny_text
 from mpcc.families.image_only import ImageOnly
+from mpcc.families.layouts import Stacked
 
 MAX_TILES = 6  # the processor's tile-name tokens go up to <row_6_col_6>
 TILE_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, MAX_TILES + 1) for c in range(1, MAX_TILES + 1))
 SPECIAL_TOKENS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *TILE_TOKENS)
 
+# per row, its tiles (padded with all-zero tiles, which the model skips) and their pixel masks; the
+# features one sequence per row
+LAYOUT = Stacked("pixel_values", "pixel_attention_mask", stacked_features=False)
 TINY_TILE, TINY_PATCH, TINY_SCALE = 112, 14, 2  # 8 x 8 patches per tile, 4 x 4 tokens after the shuffle
 
 
@@ -114,6 +118,9 @@ def _family(name, label, config_class, processor, image_processor_class, special
         token_grids=_token_grids,
         grounding_refusal=_grounding_refusal(label),
         tiny_processor_kwargs={"image_seq_len": (TINY_TILE // TINY_PATCH // TINY_SCALE) ** 2},
+        image_layout=LAYOUT,
+        image_feature_memo=True,
+        shared_prefill=True,
     )
 
 

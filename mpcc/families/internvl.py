@@ -20,6 +20,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optim
 from mpcc.errors import ValidationError
 from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, partial_patch_refusal, tiny_text
 from mpcc.families.image_only import ImageOnly
+from mpcc.families.layouts import Stacked
 
 # The real checkpoints' tokens; `<IMG_CONTEXT>` is the image token and what the chat template writes.
 START, CONTEXT, END, VIDEO = "<img>", "<IMG_CONTEXT>", "</img>", "<video>"
@@ -101,4 +102,8 @@ FAMILY = Family(
     token_grids=_token_grids,
     grounding_refusal=_grounding_refusal,
     tiny_processor_kwargs={"image_seq_length": (TINY_TILE // TINY_PATCH // 2) ** 2},
+    # every image's tiles concatenated and encoded each on its own: the memo keeps tiles, not images
+    image_layout=Stacked("pixel_values", stacked_features=True),
+    image_feature_memo=True,
+    # no shared prefill: the inputs do not say which tiles are which row's (no per-image tile count)
 )

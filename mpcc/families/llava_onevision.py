@@ -25,6 +25,7 @@ from transformers.image_processing_utils import select_best_resolution
 
 from mpcc.families.base import TINY_SIGLIP, WHOLE_IMAGE, Family, partial_patch_refusal, tiny_text
 from mpcc.families.image_only import ImageOnly
+from mpcc.families.layouts import Stacked
 
 TINY_TILE, TINY_PATCH = 56, 14  # 4 x 4 tokens per tile
 TINY_PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112], [56, 168], [168, 56]]
@@ -60,6 +61,14 @@ class LlavaOnevisionImageOnlyProcessor(
         }
         named = {k: v for k, v in named.items() if v is not None}
         super().__init__(image_processor, tokenizer, chat_template, **named, **kwargs)
+
+
+class _OneImagePerRow(Stacked):
+    """Per image, its tiles (padded to the batch's most), its size and its row's image count: an image
+    alone in its row, as `get_image_features` tiles only those (`batch_num_images`); otherwise None."""
+
+    def split(self, inputs: dict) -> list[tuple] | None:
+        return super().split(inputs) if bool((inputs["batch_num_images"] == 1).all()) else None
 
 
 def _unpadded(height: int, width: int, rows: int, cols: int) -> tuple[int, int, int, int]:
@@ -140,4 +149,7 @@ FAMILY = Family(
         "vision_feature_select_strategy": "full",
         "vision_aspect_ratio": TINY_ASPECT,
     },
+    image_layout=_OneImagePerRow("pixel_values", "image_sizes", "batch_num_images", stacked_features=False),
+    image_feature_memo=True,
+    shared_prefill=True,
 )

@@ -21,6 +21,7 @@ from transformers import (
 from mpcc.errors import ValidationError
 from mpcc.families.base import WHOLE_IMAGE, Family, tiny_text
 from mpcc.families.image_only import ImageOnly
+from mpcc.families.layouts import PATCHES
 
 PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -113,6 +114,7 @@ def _family(name: str, processor: type, model_types: tuple[str, ...]) -> Family:
         tiny_config=_tiny_config(name),
         tiny_image_processor=_tiny_image_processor(name),
         token_grids=_token_grids,
+        image_layout=PATCHES,
         image_feature_memo=True,
         shared_prefill=True,
     )

@@ -14,7 +14,8 @@ import torch
 from trl.data_utils import prepare_multimodal_messages
 
 from mpcc.errors import ConfigError
-from mpcc.families import use_speedup
+from mpcc.families import family, use_speedup
+from mpcc.families.layouts import PATCHES
 from mpcc.generation.decoding import Decoding
 from mpcc.generation.endpoint import Endpoint, EndpointConfig, Request
 from mpcc.generation.image_features import ImageFeatureMemo
@@ -82,11 +83,14 @@ class HFGenerator:
         from mpcc.models import best_device, load_model, load_processor
 
         self.model, self.processor = load_model(path).to(best_device()).eval(), load_processor(path)
-        reuse_images = use_speedup(self.model.config.model_type, "image_feature_memo", reuse_images)
+        kind = self.model.config.model_type
+        reuse_images = use_speedup(kind, "image_feature_memo", reuse_images)
         self.image_memo = ImageFeatureMemo(self.MEMO_IMAGES) if reuse_images else None
-        self.input_memo = ImageInputMemo(self.INPUT_MEMO_IMAGES) if reuse_images else None
+        preprocess_once = reuse_images and family(kind).image_layout is PATCHES  # the input memo's layout
+        self.input_memo = ImageInputMemo(self.INPUT_MEMO_IMAGES) if preprocess_once else None
         if reuse_images:
             self.image_memo.attach(self.model)
+        if preprocess_once:
             self.input_memo.attach(self.processor)
 
     def __call__(self, rows: list[dict], decoding: Decoding, seed: int) -> list[str]:

@@ -8,7 +8,9 @@ image into patches on its own, so an image seen among the last `max_images` take
 call). The inputs are the same tensors as without the memo.
 
 For the Qwen-VL layout (`pixel_values`: the patches of all images concatenated, one `image_grid_thw`
-row per image: `mpcc.models.image_slices`), the families with `image_feature_memo`. An image is
+row per image: `mpcc.families.layouts.PATCHES`), Qwen-VL's and GLM's: other processors' outputs for an
+image depend on its batch (Idefics3 tiles a row's images together, LLaVA-OneVision pads tiles to the
+batch's most). An image is
 keyed by its mode, size and a cryptographic digest of its pixels, and by the call's options; a call
 for other than torch tensors of PIL images goes to the processor as it is.
 """
@@ -24,7 +26,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import make_flat_list_of_images
 
 from mpcc.errors import ConfigError, ValidationError
-from mpcc.models import image_slices
+from mpcc.families.layouts import image_slices
 
 LAYOUT = {"pixel_values", "image_grid_thw"}
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mpcc.errors import ConfigError
-from mpcc.models import image_slices
+from mpcc.families.layouts import image_slices
 from mpcc.rewards import REWARDS, target_answer, trace_completion
 from mpcc.training.grpo import MpccGRPOTrainer
 
