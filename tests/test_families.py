@@ -278,7 +278,7 @@ import json, sys
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
-folder, image = sys.argv[1], Image.open(sys.argv[2])
+folder, image, saved = sys.argv[1], Image.open(sys.argv[2]), sys.argv[3]
 processor = AutoProcessor.from_pretrained(folder)
 model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
 question = {"type": "text", "text": "Which object is hidden?"}
@@ -288,6 +288,7 @@ inputs = processor.apply_chat_template(
 )
 with torch.no_grad():
     logits = model(**inputs).logits[0, -1].tolist()
+torch.save(dict(inputs), saved)
 mpcc = any(m.split(".")[0] == "mpcc" for m in sys.modules)
 print(json.dumps({"processor": type(processor).__name__, "logits": logits, "mpcc imported": mpcc}))
 """
@@ -305,14 +306,25 @@ def test_export_reloads_without_mpcc_with_equal_logits(arch, sft_runs, tmp_path)
         pytest.skip("its stock processor needs torchvision: MPCC_STOCK_PYTHON (make stock-check) not set")
     image = tmp_path / "image.png"
     Image.effect_noise((300, 220), 64).convert("RGB").save(image)
-    command = [python or sys.executable, "-c", STOCK_SCRIPT, str(out), str(image)]
+    command = [
+        python or sys.executable,
+        "-c",
+        STOCK_SCRIPT,
+        str(out),
+        str(image),
+        str(tmp_path / "inputs.pt"),
+    ]
     run = subprocess.run(command, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     stock = json.loads(run.stdout.splitlines()[-1])
     assert not stock["mpcc imported"] and stock["processor"] == FAMILIES[arch].processor.__name__
     model, processor = load_model(out, dtype="float32").eval(), load_processor(out)
+    theirs, ours = torch.load(tmp_path / "inputs.pt"), _inputs(processor, Image.open(image))
+    assert torch.equal(theirs["input_ids"], ours["input_ids"])
+    # the weights as stock transformers loads them, on its own inputs (a stock Python with torchvision
+    # resizes with it: pixels a rounding apart from mpcc's PIL processor's, test_stock_transformers.py)
     with torch.no_grad():
-        logits = model(**_inputs(processor, Image.open(image))).logits[0, -1]
+        logits = model(**theirs).logits[0, -1]
     torch.testing.assert_close(torch.tensor(stock["logits"]), logits, rtol=1e-5, atol=1e-5)
 
 
