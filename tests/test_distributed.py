@@ -1,6 +1,7 @@
 """Two CPU ranks: DDP (torchrun) and DeepSpeed ZeRO-2 / ZeRO-3 (Accelerate). Groups of 4 over 2 x 6
 rows straddle the ranks; every group must still get exactly one trace. A run resumed from its step-1
-checkpoint ends with the uninterrupted run's weights (DeepSpeed restores its engine's own state)."""
+checkpoint ends with the uninterrupted run's weights (DeepSpeed restores its engine's own state). A ZeRO-3
+checkpoint left with its shards alone exports to exactly the gathered weights."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 import torch
 from ports import free_port
 from safetensors.torch import load_file
+
+from mpcc.cli import main as cli
+from mpcc.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "grpo_prior.yaml"
@@ -48,7 +52,7 @@ LAUNCHERS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
-def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory):
+def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory, capsys):
     env = {
         **os.environ,
         # ZeRO-3 starts from an empty cache: building the tiny model inside the run once hung there
@@ -74,6 +78,8 @@ def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory):
     # 12 rows per step = 3 groups of 4 (3 generated + the trace), 2 logged steps
     assert re.findall(r"'prior/traces': '([0-9.]+)'", output) == ["3", "3"]
     assert (full / "model.safetensors").is_file()
+    if launcher == "zero3":
+        _shards_alone_export_the_gathered_weights(full, tmp_path / "shards", capsys)
 
     cut.mkdir()  # as a kill right after the step-1 checkpoint leaves it
     shutil.copytree(full / "checkpoint-1", cut / "checkpoint-1")
@@ -86,3 +92,18 @@ def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory):
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
     assert max((expected[k] - step1[k]).abs().max().item() for k in expected) > 1e-5  # step 2 moved them
+
+
+def _shards_alone_export_the_gathered_weights(run: Path, copy: Path, capsys) -> None:
+    """The run copied without any gathered weights: its step-1 checkpoint exports through DeepSpeed's
+    zero_to_fp32, to exactly the weights the run gathered there."""
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("model.safetensors"))
+    checkpoint = copy / "checkpoint-1"
+    assert (checkpoint / "latest").is_file() and not (checkpoint / "model.safetensors").exists()
+    capsys.readouterr()
+    assert cli(["export", str(checkpoint), "--out", str(copy.parent / "export")]) == 0
+    assert "(zero checkpoint)" in capsys.readouterr().out
+    exported, gathered = load_model(copy.parent / "export"), load_model(run / "checkpoint-1")
+    assert exported.dtype == gathered.dtype
+    for (name, a), (_, b) in zip(exported.state_dict().items(), gathered.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
