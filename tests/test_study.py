@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpcc.cli import main
+from mpcc.demo import NEW_TOKENS
 from mpcc.evaluation.seed_intervals import groups_of
 from mpcc.records import read_build
 from mpcc.study.arms import arms, read_facts
@@ -127,7 +128,8 @@ def test_ood_column_holds_only_categories_no_training_row_targets(study):
 def test_arms_change_only_what_they_claim():
     """With the tiny recipes (grpo_prior: append, 3 generated + the trace, 1 group a step): append keeps
     that, replace keeps G=3 (2 generated + the trace, a batch of 3), each reward ablation drops one
-    component, the weak start uses the mechanism run's settings, and every GRPO run starts from SFT."""
+    component, the weak start uses the mechanism run's settings, every GRPO run but the weak start's starts
+    from SFT and all of them have the demo's completion length."""
     config = StudyConfig(out=Path("unused"), grpo_steps=7, weak_steps=5)
     facts = read_facts(config.recipes)
     assert facts.rewards == {"format": 0.5, "exact_match": 1.0, "levenshtein": 0.5}
@@ -152,6 +154,9 @@ def test_arms_change_only_what_they_claim():
     assert flag("weak_prior", "--learning_rate") == "1e-2" and table["weak_prior"].start is None
     assert flag("weak_grpo", "--per_device_train_batch_size") == "16" and not table["weak_grpo"].evaluated
     assert {a.steps for n, a in table.items() if a.recipe != "sft" and a.recipe} == {7, 5}
+    # every GRPO run generates room for the scene traces (about 50 tokens; the recipe's 48 clips them)
+    trained = [name for name, arm in table.items() if arm.recipe not in (None, "sft")]
+    assert {flag(name, "--max_completion_length") for name in trained} == {str(NEW_TOKENS)}
     assert set(arms(StudyConfig(out=Path("unused"), ablations=()), facts)) == set(list(table)[:5])
 
 

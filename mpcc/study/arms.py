@@ -8,7 +8,9 @@ trains them. The settings changed, and why:
 - reward ablations: the prior-sampling (append) run with one component of the recipe's `rewards`
   removed, the others at their weights;
 - the weak start: from the untrained start model, the settings `benchmarks/learning_curve.py` measured
-  the mechanism with (4 groups a step, learning rate 1e-2 constant), the recipe's completion length.
+  the mechanism with (4 groups a step, learning rate 1e-2 constant), and the demo's completion length
+  as every GRPO run here (the scene traces run about 50 tokens: the recipe's 48 clipped every generated
+  imitation of them, so none could ever be well formed and rewarded).
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def arms(config: StudyConfig, facts: RecipeFacts) -> dict[str, Arm]:
                 overrides=append + spec,
             )
     if "weak_start" in config.ablations and config.weak_steps:
-        weak = ("--learning_rate", WEAK_LEARNING_RATE, "--lr_scheduler_type", "constant")
+        weak = ("--learning_rate", WEAK_LEARNING_RATE, "--lr_scheduler_type", "constant", *tokens)
         plain_batch = str(WEAK_GROUPS * facts.plain_generations)
         out["weak_grpo"] = Arm(
             "weak_grpo",
