@@ -62,6 +62,23 @@ def test_same_tokens_with_each_prompt_prefilled_once(arch, order):
     assert tokens[0] == 2 * (length - 1) and tokens[1] == rows  # 2 prompts prefilled, then each row's last
 
 
+def test_a_lora_model_shares_its_prefill_with_qwens_rope_offsets():
+    """Under peft the model's rope offsets sit on the base model: copied to the rows as without LoRA."""
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = random_vlm("qwen2_5_vl")
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)  # adapters that act
+    model = get_peft_model(model, lora).eval()
+    inputs = _batch(processor, (0, 1, 0, 1, 1, 0))
+    settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": processor.tokenizer.pad_token_id}
+    settings |= {"return_dict_in_generate": True, "output_logits": True}
+    plain = model.generate(**inputs, **settings)
+    shared = generate_sharing_prefill(model, model.generate, **inputs, **settings)
+    assert torch.equal(shared.sequences, plain.sequences)
+    for step, logits in zip(shared.logits, plain.logits, strict=True):
+        torch.testing.assert_close(step, logits, rtol=0, atol=1e-5)
+
+
 def test_distinct_prompts_or_a_static_cache_are_plain_generate():
     model, processor = random_vlm("qwen2_5_vl")
     model.eval()

@@ -72,7 +72,8 @@ def generate_sharing_prefill(model, generate, **inputs):
     for key in TOKEN_INPUTS:
         if inputs.get(key) is not None:
             prefix[key] = inputs[key][distinct, :-1]
-    inner = getattr(model, "model", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft (LoRA)
+    inner = getattr(base, "model", None)
     rope_deltas = hasattr(inner, "rope_deltas")
     if not rope_deltas:  # generate's positions: counted over the unpadded tokens
         prefix["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
