@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from mpcc.cli import main
@@ -96,6 +97,7 @@ def test_bad_option_values_exit_with_a_message(tinycoco, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     """The README demo, smaller: scenes -> train set in every format + eval set -> preview -> SFT, GRPO
     with prior sampling, plain GRPO -> the start and the three evaluated on the same items -> comparison

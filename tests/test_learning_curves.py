@@ -35,6 +35,12 @@ def test_learning_table_first_and_last_logs():
     assert "| prior | 0.100 | 0.300 | 0.000 | 2 |" in text
 
 
+def test_the_best_window_catches_a_rise_that_falls_back():
+    rises = [{"step": k, "reward": r} for k, r in enumerate([0.0, 0.0, 0.4, 0.6, 0.0, 0.0], 1)]
+    run = learning_summary({"run": rises}, window=2)["runs"]["run"]
+    assert (run["reward_first"], run["reward_peak"], run["reward_last"]) == (0.0, 0.5, 0.0)
+
+
 def test_log_history_reads_the_saved_state_and_names_a_missing_one(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": PRIOR}))
     assert log_history(tmp_path) == PRIOR

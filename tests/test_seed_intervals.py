@@ -100,10 +100,22 @@ def test_reading_says_when_prior_sampling_does_not_beat_plain_grpo():
     }
     weak = {
         "weak_grpo": {
-            0: {"reward_last": 0.0, "zero_variance_groups": 1.0, "reward_first": 0.0, "window": 10}
+            0: {
+                "reward_last": 0.0,
+                "reward_peak": 0.0,
+                "zero_variance_groups": 1.0,
+                "reward_first": 0.0,
+                "window": 10,
+            }
         },
         "weak_prior": {
-            0: {"reward_last": 0.2, "zero_variance_groups": 0.0, "reward_first": 0.0, "window": 10}
+            0: {
+                "reward_last": 0.0,
+                "reward_peak": 0.2,
+                "zero_variance_groups": 0.0,
+                "reward_first": 0.0,
+                "window": 10,
+            }
         },
     }
     text = reading(SeedBootstrap(runs), weak, {"prior_replace": "R"})
@@ -113,5 +125,9 @@ def test_reading_says_when_prior_sampling_does_not_beat_plain_grpo():
     assert "GRPO + prior (replace) beats plain GRPO overall (above:" in text
     assert "mc4 above chance (interval above 0.25): R;" in text  # the others sit at chance
 
-    assert "no reward variance in 100% of cases (prior sampling: 0%)" in text and "0.000 vs 0.200" in text
+    assert (
+        "no reward variance in 100% of cases (prior sampling: 0%)" in text
+        and "peaked at 0.000 vs 0.200" in text
+    )
+    assert "ended at 0.000 vs 0.000" in text
     assert verdict(None) == "not measured"

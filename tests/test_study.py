@@ -55,6 +55,7 @@ def study(tmp_path_factory):
     return config, printed.getvalue()
 
 
+@pytest.mark.slow
 def test_study_runs_every_stage_and_writes_the_report(study):
     config, printed = study
     stages = STAGE.findall(printed)

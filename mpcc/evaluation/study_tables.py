@@ -103,8 +103,8 @@ def verdict(est: Estimate | None) -> str:
 
 
 def weak_table(summaries: Mapping[str, Mapping[int, dict]], labels: Mapping[str, str]) -> list[str]:
-    """Per weak-start run and seed: the generated samples' reward over the first and last logged steps and
-    the share of groups with no reward variance (no GRPO signal)."""
+    """Per weak-start run and seed: the generated samples' reward over the first, the best and the last
+    logged steps and the share of groups with no reward variance (no GRPO signal)."""
     rows = []
     for name, by_seed in summaries.items():
         for seed, s in sorted(by_seed.items()):
@@ -113,6 +113,7 @@ def weak_table(summaries: Mapping[str, Mapping[int, dict]], labels: Mapping[str,
                     labels[name],
                     seed,
                     fmt(s["reward_first"]),
+                    fmt(s["reward_peak"]),
                     fmt(s["reward_last"]),
                     fmt(s["zero_variance_groups"]),
                 )
@@ -122,6 +123,7 @@ def weak_table(summaries: Mapping[str, Mapping[int, dict]], labels: Mapping[str,
         "run",
         "seed",
         f"generated reward, first {window} logs",
+        f"best {window} in a row",
         f"last {window} logs",
         "zero-variance groups",
     )
@@ -134,10 +136,14 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def weak_reading(summaries: Mapping[str, Mapping[int, dict]]) -> str | None:
-    """One clause on the weak start: last-window generated reward and zero-variance share, mean over seeds."""
+    """One clause on the weak start: best- and last-window generated reward and zero-variance share, mean
+    over seeds."""
     if not {"weak_grpo", "weak_prior"} <= set(summaries):
         return None
-    last = {n: _mean([s["reward_last"] for s in summaries[n].values()]) for n in ("weak_grpo", "weak_prior")}
+    runs = ("weak_grpo", "weak_prior")
+    peak = {n: _mean([s["reward_peak"] for s in summaries[n].values()]) for n in runs}
+    window = next(iter(summaries["weak_prior"].values()), {}).get("window", 10)
+    last = {n: _mean([s["reward_last"] for s in summaries[n].values()]) for n in runs}
     flat = {
         n: _mean([s["zero_variance_groups"] for s in summaries[n].values()])
         for n in ("weak_grpo", "weak_prior")
@@ -145,8 +151,9 @@ def weak_reading(summaries: Mapping[str, Mapping[int, dict]]) -> str | None:
     return (
         "from the untrained model, plain GRPO's groups had no reward variance in "
         f"{fmt(flat['weak_grpo'], '.0%')} of cases (prior sampling: {fmt(flat['weak_prior'], '.0%')}) "
-        f"and its generated reward ended at {fmt(last['weak_grpo'])} vs {fmt(last['weak_prior'])} with "
-        "prior sampling (mean over seeds, no interval)"
+        f"and its generated reward peaked at {fmt(peak['weak_grpo'])} vs {fmt(peak['weak_prior'])} with "
+        f"prior sampling (best {window} logs in a row) and ended at {fmt(last['weak_grpo'])} vs "
+        f"{fmt(last['weak_prior'])} (mean over seeds, no interval)"
     )
 
 

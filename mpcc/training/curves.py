@@ -42,9 +42,10 @@ def _mean(values: list[float]) -> float | None:
 
 
 def learning_summary(histories: dict[str, list[dict]], window: int = 10) -> dict:
-    """Per run: the generated samples' mean reward over the first and the last `window` logged steps, and
-    the mean share of groups whose rewards were all equal (no learning signal in GRPO); None when a run
-    logged none. Rendered by `mpcc.reports.learning`."""
+    """Per run: the generated samples' mean reward over the first, the best and the last `window` logged
+    steps (a run can rise and fall back between the two ends), and the mean share of groups whose rewards
+    were all equal (no learning signal in GRPO); None when a run logged none. Rendered by
+    `mpcc.reports.learning` and `mpcc.evaluation.study_tables`."""
     runs = {}
     for name, history in histories.items():
         _, rewards = generated_reward(history)
@@ -52,6 +53,9 @@ def learning_summary(histories: dict[str, list[dict]], window: int = 10) -> dict
         runs[name] = {
             "reward_first": _mean(rewards[:window]),
             "reward_last": _mean(rewards[-window:]),
+            "reward_peak": max(
+                (_mean(rewards[i : i + window]) for i in range(len(rewards) - window + 1)), default=None
+            ),
             "zero_variance_groups": _mean(flat),
             "logs": len(rewards),
         }
