@@ -144,10 +144,7 @@ def weak_reading(summaries: Mapping[str, Mapping[int, dict]]) -> str | None:
     peak = {n: _mean([s["reward_peak"] for s in summaries[n].values()]) for n in runs}
     window = next(iter(summaries["weak_prior"].values()), {}).get("window", 10)
     last = {n: _mean([s["reward_last"] for s in summaries[n].values()]) for n in runs}
-    flat = {
-        n: _mean([s["zero_variance_groups"] for s in summaries[n].values()])
-        for n in ("weak_grpo", "weak_prior")
-    }
+    flat = {n: _mean([s["zero_variance_groups"] for s in summaries[n].values()]) for n in runs}
     return (
         "from the untrained model, plain GRPO's groups had no reward variance in "
         f"{fmt(flat['weak_grpo'], '.0%')} of cases (prior sampling: {fmt(flat['weak_prior'], '.0%')}) "
