@@ -281,7 +281,7 @@ def _compare(config: DemoConfig, paths: dict[str, Path]) -> None:
     sections = [*_tables(config, paths), point_estimates, *_grounding_lines(paths), *learning]
     compared.write_text("\n".join(["# MPCC demo", "", *sections]) + "\n", encoding="utf-8")
     curves = {name: generated_reward(history) for name, history in histories.items()}
-    reward_curve_chart(curves, paths["compare"] / LEARNING_CHART)  # last: it marks the stage done
+    reward_curve_chart(curves, paths["compare"] / LEARNING_CHART)
 
 
 def _summary(config: DemoConfig, paths: dict[str, Path]) -> str:

@@ -198,9 +198,14 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def unwrap_peft(model):
+    """The transformers model under a peft wrapper (LoRA), or `model` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def vision_tower(model) -> torch.nn.Module | None:
     """The image encoder, projector included (Qwen VL in transformers 5: `model.model.visual`), or None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap peft
+    base = unwrap_peft(model)
     tower = base.get_encoder(modality="image")
     return None if tower is base else tower  # get_encoder falls back to the model itself
 
@@ -521,5 +526,6 @@ __all__ = [
     "load_processor",
     "resolve_model_path",
     "set_pixel_bounds",
+    "unwrap_peft",
     "vision_tower",
 ]

@@ -24,6 +24,7 @@ import torch
 
 from mpcc.errors import ConfigError
 from mpcc.families import family
+from mpcc.models import unwrap_peft
 
 
 class ImageFeatureMemo:
@@ -102,7 +103,7 @@ def _find(pairs, image: tuple):
 def _inner(model):
     """The module that owns `get_image_features` (under peft and the generation head), and its family's
     image layout."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     inner = getattr(base, "model", base)
     layout = family(base.config.model_type).image_layout
     if layout is None or not hasattr(inner, "get_image_features"):

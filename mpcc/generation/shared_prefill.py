@@ -21,6 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from mpcc.families import family
+from mpcc.models import unwrap_peft
 
 # per-token inputs besides the ids and mask: Qwen3-VL's and GLM's modality ids, Gemma 3's image spans
 TOKEN_INPUTS = ("mm_token_type_ids", "token_type_ids")
@@ -72,8 +73,7 @@ def generate_sharing_prefill(model, generate, **inputs):
     for key in TOKEN_INPUTS:
         if inputs.get(key) is not None:
             prefix[key] = inputs[key][distinct, :-1]
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft (LoRA)
-    inner = getattr(base, "model", None)
+    inner = getattr(unwrap_peft(model), "model", None)  # under peft (LoRA) too: where rope_deltas live
     rope_deltas = hasattr(inner, "rope_deltas")
     if not rope_deltas:  # generate's positions: counted over the unpadded tokens
         prefix["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
