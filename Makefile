@@ -38,11 +38,14 @@ lint: setup
 	$(BIN)/ruff check mpcc tests benchmarks tools
 
 # Two workers (pytest-xdist), each test file whole on one worker: on 2 cores the suite's single-threaded
-# parts (imports, subprocess start-up, data building) overlap. `make test WORKERS=0` runs it in one process.
+# parts (imports, subprocess start-up, data building) overlap. Files go out in conftest's order (the long
+# ones first), not xdist's default by test count, which left the one-test files, the longest, for last.
+# `make test WORKERS=0` runs it in one process.
 WORKERS ?= 2
+XDIST = -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: lint
-	$(BIN)/pytest -n $(WORKERS) --dist loadfile
+	$(BIN)/pytest $(XDIST)
 
 # Drift, checked on purpose: a throwaway virtualenv (never .venv) with the newest versions pyproject.toml
 # allows (torch stays TORCH: the build is the machine's choice). `make test-latest` prints what differs
@@ -60,7 +63,7 @@ latest-venv:
 test-latest: latest-venv
 	$(LATEST)/bin/python tools/lock.py diff
 	$(LATEST)/bin/ruff check mpcc tests benchmarks tools
-	$(LATEST)/bin/pytest -n $(WORKERS) --dist loadfile
+	$(LATEST)/bin/pytest $(XDIST)
 
 lock: latest-venv
 	$(LATEST)/bin/python tools/lock.py write

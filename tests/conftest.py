@@ -52,6 +52,18 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
+def mpcc_cache(tmp_path_factory) -> Path:
+    """This worker's tiny models and synthetic sets ($MPCC_CACHE), each built once for all its tests and
+    never in the user's cache. A test of the cache itself sets its own."""
+    return tmp_path_factory.getbasetemp() / "mpcc_cache"
+
+
+@pytest.fixture(autouse=True)
+def _mpcc_cache(mpcc_cache, monkeypatch):
+    monkeypatch.setenv("MPCC_CACHE", str(mpcc_cache))
+
+
+@pytest.fixture(scope="session")
 def tinycoco() -> Path:
     if not (TINYCOCO / "instances.json").is_file():
         reason = f"tinycoco fixtures missing: {TINYCOCO} not found"
@@ -104,13 +116,13 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served(tmp_path_factory):
+def served(mpcc_cache, tmp_path_factory):
     """The tiny model behind a real OpenAI-compatible server on loopback (tests/openai_server.py, mpcc's
     own generation: no `transformers serve`, whose internals change between releases), started once for
     the endpoint tests of annotate and eval."""
     from mpcc.models import resolve_model_path
 
-    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
+    cache = mpcc_cache
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPCC_CACHE", str(cache))
         model = resolve_model_path("tiny:qwen2_5_vl")

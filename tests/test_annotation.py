@@ -27,13 +27,6 @@ from mpcc.rewards import exact_match_reward, format_reward, trace_completion
 from mpcc.text.names import mentions
 from mpcc.training.data import load_train_dataset
 
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    """One tiny model for the whole session, outside the user's cache."""
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
-
-
 GOOD = "Plates and forks are on the table. Next to the plates stands a drink, so it is a cup."
 
 # (answer, solution, expected rejection or None when kept)

@@ -26,11 +26,6 @@ from mpcc.training.config import MpccGRPOConfig
 from mpcc.training.grpo import MpccGRPOTrainer
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
-
-
 def _median(steps: list[dict], key: str) -> float:
     return statistics.median(s[key] for s in steps)
 

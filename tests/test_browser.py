@@ -82,10 +82,9 @@ def test_preview_page_in_a_browser(chromium, tiny_builds, tmp_path, artifacts):
     check_page(chromium, Path(page), "preview", artifacts)
 
 
-def test_eval_report_in_a_browser(chromium, tiny_builds, tmp_path, artifacts, monkeypatch):
+def test_eval_report_in_a_browser(chromium, tiny_builds, tmp_path, artifacts):
     from mpcc.cli import main
 
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "eval"
     options = [
         "--limit",

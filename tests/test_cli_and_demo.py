@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -102,11 +101,10 @@ def test_demo_runs_end_to_end(tmp_path):
     """The README demo, smaller: scenes -> train set in every format + eval set -> preview -> SFT, GRPO
     with prior sampling, plain GRPO -> the start and the three evaluated on the same items -> comparison
     -> export; every stage announced with its output."""
-    env = {**os.environ, "MPCC_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "mpcc", "demo", "--out", str(tmp_path), "--num-images", "40"]
     command += ["--sft-steps", "2", "--grpo-steps", "2", "--eval-items", "4", "--grounding-items", "2"]
     # from outside the checkout: the default recipes are the packaged ones
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = re.findall(r"^\[(\d+)/(\d+)\] (.*) -> (\S+)$", proc.stdout, re.M)
     assert [int(k) for k, *_ in stages] == list(range(1, 15)) and {n for _, n, *_ in stages} == {"14"}
@@ -162,7 +160,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "| GRPO with prior sampling |" in proc.stdout.split("## Accuracy by format")[1]
     assert "Reading: " in proc.stdout and "| held-out categories (OOD) |" in proc.stdout
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(re.findall(r"^\[\d+/14\] .*: already done, in \S+$", again.stdout, re.M)) == 13
     assert re.search(r"^\[13/14\] compare the four models -> \S+$", again.stdout, re.M)  # always redone
@@ -178,8 +176,7 @@ def test_readme_commands_and_ci_agree():
     assert markdown_table() in readme  # the schema is documented once, and the README shows that table
 
 
-def test_mpcc_train_and_tiny_model_commands(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+def test_mpcc_train_and_tiny_model_commands(tmp_path, capsys):
     assert main(["tiny-model", "--arch", "qwen2_vl", "--out", str(tmp_path / "tiny")]) == 0
     assert (tmp_path / "tiny" / "config.json").is_file()
     assert main(["recipes"]) == 0 and "tiny/grpo_prior" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """Two CPU ranks: DDP (torchrun) and DeepSpeed ZeRO-2 / ZeRO-3 (Accelerate). Groups of 4 over 2 x 6
 rows straddle the ranks; every group must still get exactly one trace. A run resumed from its step-1
-checkpoint ends with the uninterrupted run's weights (DeepSpeed restores its engine's own state). A ZeRO-3
-checkpoint left with its shards alone exports to exactly the gathered weights."""
+checkpoint ends with the uninterrupted run's weights, under DDP and under ZeRO-3 (DeepSpeed restores its
+engine's own state; ZeRO-2 loads it through the same path, so it is not run twice more: suite time). A
+ZeRO-3 checkpoint left with its shards alone exports to exactly the gathered weights."""
 
 from __future__ import annotations
 
@@ -52,13 +53,11 @@ LAUNCHERS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
-def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory, capsys):
+def test_two_ranks_one_trace_per_group(launcher, tmp_path, capsys):
     env = {
         **os.environ,
         # ZeRO-3 starts from an empty cache: building the tiny model inside the run once hung there
-        "MPCC_CACHE": str(
-            tmp_path / "cache" if launcher == "zero3" else tmp_path_factory.getbasetemp() / "mpcc_cache"
-        ),
+        **({"MPCC_CACHE": str(tmp_path / "cache")} if launcher == "zero3" else {}),
         "DS_ACCELERATOR": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
@@ -80,6 +79,8 @@ def test_two_ranks_one_trace_per_group(launcher, tmp_path, tmp_path_factory, cap
     assert (full / "model.safetensors").is_file()
     if launcher == "zero3":
         _shards_alone_export_the_gathered_weights(full, tmp_path / "shards", capsys)
+    if launcher == "zero2":
+        return
 
     cut.mkdir()  # as a kill right after the step-1 checkpoint leaves it
     shutil.copytree(full / "checkpoint-1", cut / "checkpoint-1")

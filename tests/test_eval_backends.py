@@ -31,8 +31,7 @@ def _eval(data, out, *options) -> int:
 
 
 @pytest.fixture
-def fake_vllm(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
+def fake_vllm(monkeypatch):
     calls = {"init": [], "generate": []}
 
     class LLM:

@@ -49,8 +49,7 @@ def test_blink_rows_shape_the_prompt(tmp_path):
         blink_rows([{**_fixture(tmp_path / "again")[0], "answer": "D"}])
 
 
-def test_mpcc_eval_runs_a_blink_benchmark(tmp_path, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+def test_mpcc_eval_runs_a_blink_benchmark(tmp_path):
     _fixture(tmp_path / "blink")
     assert (
         main(

@@ -27,11 +27,10 @@ def _eval(data, out, *options) -> int:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_builds, tmp_path_factory):
+def evaluated(tiny_builds, mpcc_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
-    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(cache))
+        mp.setenv("MPCC_CACHE", str(mpcc_cache))
         assert _eval(tiny_builds["eval"], out, "--diagnostics", "blind,context,shape", *ARGS) == 0
     return out
 
@@ -57,8 +56,7 @@ def test_outputs_and_keys(evaluated):
     assert "Visual-reliance diagnostics" in report and "accuracy.png" in report
 
 
-def test_rerun_resumes_without_regenerating(evaluated, tiny_builds, tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
+def test_rerun_resumes_without_regenerating(evaluated, tiny_builds):
     lines = (evaluated / "predictions.jsonl").read_text().splitlines()
     (evaluated / "predictions.jsonl").write_text(
         "\n".join(lines[:-3]) + "\n" + lines[-3][:10]
@@ -116,8 +114,7 @@ def test_diagnostic_images(tiny_builds):
         diag.apply(row, "upside-down")
 
 
-def test_samples_report_mean_and_bootstrap_interval(tiny_builds, tmp_path, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+def test_samples_report_mean_and_bootstrap_interval(tiny_builds, tmp_path):
     out = tmp_path / "sampled"
     assert (
         _eval(
@@ -155,7 +152,6 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
     from mpcc.evaluation.grounding import crm, evidence
     from mpcc.train import main as train_main
 
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     checkpoint = tmp_path / "sft" if source == "trained" else source
     if source == "trained":
         command = ["tiny/sft", "--output_dir", str(checkpoint), "--max_steps", "2", "--save_strategy", "no"]
@@ -234,10 +230,9 @@ def test_step_diagnostics_end_to_end(source, tiny_builds, tmp_path, monkeypatch)
         assert chart.format == "PNG"
 
 
-def test_resume_continues_only_the_same_run(tiny_builds, tmp_path, monkeypatch):
+def test_resume_continues_only_the_same_run(tiny_builds, tmp_path):
     """Another model, limit, decoding or diagnostics into a finished --out is refused (nothing reported
     under the wrong name); --overwrite starts over; predictions without a run record are refused."""
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     quick = ["--limit", "2", "--max-new-tokens", "4", "--formats", "mc4"]
     assert _eval(tiny_builds["eval"], out, *quick) == 0
@@ -262,10 +257,9 @@ def _files(folder) -> dict[str, bytes]:
     }
 
 
-def test_eval_and_compare_write_only_into_what_they_own(evaluated, tiny_builds, tmp_path, monkeypatch):
+def test_eval_and_compare_write_only_into_what_they_own(evaluated, tiny_builds, tmp_path):
     """A folder of the user's is refused (with --overwrite too), a run is never a comparison's output,
     and --overwrite replaces only an output of the same kind."""
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "report.md").write_text("my report")
@@ -291,9 +285,8 @@ def test_eval_and_compare_write_only_into_what_they_own(evaluated, tiny_builds, 
     assert (cmp / "compare.md").is_file() and not (cmp / "predictions.jsonl").exists()
 
 
-def test_a_failed_start_leaves_nothing_new(tiny_builds, tmp_path, monkeypatch):
+def test_a_failed_start_leaves_nothing_new(tiny_builds, tmp_path):
     """Weights that do not load: no run record, no folder; an --overwrite of a previous run keeps it."""
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path("tiny:qwen2_5_vl"), model)
     quick = ["--limit", "1", "--max-new-tokens", "2", "--formats", "mc4"]
@@ -308,7 +301,7 @@ def test_a_failed_start_leaves_nothing_new(tiny_builds, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert main([*command, str(tmp_path / "empty")]) == 2
     assert main([*command, str(previous), "--overwrite"]) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "empty", "model", "previous"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "model", "previous"]
     assert list((tmp_path / "empty").iterdir()) == [] and _files(previous) == before
 
 

@@ -45,15 +45,13 @@ def _train(out: Path, cache: Path, extra: list[str] = ()) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory) -> Path:
-    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
-    return _train(tmp_path_factory.mktemp("runs") / "full", cache)
+def full_run(mpcc_cache, tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("runs") / "full", mpcc_cache)
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory) -> Path:
-    cache = tmp_path_factory.getbasetemp() / "mpcc_cache"
-    return _train(tmp_path_factory.mktemp("runs") / "lora", cache, LORA)
+def lora_run(mpcc_cache, tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("runs") / "lora", mpcc_cache, LORA)
 
 
 def _logits(model, processor) -> torch.Tensor:
@@ -103,9 +101,8 @@ def test_training_records_its_settings(full_run, lora_run):
     assert json.loads((lora_run / TRAINING_RUN_FILE).read_text())["model"]["lora_r"] == 4
 
 
-def test_card_describes_grpo_with_prior_sampling(tmp_path_factory, monkeypatch):
+def test_card_describes_grpo_with_prior_sampling():
     """The paper recipe's settings as the record holds them: rewards, prior sampling, a Hub base model."""
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
     run, args, model_args = load_recipe(
         ROOT / "recipes" / "grpo_prior.yaml", ["--dataset_path", "synthetic:tiny", "--use_cpu", "true"]
     )

@@ -222,7 +222,6 @@ def test_mpcc_eval_measures_evidence_on_the_shapes_fixture_and_resumes(shapes, t
     mapping given as flags is the same run and measures nothing again."""
     from mpcc.evaluation.grounding import evidence
 
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     (tmp_path / "columns.yaml").write_text(yaml.safe_dump({"id_column": "pid", "subset_column": "task"}))
     out = tmp_path / "run"
     command = ["eval", "--model", "tiny:qwen2_5_vl", "--data", str(shapes), "--out", str(out)]

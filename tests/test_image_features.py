@@ -166,7 +166,6 @@ def test_eval_predictions_equal_with_and_without_reuse(tiny_builds, tmp_path, mo
     from mpcc.evaluation.harness import run_eval
     from mpcc.generation.generators import HFGenerator
 
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
     encoded = []
     attach = ImageFeatureMemo.attach
 

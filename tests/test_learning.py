@@ -31,8 +31,7 @@ def _train_set(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_sft_on_traces_teaches_the_format_and_to_read_the_scene(tmp_path, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path / "cache"))
+def test_sft_on_traces_teaches_the_format_and_to_read_the_scene(tmp_path):
     train = _train_set(tmp_path)
     overrides = {
         "output_dir": tmp_path / "sft",

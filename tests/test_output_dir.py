@@ -32,11 +32,6 @@ class Built(Exception):
     """build_trainer was reached: every check before it passed."""
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
-
-
 @pytest.fixture
 def no_trainer(monkeypatch):
     def refuse(*args, **kwargs):
@@ -59,12 +54,12 @@ def _train(out: Path, *options: str) -> int:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def finished(tmp_path_factory) -> Path:
+def finished(mpcc_cache, tmp_path_factory) -> Path:
     """A finished 2-step SFT run with checkpoints 1 and 2 (copied by the tests that change it), trained on
     a copy of the synthetic build that nothing else reads."""
     global BUILD, BUILD_FILES
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
+        mp.setenv("MPCC_CACHE", str(mpcc_cache))
         BUILD = tmp_path_factory.mktemp("build") / "train"
         shutil.copytree(resolve_dataset("synthetic:tiny"), BUILD)
         BUILD_FILES = _files(BUILD)

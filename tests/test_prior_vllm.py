@@ -25,10 +25,10 @@ WORDS = ["the", "a", "cup", "plate", "fork", "table", "near", "on", "maybe", "bo
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    """The tiny model and synthetic set of the other training tests."""
+def _cache(mpcc_cache):
+    """The tiny model and synthetic set of the other training tests, for this module's fixtures too."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
+        patch.setenv("MPCC_CACHE", str(mpcc_cache))
         yield
 
 

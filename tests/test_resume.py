@@ -21,11 +21,6 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "all-linear"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
-
-
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     adapter = folder / "adapter_model.safetensors"
     return load_file(adapter if adapter.is_file() else folder / "model.safetensors")

@@ -48,12 +48,6 @@ TINY = ROOT / "recipes" / "tiny" / "grpo_prior.yaml"
 PAPER = ROOT / "recipes" / "grpo_prior.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    """One tiny model and synthetic set for the whole session, outside the user's cache."""
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
-
-
 def _two_nodes(node: int, **extra) -> dict[str, str]:
     """What SLURM sets in a task of `sbatch --nodes=2 --gpus-per-node=8` + `srun --ntasks-per-node=1`."""
     name = f"gpu-0{node + 1}"
@@ -569,28 +563,10 @@ def _train_job(cluster, tmp_path, *overrides: str) -> tuple[str, Path, Path]:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_train_job_on_a_cpu_node(cluster, tmp_path):
-    """train.sbatch with the tiny recipe: one CPU process, 2 steps, a checkpoint and the per-job log."""
-    job, out, log = _train_job(cluster, tmp_path, "--max_steps", "2", "--save_steps", "2")
-    state = cluster.wait(job, 600, log)
-    text = log.read_text()
-    assert state["JobState"] == "COMPLETED", text[-4000:]
-    assert f"mpcc: job {job}, 1 node(s): localhost, SLURM_RESTART_COUNT=0" in text
-    assert (
-        "launch --cpu --num_machines 1 --num_processes 1 --machine_rank 0 --main_process_ip localhost" in text
-    )
-    assert f"--main_process_port {10000 + int(job)}" in text
-    assert "no checkpoint in" in text and f"model saved to {out}" in text
-    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
-    assert (out / "model.safetensors").is_file()
-
-
-@pytest.mark.slurm
-@pytest.mark.slow
 def test_preemption_warning_checkpoints_requeues_and_resumes(cluster, tmp_path):
-    """SIGUSR1 to the batch script (what `--signal=B:USR1@300` sends before the time limit): training
-    saves a checkpoint and stops, the job requeues itself, and the restart resumes from that checkpoint
-    and finishes."""
+    """train.sbatch with the tiny recipe on a CPU node (one process), then SIGUSR1 to the batch script
+    (what `--signal=B:USR1@300` sends before the time limit): training saves a checkpoint and stops, the
+    job requeues itself, and the restart resumes from that checkpoint and finishes with its model."""
     job, out, log = _train_job(cluster, tmp_path, "--max_steps", "8", "--save_steps", "8")
     deadline = time.monotonic() + 600
     while not (log.is_file() and "'prior/traces'" in log.read_text()):  # a first step is done
@@ -605,13 +581,18 @@ def test_preemption_warning_checkpoints_requeues_and_resumes(cluster, tmp_path):
     text = log.read_text()
     assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", text[-4000:]
     first, second = text.split("SLURM_RESTART_COUNT=1")
-    assert "SLURM_RESTART_COUNT=0" in first and "preemption warning (SIGUSR1)" in first
+    assert f"mpcc: job {job}, 1 node(s): localhost, SLURM_RESTART_COUNT=0" in first
+    launch = "launch --cpu --num_machines 1 --num_processes 1 --machine_rank 0 --main_process_ip localhost"
+    assert launch in first
+    assert f"--main_process_port {10000 + int(job)}" in first
+    assert "no checkpoint in" in first and "preemption warning (SIGUSR1)" in first
     step = int(re.search(r"saving a checkpoint at step (\d+) of 8 and stopping", first)[1])
     assert 1 <= step < 8 and f"requeueing job {job}" in first
     assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
     assert f"resuming from {out / f'checkpoint-{step}'}" in second and f"model saved to {out}" in second
     history = log_history(out / "checkpoint-8")
     assert [h["step"] for h in history if "reward" in h] == list(range(1, 9))
+    assert (out / "model.safetensors").is_file()
 
 
 @pytest.mark.slurm

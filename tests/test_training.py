@@ -17,12 +17,6 @@ from mpcc.training.curves import log_history
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    """One tiny model and synthetic set for the whole session, outside the user's cache."""
-    monkeypatch.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
-
-
 def _history(output_dir: Path) -> list[dict]:
     return log_history(sorted(output_dir.glob("checkpoint-*"))[-1])
 

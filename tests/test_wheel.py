@@ -46,7 +46,7 @@ def test_wheel_ships_recipes_and_accelerate_configs_once(wheel):
 
 
 @pytest.mark.slow
-def test_installed_wheel_trains_a_recipe_by_name(wheel, tmp_path, tmp_path_factory):
+def test_installed_wheel_trains_a_recipe_by_name(wheel, tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
@@ -57,8 +57,7 @@ def test_installed_wheel_trains_a_recipe_by_name(wheel, tmp_path, tmp_path_facto
 
     elsewhere = tmp_path / "elsewhere"  # not the checkout: names must resolve inside the package
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["MPCC_CACHE"] = str(tmp_path_factory.getbasetemp() / "mpcc_cache")  # as tests/test_training.py
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # MPCC_CACHE kept: conftest's
     probe = (
         "import mpcc; from mpcc.launch import read_recipe; from mpcc.recipes import resolve\n"
         "print(mpcc.__file__, resolve('tiny/sft.yaml'), read_recipe('grpo_prior').accelerate_config,"
