@@ -1,6 +1,6 @@
 """Shared fixtures: the real tinycoco subset beside the project, and builds made from it once; small
 synthetic scenes, train and eval builds of them and a tiny model, made once per test module that asks;
-the tiny model served over the OpenAI API, once.
+the tiny model served over the OpenAI API, once; one $MPCC_CACHE per worker for every test.
 
 The subset is read from $MPCC_TINYCOCO (a path relative to the project root, or absolute), by default
 ../shared/data/tinycoco. A clone without it still runs: every test that uses the `tinycoco` fixture
