@@ -254,7 +254,9 @@ COMMANDS = {
         _export_eval,
     ),
     "demo": Command(
-        "run the main job end to end on the embedded synthetic default", ("mpcc.demo.DemoConfig",), _demo
+        "run the main job end to end on the embedded synthetic default",
+        ("mpcc.demo_config.DemoConfig",),
+        _demo,
     ),
     "study": Command(
         "the paper's table and ablations in miniature over seeds, with intervals (resumable; ~45 min)",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mpcc.annotation.importing import ImportResult, import_traces
@@ -36,12 +35,12 @@ from mpcc.data.synthetic import (
     outline_word,
     scene_type,
 )
+from mpcc.demo_config import DemoConfig
 from mpcc.evaluation.accuracy_tables import ReasoningCheck, demo_tables
 from mpcc.evaluation.config import EVAL_FORMATS, EvalConfig
 from mpcc.evaluation.harness import METRICS, compare_runs, read_metrics, read_predictions, run_eval
 from mpcc.export import export
 from mpcc.generation.decoding import Decoding
-from mpcc.options import option
 from mpcc.records import BUILD_FILE
 from mpcc.reports.charts import ACCURACY_CHART, reward_curve_chart
 from mpcc.reports.compare import COMPARISON
@@ -65,32 +64,6 @@ LABELS = {"start": "start (random weights)", **{name: what for name, (what, _) i
 NEW_TOKENS = 96
 TRAIN_FORMATS = ("open", *OPTION_FORMATS)  # one row per hidden object, its format drawn per object
 VAL_SCENES = 120  # at most: about 230 hidden objects, more than the eval asks of them
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """`mpcc demo`: synthetic scenes with reasoning traces -> MPCC train set in every format (traces
-    imported and verified) + eval set -> preview -> SFT of a tiny offline model (CPU), then from it GRPO
-    with prior sampling and plain GRPO -> eval of all four on the same items, and their step-level
-    grounding on fewer -> comparison -> export."""
-
-    out: Path = option(Path("runs/demo"), "work directory")
-    num_images: int = option(
-        800, "synthetic training scenes (held-out: half as many, at most 120)", minimum=2
-    )
-    seed: int = option(0, "seed", minimum=0)
-    sft_steps: int = option(450, "SFT steps on the traces", minimum=1)
-    grpo_steps: int = option(100, "steps of each GRPO run (with prior sampling, plain)", minimum=1)
-    eval_items: int = option(100, "eval items (hidden objects), each asked in every format", minimum=1)
-    grounding_items: int = option(
-        20,
-        "the first N eval items' open questions (at most --eval-items) get the step-level grounding "
-        "diagnostics (crm, evidence), for each of the four models; 0: none",
-        minimum=0,
-    )
-    recipes: str = option(
-        "tiny", "where sft.yaml, grpo_prior.yaml and grpo.yaml are: a directory, or a packaged recipe folder"
-    )
 
 
 Stage = tuple[str, Path, Callable[[], bool], Callable[[], object]]  # what, where, done, work

@@ -7,7 +7,8 @@ import random
 from pathlib import Path
 
 from mpcc.data.synthetic import SCENES, outline_word, scene_trace, scene_type
-from mpcc.demo import DemoConfig, _reasoning_checks
+from mpcc.demo import _reasoning_checks
+from mpcc.demo_config import DemoConfig
 from mpcc.evaluation.accuracy_tables import CHANCE, ReasoningCheck, demo_tables, estimates
 from mpcc.rewards import trace_completion
 

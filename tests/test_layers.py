@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpcc"
 # Lowest first; a module may import its own layer's modules and any below. A folder stands for its package.
 LAYERS = (
     ("mpcc", "mpcc.errors", "mpcc.text", "mpcc.seeds"),
-    ("mpcc.inputs", "mpcc.options"),
+    ("mpcc.inputs", "mpcc.options", "mpcc.demo_config"),  # the demo's options: its --help stays light
     ("mpcc.files", "mpcc.recipes", "mpcc.rewards"),
     ("mpcc.records",),  # written atomically; the output checks name outputs by their records
     ("mpcc.outputs",),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpcc.demo import DemoConfig
+from mpcc.demo_config import DemoConfig
 from mpcc.errors import ConfigError
 from mpcc.options import option
 

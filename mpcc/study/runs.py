@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mpcc.demo import NEW_TOKENS, START, DemoConfig, data_stages, ready, run_stages, work_layout
+from mpcc.demo import NEW_TOKENS, START, data_stages, ready, run_stages, work_layout
+from mpcc.demo_config import DemoConfig
 from mpcc.evaluation.harness import METRICS
 from mpcc.records import BUILD_FILE
 from mpcc.study.arms import MAIN, WEAK, Arm, arms, read_facts, recipe_path
