@@ -122,14 +122,13 @@ def served(mpcc_cache, tmp_path_factory):
     the endpoint tests of annotate and eval."""
     from mpcc.models import resolve_model_path
 
-    cache = mpcc_cache
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(cache))
+        mp.setenv("MPCC_CACHE", str(mpcc_cache))
         model = resolve_model_path("tiny:qwen2_5_vl")
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [sys.executable, str(Path(__file__).with_name("openai_server.py")), model, "--port", str(port)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(cache)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(mpcc_cache)}
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -146,7 +145,7 @@ def served(mpcc_cache, tmp_path_factory):
             proc.kill()
             raise RuntimeError(f"the test server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield {"url": url, "model": model, "cache": cache}
+    yield {"url": url, "model": model, "cache": mpcc_cache}
     proc.terminate()
     try:
         proc.wait(timeout=20)
