@@ -51,16 +51,14 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path not in slow)
 
 
-@pytest.fixture(scope="session")
-def mpcc_cache(tmp_path_factory) -> Path:
-    """This worker's tiny models and synthetic sets ($MPCC_CACHE), each built once for all its tests and
-    never in the user's cache. A test of the cache itself sets its own."""
-    return tmp_path_factory.getbasetemp() / "mpcc_cache"
-
-
-@pytest.fixture(autouse=True)
-def _mpcc_cache(mpcc_cache, monkeypatch):
-    monkeypatch.setenv("MPCC_CACHE", str(mpcc_cache))
+@pytest.fixture(scope="session", autouse=True)
+def _mpcc_cache(tmp_path_factory):
+    """$MPCC_CACHE for the whole session, set before any other fixture (module-scoped ones too) and
+    inherited by subprocesses: this worker's tiny models and synthetic sets, each built once for all its
+    tests and never in the user's cache. A test of the cache itself sets its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPCC_CACHE", str(tmp_path_factory.getbasetemp() / "mpcc_cache"))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -116,19 +114,17 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def served(mpcc_cache, tmp_path_factory):
+def served(tmp_path_factory):
     """The tiny model behind a real OpenAI-compatible server on loopback (tests/openai_server.py, mpcc's
     own generation: no `transformers serve`, whose internals change between releases), started once for
     the endpoint tests of annotate and eval."""
     from mpcc.models import resolve_model_path
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(mpcc_cache))
-        model = resolve_model_path("tiny:qwen2_5_vl")
+    model = resolve_model_path("tiny:qwen2_5_vl")
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [sys.executable, str(Path(__file__).with_name("openai_server.py")), model, "--port", str(port)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPCC_CACHE": str(mpcc_cache)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -145,7 +141,7 @@ def served(mpcc_cache, tmp_path_factory):
             proc.kill()
             raise RuntimeError(f"the test server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield {"url": url, "model": model, "cache": mpcc_cache}
+    yield {"url": url, "model": model}
     proc.terminate()
     try:
         proc.wait(timeout=20)

@@ -95,7 +95,6 @@ def test_a_killed_run_resumes_with_every_row_exactly_once(served, tiny_builds, t
     """SIGKILL the CLI mid-run: no output appears; the re-run asks only for the missing rows."""
     out, limit = tmp_path / "out", 16
     work = tmp_path / "out.annotate"
-    env = {**os.environ, "MPCC_CACHE": str(served["cache"])}
     with Proxy(served["url"], delay=0.4) as proxy:
         command = [
             sys.executable,
@@ -114,7 +113,7 @@ def test_a_killed_run_resumes_with_every_row_exactly_once(served, tiny_builds, t
             "--max-new-tokens",
             "8",
         ]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while _saved(work).count("\n") < 4:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -128,7 +127,7 @@ def test_a_killed_run_resumes_with_every_row_exactly_once(served, tiny_builds, t
 
         proxy.delay = 0.0
         start = time.monotonic()
-        rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
         elapsed = time.monotonic() - start
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     print(f"killed after {done} of {limit} rows; the re-run took {elapsed:.1f} s")

@@ -38,9 +38,7 @@ def _predictions(out) -> list[dict]:
 def local_run(served, tiny_builds, tmp_path_factory):
     """The same rows on the local model, one row per generate call (as the server generates)."""
     out = tmp_path_factory.mktemp("local") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(served["cache"]))
-        assert _eval(served, tiny_builds["eval"], out, "--batch-size", "1", model=served["model"]) == 0
+    assert _eval(served, tiny_builds["eval"], out, "--batch-size", "1", model=served["model"]) == 0
     return out
 
 
@@ -129,10 +127,9 @@ def test_a_model_the_server_does_not_serve_and_a_local_endpoint_are_refused(
     assert "--endpoint is for --model openai:NAME" in capsys.readouterr().err and not out.exists()
 
 
-def test_entropy_from_the_servers_log_probs(served, tiny_builds, tmp_path, capsys, monkeypatch):
+def test_entropy_from_the_servers_log_probs(served, tiny_builds, tmp_path, capsys):
     """The entropy diagnostic runs over an API that returns token log-probs (each answer's entropy is
     the top-k bound of the model's own), and is refused at start by one that does not."""
-    monkeypatch.setenv("MPCC_CACHE", str(served["cache"]))
     out = tmp_path / "run"
     assert (
         _eval(served, tiny_builds["eval"], out, "--endpoint", served["url"], "--diagnostics", "entropy") == 0

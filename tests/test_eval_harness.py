@@ -27,11 +27,9 @@ def _eval(data, out, *options) -> int:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_builds, mpcc_cache, tmp_path_factory):
+def evaluated(tiny_builds, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(mpcc_cache))
-        assert _eval(tiny_builds["eval"], out, "--diagnostics", "blind,context,shape", *ARGS) == 0
+    assert _eval(tiny_builds["eval"], out, "--diagnostics", "blind,context,shape", *ARGS) == 0
     return out
 
 

@@ -35,23 +35,19 @@ LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_targ
 TOKEN = "hf_exportTestSecret0123456789abcdef"
 
 
-def _train(out: Path, cache: Path, extra: list[str] = ()) -> Path:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(cache))
-        assert (
-            train([str(SFT), "--output_dir", str(out), "--max_steps", "2", "--save_steps", "2", *extra]) == 0
-        )
+def _train(out: Path, extra: list[str] = ()) -> Path:
+    assert train([str(SFT), "--output_dir", str(out), "--max_steps", "2", "--save_steps", "2", *extra]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def full_run(mpcc_cache, tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("runs") / "full", mpcc_cache)
+def full_run(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("runs") / "full")
 
 
 @pytest.fixture(scope="module")
-def lora_run(mpcc_cache, tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("runs") / "lora", mpcc_cache, LORA)
+def lora_run(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("runs") / "lora", LORA)
 
 
 def _logits(model, processor) -> torch.Tensor:

@@ -54,17 +54,15 @@ def _train(out: Path, *options: str) -> int:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def finished(mpcc_cache, tmp_path_factory) -> Path:
+def finished(tmp_path_factory) -> Path:
     """A finished 2-step SFT run with checkpoints 1 and 2 (copied by the tests that change it), trained on
     a copy of the synthetic build that nothing else reads."""
     global BUILD, BUILD_FILES
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MPCC_CACHE", str(mpcc_cache))
-        BUILD = tmp_path_factory.mktemp("build") / "train"
-        shutil.copytree(resolve_dataset("synthetic:tiny"), BUILD)
-        BUILD_FILES = _files(BUILD)
-        out = tmp_path_factory.mktemp("finished") / "run"
-        assert _train(out) == 0
+    BUILD = tmp_path_factory.mktemp("build") / "train"
+    shutil.copytree(resolve_dataset("synthetic:tiny"), BUILD)
+    BUILD_FILES = _files(BUILD)
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert _train(out) == 0
     return out
 
 

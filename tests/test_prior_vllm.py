@@ -24,14 +24,6 @@ MODES = ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 WORDS = ["the", "a", "cup", "plate", "fork", "table", "near", "on", "maybe", "bowl"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(mpcc_cache):
-    """The tiny model and synthetic set of the other training tests, for this module's fixtures too."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MPCC_CACHE", str(mpcc_cache))
-        yield
-
-
 class FakeVLLMGeneration:
     """Returns what TRL's `VLLMGeneration.generate` returns: per row, completion ids (a few words + EOS) and
     each token's sampling log-prob as a top-1 list. The random tiny model is near uniform over its

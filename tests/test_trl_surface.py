@@ -27,14 +27,10 @@ TESTED = next(r for r in requires("mpcc") if r.startswith("trl"))  # the pin in 
 
 
 @pytest.fixture(scope="module")
-def trainer(mpcc_cache, tmp_path_factory):
+def trainer(tmp_path_factory):
     """A tiny prior-sampling trainer, as the training tests build it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MPCC_CACHE", str(mpcc_cache))
-        out = tmp_path_factory.mktemp("surface")
-        return build_trainer(
-            *load_recipe("tiny/grpo_prior", ["--output_dir", str(out), "--save_strategy", "no"])
-        )
+    out = tmp_path_factory.mktemp("surface")
+    return build_trainer(*load_recipe("tiny/grpo_prior", ["--output_dir", str(out), "--save_strategy", "no"]))
 
 
 @pytest.mark.parametrize("name", [*TRL_METHODS, *TRL_ATTRIBUTES, GRAD_HOOK_HANDLES])
