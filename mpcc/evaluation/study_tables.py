@@ -102,6 +102,11 @@ def verdict(est: Estimate | None) -> str:
     return f"{where}: {cell(est, signed=True)}"
 
 
+def _window(summaries: Mapping[str, Mapping[int, dict]]) -> int:
+    """How many logged steps each of the summaries' means covers (mpcc.study.report records it per run)."""
+    return next((s["window"] for by_seed in summaries.values() for s in by_seed.values()), 10)
+
+
 def weak_table(summaries: Mapping[str, Mapping[int, dict]], labels: Mapping[str, str]) -> list[str]:
     """Per weak-start run and seed: the generated samples' reward over the first, the best and the last
     logged steps and the share of groups with no reward variance (no GRPO signal)."""
@@ -118,7 +123,7 @@ def weak_table(summaries: Mapping[str, Mapping[int, dict]], labels: Mapping[str,
                     fmt(s["zero_variance_groups"]),
                 )
             )
-    window = next((s["window"] for by_seed in summaries.values() for s in by_seed.values()), 10)
+    window = _window(summaries)
     header = (
         "run",
         "seed",
@@ -142,14 +147,13 @@ def weak_reading(summaries: Mapping[str, Mapping[int, dict]]) -> str | None:
         return None
     runs = ("weak_grpo", "weak_prior")
     peak = {n: _mean([s["reward_peak"] for s in summaries[n].values()]) for n in runs}
-    window = next(iter(summaries["weak_prior"].values()), {}).get("window", 10)
     last = {n: _mean([s["reward_last"] for s in summaries[n].values()]) for n in runs}
     flat = {n: _mean([s["zero_variance_groups"] for s in summaries[n].values()]) for n in runs}
     return (
         "from the untrained model, plain GRPO's groups had no reward variance in "
         f"{fmt(flat['weak_grpo'], '.0%')} of cases (prior sampling: {fmt(flat['weak_prior'], '.0%')}) "
         f"and its generated reward peaked at {fmt(peak['weak_grpo'])} vs {fmt(peak['weak_prior'])} with "
-        f"prior sampling (best {window} logs in a row) and ended at {fmt(last['weak_grpo'])} vs "
+        f"prior sampling (best {_window(summaries)} logs in a row) and ended at {fmt(last['weak_grpo'])} vs "
         f"{fmt(last['weak_prior'])} (mean over seeds, no interval)"
     )
 
