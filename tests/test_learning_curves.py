@@ -39,6 +39,9 @@ def test_the_best_window_catches_a_rise_that_falls_back():
     rises = [{"step": k, "reward": r} for k, r in enumerate([0.0, 0.0, 0.4, 0.6, 0.0, 0.0], 1)]
     run = learning_summary({"run": rises}, window=2)["runs"]["run"]
     assert (run["reward_first"], run["reward_peak"], run["reward_last"]) == (0.0, 0.5, 0.0)
+    short = learning_summary({"run": rises[2:4], "none": []}, window=10)["runs"]  # fewer logs than a window
+    assert [short["run"][k] for k in ("reward_first", "reward_peak", "reward_last")] == [0.5, 0.5, 0.5]
+    assert short["none"]["reward_peak"] is None
 
 
 def test_log_history_reads_the_saved_state_and_names_a_missing_one(tmp_path):

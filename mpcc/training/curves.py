@@ -50,12 +50,12 @@ def learning_summary(histories: dict[str, list[dict]], window: int = 10) -> dict
     for name, history in histories.items():
         _, rewards = generated_reward(history)
         _, flat = curve(history, "frac_reward_zero_std")
+        # every `window` logs in a row; all of them when fewer were logged, as the first and last windows
+        windows = [rewards[i : i + window] for i in range(max(len(rewards) - window, 0) + 1)]
         runs[name] = {
             "reward_first": _mean(rewards[:window]),
             "reward_last": _mean(rewards[-window:]),
-            "reward_peak": max(
-                (_mean(rewards[i : i + window]) for i in range(len(rewards) - window + 1)), default=None
-            ),
+            "reward_peak": max((_mean(w) for w in windows if w), default=None),
             "zero_variance_groups": _mean(flat),
             "logs": len(rewards),
         }
